@@ -1,0 +1,1 @@
+"""edgewatch cloud: stream processor, registry, retraining jobs and dev tooling."""

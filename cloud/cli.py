@@ -1,0 +1,44 @@
+"""``edgewatch``: the cloud side and the developer tooling.
+
+Subcommands register themselves from their own modules; this file only wires them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, setup_logging
+from edge.contract.errors import ConfigError, EdgewatchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cloud import stack_cli
+
+    parser = argparse.ArgumentParser(
+        prog="edgewatch",
+        description="edgewatch cloud side: local broker stack, training, evaluation, stream processing.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stack_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"edgewatch: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EdgewatchError as exc:
+        print(f"edgewatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

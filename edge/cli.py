@@ -1,0 +1,42 @@
+"""``edgewatch-agent``: the device side. Runs with only the ``edge`` extra installed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from edge.cliutil import setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgewatch-agent",
+        description="edgewatch edge agent: scores MQTT sensor streams with an ONNX model and forwards anomalies to Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgewatch-agent {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def _version() -> str:
+    try:
+        return version("edgewatch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The wire contract: the one place that defines readings, anomaly events and model manifests.
+
+Standard library only. Every decoder raises :class:`ContractError` (naming the field, the
+value and the rule) and nothing else, whatever bytes it is given.
+"""
+
+from edge.contract.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    ContractError,
+    EdgewatchError,
+    ManifestError,
+    ModelLoadError,
+)
+from edge.contract.event import AnomalyEvent, decode_event, encode_event, make_event_id
+from edge.contract.manifest import (
+    Calibration,
+    Channel,
+    ModelManifest,
+    Signature,
+    canonical_bytes,
+    decode_manifest,
+    encode_manifest,
+)
+from edge.contract.reading import (
+    Reading,
+    decode_readings,
+    device_from_topic,
+    encode_readings,
+    readings_subscription,
+    readings_topic,
+)
+
+__all__ = [
+    "AnomalyEvent", "BrokerUnavailable", "Calibration", "Channel", "ConfigError", "ContractError",
+    "EdgewatchError", "ManifestError", "ModelLoadError", "ModelManifest", "Reading", "Signature",
+    "canonical_bytes", "decode_event", "decode_manifest", "decode_readings", "device_from_topic",
+    "encode_event", "encode_manifest", "encode_readings", "make_event_id", "readings_subscription",
+    "readings_topic",
+]

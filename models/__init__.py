@@ -1,0 +1,1 @@
+"""edgewatch models: PyTorch detector families, training, calibration and ONNX export."""

@@ -1,0 +1,235 @@
+"""The wire contract: round trips, and every malformed input refused with a ContractError
+that names the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.contract import (
+    AnomalyEvent,
+    Calibration,
+    Channel,
+    ContractError,
+    ModelManifest,
+    Reading,
+    Signature,
+    canonical_bytes,
+    decode_event,
+    decode_manifest,
+    decode_readings,
+    device_from_topic,
+    encode_event,
+    encode_manifest,
+    encode_readings,
+    make_event_id,
+    readings_topic,
+)
+
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,20}", fullmatch=True)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+value_maps = st.dictionaries(names, finite, min_size=1, max_size=6)
+sha = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@st.composite
+def reading_batches(draw: st.DrawFn) -> list[Reading]:
+    device = draw(names)
+    items = draw(st.lists(st.tuples(times, value_maps), min_size=1, max_size=8))
+    return [Reading(device, ts, values) for ts, values in items]
+
+
+@st.composite
+def events(draw: st.DrawFn) -> AnomalyEvent:
+    start = draw(times)
+    return AnomalyEvent(
+        device_id=draw(names), agent_id=draw(names), window_start=start, window_end=start + draw(times),
+        score=draw(finite), threshold=draw(finite), channel_scores=draw(value_maps), model_name=draw(names),
+        model_version=draw(names), model_sha256=draw(sha), detected_at=draw(times),
+    )
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> ModelManifest:
+    channel_names = draw(st.lists(names, min_size=1, max_size=8, unique=True))
+    window = draw(st.integers(1, 512))
+    return ModelManifest(
+        name=draw(names), family=draw(names), version=draw(names), sha256=draw(sha),
+        channels=tuple(Channel(n, draw(st.text(max_size=8))) for n in channel_names),
+        window_length=window, stride=draw(st.integers(1, window)),
+        sample_period_s=draw(st.floats(min_value=1e-3, max_value=3600)), threshold=draw(finite),
+        calibration=Calibration(draw(names), draw(st.dictionaries(names, finite | names, max_size=3))),
+        opset=draw(st.integers(7, 30)), min_onnxruntime="1.17.0", training_data_fingerprint=draw(names),
+        metrics=draw(st.dictionaries(names, finite, max_size=4)), created_at="2026-11-27T00:00:00Z",
+        signature=draw(st.none() | st.builds(Signature, key_id=names, value=st.just("c2lnbmF0dXJl"))),
+    )
+
+
+@given(reading_batches())
+def test_readings_round_trip(batch: list[Reading]) -> None:
+    assert decode_readings(encode_readings(batch)) == batch
+
+
+@given(events())
+def test_event_round_trip(event: AnomalyEvent) -> None:
+    assert decode_event(encode_event(event)) == event
+
+
+@given(manifests())
+def test_manifest_round_trip(manifest: ModelManifest) -> None:
+    assert decode_manifest(encode_manifest(manifest)) == manifest
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_arbitrary_bytes_raise_only_contract_error(payload: bytes) -> None:
+    for decode in (decode_readings, decode_event, decode_manifest):
+        try:
+            decode(payload)
+        except ContractError:
+            pass
+
+
+@settings(max_examples=300)
+@given(st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)))
+def test_arbitrary_json_raises_only_contract_error(doc: object) -> None:
+    payload = json.dumps(doc).encode()
+    for decode in (decode_readings, decode_event, decode_manifest):
+        try:
+            decode(payload)
+        except ContractError:
+            pass
+
+
+def test_event_id_is_deterministic_and_distinct() -> None:
+    a = make_event_id("pump-1", 100.0, "a" * 64)
+    assert a == make_event_id("pump-1", 100.0, "a" * 64) == make_event_id("pump-1", 100, "a" * 64)
+    assert len({a, make_event_id("pump-2", 100.0, "a" * 64), make_event_id("pump-1", 101.0, "a" * 64),
+                make_event_id("pump-1", 100.0, "b" * 64)}) == 4
+
+
+def test_topic_yields_device() -> None:
+    assert device_from_topic(readings_topic("pump-7")) == "pump-7"
+    assert device_from_topic("site/a/pump-7/readings", prefix="site/a") == "pump-7"
+    with pytest.raises(ContractError) as err:
+        device_from_topic("edgewatch/pump-7/other")
+    assert err.value.field == "topic"
+
+
+GOOD_READING = {"schema": 1, "device_id": "pump-1", "ts": 10.0, "values": {"a": 1.0}}
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"schema": 2}, "schema"),
+        ({"ts": "soon"}, "ts"),
+        ({"ts": -1}, "ts"),
+        ({"values": {"a": "1"}}, "values.a"),
+        ({"values": {"a": True}}, "values.a"),
+        ({"values": {}}, "values"),
+        ({"values": {"bad name!": 1.0}}, "values.bad name!"),
+        ({"device_id": ""}, "device_id"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_malformed_reading_names_field(patch: dict[str, object], field: str) -> None:
+    with pytest.raises(ContractError) as err:
+        decode_readings(json.dumps({**GOOD_READING, **patch}))
+    assert err.value.field == field
+    assert field in str(err.value)
+
+
+def test_reading_nan_and_infinity_refused() -> None:
+    for token in ("NaN", "Infinity", "-Infinity", "1e999"):
+        payload = '{"schema":1,"device_id":"d","ts":1,"values":{"a":' + token + "}}"
+        with pytest.raises(ContractError) as err:
+            decode_readings(payload)
+        assert err.value.field in ("$", "values.a")
+
+
+def test_batch_errors_name_the_item() -> None:
+    payload = {"schema": 1, "device_id": "d", "readings": [{"ts": 1, "values": {"a": 1}}, {"ts": 2, "values": {"a": None}}]}
+    with pytest.raises(ContractError) as err:
+        decode_readings(json.dumps(payload))
+    assert err.value.field == "readings[1].values.a"
+
+
+def test_topic_and_payload_device_must_agree() -> None:
+    with pytest.raises(ContractError) as err:
+        decode_readings(json.dumps(GOOD_READING), topic_device="pump-2")
+    assert err.value.field == "device_id"
+    no_device = {k: v for k, v in GOOD_READING.items() if k != "device_id"}
+    assert decode_readings(json.dumps(no_device), topic_device="pump-2")[0].device_id == "pump-2"
+
+
+def test_oversized_payload_refused() -> None:
+    with pytest.raises(ContractError, match="at most 100 bytes"):
+        decode_readings(json.dumps(GOOD_READING) + " " * 100, max_bytes=100)
+
+
+def _event() -> AnomalyEvent:
+    return AnomalyEvent("pump-1", "agent-1", 0.0, 63.0, 2.5, 1.0, {"a": 0.7, "b": 0.3}, "default", "1.0.0",
+                        "c" * 64, 64.0)
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"event_id": "0" * 32}, "event_id"),
+        ({"model_sha256": "xyz"}, "model_sha256"),
+        ({"window_end": -5.0}, "window_end"),
+        ({"score": "high"}, "score"),
+        ({"channel_scores": []}, "channel_scores"),
+        ({"agent_id": None}, "agent_id"),
+    ],
+)
+def test_malformed_event_names_field(patch: dict[str, object], field: str) -> None:
+    doc = json.loads(encode_event(_event()))
+    doc.update(patch)
+    with pytest.raises(ContractError) as err:
+        decode_event(json.dumps(doc))
+    assert err.value.field == field
+
+
+def _manifest() -> ModelManifest:
+    return ModelManifest("default", "dense_ae", "1.0.0", "d" * 64, (Channel("a", "g"), Channel("b", "bar")), 64, 16,
+                         1.0, 0.5, Calibration("quantile", {"q": 0.995}), 17, "1.17.0", "sha256:abc", {"f1": 0.9},
+                         "2026-11-27T00:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"channels": []}, "channels"),
+        ({"channels": [{"name": "a"}, {"name": "a"}]}, "channels"),
+        ({"channels": [{"name": "a", "unit": 3}]}, "channels[0].unit"),
+        ({"stride": 100}, "stride"),
+        ({"window_length": 0}, "window_length"),
+        ({"sample_period_s": 0}, "sample_period_s"),
+        ({"min_onnxruntime": "new"}, "min_onnxruntime"),
+        ({"sha256": "D" * 64}, "sha256"),
+        ({"calibration": {"method": "quantile", "params": {"q": [1]}}}, "calibration.params.q"),
+        ({"signature": {"key_id": "k"}}, "signature.value"),
+    ],
+)
+def test_malformed_manifest_names_field(patch: dict[str, object], field: str) -> None:
+    doc = json.loads(encode_manifest(_manifest()))
+    doc.update(patch)
+    with pytest.raises(ContractError) as err:
+        decode_manifest(json.dumps(doc))
+    assert err.value.field == field
+
+
+def test_canonical_bytes_ignore_signature_and_cover_the_rest() -> None:
+    plain = _manifest()
+    signed = dataclasses.replace(plain, signature=Signature("key-1", "c2ln"))
+    assert canonical_bytes(plain) == canonical_bytes(signed)
+    assert canonical_bytes(plain) != canonical_bytes(dataclasses.replace(plain, threshold=0.6))
+    assert b"signature" not in canonical_bytes(signed)
