@@ -1,9 +1,10 @@
-"""The wire contract: the one place that defines readings, anomaly events and model manifests.
+"""The wire contract: the one place that defines readings, anomaly events, alerts and model manifests.
 
 Standard library only. Every decoder raises :class:`ContractError` (naming the field, the
 value and the rule) and nothing else, whatever bytes it is given.
 """
 
+from edge.contract.alert import Alert, decode_alert, encode_alert, make_alert_id, make_incident_id
 from edge.contract.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -32,6 +33,7 @@ from edge.contract.reading import (
 )
 
 __all__ = [
+    "Alert", "decode_alert", "encode_alert", "make_alert_id", "make_incident_id",
     "AnomalyEvent", "BrokerUnavailable", "Calibration", "Channel", "ConfigError", "ContractError",
     "EdgewatchError", "ManifestError", "ModelLoadError", "ModelManifest", "Reading", "Signature",
     "canonical_bytes", "decode_event", "decode_manifest", "decode_readings", "device_from_topic",
