@@ -16,9 +16,10 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
-def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None, **kw: Any) -> None:
-    """Add ``--flag`` whose default comes from ``EDGEWATCH_FLAG`` when that is set."""
-    env = "EDGEWATCH_" + flag.lstrip("-").replace("-", "_").upper()
+def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None, env_prefix: str = "",
+             **kw: Any) -> None:
+    """Add ``--flag`` whose default comes from ``EDGEWATCH_<ENV_PREFIX><FLAG>`` when that is set."""
+    env = "EDGEWATCH_" + env_prefix + flag.lstrip("-").replace("-", "_").upper()
     value = os.environ.get(env, default)
     if value is not None and kw.get("type") is not None and isinstance(value, str):
         value = kw["type"](value)

@@ -1,0 +1,205 @@
+"""A simulated fleet on MQTT: synthetic pumps (``edge.synth``) or a replayed CSV, published
+as readings at a chosen pace, with the ground truth of every injected fault.
+
+Event time and wall-clock pace are separate: readings are stamped ``sample_period_s`` apart
+(the machine's own clock), and published ``rate_hz`` steps per wall-clock second, so a 1 Hz
+machine can be simulated ten times faster than real time.
+
+The publisher caps unacknowledged QoS 1 messages (paho's queue otherwise grows until message
+ids wrap and messages are silently never sent), and counts every message it could not send.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.contract import Reading, encode_readings, readings_topic
+from edge.synth import CHANNEL_NAMES, FAULT_KINDS, Fault, FaultKind, random_faults, simulate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """A fault as the agent sees it: device, kind, channel and event-time bounds."""
+
+    device_id: str
+    kind: str
+    channel: str
+    start_ts: float
+    end_ts: float
+
+
+@dataclass
+class DeviceStream:
+    device_id: str
+    ts: np.ndarray
+    values: np.ndarray
+    channels: tuple[str, ...]
+    faults: list[InjectedFault] = field(default_factory=list)
+
+
+@dataclass
+class PublishStats:
+    messages_sent: int = 0
+    readings_sent: int = 0
+    messages_failed: int = 0
+    elapsed_s: float = 0.0
+
+
+def synthetic_fleet(devices: int, steps: int, *, seed: int = 0, start_ts: float = 1_767_225_600.0,
+                    sample_period_s: float = 1.0, kinds: Sequence[FaultKind] = FAULT_KINDS,
+                    faults_per_device: int = 2, prefix: str = "pump") -> list[DeviceStream]:
+    """``devices`` pumps of ``steps`` readings each; faults placed at random but seeded."""
+    fleet = []
+    for i in range(devices):
+        device = f"{prefix}-{i:03d}"
+        faults: list[Fault] = []
+        if kinds and faults_per_device:
+            faults = random_faults(steps, seed=seed * 1000 + i + 7, count=faults_per_device, kinds=kinds)
+        values, _labels = simulate(steps, seed=seed * 1000 + i, faults=faults)
+        ts = start_ts + sample_period_s * np.arange(steps)
+        truth = [InjectedFault(device, f.kind, f.channel, float(ts[f.start]),
+                               float(ts[min(f.start + f.duration, steps) - 1])) for f in faults]
+        fleet.append(DeviceStream(device, ts, values, CHANNEL_NAMES, truth))
+    return fleet
+
+
+def replay_csv(path: Path, *, device_id: str | None = None, time_column: str = "datetime",
+               skip: Sequence[str] = ("anomaly", "changepoint")) -> DeviceStream:
+    """One device's readings from a CSV (``,`` or ``;``) with a time column (ISO datetime or
+    epoch seconds) and one column per channel; columns in ``skip`` are left out."""
+    text = path.read_text().replace("\r\n", "\n").replace("\r", "\n")
+    dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;")
+    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
+    if not rows or time_column not in rows[0]:
+        raise ValueError(f"{path}: needs a {time_column!r} column, has {list(rows[0]) if rows else 'no rows'}")
+    channels = tuple(c for c in rows[0] if c not in (time_column, *skip))
+    ts = np.array([_parse_time(r[time_column]) for r in rows])
+    values = np.array([[float(r[c]) for c in channels] for r in rows])
+    safe = tuple(c.replace(" ", "_") for c in channels)
+    return DeviceStream(device_id or path.stem.replace(" ", "_"), ts, values, safe)
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.fromisoformat(text.strip()).timestamp()
+
+
+def paced_steps(fleet: Sequence[DeviceStream], rate_hz: float, batch: int) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
+    """Yield (step, [(topic, payload)]) per publish tick; each tick carries ``batch`` readings per device."""
+    steps = max(len(d.ts) for d in fleet)
+    for start in range(0, steps, batch):
+        messages = []
+        for d in fleet:
+            chunk = [Reading(d.device_id, float(d.ts[k]), dict(zip(d.channels, map(float, d.values[k]), strict=True)))
+                     for k in range(start, min(start + batch, len(d.ts)))]
+            if chunk:
+                messages.append((d.device_id, encode_readings(chunk)))
+        yield start, messages
+
+
+class Publisher:
+    """QoS 1 publisher with a cap on unacknowledged messages. Not thread-safe; one per run."""
+
+    def __init__(self, host: str, port: int, *, client_id: str = "edgewatch-sim", max_unacked: int = 1000,
+                 prefix: str = "edgewatch", username: str | None = None, password: str | None = None) -> None:
+        self.prefix = prefix
+        self._max_unacked = max_unacked
+        self._unacked = 0
+        self._acked = threading.Condition()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if username:
+            self._client.username_pw_set(username, password)
+        self._client.max_inflight_messages_set(min(max_unacked, 1000))
+        self._client.on_publish = self._on_publish
+        self._connected = threading.Event()
+        self._client.on_connect = lambda *a: self._connected.set()
+        self._client.connect(host, port)
+        self._client.loop_start()
+        if not self._connected.wait(10):
+            raise ConnectionError(f"simulator could not connect to MQTT {host}:{port} within 10 s")
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
+        with self._acked:
+            self._unacked -= 1
+            self._acked.notify_all()
+
+    def publish(self, device_id: str, payload: bytes, timeout_s: float = 30.0) -> bool:
+        """Publish one payload at QoS 1; blocks while ``max_unacked`` messages await their ack.
+        Returns False (the caller counts it) when no slot frees up in time or paho refuses."""
+        with self._acked:
+            if not self._acked.wait_for(lambda: self._unacked < self._max_unacked, timeout_s):
+                return False
+            self._unacked += 1
+        info = self._client.publish(readings_topic(device_id, self.prefix), payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            with self._acked:
+                self._unacked -= 1
+            return False
+        return True
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Wait (bounded) for outstanding acks, disconnect; returns how many were never acked."""
+        with self._acked:
+            self._acked.wait_for(lambda: self._unacked == 0, timeout_s)
+            unacked = self._unacked
+        self._client.disconnect()
+        self._client.loop_stop()
+        return unacked
+
+
+def run(fleet: Sequence[DeviceStream], publisher: Publisher, *, rate_hz: float, batch: int = 1,
+        progress: Callable[[PublishStats, int, int], None] | None = None,
+        stop: threading.Event | None = None) -> PublishStats:
+    """Publish the fleet, ``rate_hz`` steps per second (0 = as fast as acks allow)."""
+    stats = PublishStats()
+    total = max(len(d.ts) for d in fleet)
+    started = time.monotonic()
+    last_report = started
+    for step, messages in paced_steps(fleet, rate_hz, batch):
+        if stop is not None and stop.is_set():
+            break
+        if rate_hz > 0:
+            delay = started + step / rate_hz - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        for device_id, payload in messages:
+            if publisher.publish(device_id, payload):
+                stats.messages_sent += 1
+                stats.readings_sent += min(batch, total - step)
+            else:
+                stats.messages_failed += 1
+        now = time.monotonic()
+        if progress is not None and now - last_report >= 1.0:
+            stats.elapsed_s = now - started
+            progress(stats, step + batch, total)
+            last_report = now
+    stats.elapsed_s = time.monotonic() - started
+    return stats
+
+
+def truth_document(fleet: Sequence[DeviceStream], stats: PublishStats, sample_period_s: float) -> dict[str, object]:
+    """What was injected and sent, for scoring the detections afterwards."""
+    return {
+        "devices": [d.device_id for d in fleet],
+        "channels": list(fleet[0].channels) if fleet else [],
+        "sample_period_s": sample_period_s,
+        "start_ts": min(float(d.ts[0]) for d in fleet),
+        "end_ts": max(float(d.ts[-1]) for d in fleet),
+        "faults": [asdict(f) for d in fleet for f in d.faults],
+        "sent": asdict(stats),
+    }
