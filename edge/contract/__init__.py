@@ -31,6 +31,16 @@ from edge.contract.reading import (
     readings_subscription,
     readings_topic,
 )
+from edge.contract.samples import (
+    DeadLetter,
+    TelemetryWindow,
+    decode_deadletter,
+    decode_telemetry,
+    encode_deadletter,
+    encode_telemetry,
+    make_deadletter,
+    telemetry_from_window,
+)
 
 __all__ = [
     "Alert", "decode_alert", "encode_alert", "make_alert_id", "make_incident_id",
@@ -39,4 +49,6 @@ __all__ = [
     "canonical_bytes", "decode_event", "decode_manifest", "decode_readings", "device_from_topic",
     "encode_event", "encode_manifest", "encode_readings", "make_event_id", "readings_subscription",
     "readings_topic",
+    "DeadLetter", "TelemetryWindow", "decode_deadletter", "decode_telemetry", "encode_deadletter", "encode_telemetry",
+    "make_deadletter", "telemetry_from_window",
 ]
