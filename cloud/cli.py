@@ -14,7 +14,7 @@ from edge.contract.errors import ConfigError, EdgewatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cloud import stack_cli
+    from cloud import keys_cli, stack_cli
 
     parser = argparse.ArgumentParser(
         prog="edgewatch",
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stack_cli.register(sub)
+    keys_cli.register(sub)
     return parser
 
 

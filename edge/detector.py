@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.contract import ContractError, ManifestError, ModelLoadError, ModelManifest, decode_manifest
+from edge.signing import TrustedKeys, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,18 @@ class OnnxDetector:
     model_dir: Path
 
     @classmethod
-    def load(cls, model_dir: Path | str, *, threads: int = 1) -> OnnxDetector:
+    def load(cls, model_dir: Path | str, *, threads: int = 1, trusted_keys: TrustedKeys | None = None) -> OnnxDetector:
         """Verify and load an artifact; raises :class:`ManifestError` or :class:`ModelLoadError`.
+
+        With ``trusted_keys`` the manifest must carry a valid signature by one of them (checked
+        before anything else is read); without, only the contract and the file hash are checked.
 
         May block for the session's creation (tens of milliseconds); call it off the intake path.
         """
         model_dir = Path(model_dir)
         manifest = load_manifest(model_dir)
+        if trusted_keys is not None:
+            verify_manifest(manifest, trusted_keys)
         onnx_path = model_dir / "model.onnx"
         if not onnx_path.exists():
             raise ManifestError(f"{onnx_path}: model file is missing")
