@@ -14,7 +14,7 @@ from edge.contract.errors import ConfigError, EdgewatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cloud import keys_cli, stack_cli
+    from cloud import keys_cli, registry_cli, stack_cli
 
     parser = argparse.ArgumentParser(
         prog="edgewatch",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stack_cli.register(sub)
     keys_cli.register(sub)
+    registry_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,111 @@
+"""Model updates over MQTT, and the status events agents report about them.
+
+Distribution reuses the broker the devices already use. The registry publishes, retained at
+QoS 1:
+
+- ``<prefix>/models/<group>/announce``: a :class:`ModelAnnounce`: the signed manifest, the
+  artifact's size, the chunk size and the sha256 of every chunk;
+- ``<prefix>/models/<name>/<version>/chunks/<i>``: the bytes of ``model.onnx``, in chunks.
+
+Because every message is retained, a device that connects late or loses its connection gets
+the announce and the chunks again on (re)subscribing; it keeps the chunks it has verified on
+disk, so a dropped transfer resumes instead of restarting. The assembled file must match the
+manifest's sha256, and the manifest its signature, before anything is loaded.
+
+Every decision an agent makes about a model (``downloaded``, ``refused``, ``shadow_started``,
+``promoted``, ``rejected``, ``rolled_back``) is a :class:`ModelStatus` on ``edgewatch.status``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edge.contract import _fields as f
+from edge.contract.errors import ContractError
+from edge.contract.manifest import ModelManifest, decode_manifest, manifest_to_dict
+
+ANNOUNCE_SCHEMA = 1
+STATUS_SCHEMA = 1
+MAX_CHUNK_BYTES = 256 * 1024
+StatusAction = Literal["downloaded", "refused", "shadow_started", "promoted", "rejected", "rolled_back", "loaded"]
+STATUS_ACTIONS: tuple[StatusAction, ...] = ("downloaded", "refused", "shadow_started", "promoted", "rejected",
+                                            "rolled_back", "loaded")
+
+
+def announce_topic(group: str, prefix: str = "edgewatch") -> str:
+    return f"{prefix}/models/{f.name(group, 'group')}/announce"
+
+
+def chunk_topic(name: str, version: str, index: int, prefix: str = "edgewatch") -> str:
+    return f"{prefix}/models/{name}/{version}/chunks/{index}"
+
+
+@dataclass(frozen=True)
+class ModelAnnounce:
+    manifest: ModelManifest
+    size: int
+    chunk_size: int
+    chunk_sha256: tuple[str, ...]
+    schema: int = ANNOUNCE_SCHEMA
+
+
+def encode_announce(announce: ModelAnnounce) -> bytes:
+    return f.dump_json({"schema": announce.schema, "manifest": manifest_to_dict(announce.manifest), "size": announce.size,
+                        "chunk_size": announce.chunk_size, "chunk_sha256": list(announce.chunk_sha256)})
+
+
+def decode_announce(payload: bytes | str) -> ModelAnnounce:
+    """Parse an announce; raises :class:`ContractError` naming the field."""
+    data = f.parse_json(payload)
+    f.schema(data, ANNOUNCE_SCHEMA)
+    f.no_extra(data, {"schema", "manifest", "size", "chunk_size", "chunk_sha256"}, "")
+    manifest_doc = f.obj(data, "manifest", "")
+    try:
+        manifest = decode_manifest(f.dump_json(manifest_doc))
+    except ContractError as exc:
+        raise ContractError(f"manifest.{exc.field}", exc.value, exc.rule) from None
+    size = f.integer(f.req(data, "size", ""), "size", min_value=1)
+    chunk_size = f.integer(f.req(data, "chunk_size", ""), "chunk_size", min_value=1)
+    if chunk_size > MAX_CHUNK_BYTES:
+        raise ContractError("chunk_size", chunk_size, f"must be at most {MAX_CHUNK_BYTES}")
+    hashes = f.req(data, "chunk_sha256", "")
+    expected = -(-size // chunk_size)
+    if not isinstance(hashes, list) or len(hashes) != expected:
+        raise ContractError("chunk_sha256", hashes, f"must list {expected} chunk hashes for {size} bytes")
+    return ModelAnnounce(manifest, size, chunk_size, tuple(f.sha256(h, f"chunk_sha256[{i}]") for i, h in enumerate(hashes)))
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    agent_id: str
+    action: StatusAction
+    model_name: str
+    model_version: str
+    reason: str
+    at: float
+    live_version: str = ""
+    schema: int = STATUS_SCHEMA
+
+
+def encode_status(status: ModelStatus) -> bytes:
+    return f.dump_json({"schema": status.schema, "agent_id": status.agent_id, "action": status.action,
+                        "model_name": status.model_name, "model_version": status.model_version, "reason": status.reason,
+                        "at": status.at, "live_version": status.live_version})
+
+
+def decode_status(payload: bytes | str) -> ModelStatus:
+    data: dict[str, Any] = f.parse_json(payload)
+    f.schema(data, STATUS_SCHEMA)
+    f.no_extra(data, {"schema", "agent_id", "action", "model_name", "model_version", "reason", "at", "live_version"}, "")
+    action = f.req(data, "action", "")
+    if action not in STATUS_ACTIONS:
+        raise ContractError("action", action, f"must be one of {', '.join(STATUS_ACTIONS)}")
+    return ModelStatus(
+        agent_id=f.name(f.req(data, "agent_id", ""), "agent_id"), action=action,
+        model_name=f.name(f.req(data, "model_name", ""), "model_name"),
+        model_version=f.name(f.req(data, "model_version", ""), "model_version"),
+        reason=f.text(f.req(data, "reason", ""), "reason", max_len=1000, empty=True),
+        at=f.number(f.req(data, "at", ""), "at", min_value=0.0),
+        live_version=f.text(data.get("live_version", ""), "live_version", max_len=128, empty=True),
+    )
