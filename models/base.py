@@ -1,0 +1,113 @@
+"""The family interface and the full exported graph (preprocessing -> family -> scoring head).
+
+A family sees windows in model space ``z`` ``(batch, time, k)`` and returns an
+:class:`Estimate` of ``z[:, start:]`` (a reconstruction, or a forecast of the next steps) plus an
+optional per-window extra term (the TadGAN critic, the VAE KL divergence). :class:`Detector`
+measures the error per original channel in the scaled space and turns it into ``score`` and
+``channel_scores``; its statistics are fitted after training by :func:`fit_head`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.config import ScoreMode
+from models.preprocess import Preprocessor
+
+_LOG_EPS = 1e-6
+
+
+class Estimate(NamedTuple):
+    values: torch.Tensor  # estimate of z[:, start:], (batch, time - start, k)
+    start: int
+    extra: torch.Tensor | None  # (batch,) higher = more anomalous, or None
+
+
+class Family(nn.Module):
+    """Base of every model family. Subclasses implement :meth:`estimate`; adversarial ones
+    also set ``adversarial = True`` and implement the critic/generator methods."""
+
+    adversarial: ClassVar[bool] = False
+
+    def estimate(self, z: torch.Tensor) -> Estimate:
+        raise NotImplementedError
+
+    def loss(self, z: torch.Tensor) -> torch.Tensor:
+        """Training/validation loss on a model-space batch (mean squared error by default)."""
+        est = self.estimate(z)
+        return torch.mean((est.values - z[:, est.start:]) ** 2)
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def critic_loss(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generator_loss(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Detector(nn.Module):
+    """Raw windows ``(batch, window, channels)`` -> ``score (batch,)``, ``channel_scores (batch, channels)``.
+
+    ``log_z``: each channel's mean squared error ``e_c`` becomes ``((log(e_c + eps) - mu_c) / sd_c)^2``
+    (two-sided: a channel reconstructed unusually *well*, e.g. a stuck sensor, also scores);
+    ``mse``: ``e_c`` itself. The extra term enters as ``w * ((x - mu) / sd)^2``. Channel scores
+    are each channel's share of the channel part (non-negative, summing to 1). Never mutates input.
+    """
+
+    def __init__(self, pre: Preprocessor, net: Family, *, channels: int, score_mode: ScoreMode, extra_weight: float) -> None:
+        super().__init__()
+        self.pre = pre
+        self.net = net
+        self.score_mode = score_mode
+        self.extra_weight = extra_weight
+        self.register_buffer("err_mu", torch.zeros(channels))
+        self.register_buffer("err_sd", torch.ones(channels))
+        self.register_buffer("extra_mu", torch.zeros(1))
+        self.register_buffer("extra_sd", torch.ones(1))
+
+    def parts(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-channel mean squared error ``(batch, channels)`` and the raw extra term."""
+        s, z = self.pre(windows)
+        est = self.net.estimate(z)
+        err = ((s[:, est.start:] - self.pre.to_scaled(est.values)) ** 2).mean(dim=1)
+        return err, est.extra
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        err, extra = self.parts(windows)
+        if self.score_mode == "log_z":
+            d = ((torch.log(err + _LOG_EPS) - self.err_mu) / self.err_sd) ** 2
+        else:
+            d = err
+        channel_part = d.sum(dim=1)
+        score = channel_part
+        if extra is not None and self.extra_weight > 0:
+            score = score + self.extra_weight * ((extra - self.extra_mu) / self.extra_sd) ** 2
+        return score, d / (channel_part.unsqueeze(1) + 1e-12)
+
+
+@torch.no_grad()
+def fit_head(detector: Detector, windows: np.ndarray, batch: int = 4096) -> None:
+    """Fit the head's statistics on training windows (call in eval mode, after training)."""
+    errs: list[torch.Tensor] = []
+    extras: list[torch.Tensor] = []
+    for i in range(0, len(windows), batch):
+        err, extra = detector.parts(torch.as_tensor(windows[i:i + batch], dtype=torch.float32))
+        errs.append(err)
+        if extra is not None:
+            extras.append(extra)
+    log_err = torch.log(torch.cat(errs) + _LOG_EPS)
+    detector.err_mu.copy_(log_err.mean(dim=0))
+    detector.err_sd.copy_(log_err.std(dim=0).clamp_min(1e-3))
+    if extras:
+        extra = torch.cat(extras)
+        detector.extra_mu.copy_(extra.mean().reshape(1))
+        detector.extra_sd.copy_(extra.std().clamp_min(1e-6).reshape(1))

@@ -1,0 +1,200 @@
+"""The one typed training configuration: every classic knob, in a frozen dataclass.
+
+Loaded from TOML (``[train]`` table or top level), from a mapping, or built directly; every
+field carries its help text (the ``edgewatch train`` flags are generated from it). Unknown keys
+and out-of-range values raise :class:`ConfigError` naming the file and the dotted key.
+Environment overrides ``EDGEWATCH_TRAIN__<KEY>`` are applied by :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from edge.contract.errors import ConfigError
+
+Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "maxout"]
+Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
+Optimizer = Literal["sgd", "momentum", "nesterov", "adam"]
+LrDecay = Literal["constant", "step", "exponential", "inverse_time"]
+Scaling = Literal["none", "center", "zscore", "minmax"]
+ScoreMode = Literal["log_z", "mse"]
+CalibrationMethod = Literal["quantile", "pot"]
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a trained model, apart from the data. Same config + data + seed
+    gives the same weights (single thread, deterministic algorithms)."""
+
+    family: str = _f("dense_ae", "model family (dense_ae, conv_ae, lstm_ae, lstm_forecast, tadgan, vae)")
+    window_length: int = _f(32, "samples per window (the model input length)")
+    stride: int = _f(8, "samples between two windows on the edge (written to the manifest)")
+    train_stride: int = _f(2, "samples between two training windows (denser than stride gives more data)")
+    hidden: int = _f(64, "width of hidden layers (units, conv channels or LSTM state)")
+    latent: int = _f(8, "bottleneck size (latent units or conv channels)")
+    layers: int = _f(1, "hidden layers per side (dense) or stacked LSTM layers")
+    bidirectional: bool = _f(False, "bidirectional LSTM (lstm_ae only)")
+    kernel_size: int = _f(5, "convolution kernel size, odd (conv_ae only)")
+    activation: Activation = _f("relu", "activation of feed-forward and conv layers: relu, leaky_relu, elu, tanh, sigmoid, maxout")
+    maxout_pieces: int = _f(2, "linear pieces per maxout unit")
+    init: Init = _f("xavier_uniform", "weight initialisation: xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal")
+    batch_norm: bool = _f(False, "batch normalisation after each hidden layer")
+    dropout: float = _f(0.0, "dropout probability after each hidden layer (and between LSTM layers)")
+    l1: float = _f(0.0, "L1 penalty on weights, added to the loss")
+    l2: float = _f(0.0, "L2 penalty on weights, added to the loss")
+    max_norm: float = _f(0.0, "max-norm constraint on each unit's incoming weight vector, 0 = off")
+    optimizer: Optimizer = _f("adam", "optimiser: sgd, momentum, nesterov, adam")
+    lr: float = _f(1e-3, "initial learning rate")
+    momentum: float = _f(0.9, "momentum for the momentum and nesterov optimisers")
+    lr_decay: LrDecay = _f("constant", "learning-rate decay per epoch: constant, step, exponential, inverse_time (1/t)")
+    decay_rate: float = _f(0.5, "decay factor (step, exponential) or k in lr/(1+k*epoch) (inverse_time)")
+    decay_steps: int = _f(10, "epochs between two step decays")
+    epochs: int = _f(20, "maximum training epochs")
+    batch_size: int = _f(64, "windows per optimisation step")
+    validation_split: float = _f(0.1, "share of training windows (the last ones) held out for validation")
+    early_stopping: int = _f(0, "stop after this many epochs without validation improvement, 0 = off")
+    min_delta: float = _f(0.0, "smallest validation-loss decrease that counts as improvement")
+    seed: int = _f(0, "random seed: same seed, same weights")
+    preprocess: Scaling = _f("zscore", "scaling fitted on training data: none, center, zscore, minmax")
+    pca_components: int = _f(0, "PCA to this many components after scaling, 0 = off")
+    whiten: bool = _f(False, "whiten (unit variance per principal component) after scaling")
+    score_mode: ScoreMode = _f("log_z", "score: log_z = sum of squared z-scores of log channel errors; mse = sum of channel errors")
+    extra_score_weight: float = _f(1.0, "weight of the family's extra score term (tadgan critic, vae KL)")
+    beta: float = _f(1.0, "KL weight in the VAE loss")
+    n_critic: int = _f(1, "critic updates per generator update (tadgan)")
+    calibration: CalibrationMethod = _f("quantile", "threshold method: quantile (with margin) or pot (peaks over threshold)")
+    quantile: float = _f(0.999, "training-score quantile for the quantile method")
+    margin: float = _f(1.1, "threshold = calibrated value x margin")
+    pot_level: float = _f(0.98, "initial threshold quantile for peaks over threshold")
+    risk: float = _f(1e-4, "target exceedance probability for peaks over threshold")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        checks: list[tuple[bool, str, Any]] = [
+            (self.window_length >= 4, "window_length", self.window_length),
+            (1 <= self.stride <= self.window_length, "stride", self.stride),
+            (self.train_stride >= 1, "train_stride", self.train_stride),
+            (self.hidden >= 1 and self.latent >= 1 and self.layers >= 1, "hidden/latent/layers", (self.hidden, self.latent, self.layers)),
+            (self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size", self.kernel_size),
+            (self.maxout_pieces >= 2, "maxout_pieces", self.maxout_pieces),
+            (0.0 <= self.dropout < 1.0, "dropout", self.dropout),
+            (min(self.l1, self.l2, self.max_norm) >= 0.0, "l1/l2/max_norm", (self.l1, self.l2, self.max_norm)),
+            (self.lr > 0, "lr", self.lr),
+            (0.0 <= self.momentum < 1.0, "momentum", self.momentum),
+            (self.decay_rate > 0 and self.decay_steps >= 1, "decay_rate/decay_steps", (self.decay_rate, self.decay_steps)),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs/batch_size", (self.epochs, self.batch_size)),
+            (0.0 <= self.validation_split < 0.9, "validation_split", self.validation_split),
+            (self.early_stopping >= 0, "early_stopping", self.early_stopping),
+            (self.pca_components >= 0, "pca_components", self.pca_components),
+            (self.n_critic >= 1, "n_critic", self.n_critic),
+            (0.5 < self.quantile < 1.0, "quantile", self.quantile),
+            (self.margin > 0, "margin", self.margin),
+            (0.5 < self.pot_level < 1.0 and 0.0 < self.risk < 1.0 - self.pot_level, "pot_level/risk", (self.pot_level, self.risk)),
+        ]
+        for ok, key, value in checks:
+            if not ok:
+                raise ConfigError(f"train.{key}: {value!r} is out of range (see edgewatch train --help)")
+        if self.early_stopping and self.validation_split <= 0:
+            raise ConfigError("train.early_stopping needs train.validation_split > 0")
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def field_help() -> dict[str, tuple[type, Any, str]]:
+    """``name -> (type, default, help)`` for every field, for command-line generation."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: (_base_type(hints[f.name]), f.default, f.metadata["help"]) for f in fields(TrainConfig)}
+
+
+def literal_choices(name: str) -> tuple[str, ...] | None:
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else None
+
+
+def config_from_mapping(data: Mapping[str, Any], *, origin: str = "<mapping>", base: TrainConfig | None = None) -> TrainConfig:
+    """Build a config from plain values; unknown keys raise ConfigError naming ``origin`` and the key."""
+    known = {f.name for f in fields(TrainConfig)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown key train.{key}")
+    return replace(base or TrainConfig(), **{k: _coerce(k, v, origin) for k, v in data.items()})
+
+
+def load_config(path: Path | str | None = None, *, environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Read a TOML file (``[train]`` table or top level), then apply ``EDGEWATCH_TRAIN__KEY`` overrides."""
+    data: dict[str, Any] = {}
+    origin = "<defaults>"
+    if path is not None:
+        origin = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{origin}: cannot read TOML: {exc}") from None
+        extra = set(raw) - {"train"} if "train" in raw else set()
+        if extra:
+            raise ConfigError(f"{origin}: unknown key {sorted(extra)[0]}")
+        data = dict(raw.get("train", raw))
+    env = os.environ if environ is None else environ
+    for key, value in env.items():
+        if key.startswith("EDGEWATCH_TRAIN__"):
+            name = key.removeprefix("EDGEWATCH_TRAIN__").lower()
+            data[name] = value
+            origin = f"{origin} + env {key}"
+    return config_from_mapping(data, origin=origin)
+
+
+def _base_type(hint: Any) -> type:
+    if typing.get_origin(hint) is Literal:
+        return str
+    return hint if isinstance(hint, type) else str
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    kind = _base_type(typing.get_type_hints(TrainConfig)[key])
+    if isinstance(value, str) and kind is not str:
+        try:
+            return parse_bool(value) if kind is bool else kind(value)
+        except ValueError:
+            raise ConfigError(f"{origin}: train.{key} = {value!r} is not a {kind.__name__}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        hint = hints[f.name]
+        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+        if choices is not None:
+            if value not in choices:
+                raise ConfigError(f"train.{f.name}: {value!r} is not one of {', '.join(choices)}")
+            continue
+        kind = _base_type(hint)
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"train.{f.name}: {value!r} is not a {kind.__name__}")

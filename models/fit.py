@@ -1,0 +1,151 @@
+"""Fit a family on training rows: preprocessing, training, scoring head, calibration.
+
+The one call the CLI, the zoo and benchmark evaluations use::
+
+    fitted = fit(rows, TrainConfig(family="conv_ae", window_length=32), channels=names)
+    write_artifact(fitted, out_dir, name="pump", version="1.0.0")   # models.export
+    OnnxDetector.load(out_dir).score(windows)                          # edge.detector
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from edge.contract import Calibration, Channel
+from edge.contract.errors import ConfigError
+from models.base import Detector, fit_head
+from models.calibrate import calibrate
+from models.config import TrainConfig, config_from_mapping
+from models.data import fingerprint, make_windows
+from models.layers import init_weights
+from models.preprocess import Preprocessor, fit_preprocessor
+from models.registry import build_family
+from models.train import History, train_family
+
+log = logging.getLogger(__name__)
+CHECKPOINT = Path("training") / "checkpoint.pt"
+
+
+@dataclass
+class FittedModel:
+    """A trained detector (torch, eval mode) with everything the manifest needs."""
+
+    detector: Detector
+    config: TrainConfig
+    channels: tuple[Channel, ...]
+    sample_period_s: float
+    threshold: float
+    calibration: Calibration
+    history: History
+    train_scores: np.ndarray
+    fingerprint: str
+
+    @torch.no_grad()
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Torch-eager scores of raw ``(batch, window, channels)`` windows (the ONNX graph's twin)."""
+        score, channel_scores = self.detector(torch.as_tensor(np.asarray(windows), dtype=torch.float32))
+        return score.numpy(), channel_scores.numpy()
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed torch and force deterministic kernels for the duration (restores the previous mode)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def build_detector(pre: Preprocessor, config: TrainConfig, channels: int) -> Detector:
+    net = build_family(config.family, channels=pre.components, window_length=config.window_length, config=config)
+    init_weights(net, config)
+    return Detector(pre, net, channels=channels, score_mode=config.score_mode, extra_weight=config.extra_score_weight)
+
+
+def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channels: Sequence[Channel | str] | None = None,
+        sample_period_s: float = 1.0, init_from: FittedModel | Mapping[str, torch.Tensor] | Path | str | None = None,
+        progress: bool = False) -> FittedModel:
+    """Train ``config.family`` on ``data``: rows ``(n, channels)`` or a list of such segments
+    (e.g. one per device; windows never straddle two). Preprocessing, head statistics and the
+    threshold are fitted on these rows only. ``init_from`` fine-tunes: the weights *and* the
+    preprocessing of an earlier model (a FittedModel, a state dict, a checkpoint file or a model
+    folder with ``training/checkpoint.pt``) are loaded before training. Blocks; single use of torch
+    global RNG (seeded from ``config.seed``)."""
+    segments = [np.asarray(data, dtype=np.float64)] if isinstance(data, np.ndarray) else [np.asarray(s, dtype=np.float64) for s in data]
+    if any(s.ndim != 2 for s in segments) or len({s.shape[1] for s in segments}) != 1:
+        raise ValueError("data must be 2-D rows (n, channels), all segments with the same channels")
+    n_channels = segments[0].shape[1]
+    chans = _channels(channels, n_channels)
+    windows = np.concatenate([make_windows(s, config.window_length, config.train_stride) for s in segments])
+    if len(windows) < 4:
+        raise ValueError(f"only {len(windows)} windows of {config.window_length} samples in the data")
+    with deterministic(config.seed):
+        pre = fit_preprocessor(np.concatenate(segments), mode=config.preprocess, components=config.pca_components,
+                               whiten=config.whiten)
+        detector = build_detector(pre, config, n_channels)
+        if init_from is not None:
+            _load_initial(detector, init_from)
+        history = train_family(detector, windows, config, progress=progress)
+        fit_head(detector, windows)
+    fitted = FittedModel(detector, config, chans, sample_period_s, 0.0, Calibration("none"), history,
+                         np.empty(0), fingerprint(segments))
+    fitted.train_scores = score_in_batches(fitted, windows)
+    fitted.threshold, fitted.calibration = calibrate(fitted.train_scores, config)
+    log.info("model_fitted family=%s windows=%d threshold=%.4g", config.family, len(windows), fitted.threshold)
+    return fitted
+
+
+def score_in_batches(fitted: FittedModel, windows: np.ndarray, batch: int = 4096) -> np.ndarray:
+    return np.concatenate([fitted.score(windows[i:i + batch])[0] for i in range(0, len(windows), batch)]) if len(windows) else np.empty(0)
+
+
+def save_checkpoint(fitted: FittedModel, path: Path) -> None:
+    """Weights, preprocessing, head and config, for fine-tuning later (not part of the edge artifact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": asdict(fitted.config), "state": fitted.detector.state_dict(),
+                "channels": [asdict(c) for c in fitted.channels]}, path)
+
+
+def load_checkpoint(path: Path | str) -> tuple[TrainConfig, dict[str, torch.Tensor], tuple[Channel, ...]]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    try:
+        blob: dict[str, Any] = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"{path}: cannot read checkpoint: {exc}") from None
+    return (config_from_mapping(blob["config"], origin=str(path)), blob["state"],
+            tuple(Channel(**c) for c in blob["channels"]))
+
+
+def _load_initial(detector: Detector, source: FittedModel | Mapping[str, torch.Tensor] | Path | str) -> None:
+    if isinstance(source, FittedModel):
+        state: Mapping[str, torch.Tensor] = source.detector.state_dict()
+    elif isinstance(source, (str, Path)):
+        state = load_checkpoint(source)[1]
+    else:
+        state = source
+    try:
+        detector.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"fine-tuning: the initial weights do not fit this architecture: {exc}") from None
+
+
+def _channels(channels: Sequence[Channel | str] | None, n: int) -> tuple[Channel, ...]:
+    if channels is None:
+        return tuple(Channel(f"ch{i}") for i in range(n))
+    out = tuple(c if isinstance(c, Channel) else Channel(str(c)) for c in channels)
+    if len(out) != n:
+        raise ValueError(f"{len(out)} channel names for {n} data columns")
+    return out

@@ -1,0 +1,148 @@
+"""The training loop: optimisers, learning-rate decay, L1/L2/max-norm, early stopping, and the
+adversarial schedule for families that have a critic. Runs on the calling thread and blocks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.base import Detector, Family
+from models.config import TrainConfig
+from models.layers import apply_max_norm, penalty, weight_matrices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class History:
+    """Per-epoch losses (validation is the family's reconstruction/forecast loss) and learning rates."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    momentum = 0.0 if cfg.optimizer == "sgd" else cfg.momentum
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum, nesterov=cfg.optimizer == "nesterov")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: constant, step (x decay_rate every decay_steps), exponential, 1/t."""
+    sched = torch.optim.lr_scheduler
+    if cfg.lr_decay == "step":
+        return sched.StepLR(opt, step_size=cfg.decay_steps, gamma=cfg.decay_rate)
+    if cfg.lr_decay == "exponential":
+        return sched.ExponentialLR(opt, gamma=cfg.decay_rate)
+    if cfg.lr_decay == "inverse_time":
+        rate = cfg.decay_rate
+        return sched.LambdaLR(opt, lambda epoch: 1.0 / (1.0 + rate * epoch))
+    return sched.LambdaLR(opt, lambda epoch: 1.0)
+
+
+class _Group:
+    """One optimiser over one set of parameters, with its regularisers."""
+
+    def __init__(self, params: list[nn.Parameter], cfg: TrainConfig) -> None:
+        self.params = params
+        self.weights = [p for p in params if p.dim() >= 2]
+        self.cfg = cfg
+        self.opt = make_optimizer(params, cfg)
+        self.sched = make_scheduler(self.opt, cfg)
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        total = loss + penalty(self.weights, self.cfg)
+        total.backward()
+        self.opt.step()
+        if self.cfg.max_norm > 0:
+            apply_max_norm(self.weights, self.cfg.max_norm)
+        return float(total.detach())
+
+
+def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, progress: bool = False) -> History:
+    """Train ``detector.net`` on raw ``windows`` (preprocessing already fitted). Validation is
+    the last ``validation_split`` share of windows; with early stopping the best epoch's weights
+    are restored. Leaves the detector in eval mode."""
+    started = time.perf_counter()
+    net: Family = detector.net
+    with torch.no_grad():
+        _, z_all = detector.pre(torch.as_tensor(windows, dtype=torch.float32))
+    n_val = int(len(z_all) * cfg.validation_split)
+    z_train, z_val = z_all[:len(z_all) - n_val], z_all[len(z_all) - n_val:]
+    if len(z_train) < 2:
+        raise ValueError(f"need at least 2 training windows, got {len(z_train)}")
+    if net.adversarial:
+        groups = {"critic": _Group(net.critic_parameters(), cfg), "generator": _Group(net.generator_parameters(), cfg)}
+    else:
+        groups = {"net": _Group(list(net.parameters()), cfg)}
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    history = History()
+    best_loss, best_state, waited = float("inf"), None, 0
+    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.family}", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        history.lr.append(groups["generator" if net.adversarial else "net"].opt.param_groups[0]["lr"])
+        order = torch.randperm(len(z_train), generator=shuffle)
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            batch = z_train[order[i:i + cfg.batch_size]]
+            if len(batch) < 2:
+                continue  # batch norm cannot train on one sample
+            if net.adversarial:
+                for _ in range(cfg.n_critic):
+                    groups["critic"].step(net.critic_loss(batch))
+                losses.append(groups["generator"].step(net.generator_loss(batch)))
+            else:
+                losses.append(groups["net"].step(net.loss(batch)))
+        for group in groups.values():
+            group.sched.step()
+        history.train_loss.append(float(np.mean(losses)))
+        net.eval()
+        monitored = history.train_loss[-1]
+        if n_val:
+            monitored = _evaluate(net, z_val, cfg.batch_size)
+            history.val_loss.append(monitored)
+        bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", val=f"{monitored:.4g}")
+        if monitored < best_loss - cfg.min_delta:
+            best_loss, waited, history.best_epoch = monitored, 0, epoch
+            if cfg.early_stopping:
+                best_state = copy.deepcopy(net.state_dict())
+        else:
+            waited += 1
+            if cfg.early_stopping and waited >= cfg.early_stopping:
+                history.stopped_early = True
+                log.info("training_stopped_early epoch=%d best_epoch=%d", epoch, history.best_epoch)
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    detector.eval()
+    history.seconds = time.perf_counter() - started
+    log.info("training_finished family=%s epochs=%d seconds=%.1f", cfg.family, len(history.train_loss), history.seconds)
+    return history
+
+
+@torch.no_grad()
+def _evaluate(net: Family, z: torch.Tensor, batch_size: int) -> float:
+    total = 0.0
+    for i in range(0, len(z), batch_size):
+        chunk = z[i:i + batch_size]
+        total += float(net.loss(chunk)) * len(chunk)
+    return total / len(z)
+
+
+def weight_norms(module: nn.Module) -> list[float]:
+    """Largest row norm of every weight matrix (for checks and reports)."""
+    return [float(p.detach().flatten(1).norm(dim=1).max()) for p in weight_matrices(module)]
