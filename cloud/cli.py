@@ -14,7 +14,7 @@ from edge.contract.errors import ConfigError, EdgewatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cloud import keys_cli, registry_cli, stack_cli
+    from cloud import incidents_cli, keys_cli, processor_cli, registry_cli, stack_cli
 
     parser = argparse.ArgumentParser(
         prog="edgewatch",
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stack_cli.register(sub)
+    processor_cli.register(sub)
+    incidents_cli.register(sub)
     keys_cli.register(sub)
     registry_cli.register(sub)
     return parser

@@ -1,0 +1,87 @@
+"""The alert and dead-letter outboxes: rows written with the batch, produced to Kafka afterwards.
+
+A batch's transaction stores its alerts and dead letters; :class:`Outbox` then produces every
+unpublished row (alerts to ``edgewatch.alerts`` keyed by incident id, dead letters to
+``edgewatch.deadletter`` with the original payload and the reason in headers), waits for the
+broker's acks and marks them published. A crash in between re-publishes on the next run:
+delivery is at least once, and alert ids are deterministic so consumers de-duplicate.
+Called from the consumer thread; blocks up to ``timeout_s`` on the broker and raises
+:class:`BrokerUnavailable` past it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from cloud.processor.metrics import ProcessorMetrics
+from cloud.processor.store import Store
+from edge.contract import Alert, BrokerUnavailable, encode_alert
+
+log = logging.getLogger(__name__)
+
+
+def alert_rows(alerts: Sequence[Alert]) -> list[tuple[str, str, str, str, str]]:
+    """Store rows (alert_id, incident_id, kind, action, payload) for the alert outbox."""
+    return [(a.alert_id, a.incident_id, a.kind, a.action, encode_alert(a).decode()) for a in alerts]
+
+
+def deadletter_headers(topic: str, partition: int, offset: int, field: str, reason: str) -> list[tuple[str, bytes]]:
+    return [("edgewatch-reason", reason.encode()), ("edgewatch-field", field.encode()),
+            ("edgewatch-source", f"{topic}/{partition}/{offset}".encode())]
+
+
+class Outbox:
+    """Publishes the store's unpublished alerts and dead letters; see the module docstring."""
+
+    def __init__(self, producer: KafkaProducer, store: Store, *, alerts_topic: str, deadletter_topic: str,
+                 metrics: ProcessorMetrics, clock: Callable[[], float], timeout_s: float = 30.0) -> None:
+        self.producer = producer
+        self.store = store
+        self.alerts_topic = alerts_topic
+        self.deadletter_topic = deadletter_topic
+        self.metrics = metrics
+        self.clock = clock
+        self.timeout_s = timeout_s
+
+    def publish(self) -> int:
+        """Produce every unpublished row and mark it; returns how many were published."""
+        total = 0
+        while True:
+            alerts = self.store.unpublished("alerts")
+            dead = self.store.unpublished("deadletters")
+            if not alerts and not dead:
+                return total
+            futures: list[Any] = []
+            for _alert_id, incident_id, payload in alerts:
+                futures.append(self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode()))
+            for topic, partition, offset, field, reason, payload in dead:
+                headers = deadletter_headers(topic, partition, offset, field, reason)
+                futures.append(self.producer.send(self.deadletter_topic, key=f"{topic}/{partition}".encode(),
+                                                  value=bytes(payload) if payload is not None else None, headers=headers))
+            self.producer.flush(self.timeout_s)
+            try:
+                for fut in futures:
+                    fut.get(timeout=self.timeout_s)
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"outbox: produce failed ({exc!r}); rows stay unpublished and are retried") from exc
+            now = self.clock()
+            self.store.mark_published("alerts", alerts, now)
+            self.store.mark_published("deadletters", dead, now)
+            for _, _, payload in alerts:
+                kind, action = _kind_action(payload)
+                self.metrics.alerts_emitted.labels(kind=kind, action=action).inc()
+            self.metrics.deadletters_published.inc(len(dead))
+            total += len(alerts) + len(dead)
+            log.debug("outbox_published alerts=%d deadletters=%d", len(alerts), len(dead))
+
+
+def _kind_action(payload: str) -> tuple[str, str]:
+    import json
+
+    doc = json.loads(payload)
+    return str(doc.get("kind", "")), str(doc.get("action", ""))

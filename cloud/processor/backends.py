@@ -1,0 +1,56 @@
+"""Opening the store: a SQLite file (default) or a PostgreSQL database (psycopg 3).
+
+Both connections run in autocommit mode; :class:`~cloud.processor.store.Store` issues
+``BEGIN``/``COMMIT`` itself so the two backends share one transaction shape. SQLite runs in WAL
+mode with a busy timeout, so several processor processes may share one file on one host.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from cloud.processor.config import StoreSection
+from cloud.processor.store import Store
+from edge.contract import ConfigError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_S = 60.0
+
+
+def open_store(section: StoreSection, *, migrate: bool = True) -> Store:
+    """Connect to the configured backend and (by default) create or upgrade its schema.
+
+    Raises :class:`ConfigError` when the backend cannot be reached with what the config says.
+    """
+    if section.backend == "sqlite":
+        store = open_sqlite(Path(section.sqlite_path))
+    else:
+        store = open_postgres(section.postgres_dsn)
+    if migrate:
+        store.migrate()
+    return store
+
+
+def open_sqlite(path: Path) -> Store:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True)
+    # WAL: readers (the operator CLI) never block the processor; NORMAL sync keeps every committed
+    # transaction across a process crash (SIGKILL), only an OS crash may lose the last ones.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return Store(conn, "sqlite")
+
+
+def open_postgres(dsn: str) -> Store:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("store.backend = 'postgres' needs psycopg: pip install 'psycopg[binary]'") from None
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise ConfigError(f"store.postgres_dsn: cannot connect ({str(exc).strip().splitlines()[0]})") from None
+    return Store(conn, "postgres")

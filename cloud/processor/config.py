@@ -1,0 +1,232 @@
+"""The processor's typed configuration (``cloud.toml``): frozen dataclasses loaded from TOML.
+
+Unknown sections or keys are a :class:`ConfigError` naming the file and the dotted key. Every
+scalar key has an environment twin ``EDGEWATCH_<SECTION>__<KEY>`` read at load time (secrets
+such as ``store.postgres_dsn`` belong there). See ``deploy/cloud.example.toml`` for every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from edge.contract import ConfigError
+
+ENV_PREFIX = "EDGEWATCH_"
+
+
+@dataclass(frozen=True)
+class KafkaSection:
+    bootstrap: str = "127.0.0.1:9092"
+    group_id: str = "edgewatch-processor"
+    client_id: str = "edgewatch-processor"
+    anomalies_topic: str = "edgewatch.anomalies"
+    telemetry_topic: str = "edgewatch.telemetry"
+    alerts_topic: str = "edgewatch.alerts"
+    deadletter_topic: str = "edgewatch.deadletter"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = 2000
+    poll_timeout_s: float = 0.5
+    session_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_path: str = "edgewatch.db"
+    postgres_dsn: str = ""  # secret: set EDGEWATCH_STORE__POSTGRES_DSN rather than writing it in the file
+
+
+@dataclass(frozen=True)
+class IncidentsSection:
+    min_events: int = 3  # m
+    window_s: float = 60.0  # W
+    quiet_s: float = 300.0
+    allowed_lateness_s: float = 30.0
+    idle_advance_s: float = 0.0  # 0: watermarks move only with events; >0 see docs/processor.md
+
+
+@dataclass(frozen=True)
+class FleetSection:
+    min_devices: int = 3  # k
+    window_s: float = 120.0
+    quiet_s: float = 300.0
+    prefix_separator: str = "-"
+    prefix_parts: int = 0  # >0: site = the first N parts of the device id; 0: only the sites table
+    sites: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def site_of(self, device_id: str) -> str:
+        """The site or group of a device: the ``sites`` table first, then the prefix rule, else ``""``."""
+        for site, devices in self.sites.items():
+            if device_id in devices:
+                return site
+        if self.prefix_parts > 0:
+            parts = device_id.split(self.prefix_separator)
+            if len(parts) > self.prefix_parts:
+                return self.prefix_separator.join(parts[: self.prefix_parts])
+        return ""
+
+
+@dataclass(frozen=True)
+class DriftSection:
+    enabled: bool = True
+    window_s: float = 3600.0
+    sustain_windows: int = 3
+    rate_factor: float = 3.0
+    score_factor: float = 2.0
+    expected_rate_per_hour: float = 1.0  # used when no manifest for the model is known
+    expected_score_ratio: float = 1.5  # mean score / threshold of anomalies, when no manifest says
+    manifest_dir: str = ""
+
+
+@dataclass(frozen=True)
+class ArchiveSection:
+    enabled: bool = False
+    dir: str = "archive"
+    group_id: str = "edgewatch-archive"
+    flush_rows: int = 5000
+    flush_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    port: int = 0  # 0: no HTTP endpoint
+    lag_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    kafka: KafkaSection = KafkaSection()
+    store: StoreSection = StoreSection()
+    incidents: IncidentsSection = IncidentsSection()
+    fleet: FleetSection = FleetSection()
+    drift: DriftSection = DriftSection()
+    archive: ArchiveSection = ArchiveSection()
+    metrics: MetricsSection = MetricsSection()
+
+    def masked(self) -> dict[str, Any]:
+        """The config as a dict with secrets masked, for the start-up log line."""
+        data = dataclasses.asdict(self)
+        data["store"]["postgres_dsn"] = _mask_dsn(self.store.postgres_dsn)
+        return data
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> ProcessorConfig:
+    """Read ``path`` (or only defaults and environment when None); raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    where = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with Path(path).open("rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    sections = {f.name: f for f in dataclasses.fields(ProcessorConfig)}
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"{where}: unknown key {key!r} (known sections: {', '.join(sections)})")
+    hints = typing.get_type_hints(ProcessorConfig)
+    built = {name: _section(hints[name], raw.get(name, {}), name, where, env) for name in sections}
+    config = ProcessorConfig(**built)
+    _validate(config, where)
+    return config
+
+
+def _section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str]) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: {name} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {name}.{key}")
+        values[key] = _coerce(value, hints[key], f"{where}: {name}.{key}", from_env=False)
+    head = f"{ENV_PREFIX}{name.upper()}__"
+    for var, text in env.items():
+        if var.startswith(head):
+            key = var[len(head):].lower()
+            if key not in known:
+                raise ConfigError(f"environment: {var} names unknown key {name}.{key}")
+            values[key] = _coerce(text, hints[key], f"environment {var}", from_env=True)
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any, where: str, *, from_env: bool) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{where}: {value!r} must be one of {', '.join(map(repr, get_args(tp)))}")
+        return value
+    if origin is not None and issubclass(origin, Mapping):
+        if from_env:
+            raise ConfigError(f"{where}: a table cannot be set from the environment")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table of name = [device ids]")
+        out: dict[str, tuple[str, ...]] = {}
+        for k, v in value.items():
+            if not isinstance(v, list) or not all(isinstance(d, str) for d in v):
+                raise ConfigError(f"{where}.{k}: expected a list of device id strings")
+            out[str(k)] = tuple(v)
+        return out
+    if tp is bool:
+        if from_env:
+            text = value.strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            return text in ("1", "true", "yes", "on")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int or tp is float:
+        return _number(value, tp, where, from_env)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _number(value: Any, tp: type, where: str, from_env: bool) -> Any:
+    if from_env:
+        try:
+            value = tp(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} must be finite")
+    return tp(value)
+
+
+def _validate(c: ProcessorConfig, where: str) -> None:
+    checks = [
+        (c.incidents.min_events >= 1, "incidents.min_events", c.incidents.min_events, "must be >= 1"),
+        (c.incidents.window_s >= 0, "incidents.window_s", c.incidents.window_s, "must be >= 0"),
+        (c.incidents.quiet_s > 0, "incidents.quiet_s", c.incidents.quiet_s, "must be > 0"),
+        (c.incidents.allowed_lateness_s >= 0, "incidents.allowed_lateness_s", c.incidents.allowed_lateness_s, "must be >= 0"),
+        (c.fleet.min_devices >= 2, "fleet.min_devices", c.fleet.min_devices, "must be >= 2"),
+        (c.fleet.quiet_s >= 0, "fleet.quiet_s", c.fleet.quiet_s, "must be >= 0"),
+        (c.drift.window_s > 0, "drift.window_s", c.drift.window_s, "must be > 0"),
+        (c.drift.sustain_windows >= 1, "drift.sustain_windows", c.drift.sustain_windows, "must be >= 1"),
+        (c.kafka.max_poll_records >= 1, "kafka.max_poll_records", c.kafka.max_poll_records, "must be >= 1"),
+        (c.store.backend != "postgres" or bool(c.store.postgres_dsn), "store.postgres_dsn", "",
+         "is required for the postgres backend (set EDGEWATCH_STORE__POSTGRES_DSN)"),
+    ]
+    for ok, key, value, rule in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {key} = {value!r} {rule}")
+
+
+def _mask_dsn(dsn: str) -> str:
+    return re.sub(r"(password=)\S+", r"\1***", re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", dsn))

@@ -1,0 +1,193 @@
+"""The processor's consumer loop: a Kafka consumer group on the anomalies topic.
+
+Per poll: every partition's batch is stored in its own transaction, then fleet incidents are
+brought up to the global final time, then the alert and dead-letter outboxes are produced, and
+only then are the batch's offsets committed explicitly, per partition. A crash anywhere in
+between re-delivers records that the store de-duplicates: at-least-once delivery, exactly-once
+effect. A store error rewinds the partition to the batch start and retries after a pause; bad
+records never stop the loop. :meth:`Processor.run` blocks until ``stop`` is set (SIGTERM in the
+CLI), finishes the batch in hand, publishes, commits and leaves the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
+
+from cloud.processor.alerts import Outbox
+from cloud.processor.config import ProcessorConfig
+from cloud.processor.drift import load_expectations
+from cloud.processor.fleet import FleetCorrelator
+from cloud.processor.metrics import ProcessorMetrics
+from cloud.processor.pipeline import Pipeline
+from cloud.processor.store import Store
+from edge.contract import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+STORE_RETRY_S = 1.0
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """Driver exceptions that mean "the store write failed, retry the batch"."""
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.processor.pipeline.forget([tp.partition for tp in revoked])
+        log.info("partitions_revoked partitions=%s", sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.processor.pipeline.forget([tp.partition for tp in assigned])
+        now = time.monotonic()
+        for tp in assigned:
+            self.processor.last_seen[tp.partition] = now
+        log.info("partitions_assigned partitions=%s", sorted(tp.partition for tp in assigned))
+
+
+class Processor:
+    """Owns one consumer, one producer and one store connection; runs on the calling thread."""
+
+    def __init__(self, config: ProcessorConfig, store: Store, *, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.metrics = ProcessorMetrics(registry or CollectorRegistry())
+        self.pipeline = Pipeline(config, store, self.metrics, clock, load_expectations(config.drift))
+        self.fleet = FleetCorrelator(config.fleet, config.kafka.anomalies_topic)
+        self.topic = config.kafka.anomalies_topic
+        self.last_seen: dict[int, float] = {}
+        self._empty_checked = 0.0
+        self._lag_checked = 0.0
+
+    def run(self) -> None:
+        k = self.config.kafka
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id, enable_auto_commit=False,
+                auto_offset_reset=k.auto_offset_reset, max_poll_records=k.max_poll_records,
+                session_timeout_ms=int(k.session_timeout_s * 1000), heartbeat_interval_ms=max(100, int(k.session_timeout_s * 250)),
+            )
+            producer = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=k.client_id + "-outbox", acks="all", linger_ms=5)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"kafka at {k.bootstrap}: {exc!r}") from exc
+        outbox = Outbox(producer, self.store, alerts_topic=k.alerts_topic, deadletter_topic=k.deadletter_topic,
+                        metrics=self.metrics, clock=self.clock)
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        log.info("processor_started topic=%s group=%s bootstrap=%s", self.topic, k.group_id, k.bootstrap)
+        try:
+            outbox.publish()
+            while not self.stop.is_set():
+                self._poll_once(consumer, outbox)
+            log.info("processor_draining")
+            outbox.publish()
+        finally:
+            consumer.close(autocommit=False)
+            producer.close(timeout=10)
+            log.info("processor_stopped")
+
+    def _poll_once(self, consumer: KafkaConsumer, outbox: Outbox) -> None:
+        k = self.config.kafka
+        polled = consumer.poll(timeout_ms=int(k.poll_timeout_s * 1000), max_records=k.max_poll_records)
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, records in polled.items():
+            if not records:
+                continue
+            self.last_seen[tp.partition] = time.monotonic()
+            try:
+                self.pipeline.process(tp.topic, tp.partition, records)
+            except store_errors() as exc:
+                self.metrics.store_errors.inc()
+                log.error("store_write_failed topic=%s partition=%d offset=%d error=%r; retrying", tp.topic, tp.partition,
+                          records[0].offset, exc)
+                consumer.seek(tp, records[0].offset)
+                self.stop.wait(STORE_RETRY_S)
+                continue
+            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self._advance_idle(consumer)
+        if offsets:
+            self.evaluate_fleet(consumer)
+            outbox.publish()
+            try:
+                consumer.commit(offsets)
+            except CommitFailedError as exc:
+                log.warning("offsets_commit_failed reason=%r; the next owner re-reads them and de-duplicates", exc)
+        self._update_gauges(consumer)
+
+    def evaluate_fleet(self, consumer: KafkaConsumer) -> None:
+        final = self.global_final(consumer)
+        if final is not None:
+            try:
+                self.fleet.evaluate(self.store, final, self.clock())
+            except store_errors() as exc:
+                self.metrics.store_errors.inc()
+                log.error("fleet_evaluation_failed error=%r; retried after the next batch", exc)
+
+    def global_final(self, consumer: KafkaConsumer) -> float | None:
+        """Smallest watermark over the topic's partitions that hold data, minus the allowed lateness."""
+        marks = self.store.partition_watermarks(self.topic)
+        parts = consumer.partitions_for_topic(self.topic) or set()
+        missing = [p for p in parts if marks.get(p) is None]
+        if missing:
+            if time.monotonic() - self._empty_checked < 1.0:
+                return None
+            self._empty_checked = time.monotonic()
+            ends = consumer.end_offsets([TopicPartition(self.topic, p) for p in missing])
+            if any(v > 0 for v in ends.values()):
+                return None  # a partition with data has not been processed yet
+        present = [w for p, w in marks.items() if w is not None and p in parts]
+        return min(present) - self.config.incidents.allowed_lateness_s if present else None
+
+    def _advance_idle(self, consumer: KafkaConsumer) -> None:
+        idle_s = self.config.incidents.idle_advance_s
+        if idle_s <= 0:
+            return
+        mono = time.monotonic()
+        for tp in consumer.assignment():
+            if mono - self.last_seen.get(tp.partition, mono) >= idle_s:
+                self.last_seen[tp.partition] = mono
+                try:
+                    self.pipeline.advance_idle(tp.topic, tp.partition, self.clock() - idle_s)
+                except store_errors() as exc:
+                    self.metrics.store_errors.inc()
+                    log.error("idle_advance_failed partition=%d error=%r", tp.partition, exc)
+
+    def _update_gauges(self, consumer: KafkaConsumer) -> None:
+        mono = time.monotonic()
+        if mono - self._lag_checked < self.config.metrics.lag_interval_s:
+            return
+        self._lag_checked = mono
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, high - consumer.position(tp)))
+        for kind, n in self.pipeline.open_incidents().items():
+            self.metrics.incidents_open.labels(kind=kind).set(n)
+        self.metrics.incidents_open.labels(kind="fleet_incident").set(len(self.store.incidents(kind="fleet_incident", open_only=True)))
+
+
+def run_processor(config: ProcessorConfig, store: Store, stop: threading.Event, registry: CollectorRegistry) -> None:
+    """Entry used by the CLI: run until ``stop`` is set."""
+    Processor(config, store, registry=registry, stop=stop).run()

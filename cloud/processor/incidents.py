@@ -1,0 +1,113 @@
+"""Device incidents in event time: open when at least ``m`` anomalies fall within ``W`` seconds,
+close ``quiet_s`` after the last one, once the partition's watermark says nothing earlier can come.
+
+Pure logic over a per-device state (a JSON-able dict kept in the store with the partition's
+progress), so a restarted or rebalanced processor continues exactly where the store says. Given
+the same events in the same partition order, the same incidents come out, whatever the
+process layout. Called from the consumer thread only; never blocks.
+
+Times: ``watermark`` is the largest ``window_end`` seen in the partition. An event at least
+``allowed_lateness_s`` older than the watermark is late beyond lateness: stored and counted, not
+applied. ``final`` = watermark - allowed lateness: every event still to be applied is at or after it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloud.processor.config import IncidentsSection
+from cloud.processor.store import IncidentRow
+from edge.contract import Alert, make_incident_id
+
+DeviceState = dict[str, Any]
+
+
+@dataclass
+class Changes:
+    """What one batch changed: incident rows to upsert (last write per id wins) and alerts to emit."""
+
+    incidents: dict[str, IncidentRow] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+
+    def put(self, row: IncidentRow) -> None:
+        self.incidents[row.incident_id] = row
+
+
+def new_state() -> DeviceState:
+    return {"recent": [], "open": None, "drift": {}}
+
+
+class IncidentTracker:
+    """Per-device m-of-W opening and quiet-period closing; see the module docstring."""
+
+    def __init__(self, section: IncidentsSection, site_of: Callable[[str], str]) -> None:
+        self.s = section
+        self.site_of = site_of
+
+    def is_late(self, t: float, watermark: float | None) -> bool:
+        """True when ``t`` is older than the watermark by more than the allowed lateness."""
+        return watermark is not None and t < watermark - self.s.allowed_lateness_s
+
+    def apply(self, device: str, state: DeviceState, t: float, score: float, model_name: str, model_version: str,
+              final: float, out: Changes) -> None:
+        """Apply one new (not duplicate, not late) anomaly at event time ``t``; ``final`` as in the module doc."""
+        inc = state["open"]
+        if inc is not None:
+            inc["count"] += 1
+            inc["last"] = max(inc["last"], t)
+            inc["max"] = max(inc["max"], score)
+            inc["model_name"], inc["model_version"] = model_name, model_version
+            out.put(self._row(device, inc, None))
+            return
+        # anomalies before final - W can never share a window with one still to come
+        recent: list[list[float]] = [r for r in state["recent"] if r[0] >= final - self.s.window_s]
+        state["recent"] = recent
+        bisect.insort(recent, [t, score])
+        m, w = self.s.min_events, self.s.window_s
+        for i in range(m - 1, len(recent)):
+            if recent[i][0] - recent[i - m + 1][0] <= w:
+                members = recent[i - m + 1:]
+                opened = recent[i][0]
+                inc = {"id": make_incident_id("incident", device, opened), "opened_at": opened,
+                       "last": members[-1][0], "count": len(members), "max": max(s for _, s in members),
+                       "model_name": model_name, "model_version": model_version}
+                state["open"], state["recent"] = inc, []
+                row = self._row(device, inc, None)
+                out.put(row)
+                out.alerts.append(self._alert(row, "open"))
+                return
+
+    def due(self, state: DeviceState) -> float | None:
+        """The final time at which the device's open incident closes unless another anomaly comes."""
+        inc = state["open"]
+        return None if inc is None else float(inc["last"]) + self.s.quiet_s
+
+    def close_if_due(self, device: str, state: DeviceState, final: float, out: Changes) -> bool:
+        """Close the open incident when ``final`` has passed its last anomaly plus the quiet period."""
+        inc = state["open"]
+        if inc is None or final < inc["last"] + self.s.quiet_s:
+            return False
+        row = self._row(device, inc, inc["last"] + self.s.quiet_s)
+        state["open"] = None
+        out.put(row)
+        out.alerts.append(self._alert(row, "close"))
+        return True
+
+    def _row(self, device: str, inc: dict[str, Any], closed_at: float | None) -> IncidentRow:
+        return IncidentRow(
+            incident_id=inc["id"], kind="incident", site=self.site_of(device), device_id=device, device_ids=(device,),
+            opened_at=inc["opened_at"], closed_at=closed_at, last_event_at=inc["last"], event_count=inc["count"],
+            max_score=inc["max"], model_name=inc["model_name"], model_version=inc["model_version"],
+            detail=f"{inc['count']} anomalies, at least {self.s.min_events} within {self.s.window_s:g} s",
+        )
+
+    @staticmethod
+    def _alert(row: IncidentRow, action: str) -> Alert:
+        return Alert(
+            kind="incident", action="open" if action == "open" else "close", incident_id=row.incident_id, site=row.site,
+            device_ids=row.device_ids, opened_at=row.opened_at, closed_at=row.closed_at, event_count=row.event_count,
+            max_score=row.max_score, model_name=row.model_name, model_version=row.model_version, detail=row.detail,
+        )

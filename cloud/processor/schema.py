@@ -1,0 +1,55 @@
+"""The store's schema, as numbered migrations that the processor applies at start.
+
+One list for both backends; ``{real}``, ``{bigint}`` and ``{blob}`` become the dialect's types.
+A migration is applied once, in a transaction, and recorded in ``schema_version``; the
+processor refuses a store whose version is newer than the code it runs.
+"""
+
+from __future__ import annotations
+
+TYPES = {
+    "sqlite": {"real": "REAL", "bigint": "INTEGER", "blob": "BLOB"},
+    "postgres": {"real": "DOUBLE PRECISION", "bigint": "BIGINT", "blob": "BYTEA"},
+}
+
+MIGRATIONS: list[list[str]] = [
+    [  # 1: events, incidents, alerts, dead letters, partition progress, device state
+        """CREATE TABLE events (
+            event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, agent_id TEXT NOT NULL,
+            window_start {real} NOT NULL, window_end {real} NOT NULL, score {real} NOT NULL, threshold {real} NOT NULL,
+            channel_scores TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+            detected_at {real} NOT NULL, topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset {bigint} NOT NULL,
+            late INTEGER NOT NULL, ingested_at {real} NOT NULL)""",
+        "CREATE INDEX events_device_time ON events (device_id, window_end)",
+        """CREATE TABLE incidents (
+            incident_id TEXT PRIMARY KEY, kind TEXT NOT NULL, site TEXT NOT NULL, device_id TEXT NOT NULL,
+            device_ids TEXT NOT NULL, opened_at {real} NOT NULL, closed_at {real}, last_event_at {real} NOT NULL,
+            event_count INTEGER NOT NULL, max_score {real} NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL,
+            statistic TEXT NOT NULL, observed {real}, expected {real}, detail TEXT NOT NULL,
+            label TEXT, labelled_at {real}, updated_at {real} NOT NULL)""",
+        "CREATE INDEX incidents_kind_site ON incidents (kind, site, closed_at)",
+        "CREATE INDEX incidents_opened ON incidents (opened_at)",
+        """CREATE TABLE alerts (
+            alert_id TEXT PRIMARY KEY, incident_id TEXT NOT NULL, kind TEXT NOT NULL, action TEXT NOT NULL,
+            payload TEXT NOT NULL, created_at {real} NOT NULL, published_at {real})""",
+        "CREATE INDEX alerts_unpublished ON alerts (published_at, created_at)",
+        """CREATE TABLE deadletters (
+            topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset {bigint} NOT NULL,
+            field TEXT NOT NULL, reason TEXT NOT NULL, payload {blob}, created_at {real} NOT NULL, published_at {real},
+            PRIMARY KEY (topic, kafka_partition, kafka_offset))""",
+        "CREATE INDEX deadletters_unpublished ON deadletters (published_at, created_at)",
+        """CREATE TABLE partitions (
+            topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, version {bigint} NOT NULL,
+            watermark {real}, next_offset {bigint} NOT NULL, updated_at {real} NOT NULL,
+            PRIMARY KEY (topic, kafka_partition))""",
+        """CREATE TABLE device_state (
+            topic TEXT NOT NULL, device_id TEXT NOT NULL, kafka_partition INTEGER NOT NULL, state TEXT NOT NULL,
+            PRIMARY KEY (topic, device_id))""",
+        "CREATE INDEX device_state_partition ON device_state (topic, kafka_partition)",
+    ],
+]
+
+
+def statements(dialect: str, version: int) -> list[str]:
+    """The SQL of migration ``version`` (1-based) for ``dialect``."""
+    return [s.format(**TYPES[dialect]) for s in MIGRATIONS[version - 1]]
