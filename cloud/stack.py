@@ -161,18 +161,16 @@ class Service:
 class Mosquitto(Service):
     name = "mosquitto"
 
-    def prepare(self) -> None:
-        data = self.state_dir / "mosquitto-data"
-        data.mkdir(exist_ok=True)
-        user = "root" if os.geteuid() == 0 else ""
+    def config_lines(self, data_dir: Path) -> list[str]:
+        """The development configuration: anonymous, loopback only. Subclasses replace it."""
         # Queue limits chosen for QoS 1 without silent loss: Mosquitto drops QoS 1 messages for a
         # persistent session past max_queued_messages (default 1000); the agent's intake is
         # bursty, so the dev broker holds up to 1M messages for an offline session.
-        conf = [
+        return [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "persistence true",
-            f"persistence_location {data}/",
+            f"persistence_location {data_dir}/",
             "autosave_interval 1",
             "max_queued_messages 1000000",
             "max_inflight_messages 100",
@@ -181,8 +179,13 @@ class Mosquitto(Service):
             "log_type warning",
             "log_type notice",
         ]
-        if user:
-            conf.append(f"user {user}")
+
+    def prepare(self) -> None:
+        data = self.state_dir / "mosquitto-data"
+        data.mkdir(exist_ok=True)
+        conf = self.config_lines(data)
+        if os.geteuid() == 0:
+            conf.append("user root")  # otherwise Mosquitto drops to 'mosquitto', who cannot read our files
         (self.state_dir / "mosquitto.conf").write_text("\n".join(conf) + "\n")
 
     def command(self) -> list[str]:
