@@ -1,0 +1,208 @@
+"""The edge agent: wires intake, pipeline, outbox and forwarder together with three threads.
+
+- paho's network thread: :class:`~edge.intake.MqttIntake` puts messages on the bounded queue.
+- the worker thread: takes messages off the queue, runs the :class:`~edge.pipeline.Pipeline`
+  (decode, windows, one inference call per tick, decide, sample) and commits the resulting
+  records to the outbox at most once per ``agent.tick_s`` (one fsync per tick, not per record).
+- the forwarder thread: drains the outbox into Kafka (:class:`~edge.forwarder.Forwarder`).
+
+In-process use::
+
+    agent = Agent(load_config("agent.toml"))
+    agent.start()          # loads the model, opens the outbox, connects; returns at once
+    ...
+    agent.stop()           # graceful: stop intake, score what is queued, flush within the bound
+
+What a ``kill -9`` loses: messages in the intake queue, readings in incomplete windows and
+records not yet committed (at most one tick); paho has already acknowledged those messages to
+the broker. Everything committed to the outbox survives and is sent after the restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from edge.config import Config
+from edge.contract import ConfigError
+from edge.forwarder import Forwarder, ProducerFactory, make_producer
+from edge.intake import IntakeQueue, MqttIntake
+from edge.metrics import AgentMetrics, serve
+from edge.outbox import Outbox, Record
+from edge.pipeline import Pipeline, Scorer
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGES_PER_TICK = 2000
+MAX_PENDING_RECORDS = 50_000
+
+
+class Agent:
+    """One agent process's worth of machinery; not restartable (build a new one)."""
+
+    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
+                 scorer: Scorer | None = None, producer_factory: ProducerFactory = make_producer) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self._clock = clock
+        self._scorer = scorer
+        self._producer_factory = producer_factory
+        self.queue = IntakeQueue(config.agent.queue_max_messages, config.agent.overflow)
+        self.intake: MqttIntake | None = None
+        self.outbox: Outbox | None = None
+        self.forwarder: Forwarder | None = None
+        self.pipeline: Pipeline | None = None
+        self.metrics_port: int | None = None
+        self._http: object | None = None
+        self._worker: threading.Thread | None = None
+        self._forward_thread: threading.Thread | None = None
+        self._draining = threading.Event()
+        self._drain_deadline = float("inf")
+        self._stop_requested = threading.Event()
+        self._stopped = False
+        self.worker_errors = 0
+
+    def load_scorer(self) -> Scorer:
+        """The configured model, verified, loaded and warmed up (:class:`~edge.detector.OnnxDetector`)."""
+        from edge.detector import OnnxDetector
+
+        model_dir = Path(self.config.model.path)
+        if not model_dir.is_dir():
+            raise ConfigError(f"{self.config.source}: 'model.path' {model_dir} is not a folder with model.onnx and manifest.json")
+        detector = OnnxDetector.load(model_dir, threads=self.config.model.threads)
+        detector.warm_up()
+        return detector
+
+    def start(self) -> None:
+        """Load the model, open the outbox, serve metrics, start the threads and connect to MQTT.
+
+        Raises :class:`ConfigError`, :class:`~edge.contract.ManifestError` or
+        :class:`~edge.contract.ModelLoadError` before anything is started; a broker that is
+        down is not an error (both clients retry in the background).
+        """
+        cfg = self.config
+        log.info("agent_starting agent_id=%s config=%s settings=%s", cfg.agent.id, cfg.source, cfg.describe())
+        scorer = self._scorer or self.load_scorer()
+        m = scorer.manifest
+        self.pipeline = Pipeline(cfg, scorer, self.metrics, clock=self._clock)
+        self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
+        self.outbox = Outbox(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes, synchronous=cfg.outbox.synchronous, clock=self._clock)
+        self.metrics.track_outbox(lambda: self.outbox.rows if self.outbox else 0, lambda: self.outbox.bytes if self.outbox else 0)
+        self.metrics.track_queue(lambda: len(self.queue))
+        if cfg.metrics.port:
+            server, _thread = serve(self.registry, cfg.metrics.host, cfg.metrics.port)
+            self._http = server
+            self.metrics_port = int(server.server_port)
+        self.forwarder = Forwarder(self.outbox, cfg.kafka, self.metrics, producer_factory=self._producer_factory)
+        self._forward_thread = threading.Thread(target=self.forwarder.run, name="edgewatch-forwarder", daemon=True)
+        self._forward_thread.start()
+        self._worker = threading.Thread(target=self._work, name="edgewatch-worker", daemon=True)
+        self._worker.start()
+        self.intake = MqttIntake(cfg.mqtt, self.queue, clock=self._clock,
+                                 on_connection=lambda up: self.metrics.mqtt_connected.set(1 if up else 0),
+                                 on_drop=self.metrics.queue_dropped.inc)
+        self.intake.start()
+        log.info("agent_started agent_id=%s model=%s version=%s sha256=%s outbox_rows=%d metrics_port=%s", cfg.agent.id,
+                 m.name, m.version, m.sha256[:12], self.outbox.rows, self.metrics_port)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return; safe to call from a signal handler."""
+        self._stop_requested.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until :meth:`request_stop`; returns whether it was requested."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._stop_requested.is_set():
+            left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._stop_requested.wait(left)
+        return True
+
+    def stop(self, timeout_s: float | None = None) -> int:
+        """Stop intake, score what is queued, flush the outbox; returns the rows left in it.
+
+        Bounded by ``timeout_s`` (default ``agent.shutdown_timeout_s``); rows not sent in time
+        stay in the outbox for the next start. Idempotent.
+        """
+        if self._stopped:
+            return self.outbox.rows if self.outbox else 0
+        self._stopped = True
+        bound = self.config.agent.shutdown_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + bound
+        log.info("agent_stopping queued=%d timeout_s=%.1f", len(self.queue), bound)
+        if self.intake is not None:
+            self.intake.stop()
+        self._drain_deadline = deadline
+        self._draining.set()
+        if self._worker is not None:
+            self._worker.join(max(0.0, deadline - time.monotonic()))
+        left = 0
+        if self.forwarder is not None and self._forward_thread is not None:
+            self.forwarder.stop(deadline)
+            self._forward_thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+            if self._forward_thread.is_alive():
+                self.forwarder.abort()
+                self._forward_thread.join(2.0)
+        if self.outbox is not None:
+            left = self.outbox.rows
+            if not (self._forward_thread and self._forward_thread.is_alive()) and not (self._worker and self._worker.is_alive()):
+                self.outbox.close()
+        if self._http is not None:
+            self._http.shutdown()  # type: ignore[attr-defined]
+            self._http.server_close()  # type: ignore[attr-defined]
+        log.info("agent_stopped outbox_rows_left=%d queue_left=%d", left, len(self.queue))
+        return left
+
+    def _work(self) -> None:
+        """The worker thread: queue -> pipeline -> outbox, until draining and the queue is empty."""
+        assert self.pipeline is not None and self.outbox is not None and self.forwarder is not None
+        tick = self.config.agent.tick_s
+        pending: list[Record] = []
+        last_commit = time.monotonic()
+        while True:
+            draining = self._draining.is_set()
+            batch = self.queue.get_batch(MAX_MESSAGES_PER_TICK, 0 if draining else tick)
+            try:
+                pending.extend(self.pipeline.process(batch))
+            except Exception:  # noqa: BLE001 - a failing model call must not end the agent; input never raises
+                self.worker_errors += 1
+                log.exception("worker_tick_failed messages=%d", len(batch))
+            now = time.monotonic()
+            if pending and (draining or now - last_commit >= tick or len(pending) >= 1000):
+                pending = self._commit(pending)
+                last_commit = now
+            if draining and (not batch or now >= self._drain_deadline):
+                if batch:
+                    log.warning("agent_drain_timeout queue_left=%d", len(self.queue))
+                if pending:
+                    self._commit(pending)
+                return
+
+    def _commit(self, records: list[Record]) -> list[Record]:
+        """Append to the outbox; on a disk error keep the records for the next tick (bounded)."""
+        assert self.outbox is not None and self.forwarder is not None
+        try:
+            result = self.outbox.append(records)
+        except sqlite3.Error as exc:
+            log.error("outbox_append_failed records=%d error=%s", len(records), exc)
+            if len(records) > MAX_PENDING_RECORDS:
+                dropped = records[: len(records) - MAX_PENDING_RECORDS]
+                for rec in dropped:
+                    self.metrics.shed_rows.labels(rec.kind).inc()
+                    self.metrics.shed_bytes.labels(rec.kind).inc(rec.size)
+                return records[len(dropped):]
+            return records
+        for kind, n in result.shed_rows.items():
+            self.metrics.shed_rows.labels(kind).inc(n)
+            self.metrics.shed_bytes.labels(kind).inc(result.shed_bytes[kind])
+            log.warning("outbox_shed kind=%s rows=%d bytes=%d", kind, n, result.shed_bytes[kind])
+        self.forwarder.wake()
+        return []

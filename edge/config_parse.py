@@ -1,0 +1,145 @@
+"""Turning TOML values and environment strings into the typed fields of a config section.
+
+Used by :mod:`edge.config`; every failure is a :class:`ConfigError` that says where the value
+came from (file and dotted key, or the environment variable) and what was expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import Field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from edge.contract import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "EDGEWATCH_"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or bad syntax is a :class:`ConfigError` naming it."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def env_overrides(env: Mapping[str, str], section: str, known: Mapping[str, Field[Any]]) -> dict[str, tuple[str, str]]:
+    """``{key: (variable, text)}`` for every ``EDGEWATCH_<SECTION>__<KEY>`` naming a known key.
+
+    A variable in this section with an unknown key is logged and ignored: other edgewatch
+    deployables read the same prefix.
+    """
+    head = f"{ENV_PREFIX}{section.upper()}__"
+    out: dict[str, tuple[str, str]] = {}
+    for var, text in env.items():
+        if not var.startswith(head):
+            continue
+        key = var[len(head):].lower()
+        if key in known:
+            out[key] = (var, text)
+        else:
+            log.warning("config_env_ignored variable=%s reason=unknown_key section=%s", var, section)
+    return out
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(value: Any, cls: type, key: str, where: str, *, from_env: bool) -> Any:
+    """Check (TOML) or parse (environment string) ``value`` as the type of ``cls.key``."""
+    return _coerce(value, _hints(cls)[key], where, from_env)
+
+
+def _coerce(value: Any, tp: Any, where: str, from_env: bool) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if from_env and value.strip().lower() in ("", "none"):
+            return None
+        return _coerce(value, args[0], where, from_env)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} must be one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is not None and issubclass(origin, Mapping):
+        return _mapping(value, where, from_env)
+    if tp is bool:
+        return _bool(value, where, from_env)
+    if tp is int:
+        return _int(value, where, from_env)
+    if tp is float:
+        return _float(value, where, from_env)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # a bug in a section definition
+
+
+def _bool(value: Any, where: str, from_env: bool) -> bool:
+    if from_env:
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _int(value: Any, where: str, from_env: bool) -> int:
+    if from_env:
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if type(value) is not int:
+        raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _float(value: Any, where: str, from_env: bool) -> float:
+    if from_env:
+        try:
+            out = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    else:
+        out = float(value)
+    if not math.isfinite(out):
+        raise ConfigError(f"{where}: {value!r} must be finite")
+    return out
+
+
+def _mapping(value: Any, where: str, from_env: bool) -> dict[str, float]:
+    """A table of name to number; from the environment ``name=1.5,other=2``."""
+    if from_env:
+        pairs: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            name, sep, number = item.partition("=")
+            if not sep:
+                raise ConfigError(f"{where}: {item!r} must look like name=number")
+            pairs[name.strip()] = number
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table of name = number, got {type(value).__name__}")
+    return {str(k): _float(v, f"{where}.{k}", from_env) for k, v in value.items()}

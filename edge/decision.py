@@ -1,0 +1,82 @@
+"""Deciding: score against a threshold, k-of-n debounce per device, and the anomaly event.
+
+Pure logic: no threads, no wall clock (``detected_at`` comes from an injected clock). A window
+fires when its own score is above the device's threshold and at least ``k`` of the device's
+last ``n`` windows (this one included) were above it; every firing window is one event, whose
+``event_id`` is derived from device, window end and model hash, so a re-scored window gives
+the same id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from edge.contract import AnomalyEvent, ModelManifest
+
+
+@dataclass(frozen=True)
+class Verdict:
+    fire: bool
+    over: bool        # this window's score is above the threshold
+    threshold: float
+
+
+class Decider:
+    """k-of-n debounce per device over ``score > threshold``."""
+
+    def __init__(self, threshold: float, *, k: int = 1, n: int = 1, device_thresholds: Mapping[str, float] | None = None) -> None:
+        if not 1 <= k <= n:
+            raise ValueError(f"k-of-n debounce needs 1 <= k <= n, got k={k} n={n}")
+        self.threshold = threshold
+        self.k = k
+        self.n = n
+        self.device_thresholds = dict(device_thresholds or {})
+        self._history: dict[str, deque[bool]] = {}
+
+    def threshold_for(self, device_id: str) -> float:
+        return self.device_thresholds.get(device_id, self.threshold)
+
+    def decide(self, device_id: str, score: float) -> Verdict:
+        """Record one window's score for ``device_id`` (in window order) and say whether it fires."""
+        threshold = self.threshold_for(device_id)
+        over = score > threshold
+        history = self._history.get(device_id)
+        if history is None:
+            history = self._history[device_id] = deque(maxlen=self.n)
+        history.append(over)
+        return Verdict(fire=over and sum(history) >= self.k, over=over, threshold=threshold)
+
+    def reset(self, device_id: str) -> None:
+        """Forget a device's history (its windows restarted after a gap)."""
+        self._history.pop(device_id, None)
+
+
+def contributions(channel_scores: Sequence[float], channels: Sequence[str]) -> dict[str, float]:
+    """Channel name to share of the score, summing to 1 (equal shares if the model gave none)."""
+    values = [max(float(v), 0.0) if math.isfinite(float(v)) else 0.0 for v in channel_scores]
+    total = sum(values)
+    if total <= 0:
+        return {c: 1.0 / len(channels) for c in channels}
+    return {c: v / total for c, v in zip(channels, values, strict=True)}
+
+
+def build_event(*, device_id: str, window_start: float, window_end: float, score: float, threshold: float,
+                channel_scores: Sequence[float], manifest: ModelManifest, agent_id: str,
+                clock: Callable[[], float]) -> AnomalyEvent:
+    """The :class:`AnomalyEvent` for one firing window."""
+    return AnomalyEvent(
+        device_id=device_id,
+        agent_id=agent_id,
+        window_start=window_start,
+        window_end=window_end,
+        score=float(score),
+        threshold=float(threshold),
+        channel_scores=contributions(channel_scores, manifest.channel_names),
+        model_name=manifest.name,
+        model_version=manifest.version,
+        model_sha256=manifest.sha256,
+        detected_at=clock(),
+    )

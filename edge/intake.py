@@ -1,0 +1,147 @@
+"""MQTT intake: a paho-mqtt 2.x client whose network thread only enqueues.
+
+QoS 1 subscription on ``<prefix>/+/readings``, a persistent session (MQTT 3.1.1,
+``clean_session=False``, a fixed client id) so the broker keeps QoS 1 messages for the agent
+while it is away, and paho's automatic reconnect with capped exponential backoff.
+
+``on_message`` runs on paho's network thread and must never block it: it appends
+``(topic, payload, received_at)`` to an :class:`IntakeQueue` and returns. Decoding happens on
+the agent's worker thread. paho acknowledges a QoS 1 message when ``on_message`` returns, so
+a message dropped by the queue's overflow policy, or still queued at a crash, is lost to the
+agent; drops are counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import MqttSection
+from edge.contract import readings_subscription
+
+log = logging.getLogger(__name__)
+
+
+class Message(NamedTuple):
+    topic: str
+    payload: bytes
+    received_at: float
+
+
+class IntakeQueue:
+    """A bounded FIFO between paho's thread (:meth:`put`) and the worker (:meth:`get_batch`).
+
+    ``drop_newest`` refuses the new message when full; ``drop_oldest`` evicts the oldest.
+    :meth:`put` never blocks beyond a short lock.
+    """
+
+    def __init__(self, max_messages: int, policy: Literal["drop_newest", "drop_oldest"]) -> None:
+        self.max_messages = max_messages
+        self.policy = policy
+        self.dropped = 0
+        self._items: collections.deque[Message] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Message) -> bool:
+        """Enqueue; returns False when the overflow policy dropped a message (this or the oldest)."""
+        with self._cond:
+            dropped = False
+            if len(self._items) >= self.max_messages:
+                self.dropped += 1
+                dropped = True
+                if self.policy == "drop_newest":
+                    return False
+                self._items.popleft()
+            self._items.append(item)
+            self._cond.notify()
+            return not dropped
+
+    def get_batch(self, max_items: int, timeout_s: float) -> list[Message]:
+        """Up to ``max_items`` messages; waits at most ``timeout_s`` for the first one."""
+        with self._cond:
+            if not self._items and timeout_s > 0:
+                self._cond.wait(timeout_s)
+            n = min(max_items, len(self._items))
+            return [self._items.popleft() for _ in range(n)]
+
+
+class MqttIntake:
+    """Owns the paho client. :meth:`start` returns at once; connecting and reconnecting happen
+    on paho's thread, so a broker that is down at start is not an error."""
+
+    def __init__(self, cfg: MqttSection, queue: IntakeQueue, *, clock: Callable[[], float] = time.time,
+                 on_connection: Callable[[bool], None] | None = None, on_drop: Callable[[], None] | None = None) -> None:
+        self.cfg = cfg
+        self.queue = queue
+        self.subscription = readings_subscription(cfg.topic_prefix)
+        self._clock = clock
+        self._on_connection = on_connection or (lambda _up: None)
+        self._on_drop = on_drop or (lambda: None)
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._client: mqtt.Client | None = None
+
+    def start(self) -> None:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self.cfg.password or None)
+        if self.cfg.tls_ca_file:
+            client.tls_set(ca_certs=self.cfg.tls_ca_file)
+        client.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.on_connect = self.on_connect
+        client.on_disconnect = self.on_disconnect
+        client.on_subscribe = self.on_subscribe
+        client.on_message = self.on_message
+        client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        client.loop_start()
+        self._client = client
+        log.info("mqtt_starting host=%s port=%d client_id=%s subscription=%s", self.cfg.host, self.cfg.port,
+                 self.cfg.client_id, self.subscription)
+
+    def stop(self) -> None:
+        """Disconnect (the session stays on the broker) and join paho's thread."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        client.loop_stop()
+        self.connected.clear()
+        self._on_connection(False)
+        log.info("mqtt_stopped client_id=%s", self.cfg.client_id)
+
+    # paho callbacks: paho's network thread; none of them blocks.
+    def on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("mqtt_connect_refused host=%s port=%d reason=%s", self.cfg.host, self.cfg.port, reason)
+            return
+        log.info("mqtt_connected host=%s port=%d session_present=%s", self.cfg.host, self.cfg.port, flags.session_present)
+        client.subscribe(self.subscription, qos=1)
+        self.connected.set()
+        self._on_connection(True)
+
+    def on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], props: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("mqtt_subscribe_refused subscription=%s reasons=%s", self.subscription, reasons)
+            return
+        self.subscribed.set()
+
+    def on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        self._on_connection(False)
+        log.warning("mqtt_disconnected host=%s port=%d reason=%s", self.cfg.host, self.cfg.port, reason)
+
+    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not self.queue.put(Message(msg.topic, bytes(msg.payload), self._clock())):
+            self._on_drop()

@@ -1,0 +1,83 @@
+"""The agent's Prometheus metrics, registered on an injected :class:`CollectorRegistry`.
+
+Names follow ``edgewatch_agent_<thing>_<unit>``; labels come from bounded sets only (reject
+reasons, drop reasons, outbox kinds). Nothing is registered at import: build one
+:class:`AgentMetrics` per agent, and serve it with :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from edge.outbox import KINDS
+
+REJECT_REASONS = ("too_large", "not_json", "non_finite", "wrong_type", "invalid", "unknown_channel", "missing_channel",
+                  "bad_topic")
+DROP_REASONS = ("late", "duplicate")
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class AgentMetrics:
+    """Every metric the agent exports. Thread-safe (prometheus-client metrics are)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        p = "edgewatch_agent_"
+        self.messages_received = Counter(p + "messages_received", "MQTT messages taken off the intake queue", registry=registry)
+        self.readings_received = Counter(p + "readings_received", "Readings decoded from accepted payloads", registry=registry)
+        self.rejected = Counter(p + "payloads_rejected", "Payloads refused and dead-lettered, by reason", ["reason"],
+                                registry=registry)
+        self.readings_dropped = Counter(p + "readings_dropped", "Readings dropped by the windows (late or duplicate)",
+                                        ["reason"], registry=registry)
+        self.window_resets = Counter(p + "window_resets", "Windows restarted after a gap in a device's readings", registry=registry)
+        self.windows_scored = Counter(p + "windows_scored", "Windows scored by the model", registry=registry)
+        self.inference_seconds = Histogram(p + "inference_seconds", "Wall time of one batched inference call",
+                                           buckets=INFERENCE_BUCKETS, registry=registry)
+        self.inference_batch = Histogram(p + "inference_batch_windows", "Windows per inference call",
+                                         buckets=BATCH_BUCKETS, registry=registry)
+        self.score_ratio = Histogram(p + "score_threshold_ratio", "Window score divided by its device's threshold",
+                                     buckets=RATIO_BUCKETS, registry=registry)
+        self.invalid_scores = Counter(p + "invalid_scores", "Windows whose score was not finite (skipped)", registry=registry)
+        self.anomalies = Counter(p + "anomalies", "Anomaly events written to the outbox", registry=registry)
+        self.telemetry_windows = Counter(p + "telemetry_windows", "Telemetry windows written to the outbox", ["reason"],
+                                         registry=registry)
+        self.queue_depth = Gauge(p + "queue_depth_messages", "Messages waiting in the intake queue", registry=registry)
+        self.queue_dropped = Counter(p + "queue_dropped_messages", "Messages dropped by the full intake queue's overflow policy",
+                                     registry=registry)
+        self.outbox_rows = Gauge(p + "outbox_rows", "Rows waiting in the outbox", registry=registry)
+        self.outbox_bytes = Gauge(p + "outbox_bytes", "Payload bytes waiting in the outbox", registry=registry)
+        self.shed_rows = Counter(p + "outbox_shed_rows", "Outbox rows shed or refused because the bound was reached", ["kind"],
+                                 registry=registry)
+        self.shed_bytes = Counter(p + "outbox_shed_bytes", "Payload bytes shed or refused by the outbox", ["kind"],
+                                  registry=registry)
+        self.forwarded = Counter(p + "forwarded_messages", "Outbox rows acknowledged by Kafka", ["kind"], registry=registry)
+        self.forward_errors = Counter(p + "forward_errors", "Failed Kafka sends or producer start-ups", registry=registry)
+        self.mqtt_connected = Gauge(p + "mqtt_connected", "1 while the MQTT session is connected", registry=registry)
+        self.kafka_connected = Gauge(p + "kafka_connected", "1 while the last Kafka exchange succeeded", registry=registry)
+        self.model = Info(p + "model", "The model in use", registry=registry)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for reason in DROP_REASONS:
+            self.readings_dropped.labels(reason)
+        for kind in KINDS:
+            self.shed_rows.labels(kind)
+            self.shed_bytes.labels(kind)
+            self.forwarded.labels(kind)
+
+    def track_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def track_outbox(self, rows: Callable[[], int], size: Callable[[], int]) -> None:
+        self.outbox_rows.set_function(lambda: float(rows()))
+        self.outbox_bytes.set_function(lambda: float(size()))
+
+
+def serve(registry: CollectorRegistry, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` from a daemon thread; raises :class:`OSError` if the port is taken."""
+    return start_http_server(port, addr=host, registry=registry)

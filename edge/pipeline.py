@@ -1,0 +1,177 @@
+"""From MQTT messages to outbox records: decode, window, score, decide, sample.
+
+Pure logic with injected time (``clock`` stamps events and dead letters); no threads, so a test
+drives it message by message. The agent calls :meth:`Pipeline.process` from its worker thread.
+Nothing raises on input: every refused payload becomes a dead-letter record and a count by
+reason. Only a failing model (onnxruntime error) raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from edge.config import Config
+from edge.contract import (
+    ContractError,
+    ModelManifest,
+    decode_readings,
+    device_from_topic,
+    encode_deadletter,
+    encode_event,
+    encode_telemetry,
+    make_deadletter,
+    telemetry_from_window,
+)
+from edge.decision import Decider, build_event
+from edge.intake import Message
+from edge.metrics import AgentMetrics
+from edge.outbox import Record
+from edge.telemetry import Sample, Scored, TelemetrySampler
+from edge.windows import Added, Window, Windows, channel_problem, stack
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """What the pipeline needs of a model: :class:`edge.detector.OnnxDetector` is one."""
+
+    manifest: ModelManifest
+
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+_WRONG_TYPE_RULES = ("must be a number", "must be an integer", "must be a JSON object", "must be a non-empty object",
+                     "must be a list", "must be 1-128 characters", "must be a non-empty string")
+
+
+def reject_reason(exc: ContractError) -> str:
+    """Map a decoding error onto the bounded reason labels of the rejected-payload counter."""
+    rule = exc.rule
+    if "payload must be at most" in rule:
+        return "too_large"
+    if "must be UTF-8 JSON" in rule:
+        return "not_json"
+    if "NaN and Infinity" in rule or "must be finite" in rule:
+        return "non_finite"
+    if rule.startswith(_WRONG_TYPE_RULES):
+        return "wrong_type"
+    return "invalid"
+
+
+class Pipeline:
+    """One model's view of the fleet: windows per device, a decider, a telemetry sampler."""
+
+    def __init__(self, config: Config, scorer: Scorer, metrics: AgentMetrics, *, clock: Callable[[], float] = time.time,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
+        m = scorer.manifest
+        self.config = config
+        self.scorer = scorer
+        self.metrics = metrics
+        self.manifest = m
+        self.channels = m.channel_names
+        self.windows = Windows(self.channels, m.window_length, m.stride, m.sample_period_s, config.windows.gap_periods)
+        threshold = config.decision.threshold if config.decision.threshold is not None else m.threshold
+        self.decider = Decider(threshold, k=config.decision.k, n=config.decision.n,
+                               device_thresholds=config.decision.device_thresholds)
+        self.sampler = TelemetrySampler(config.telemetry.every_n_windows, config.telemetry.anomaly_context_windows)
+        self._clock = clock
+        self._timer = timer
+        self._prefix = config.mqtt.topic_prefix
+        self._max_payload = config.agent.max_payload_bytes
+        self._agent_id = config.agent.id
+        self._kafka = config.kafka
+
+    def process(self, messages: Iterable[Message]) -> list[Record]:
+        """Ingest messages, then score every window that became ready; returns the records to store."""
+        records = [r for msg in messages if (r := self.ingest(msg)) is not None]
+        records.extend(self.score_ready())
+        return records
+
+    def ingest(self, msg: Message) -> Record | None:
+        """Decode one message into the windows; returns a dead-letter record if it was refused."""
+        self.metrics.messages_received.inc()
+        try:
+            device = device_from_topic(msg.topic, self._prefix)
+        except ContractError as exc:
+            return self._reject("bad_topic", str(exc), msg, None)
+        if len(msg.payload) > self._max_payload:
+            return self._reject("too_large", f"payload of {len(msg.payload)} bytes exceeds {self._max_payload}", msg, device)
+        try:
+            readings = decode_readings(msg.payload, topic_device=device, max_bytes=self._max_payload)
+        except ContractError as exc:
+            return self._reject(reject_reason(exc), str(exc), msg, device)
+        problem = channel_problem(readings, self.channels)
+        if problem is not None:
+            got = sorted(next(r for r in readings if r.values.keys() != set(self.channels)).values)
+            return self._reject(problem, f"channels {got} do not match the model's {list(self.channels)}", msg, device)
+        self.metrics.readings_received.inc(len(readings))
+        for reading in readings:
+            added = self.windows.add(reading)
+            if added is Added.OK:
+                continue
+            if added is Added.RESET:
+                self.metrics.window_resets.inc()
+                self.decider.reset(device)
+            else:
+                self.metrics.readings_dropped.labels(added.value).inc()
+        return None
+
+    def _reject(self, reason: str, detail: str, msg: Message, device: str | None) -> Record:
+        self.metrics.rejected.labels(reason).inc()
+        log.debug("payload_rejected reason=%s topic=%s bytes=%d detail=%s", reason, msg.topic, len(msg.payload), detail[:200])
+        letter = make_deadletter(agent_id=self._agent_id, source=f"mqtt:{msg.topic}", reason=reason, detail=detail,
+                                 received_at=msg.received_at, payload=msg.payload,
+                                 max_bytes=self.config.agent.deadletter_max_bytes, device_id=device)
+        return Record("deadletter", self._kafka.deadletter_topic, device.encode() if device else None, encode_deadletter(letter))
+
+    def score_ready(self) -> list[Record]:
+        """Score all ready windows, across devices, in as few calls as ``max_batch_windows`` allows
+        (one call per tick unless more are ready); decide and sample them."""
+        records: list[Record] = []
+        while self.windows.ready_count:
+            batch = self.windows.take_ready(self.config.agent.max_batch_windows)
+            started = self._timer()
+            scores, channel_scores = self.scorer.score(stack(batch))
+            self.metrics.inference_seconds.observe(self._timer() - started)
+            self.metrics.inference_batch.observe(len(batch))
+            self.metrics.windows_scored.inc(len(batch))
+            for i, window in enumerate(batch):
+                records.extend(self._decide(window, float(scores[i]), channel_scores[i]))
+        return records
+
+    def _decide(self, window: Window, score: float, channel_scores: Sequence[float]) -> list[Record]:
+        if not math.isfinite(score):
+            self.metrics.invalid_scores.inc()
+            log.warning("score_invalid device_id=%s window_end=%s score=%s", window.device_id, window.end, score)
+            return []
+        verdict = self.decider.decide(window.device_id, score)
+        if verdict.threshold > 0:
+            self.metrics.score_ratio.observe(score / verdict.threshold)
+        records: list[Record] = []
+        key = window.device_id.encode()
+        if verdict.fire:
+            event = build_event(device_id=window.device_id, window_start=window.start, window_end=window.end, score=score,
+                                threshold=verdict.threshold, channel_scores=channel_scores, manifest=self.manifest,
+                                agent_id=self._agent_id, clock=self._clock)
+            records.append(Record("anomaly", self._kafka.anomalies_topic, key, encode_event(event)))
+            self.metrics.anomalies.inc()
+            log.info("anomaly_detected device_id=%s window_end=%s score=%.4g threshold=%.4g event_id=%s",
+                     window.device_id, window.end, score, verdict.threshold, event.event_id)
+        for sample in self.sampler.observe(Scored(window, score, verdict.threshold, verdict.fire)):
+            records.append(self._telemetry(sample, key))
+        return records
+
+    def _telemetry(self, sample: Sample, key: bytes) -> Record:
+        s = sample.scored
+        message = telemetry_from_window(device_id=s.window.device_id, agent_id=self._agent_id, reason=sample.reason,
+                                        channels=self.channels, ts=s.window.ts.tolist(), values=s.window.values.tolist(),
+                                        score=s.score, threshold=s.threshold, anomalous=s.anomalous,
+                                        model_sha256=self.manifest.sha256)
+        self.metrics.telemetry_windows.labels(sample.reason).inc()
+        return Record("telemetry", self._kafka.telemetry_topic, key, encode_telemetry(message))

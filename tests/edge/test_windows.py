@@ -1,0 +1,98 @@
+"""Per-device windows: channel order from the manifest, stride, gap resets, late and duplicate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.contract import Reading
+from edge.windows import Added, Windows, channel_problem, stack
+
+CH = ("a", "b", "c")
+
+
+def reading(device: str, ts: float, base: float | None = None) -> Reading:
+    v = ts if base is None else base
+    # dict order differs from the manifest order on purpose
+    return Reading(device, ts, {"c": v + 0.3, "a": v + 0.1, "b": v + 0.2})
+
+
+def feed(w: Windows, device: str, ts_list: list[float]) -> list[Added]:
+    return [w.add(reading(device, t)) for t in ts_list]
+
+
+def test_channels_follow_manifest_order_not_payload_order() -> None:
+    w = Windows(CH, window_length=2, stride=1, sample_period_s=1.0, gap_periods=5)
+    feed(w, "d", [10.0, 11.0])
+    (win,) = w.take_ready()
+    np.testing.assert_allclose(win.values, [[10.1, 10.2, 10.3], [11.1, 11.2, 11.3]])
+    assert (win.start, win.end, win.device_id, win.seq) == (10.0, 11.0, "d", 0)
+
+
+@pytest.mark.parametrize("length, stride", [(4, 1), (4, 2), (4, 4), (5, 3)])
+def test_stride(length: int, stride: int) -> None:
+    w = Windows(CH, window_length=length, stride=stride, sample_period_s=1.0, gap_periods=5)
+    n = 20
+    feed(w, "d", [float(t) for t in range(n)])
+    ends = [win.end for win in w.take_ready()]
+    assert ends == [float(t) for t in range(length - 1, n, stride)]
+
+
+def test_windows_per_device_are_independent_and_batched_together() -> None:
+    w = Windows(CH, window_length=3, stride=1, sample_period_s=1.0, gap_periods=5)
+    for t in range(5):
+        w.add(reading("x", float(t)))
+        w.add(reading("y", 100.0 + t))
+    ready = w.take_ready()
+    assert sorted((win.device_id, win.end) for win in ready) == [("x", 2.0), ("x", 3.0), ("x", 4.0),
+                                                                 ("y", 102.0), ("y", 103.0), ("y", 104.0)]
+    batch = stack(ready)
+    assert batch.shape == (6, 3, 3) and batch.dtype == np.float32
+    assert w.take_ready() == [] and w.ready_count == 0
+
+
+def test_gap_longer_than_n_periods_resets_the_window() -> None:
+    w = Windows(CH, window_length=3, stride=1, sample_period_s=2.0, gap_periods=3)  # gap > 6 s resets
+    assert feed(w, "d", [0.0, 2.0]) == [Added.OK, Added.OK]
+    assert w.add(reading("d", 8.0)) is Added.OK          # exactly 6 s: no reset
+    assert [x.end for x in w.take_ready()] == [8.0]
+    assert w.add(reading("d", 14.5)) is Added.RESET      # 6.5 s: reset, window restarts
+    assert feed(w, "d", [16.0]) == [Added.OK]
+    assert w.take_ready() == []                          # only two readings since the reset
+    w.add(reading("d", 18.0))
+    (win,) = w.take_ready()
+    assert win.ts.tolist() == [14.5, 16.0, 18.0]
+
+
+def test_late_and_duplicate_readings_are_dropped() -> None:
+    w = Windows(CH, window_length=3, stride=1, sample_period_s=1.0, gap_periods=5)
+    assert feed(w, "d", [1.0, 2.0, 2.0, 1.5, 3.0]) == [Added.OK, Added.OK, Added.DUPLICATE, Added.LATE, Added.OK]
+    (win,) = w.take_ready()
+    assert win.ts.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_long_streams_keep_exact_windows_across_buffer_compaction() -> None:
+    w = Windows(CH, window_length=5, stride=2, sample_period_s=1.0, gap_periods=5)
+    feed(w, "d", [float(t) for t in range(200)])
+    ready = w.take_ready()
+    for win in ready:
+        assert win.ts.tolist() == [win.end - 4 + i for i in range(5)]
+        np.testing.assert_allclose(win.values[:, 0], win.ts + 0.1)
+    assert [win.seq for win in ready] == list(range(len(ready)))
+
+
+def test_take_ready_respects_the_limit_and_keeps_the_rest() -> None:
+    w = Windows(CH, window_length=2, stride=1, sample_period_s=1.0, gap_periods=5)
+    feed(w, "d", [float(t) for t in range(11)])
+    first = w.take_ready(4)
+    rest = w.take_ready()
+    assert len(first) == 4 and len(rest) == 6
+    assert [x.end for x in first + rest] == [float(t) for t in range(1, 11)]
+
+
+def test_channel_problem() -> None:
+    ok = Reading("d", 1.0, {"a": 1.0, "b": 2.0, "c": 3.0})
+    assert channel_problem([ok], CH) is None
+    assert channel_problem([ok, Reading("d", 2.0, {"a": 1.0, "b": 2.0})], CH) == "missing_channel"
+    assert channel_problem([Reading("d", 2.0, {"a": 1.0, "b": 2.0, "c": 3.0, "z": 0.0})], CH) == "unknown_channel"
+    assert channel_problem([Reading("d", 2.0, {"a": 1.0, "b": 2.0, "z": 0.0})], CH) == "unknown_channel"
