@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     incidents_cli.register(sub)
     keys_cli.register(sub)
     registry_cli.register(sub)
+    from cloud import train_cli
+    train_cli.register(sub)
     return parser
 
 

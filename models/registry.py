@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from models.base import Family
 from edge.contract.errors import ConfigError
+from models.base import Family
 from models.config import TrainConfig
 
 _FAMILIES: dict[str, str] = {

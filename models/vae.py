@@ -5,7 +5,6 @@ with the KL divergence of the window's posterior as the extra term (together: th
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from models.base import Estimate, Family
 from models.config import TrainConfig
