@@ -25,9 +25,10 @@ from edge.contract import Alert, BrokerUnavailable, encode_alert
 log = logging.getLogger(__name__)
 
 
-def alert_rows(alerts: Sequence[Alert]) -> list[tuple[str, str, str, str, str]]:
-    """Store rows (alert_id, incident_id, kind, action, payload) for the alert outbox."""
-    return [(a.alert_id, a.incident_id, a.kind, a.action, encode_alert(a).decode()) for a in alerts]
+def alert_rows(alerts: Sequence[Alert]) -> list[tuple[str, str, str, str, float, str]]:
+    """Store rows (alert_id, incident_id, kind, action, event_time, payload) for the alert outbox."""
+    return [(a.alert_id, a.incident_id, a.kind, a.action, a.closed_at if a.closed_at is not None and a.action == "close"
+             else a.opened_at, encode_alert(a).decode()) for a in alerts]
 
 
 def deadletter_headers(topic: str, partition: int, offset: int, field: str, reason: str) -> list[tuple[str, bytes]]:

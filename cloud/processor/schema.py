@@ -31,8 +31,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX incidents_opened ON incidents (opened_at)",
         """CREATE TABLE alerts (
             alert_id TEXT PRIMARY KEY, incident_id TEXT NOT NULL, kind TEXT NOT NULL, action TEXT NOT NULL,
-            payload TEXT NOT NULL, created_at {real} NOT NULL, published_at {real})""",
-        "CREATE INDEX alerts_unpublished ON alerts (published_at, created_at)",
+            event_time {real} NOT NULL, payload TEXT NOT NULL, created_at {real} NOT NULL, published_at {real})""",
+        "CREATE INDEX alerts_unpublished ON alerts (published_at, created_at, event_time)",
         """CREATE TABLE deadletters (
             topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset {bigint} NOT NULL,
             field TEXT NOT NULL, reason TEXT NOT NULL, payload {blob}, created_at {real} NOT NULL, published_at {real},

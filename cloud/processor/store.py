@@ -186,16 +186,18 @@ class Store:
         self.executemany(f"INSERT INTO incidents ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                          f"ON CONFLICT (incident_id) DO UPDATE SET {updates}", values)
 
-    def insert_alerts(self, rows: Sequence[tuple[str, str, str, str, str]], now: float) -> None:
-        """``rows``: (alert_id, incident_id, kind, action, payload); an alert id already stored is kept."""
-        self.executemany("INSERT INTO alerts (alert_id, incident_id, kind, action, payload, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+    def insert_alerts(self, rows: Sequence[tuple[str, str, str, str, float, str]], now: float) -> None:
+        """``rows``: (alert_id, incident_id, kind, action, event_time, payload); an alert id already stored is kept."""
+        self.executemany("INSERT INTO alerts (alert_id, incident_id, kind, action, event_time, payload, created_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?) "
                          "ON CONFLICT (alert_id) DO NOTHING", [(*r, now) for r in rows])
 
     # -- outboxes ------------------------------------------------------------------------------
     def unpublished(self, table: str, limit: int = 10_000) -> list[tuple[Any, ...]]:
         """Oldest unpublished rows: alerts (id, incident, payload); dead letters (topic, partition, offset, field, reason, payload)."""
         if table == "alerts":
-            sql = "SELECT alert_id, incident_id, payload FROM alerts WHERE published_at IS NULL ORDER BY created_at, alert_id LIMIT ?"
+            sql = ("SELECT alert_id, incident_id, payload FROM alerts WHERE published_at IS NULL "
+                   "ORDER BY created_at, event_time, action DESC, alert_id LIMIT ?")
         else:
             sql = ("SELECT topic, kafka_partition, kafka_offset, field, reason, payload FROM deadletters "
                    "WHERE published_at IS NULL ORDER BY created_at, kafka_offset LIMIT ?")

@@ -1,0 +1,240 @@
+"""The processor against the real local Kafka (and PostgreSQL): crash and rebalance, replay,
+malformed input at volume, fleet incidents, graceful stop. Every Kafka topic and group is fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from cloud.processor.backends import open_postgres, open_sqlite
+from cloud.processor.config import ProcessorConfig
+from cloud.processor.store import Store
+from edge.contract import Alert, AnomalyEvent, decode_alert, encode_event
+from tests.cloud.processor_streams import T0, background_devices, burst, config, event, fleet_stream, in_thread, wait_for, write_config
+from tests.kafka_util import create_topic
+
+pytestmark = pytest.mark.brokers
+REPO = Path(__file__).resolve().parents[2]
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[str | None, bytes | None]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024)
+    for key, value in items:
+        producer.send(topic, key=key.encode() if key else None, value=value)
+    producer.flush(60)
+    producer.close()
+
+
+def events_items(events: list[AnomalyEvent]) -> list[tuple[str | None, bytes | None]]:
+    return [(e.device_id, encode_event(e)) for e in events]
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[Any]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=2000)
+    parts = consumer.partitions_for_topic(topic) or {0}
+    consumer.assign([TopicPartition(topic, p) for p in parts])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < expected and time.monotonic() < deadline:
+        for recs in consumer.poll(timeout_ms=500).values():
+            out.extend(recs)
+    # and nothing more than expected arrives
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        for recs in consumer.poll(timeout_ms=200).values():
+            out.extend(recs)
+    consumer.close()
+    return out
+
+
+def caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    """True when the group's committed offsets reached the end of every partition that holds data."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = consumer.end_offsets(parts)
+        return bool(parts) and all(ends[tp] == 0 or (consumer.committed(tp) or 0) >= ends[tp] for tp in parts)
+    finally:
+        consumer.close()
+
+
+def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    q = {
+        "events": "SELECT event_id, device_id, window_end, score, kafka_partition, kafka_offset, late FROM events ORDER BY event_id",
+        "incidents": "SELECT incident_id, kind, site, device_id, device_ids, opened_at, closed_at, last_event_at, event_count, "
+                     "max_score, statistic, observed, expected FROM incidents ORDER BY incident_id",
+        "alerts": "SELECT alert_id, incident_id, payload FROM alerts ORDER BY alert_id",
+        "deadletters": "SELECT topic, kafka_partition, kafka_offset, field, reason FROM deadletters ORDER BY kafka_offset",
+        "device_state": "SELECT device_id, state FROM device_state ORDER BY device_id",
+    }
+    return {k: store.execute(v) for k, v in q.items()}
+
+
+def run_until(cfg: ProcessorConfig, done: Any, timeout_s: float = 90.0) -> None:
+    thread, stop, errors = in_thread(cfg)
+    try:
+        wait_for(lambda: bool(done()) or not thread.is_alive(), timeout_s, "the processor to finish the input")
+        assert thread.is_alive(), f"processor died: {errors!r}"
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "processor did not stop within 30 s of the stop request"
+    assert errors == []
+
+
+def start_process(cfg_path: Path, log_path: Path, dsn: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "EDGEWATCH_STORE__POSTGRES_DSN": dsn, "PYTHONPATH": str(REPO)}
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "cloud.cli", "process", "--config", str(cfg_path)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+
+def assigned(log_path: Path) -> bool:
+    return "partitions_assigned partitions=[" in log_path.read_text() and "partitions=[]" not in log_path.read_text().rsplit(
+        "partitions_assigned", 1)[-1][:20]
+
+
+def test_sigkill_mid_stream_then_restart_matches_a_single_process_run_and_replay_changes_nothing(
+        kafka_bootstrap: str, unique: str, postgres_dsn: str, tmp_path: Path) -> None:
+    topic = f"anomalies.{unique}"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    stream = fleet_stream(11, duration_s=2400)
+    group = f"proc-{unique}"
+    cfg_path = write_config(tmp_path / "pg.toml", bootstrap=kafka_bootstrap, topic=topic, group=group, backend="postgres",
+                            dsn="set-by-environment")
+    cfg_text = cfg_path.read_text().replace("max_poll_records = 200", "max_poll_records = 10")
+    cfg_path.write_text(cfg_text)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [start_process(cfg_path, logs[0], postgres_dsn), start_process(cfg_path, logs[1], postgres_dsn)]
+    store = open_postgres(postgres_dsn)
+    try:
+        wait_for(lambda: all(assigned(p) for p in logs) and store_ready(store), 60, "both processors to own partitions")
+        produce(kafka_bootstrap, topic, events_items(stream))
+        wait_for(lambda: store.count("events") >= len(stream) // 4, 60, "a quarter of the stream to be stored")
+        procs[1].kill()  # SIGKILL mid-stream
+        procs[1].wait(10)
+        at_kill = store.count("events")
+        assert at_kill < len(stream), "the stream was already complete when the processor was killed"
+        procs[1] = start_process(cfg_path, logs[1], postgres_dsn)
+        wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, group, topic), 120,
+                 "the group to process the whole stream")
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(30) for p in procs] == [0, 0], "SIGTERM must drain and exit 0"
+        two_process = dump(store)
+        assert len(two_process["events"]) == len({e.event_id for e in stream}) == len(stream)
+        assert store.unpublished("alerts") == []
+
+        # the same input through one process, another group and store (SQLite)
+        single_cfg = config(tmp_path / "single.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"single-{unique}",
+                            sqlite_path=tmp_path / "single.db")
+        single = open_sqlite(tmp_path / "single.db")
+        single.migrate()
+        run_until(single_cfg, lambda: single.count("events") == len(stream) and caught_up(kafka_bootstrap, f"single-{unique}", topic))
+        one_process = dump(single)
+        single.close()
+        kinds = {r[1] for r in two_process["incidents"]}
+        assert {"incident", "fleet_incident"} <= kinds
+        for table in ("events", "incidents", "alerts", "device_state"):
+            assert two_process[table] == one_process[table], table
+
+        # replay from offset 0 (a new group on the same store): nothing changes
+        replay_cfg = config(tmp_path / "replay.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"replay-{unique}",
+                            backend="postgres", dsn=postgres_dsn)
+        run_until(replay_cfg, lambda: caught_up(kafka_bootstrap, f"replay-{unique}", topic))
+        assert dump(store) == two_process
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        store.close()
+
+
+def store_ready(store: Store) -> bool:
+    try:
+        store.count("events")
+        return True
+    except Exception:  # the processors create the schema; until then the table is missing
+        store.conn.rollback() if not store.conn.autocommit else None
+        return False
+
+
+def test_ten_thousand_malformed_messages_are_dead_lettered_and_valid_ones_stored(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    topic = f"anomalies.{unique}"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    create_topic(kafka_bootstrap, topic + ".deadletter")
+    valid = fleet_stream(2, partitions=2, duration_s=1500)
+    good = encode_event(valid[0])
+    kinds: list[bytes | None] = [b"not json", b"{", b"[1,2]", b'{"schema":1}', good.replace(b'"score"', b'"scores"'),
+                                 good.replace(b'"device_id":"', b'"device_id":"!'), b"\xff\xfe", None]
+    bad = [kinds[i % len(kinds)] for i in range(10_000)]
+    items: list[tuple[str | None, bytes | None]] = []
+    ev_items = events_items(valid)
+    for i, value in enumerate(bad):
+        items.append((f"k{i % 7}", value))
+        if i % 9 == 0 and ev_items:
+            items.append(ev_items.pop(0))
+    items.extend(ev_items)
+    produce(kafka_bootstrap, topic, items)
+    cfg = config(tmp_path / "c.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=tmp_path / "s.db")
+    store = open_sqlite(tmp_path / "s.db")
+    store.migrate()
+    run_until(cfg, lambda: store.count("deadletters") == 10_000 and store.count("events") == len(valid)
+              and not store.unpublished("deadletters"), timeout_s=180)
+    dead = read_all(kafka_bootstrap, topic + ".deadletter", 10_000)
+    assert len(dead) == 10_000
+    reasons = [dict(r.headers)["edgewatch-reason"].decode() for r in dead]
+    assert all("violates rule" in r for r in reasons)
+    assert {dict(r.headers)["edgewatch-field"].decode() for r in dead} == {"$", "scores", "device_id"}
+    assert sorted((r.value or b"") for r in dead) == sorted((v or b"") for v in bad)
+    assert store.count("events") == len(valid)
+    store.close()
+
+
+def test_fleet_incident_opens_when_k_devices_of_a_site_go_anomalous_and_closes_after_quiet(
+        kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    topic = f"anomalies.{unique}"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    create_topic(kafka_bootstrap, topic + ".alerts")
+    bg = background_devices(4)
+    events = [event(bg[i % len(bg)], T0 + i * 7.0, score=1.1) for i in range(300)]  # keeps every partition's watermark moving
+    for d in ("plant-a-pump-01", "plant-a-pump-02", "plant-a-pump-03"):
+        events += burst(d, T0 + 500 + 5 * int(d[-1]), count=4)
+    for d in ("plant-b-pump-01", "plant-b-pump-02"):  # only two devices: no fleet incident
+        events += burst(d, T0 + 500, count=4)
+    events.sort(key=lambda e: (e.window_end, e.device_id))
+    produce(kafka_bootstrap, topic, events_items(events))
+    cfg = config(tmp_path / "c.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=tmp_path / "s.db")
+    store = open_sqlite(tmp_path / "s.db")
+    store.migrate()
+    run_until(cfg, lambda: caught_up(kafka_bootstrap, f"g-{unique}", topic) and not store.unpublished("alerts"))
+    device = {r.device_id: r for r in store.incidents(kind="incident") if r.site == "plant-a"}
+    assert sorted(device) == ["plant-a-pump-01", "plant-a-pump-02", "plant-a-pump-03"]
+    assert all(r.closed_at is not None for r in device.values())
+    fleets = store.incidents(kind="fleet_incident")
+    assert [f.site for f in fleets] == ["plant-a"]
+    fleet = fleets[0]
+    w, quiet = cfg.fleet.window_s, cfg.fleet.quiet_s
+    assert fleet.opened_at == max(r.opened_at for r in device.values())
+    assert fleet.closed_at == min(r.closed_at or 0 for r in device.values()) + w + quiet
+    alerts = [decode_alert(r.value) for r in read_all(kafka_bootstrap, topic + ".alerts", store.count("alerts"))]
+    fleet_alerts: list[Alert] = [a for a in alerts if a.kind == "fleet_incident"]
+    assert [(a.action, a.site, a.incident_id) for a in fleet_alerts] == [("open", "plant-a", fleet.incident_id),
+                                                                        ("close", "plant-a", fleet.incident_id)]
+    assert fleet_alerts[0].device_ids == tuple(sorted(device)) and fleet_alerts[1].closed_at == fleet.closed_at
+    device_alerts = [a for a in alerts if a.kind == "incident" and a.site in ("plant-a", "plant-b")]
+    assert sorted((a.action, a.device_ids[0]) for a in device_alerts) == sorted(
+        (act, d) for d in [*device, "plant-b-pump-01", "plant-b-pump-02"] for act in ("open", "close"))
+    store.close()
