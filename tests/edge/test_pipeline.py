@@ -1,0 +1,192 @@
+"""The agent's processing core without brokers: payloads in, outbox records out, with the tiny
+fixture model. Bad input of every kind is counted by reason and dead-lettered; nothing raises."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edge.config import load_config
+from edge.contract import decode_deadletter, decode_event, decode_telemetry, make_event_id
+from edge.detector import OnnxDetector
+from edge.intake import Message
+from edge.metrics import REJECT_REASONS, AgentMetrics
+from edge.pipeline import Pipeline
+from edge.synth import CHANNEL_NAMES, Fault
+from tests.edge.agent_util import TINY_MODEL, fleet_readings, payloads
+
+
+@pytest.fixture(scope="module")
+def detector() -> OnnxDetector:
+    return OnnxDetector.load(TINY_MODEL)
+
+
+class CountingScorer:
+    def __init__(self, inner: OnnxDetector) -> None:
+        self.inner = inner
+        self.manifest = inner.manifest
+        self.calls: list[int] = []
+
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append(len(windows))
+        return self.inner.score(windows)
+
+
+def make(detector: OnnxDetector, env: dict[str, str] | None = None) -> tuple[Pipeline, AgentMetrics, CountingScorer]:
+    config = load_config(None, env={"EDGEWATCH_AGENT__ID": "gw-1", "EDGEWATCH_AGENT__MAX_PAYLOAD_BYTES": "16384",
+                                    "EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": "0", **(env or {})})
+    metrics = AgentMetrics(CollectorRegistry())
+    scorer = CountingScorer(detector)
+    return Pipeline(config, scorer, metrics, clock=lambda: 1234.0), metrics, scorer
+
+
+def msgs(items: list[tuple[str, bytes]]) -> list[Message]:
+    return [Message(t, p, 1000.0) for t, p in items]
+
+
+def value(metrics: AgentMetrics, name: str, **labels: str) -> float:
+    got = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if got is None else got
+
+
+def test_injected_fault_becomes_events_inside_the_fault_only(detector: OnnxDetector) -> None:
+    pipe, metrics, _ = make(detector)
+    fault = Fault("spike", "pressure", start=300, duration=80, magnitude=4.0)
+    readings = fleet_readings("pump-7", 600, seed=3, faults=[fault])
+    records = pipe.process(msgs(payloads(readings, batch=10)))
+    events = [decode_event(r.value) for r in records if r.kind == "anomaly"]
+    assert events, "the fault was not detected"
+    t0 = readings[0].ts
+    for e in events:
+        assert e.device_id == "pump-7" and e.agent_id == "gw-1" and e.model_name == "tiny-zscore"
+        assert e.event_id == make_event_id("pump-7", e.window_end, detector.manifest.sha256)
+        assert e.score > e.threshold == detector.manifest.threshold
+        # every firing window overlaps the fault
+        assert e.window_end >= t0 + fault.start and e.window_start < t0 + fault.start + fault.duration
+        assert max(e.channel_scores, key=lambda c: e.channel_scores[c]) == "pressure"
+        assert e.detected_at == 1234.0
+    assert value(metrics, "edgewatch_agent_anomalies_total") == len(events)
+    assert value(metrics, "edgewatch_agent_readings_received_total") == 600
+    m = detector.manifest
+    assert value(metrics, "edgewatch_agent_windows_scored_total") == (600 - m.window_length) // m.stride + 1
+
+
+def test_all_ready_windows_across_devices_are_scored_in_one_call(detector: OnnxDetector) -> None:
+    pipe, _, scorer = make(detector)
+    batch = []
+    for d in range(5):
+        batch += payloads(fleet_readings(f"dev-{d}", 40, seed=d), batch=40)
+    pipe.process(msgs(batch))
+    m = detector.manifest
+    per_device = (40 - m.window_length) // m.stride + 1
+    assert scorer.calls == [5 * per_device]
+
+
+def test_k_of_n_and_device_override_from_config(detector: OnnxDetector) -> None:
+    fault = Fault("spike", "pressure", start=100, duration=60, magnitude=4.0)
+    readings = fleet_readings("p", 300, seed=5, faults=[fault])
+    plain, _, _ = make(detector)
+    base = [r for r in plain.process(msgs(payloads(readings, batch=50))) if r.kind == "anomaly"]
+    strict, _, _ = make(detector, {"EDGEWATCH_DECISION__K": "3", "EDGEWATCH_DECISION__N": "3"})
+    debounced = [r for r in strict.process(msgs(payloads(readings, batch=50))) if r.kind == "anomaly"]
+    assert 0 < len(debounced) < len(base)
+    deaf, _, _ = make(detector, {"EDGEWATCH_DECISION__DEVICE_THRESHOLDS": "p=1e9"})
+    assert [r for r in deaf.process(msgs(payloads(readings, batch=50))) if r.kind == "anomaly"] == []
+
+
+def test_telemetry_every_nth_window_and_around_anomalies(detector: OnnxDetector) -> None:
+    pipe, metrics, _ = make(detector, {"EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": "10",
+                                       "EDGEWATCH_TELEMETRY__ANOMALY_CONTEXT_WINDOWS": "2"})
+    fault = Fault("spike", "pressure", start=200, duration=40, magnitude=4.0)
+    readings = fleet_readings("p", 400, seed=9, faults=[fault])
+    records = pipe.process(msgs(payloads(readings, batch=25)))
+    samples = [decode_telemetry(r.value) for r in records if r.kind == "telemetry"]
+    events = {decode_event(r.value).window_end for r in records if r.kind == "anomaly"}
+    ends = [s.ts[-1] for s in samples]
+    assert len(ends) == len(set(ends)), "a window was sampled twice"
+    assert events <= set(ends)
+    context = [s for s in samples if s.reason == "anomaly_context"]
+    assert len(context) >= len(events) + 2
+    assert all(s.anomalous == (s.ts[-1] in events) for s in samples)
+    sampled = [s for s in samples if s.reason == "sampled"]
+    assert sampled and sampled[0].ts[0] == readings[0].ts
+    s = sampled[0]
+    assert s.channels == CHANNEL_NAMES and len(s.ts) == detector.manifest.window_length
+    assert s.values[0] == tuple(readings[0].values[c] for c in CHANNEL_NAMES)  # raw readings, not float32
+    assert value(metrics, "edgewatch_agent_telemetry_windows_total", reason="sampled") == len(sampled)
+
+
+def test_late_duplicate_and_gap_are_counted(detector: OnnxDetector) -> None:
+    pipe, metrics, _ = make(detector)
+    r = fleet_readings("p", 50, seed=1)
+    late = replace(r[10], ts=r[5].ts)
+    gap = [replace(x, ts=x.ts + 1000) for x in r[20:30]]
+    stream = r[:20] + [r[19], late] + gap
+    pipe.process(msgs(payloads(stream)))
+    assert value(metrics, "edgewatch_agent_readings_dropped_total", reason="duplicate") == 1
+    assert value(metrics, "edgewatch_agent_readings_dropped_total", reason="late") == 1
+    assert value(metrics, "edgewatch_agent_window_resets_total") == 1
+
+
+def good_payload(i: int) -> dict[str, object]:
+    return {"schema": 1, "ts": 1.7e9 + i, "values": {c: 1.0 + i for c in CHANNEL_NAMES}}
+
+
+def fuzz_cases(n: int, seed: int = 0) -> list[tuple[str, bytes, str | None]]:
+    """(topic, payload, expected reason or None when any reason will do) for ``n`` bad payloads."""
+    rng = random.Random(seed)
+    out: list[tuple[str, bytes, str | None]] = []
+    topic = "edgewatch/fz-1/readings"
+    for i in range(n):
+        p = good_payload(i)
+        kind = i % 9
+        if kind == 0:
+            out.append((topic, json.dumps(p).encode()[: rng.randint(0, 40)], "not_json"))
+        elif kind == 1:
+            p["values"][rng.choice(CHANNEL_NAMES)] = "__X__"  # type: ignore[index]
+            text = json.dumps(p).replace('"__X__"', rng.choice(["NaN", "Infinity", "-Infinity", "1e999", "-1e400"]))
+            out.append((topic, text.encode(), "non_finite"))
+        elif kind == 2:
+            p["values"][rng.choice(CHANNEL_NAMES)] = rng.choice(["1.0", None, [1], {"x": 1}, True])  # type: ignore[index]
+            out.append((topic, json.dumps(p).encode(), "wrong_type"))
+        elif kind == 3:
+            p["values"]["bogus_" + str(i)] = 0.5  # type: ignore[index]
+            out.append((topic, json.dumps(p).encode(), "unknown_channel"))
+        elif kind == 4:
+            del p["values"][rng.choice(CHANNEL_NAMES)]  # type: ignore[attr-defined]
+            out.append((topic, json.dumps(p).encode(), "missing_channel"))
+        elif kind == 5:
+            out.append((topic, json.dumps(p).encode() + b" " * 17000, "too_large"))
+        elif kind == 6:
+            p[rng.choice(["schema", "extra"])] = 2
+            out.append((topic, json.dumps(p).encode(), "invalid"))
+        elif kind == 7:
+            out.append(("edgewatch/bad$device/readings", json.dumps(p).encode(), "bad_topic"))
+        else:
+            junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+            out.append((topic, b"\xff" + junk, None))
+    return out
+
+
+def test_ten_thousand_fuzzed_payloads_are_each_counted_and_dead_lettered(detector: OnnxDetector) -> None:
+    pipe, metrics, _ = make(detector)
+    cases = fuzz_cases(10_000)
+    records = pipe.process(msgs([(t, p) for t, p, _ in cases]))
+    assert len(records) == len(cases) and all(r.kind == "deadletter" for r in records)
+    for (topic, payload, expected), record in zip(cases, records, strict=True):
+        letter = decode_deadletter(record.value)
+        assert letter.reason in REJECT_REASONS and (expected is None or letter.reason == expected), (letter, payload[:80])
+        assert letter.payload_bytes == len(payload) and letter.payload_data() == payload[:4096]
+        assert letter.truncated == (len(payload) > 4096) and letter.source == f"mqtt:{topic}"
+    total = sum(value(metrics, "edgewatch_agent_payloads_rejected_total", reason=r) for r in REJECT_REASONS)
+    assert total == len(cases)
+    assert value(metrics, "edgewatch_agent_payloads_rejected_total", reason="not_json") >= len(cases) // 9
+    assert value(metrics, "edgewatch_agent_readings_received_total") == 0
+    # the pipeline still works after all that
+    good = pipe.process(msgs(payloads(fleet_readings("fz-1", 40, seed=1))))
+    assert value(metrics, "edgewatch_agent_readings_received_total") == 40 and good == []
