@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -29,6 +29,7 @@ from edge.contract import (
     telemetry_from_window,
 )
 from edge.decision import Decider, build_event
+from edge.fastdecode import FastReadingDecoder
 from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.outbox import Record
@@ -86,33 +87,49 @@ class Pipeline:
         self._max_payload = config.agent.max_payload_bytes
         self._agent_id = config.agent.id
         self._kafka = config.kafka
+        self._fast = FastReadingDecoder(self.channels)
+        self._devices: dict[str, str] = {}  # topic -> device id, a cache of device_from_topic
+        self._accepted = 0
 
-    def process(self, messages: Iterable[Message]) -> list[Record]:
+    def process(self, messages: Sequence[Message]) -> list[Record]:
         """Ingest messages, then score every window that became ready; returns the records to store."""
+        self._accepted = 0
         records = [r for msg in messages if (r := self.ingest(msg)) is not None]
+        self.metrics.messages_received.inc(len(messages))
+        self.metrics.readings_received.inc(self._accepted)
         records.extend(self.score_ready())
         return records
 
     def ingest(self, msg: Message) -> Record | None:
-        """Decode one message into the windows; returns a dead-letter record if it was refused."""
-        self.metrics.messages_received.inc()
-        try:
-            device = device_from_topic(msg.topic, self._prefix)
-        except ContractError as exc:
-            return self._reject("bad_topic", str(exc), msg, None)
+        """Decode one message into the windows; returns a dead-letter record if it was refused.
+
+        Counts accepted readings in ``_accepted`` (added to the metric once per :meth:`process`)."""
+        device = self._devices.get(msg.topic)
+        if device is None:
+            try:
+                device = device_from_topic(msg.topic, self._prefix)
+            except ContractError as exc:
+                return self._reject("bad_topic", str(exc), msg, None)
+            if len(self._devices) < 100_000:
+                self._devices[msg.topic] = device
         if len(msg.payload) > self._max_payload:
             return self._reject("too_large", f"payload of {len(msg.payload)} bytes exceeds {self._max_payload}", msg, device)
-        try:
-            readings = decode_readings(msg.payload, topic_device=device, max_bytes=self._max_payload)
-        except ContractError as exc:
-            return self._reject(reject_reason(exc), str(exc), msg, device)
-        problem = channel_problem(readings, self.channels)
-        if problem is not None:
-            got = sorted(next(r for r in readings if r.values.keys() != set(self.channels)).values)
-            return self._reject(problem, f"channels {got} do not match the model's {list(self.channels)}", msg, device)
-        self.metrics.readings_received.inc(len(readings))
+        readings = self._fast.decode(msg.payload, device)
+        if readings is None:
+            try:
+                readings = decode_readings(msg.payload, topic_device=device, max_bytes=self._max_payload)
+            except ContractError as exc:
+                return self._reject(reject_reason(exc), str(exc), msg, device)
+            except Exception as exc:  # noqa: BLE001 - the decoder must not stop the agent, whatever it raises
+                return self._reject("invalid", f"{exc.__class__.__name__}: {exc}", msg, device)
+            problem = channel_problem(readings, self.channels)
+            if problem is not None:
+                got = sorted(next(r for r in readings if r.values.keys() != set(self.channels)).values)
+                return self._reject(problem, f"channels {got} do not match the model's {list(self.channels)}", msg, device)
+        self._accepted += len(readings)
+        add = self.windows.add
         for reading in readings:
-            added = self.windows.add(reading)
+            added = add(reading)
             if added is Added.OK:
                 continue
             if added is Added.RESET:

@@ -27,8 +27,10 @@ def payloads(readings: Sequence[Reading], batch: int = 1, prefix: str = "edgewat
 
 
 def toml_config(tmp: Path, *, agent_id: str, mqtt_port: int, kafka_bootstrap: str, prefix: str, topics: dict[str, str],
-                metrics_port: int = 0, extra: str = "", model: Path = TINY_MODEL) -> Path:
-    path = tmp / f"{agent_id}.toml"
+                metrics_port: int = 0, extra: str = "", model: Path = TINY_MODEL, name: str | None = None,
+                outbox: Path | None = None) -> Path:
+    path = tmp / f"{name or agent_id}.toml"
+    outbox = outbox or tmp / f"{agent_id}-outbox.sqlite"
     path.write_text(f"""
 [agent]
 id = "{agent_id}"
@@ -53,7 +55,7 @@ bootstrap_timeout_ms = 2000
 [model]
 path = "{model}"
 [outbox]
-path = "{tmp / (agent_id + '-outbox.sqlite')}"
+path = "{outbox}"
 [metrics]
 port = {metrics_port}
 {extra}
