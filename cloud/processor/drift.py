@@ -94,9 +94,13 @@ class DriftMonitor:
         n_sum[1] += score / threshold if threshold > 0 else 0.0
         st["model_name"], st["sha"] = model_name, sha256
 
-    def due(self, state: DeviceState) -> float | None:
-        ends = [(st["next"] + 1) * self.s.window_s for st in state["drift"].values() if st["buckets"] or st["open"]]
-        return min(ends) if ends else None
+    def due(self, state: DeviceState) -> float:
+        """The final time at which a pending bucket of the device can be judged (inf: nothing pending)."""
+        due = math.inf
+        for st in state["drift"].values():
+            if st["buckets"] or st["open"]:
+                due = min(due, (st["next"] + 1) * self.s.window_s)
+        return due
 
     def flush(self, device: str, state: DeviceState, final: float, out: Changes) -> None:
         """Judge every bucket of the device that ended at or before ``final``."""

@@ -14,6 +14,7 @@ applied. ``final`` = watermark - allowed lateness: every event still to be appli
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ class Changes:
 
     incidents: dict[str, IncidentRow] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
+    updated: dict[str, DeviceState] = field(default_factory=dict)  # devices whose open incident grew; rows built once per batch
 
     def put(self, row: IncidentRow) -> None:
         self.incidents[row.incident_id] = row
@@ -54,47 +56,71 @@ class IncidentTracker:
     def apply(self, device: str, state: DeviceState, t: float, score: float, model_name: str, model_version: str,
               final: float, out: Changes) -> None:
         """Apply one new (not duplicate, not late) anomaly at event time ``t``; ``final`` as in the module doc."""
+        state["model"] = [model_name, model_version]
         inc = state["open"]
         if inc is not None:
             inc["count"] += 1
             inc["last"] = max(inc["last"], t)
             inc["max"] = max(inc["max"], score)
             inc["model_name"], inc["model_version"] = model_name, model_version
-            out.put(self._row(device, inc, None))
+            out.updated[device] = state
             return
         # anomalies before final - W can never share a window with one still to come
         recent: list[list[float]] = [r for r in state["recent"] if r[0] >= final - self.s.window_s]
         state["recent"] = recent
         bisect.insort(recent, [t, score])
+        self._try_open(device, state, final, out)
+
+    def advance(self, device: str, state: DeviceState, final: float, out: Changes) -> None:
+        """The partition's final time reached this device's due time: open and/or close what is now decided."""
+        if state["open"] is None:
+            self._try_open(device, state, final, out)
+        inc = state["open"]
+        if inc is not None and final >= inc["last"] + self.s.quiet_s:
+            row = self._row(device, inc, inc["last"] + self.s.quiet_s)
+            state["open"] = None
+            out.put(row)
+            out.alerts.append(self._alert(row, "close"))
+
+    def due(self, state: DeviceState) -> float:
+        """The final time at which something is decided for the device: an open or a close (inf: nothing pending)."""
+        inc = state["open"]
+        if inc is not None:
+            return float(inc["last"]) + self.s.quiet_s
+        candidate = self._candidate(state["recent"])
+        return math.inf if candidate is None else candidate[1]
+
+    def flush_updated(self, out: Changes) -> None:
+        """Build the rows of incidents that grew in this batch and are still open (call once, at batch end)."""
+        for device, state in out.updated.items():
+            inc = state["open"]
+            if inc is not None:
+                out.put(self._row(device, inc, None))
+        out.updated.clear()
+
+    def _candidate(self, recent: list[list[float]]) -> tuple[int, float] | None:
+        """(index of the first anomaly, open time) of the earliest window with m anomalies within W."""
         m, w = self.s.min_events, self.s.window_s
         for i in range(m - 1, len(recent)):
             if recent[i][0] - recent[i - m + 1][0] <= w:
-                members = recent[i - m + 1:]
-                opened = recent[i][0]
-                inc = {"id": make_incident_id("incident", device, opened), "opened_at": opened,
-                       "last": members[-1][0], "count": len(members), "max": max(s for _, s in members),
-                       "model_name": model_name, "model_version": model_version}
-                state["open"], state["recent"] = inc, []
-                row = self._row(device, inc, None)
-                out.put(row)
-                out.alerts.append(self._alert(row, "open"))
-                return
+                return i - m + 1, recent[i][0]
+        return None
 
-    def due(self, state: DeviceState) -> float | None:
-        """The final time at which the device's open incident closes unless another anomaly comes."""
-        inc = state["open"]
-        return None if inc is None else float(inc["last"]) + self.s.quiet_s
-
-    def close_if_due(self, device: str, state: DeviceState, final: float, out: Changes) -> bool:
-        """Close the open incident when ``final`` has passed its last anomaly plus the quiet period."""
-        inc = state["open"]
-        if inc is None or final < inc["last"] + self.s.quiet_s:
-            return False
-        row = self._row(device, inc, inc["last"] + self.s.quiet_s)
-        state["open"] = None
+    def _try_open(self, device: str, state: DeviceState, final: float, out: Changes) -> None:
+        # decided only once final has passed the open time: nothing earlier can arrive any more,
+        # so disorder within the allowed lateness gives the same open time and id
+        candidate = self._candidate(state["recent"])
+        if candidate is None or candidate[1] >= final:
+            return
+        first, opened = candidate
+        members = state["recent"][first:]
+        name, version = state.get("model", ["", ""])
+        inc = {"id": make_incident_id("incident", device, opened), "opened_at": opened, "last": members[-1][0],
+               "count": len(members), "max": max(s for _, s in members), "model_name": name, "model_version": version}
+        state["open"], state["recent"] = inc, []
+        row = self._row(device, inc, None)
         out.put(row)
-        out.alerts.append(self._alert(row, "close"))
-        return True
+        out.alerts.append(self._alert(row, "open"))
 
     def _row(self, device: str, inc: dict[str, Any], closed_at: float | None) -> IncidentRow:
         return IncidentRow(

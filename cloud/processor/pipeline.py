@@ -103,6 +103,7 @@ class Pipeline:
                 changes = Changes()
                 touched: set[str] = set()
                 events = self._apply(ctx, topic, partition, decoded, now, changes, touched, res)
+                self.tracker.flush_updated(changes)
                 self.store.insert_events(events)
                 self.store.insert_deadletters(dead)
                 self.store.save_device_states(topic, partition, {d: json.dumps(ctx.states[d]) for d in touched})
@@ -196,23 +197,24 @@ class Pipeline:
                 touched.add(ev.device_id)
             res.stored += 1
             rows.append((ev.event_id, ev.device_id, ev.agent_id, ev.window_start, t, ev.score, ev.threshold,
-                         json.dumps(dict(ev.channel_scores), sort_keys=True), ev.model_name, ev.model_version, ev.model_sha256,
+                         r.value.decode(), ev.model_name, ev.model_version, ev.model_sha256,
                          ev.detected_at, topic, partition, r.offset, int(late), now))
         return rows
 
     def _close_due(self, ctx: PartitionContext, final: float, changes: Changes, touched: set[str]) -> None:
         for device in sorted(d for d, due in ctx.due.items() if due <= final):
             st = ctx.states[device]
-            self.tracker.close_if_due(device, st, final, changes)
+            self.tracker.advance(device, st, final, changes)
             self.drift.flush(device, st, final, changes)
             touched.add(device)
             self._set_due(ctx, device, st)
         ctx.min_due = min(ctx.due.values(), default=math.inf)
 
     def _set_due(self, ctx: PartitionContext, device: str, st: DeviceState) -> None:
-        dues = [d for d in (self.tracker.due(st), self.drift.due(st)) if d is not None]
-        if dues:
-            ctx.due[device] = min(dues)
-            ctx.min_due = min(ctx.min_due, ctx.due[device])
+        due = min(self.tracker.due(st), self.drift.due(st))
+        if due < math.inf:
+            ctx.due[device] = due
+            if due < ctx.min_due:
+                ctx.min_due = due
         else:
             ctx.due.pop(device, None)

@@ -17,7 +17,7 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE events (
             event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, agent_id TEXT NOT NULL,
             window_start {real} NOT NULL, window_end {real} NOT NULL, score {real} NOT NULL, threshold {real} NOT NULL,
-            channel_scores TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
+            payload TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
             detected_at {real} NOT NULL, topic TEXT NOT NULL, kafka_partition INTEGER NOT NULL, kafka_offset {bigint} NOT NULL,
             late INTEGER NOT NULL, ingested_at {real} NOT NULL)""",
         "CREATE INDEX events_device_time ON events (device_id, window_end)",

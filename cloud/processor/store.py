@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from cloud.processor import schema
@@ -27,7 +27,7 @@ INCIDENT_COLUMNS = (
     "max_score", "model_name", "model_version", "statistic", "observed", "expected", "detail", "label", "labelled_at",
 )
 EVENT_COLUMNS = (
-    "event_id", "device_id", "agent_id", "window_start", "window_end", "score", "threshold", "channel_scores", "model_name",
+    "event_id", "device_id", "agent_id", "window_start", "window_end", "score", "threshold", "payload", "model_name",
     "model_version", "model_sha256", "detected_at", "topic", "kafka_partition", "kafka_offset", "late", "ingested_at",
 )
 LABELS = ("true_positive", "false_positive")
@@ -179,10 +179,9 @@ class Store:
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
         values = []
         for r in rows:
-            d = asdict(r)
+            d = {c: getattr(r, c) for c in cols[:-1]}
             d["device_ids"] = json.dumps(list(r.device_ids))
-            d["updated_at"] = now
-            values.append(tuple(d[c] for c in cols))
+            values.append((*d.values(), now))
         self.executemany(f"INSERT INTO incidents ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                          f"ON CONFLICT (incident_id) DO UPDATE SET {updates}", values)
 

@@ -29,8 +29,10 @@ def run(times: list[float], section: IncidentsSection = SECTION) -> tuple[Change
             continue
         wm = t if wm is None else max(wm, t)
         final = wm - section.allowed_lateness_s
-        tracker.close_if_due("d1", state, final, out)
+        if tracker.due(state) <= final:
+            tracker.advance("d1", state, final, out)
         tracker.apply("d1", state, t, 1.0 + t / 1000, "m", "1", final, out)
+        tracker.flush_updated(out)
     return out, applied
 
 
@@ -52,6 +54,14 @@ def test_spread_out_anomalies_open_nothing() -> None:
 def test_no_close_before_the_watermark_passes_the_quiet_period() -> None:
     out, _ = run([0, 10, 20, 150])  # final = 130 < 20 + 120
     assert [a.action for a in out.alerts] == ["open"]
+
+
+def test_no_open_before_the_watermark_passes_the_open_time() -> None:
+    out, _ = run([0, 10, 20, 35])  # the third anomaly at 20, final = 15: an earlier one may still come
+    assert out.alerts == []
+    out, _ = run([0, 10, 20, 41])
+    assert [(a.action, a.opened_at, a.event_count) for a in out.alerts] == [("open", 20.0, 3)]
+    assert next(iter(out.incidents.values())).event_count == 4
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,0 +1,182 @@
+"""Processor throughput against a bare kafka-python consumer, on the same topic in the same run.
+
+Starts its own local stack (Mosquitto + Kafka, :class:`cloud.stack.LocalStack`) and a throwaway
+PostgreSQL, produces ``--events`` anomaly events (``--devices`` devices, keyed by device id)
+to a ``--partitions``-partition topic, then consumes the whole topic three times, each in a
+fresh consumer group from offset 0:
+
+1. bare: a ``KafkaConsumer`` that only ``json.loads`` each value (the baseline);
+2. the processor with the SQLite store;
+3. the processor with the PostgreSQL store.
+
+Each time is from creating the consumer to the last event consumed (for the processor: stored,
+incidents and alerts applied, offsets committed). Prints events/s and the ratio to the
+baseline; the target is a ratio of at least 0.7.
+
+    .venv/bin/python -m bench.processor_throughput [--events 100000] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from cloud.processor.backends import open_store
+from cloud.processor.config import ProcessorConfig, load_config
+from cloud.processor.consumer import Processor
+from cloud.processor.pgserver import LocalPostgres
+from cloud.stack import LocalStack
+from edge.contract import AnomalyEvent, encode_event
+
+SHA = "cd" * 32
+T0 = 1_764_230_400.0
+
+
+def make_events(n: int, devices: int, seed: int = 1) -> list[AnomalyEvent]:
+    """Event-time ordered anomalies: mostly isolated, with bursts that open incidents."""
+    rng = random.Random(seed)
+    names = [f"site{d % 10}-pump-{d:04d}" for d in range(devices)]
+    out: list[AnomalyEvent] = []
+    t = T0
+    while len(out) < n:
+        t += rng.expovariate(50.0)
+        device = rng.choice(names)
+        for k in range(rng.choice((1, 1, 1, 4))):
+            s = 1.0 + rng.random() * 3
+            out.append(AnomalyEvent(
+                device_id=device, agent_id=f"agent-{device}", window_start=t + k - 10, window_end=t + k, score=s, threshold=1.0,
+                channel_scores={"vibration": s * 0.5, "pressure": s * 0.3, "flow": s * 0.2}, model_name="pump",
+                model_version="1.0", model_sha256=SHA, detected_at=t + k + 0.3))
+    return out[:n]
+
+
+def produce(bootstrap: str, topic: str, events: list[AnomalyEvent]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
+    for e in events:
+        producer.send(topic, key=e.device_id.encode(), value=encode_event(e))
+    producer.flush(120)
+    producer.close()
+
+
+def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int) -> float:
+    started = time.perf_counter()
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+                             enable_auto_commit=False, max_poll_records=max_records)
+    seen = 0
+    while seen < n:
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                json.loads(r.value)
+            seen += len(records)
+    consumer.commit()
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
+def processor(cfg: ProcessorConfig, n: int) -> float:
+    registry = CollectorRegistry()
+    stop = threading.Event()
+    started = time.perf_counter()
+    box: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            store = open_store(cfg.store)
+            try:
+                Processor(cfg, store, registry=registry, stop=stop).run()
+            finally:
+                store.close()
+        except BaseException as exc:  # reported below
+            box.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    while (registry.get_sample_value("edgewatch_processor_events_consumed_total") or 0) < n:
+        if not thread.is_alive():
+            raise RuntimeError(f"processor died: {box!r}")
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    thread.join(60)
+    return elapsed
+
+
+def config(tmp: Path, name: str, bootstrap: str, topic: str, store: str, max_records: int) -> ProcessorConfig:
+    path = tmp / f"{name}.toml"
+    path.write_text(f"""
+[kafka]
+bootstrap = "{bootstrap}"
+group_id = "bench-{name}"
+anomalies_topic = "{topic}"
+alerts_topic = "{topic}.alerts"
+deadletter_topic = "{topic}.deadletter"
+max_poll_records = {max_records}
+[store]
+{store}
+[fleet]
+prefix_parts = 1
+""")
+    return load_config(path, env={})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--devices", type=int, default=500)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--max-poll-records", type=int, default=5000)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each consumer; the best is reported")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        stack = LocalStack(tmp / "stack")
+        stack.start()
+        pg = LocalPostgres().start()
+        try:
+            from kafka.admin import KafkaAdminClient, NewTopic
+
+            topic = "bench.anomalies"
+            admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+            admin.create_topics([NewTopic(topic, args.partitions, 1)])
+            admin.close()
+            events = make_events(args.events, args.devices)
+            t = time.perf_counter()
+            produce(stack.kafka_bootstrap, topic, events)
+            print(f"produced {len(events)} events to {args.partitions} partitions in {time.perf_counter() - t:.1f} s")
+            results: dict[str, float] = {}
+            for r in range(args.repeat):
+                runs = {
+                    "bare kafka-python + json.loads": lambda: bare(stack.kafka_bootstrap, topic, f"bench-bare-{r}", len(events),
+                                                                   args.max_poll_records),
+                    "processor, SQLite": lambda: processor(config(tmp, f"sqlite-{r}", stack.kafka_bootstrap, topic,
+                                                                  f'sqlite_path = "{tmp}/store-{r}.db"', args.max_poll_records), len(events)),
+                    "processor, PostgreSQL": lambda: processor(config(tmp, f"pg-{r}", stack.kafka_bootstrap, topic,
+                                                                      f'backend = "postgres"\npostgres_dsn = "{pg.create_database(f"bench{r}")}"',
+                                                                      args.max_poll_records), len(events)),
+                }
+                for name, fn in runs.items():
+                    rate = len(events) / fn()
+                    results[name] = max(results.get(name, 0.0), rate)
+                    print(f"  run {r + 1}: {name:<32} {rate:10.0f} events/s")
+            base = results["bare kafka-python + json.loads"]
+            print(f"\nbest of {args.repeat}, {len(events)} events, {args.partitions} partitions, {args.devices} devices:")
+            for name, rate in results.items():
+                print(f"{name:<32} {rate:10.0f} events/s   ratio {rate / base:5.2f}")
+        finally:
+            pg.stop()
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
