@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -369,3 +369,22 @@ def wait_until(ready: Callable[[], bool], timeout_s: float, what: str,
     tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
     status = f"exited with {proc.returncode}" if proc is not None and proc.returncode is not None else f"not ready after {timeout_s:.0f} s"
     raise BrokerUnavailable(f"{what} {status}; log tail:\n{tail}")
+
+
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1) -> None:
+    """Create topics (replication factor 1) that do not exist yet; existing ones are left alone."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="edgewatch-stack-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

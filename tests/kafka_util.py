@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka import KafkaConsumer
+
+from cloud.stack import create_topics
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="edgewatch-test-admin")
-    try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
+    create_topics(bootstrap, [name], partitions)
 
 
 def consume(bootstrap: str, topic: str, group_id: str, expected: int, timeout_s: float = 30.0) -> list[bytes]:
