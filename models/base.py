@@ -63,6 +63,11 @@ class Detector(nn.Module):
     are each channel's share of the channel part (non-negative, summing to 1). Never mutates input.
     """
 
+    err_mu: torch.Tensor
+    err_sd: torch.Tensor
+    extra_mu: torch.Tensor
+    extra_sd: torch.Tensor
+
     def __init__(self, pre: Preprocessor, net: Family, *, channels: int, score_mode: ScoreMode, extra_weight: float) -> None:
         super().__init__()
         self.pre = pre

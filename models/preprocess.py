@@ -20,6 +20,12 @@ _EPS = 1e-8
 class Preprocessor(nn.Module):
     """Fitted transform as buffers, so it is saved with the weights and exported in the graph."""
 
+    center: torch.Tensor
+    scale: torch.Tensor
+    mean: torch.Tensor
+    proj: torch.Tensor
+    back: torch.Tensor
+
     def __init__(self, channels: int, components: int) -> None:
         super().__init__()
         self.register_buffer("center", torch.zeros(channels))
