@@ -22,20 +22,18 @@ import argparse
 import json
 import logging
 import random
+import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kafka import KafkaConsumer, KafkaProducer
-from prometheus_client import CollectorRegistry
-
-from cloud.processor.backends import open_store
-from cloud.processor.config import ProcessorConfig, load_config
-from cloud.processor.consumer import Processor
-from cloud.processor.pgserver import LocalPostgres
-from cloud.stack import LocalStack
 from edge.contract import AnomalyEvent, encode_event
+
+if TYPE_CHECKING:
+    from cloud.processor.config import ProcessorConfig
 
 SHA = "cd" * 32
 T0 = 1_764_230_400.0
@@ -60,6 +58,8 @@ def make_events(n: int, devices: int, seed: int = 1) -> list[AnomalyEvent]:
 
 
 def produce(bootstrap: str, topic: str, events: list[AnomalyEvent]) -> None:
+    from kafka import KafkaProducer
+
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
     for e in events:
         producer.send(topic, key=e.device_id.encode(), value=encode_event(e))
@@ -68,6 +68,8 @@ def produce(bootstrap: str, topic: str, events: list[AnomalyEvent]) -> None:
 
 
 def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int) -> float:
+    from kafka import KafkaConsumer
+
     started = time.perf_counter()
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                              enable_auto_commit=False, max_poll_records=max_records)
@@ -84,6 +86,11 @@ def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int) -> fl
 
 
 def processor(cfg: ProcessorConfig, n: int) -> float:
+    from prometheus_client import CollectorRegistry
+
+    from cloud.processor.backends import open_store
+    from cloud.processor.consumer import Processor
+
     registry = CollectorRegistry()
     stop = threading.Event()
     started = time.perf_counter()
@@ -112,6 +119,8 @@ def processor(cfg: ProcessorConfig, n: int) -> float:
 
 
 def config(tmp: Path, name: str, bootstrap: str, topic: str, store: str, max_records: int) -> ProcessorConfig:
+    from cloud.processor.config import load_config
+
     path = tmp / f"{name}.toml"
     path.write_text(f"""
 [kafka]
@@ -136,8 +145,19 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--max-poll-records", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each consumer; the best is reported")
+    ap.add_argument("--pure-python-crc", action="store_true",
+                    help="hide the crc32c package so kafka-python checks record CRCs in pure Python (as without the cloud extra)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
+    if args.pure_python_crc:
+        sys.modules["crc32c"] = None  # type: ignore[assignment]  # makes `import crc32c` fail inside kafka-python
+    import kafka.record.util
+
+    from cloud.processor.pgserver import LocalPostgres
+    from cloud.stack import LocalStack
+
+    crc = "pure Python" if kafka.record.util.crc32c_c is None else "crc32c (C)"
+    print(f"kafka-python record CRC32C: {crc}")
     with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmpdir:
         tmp = Path(tmpdir)
         stack = LocalStack(tmp / "stack")
@@ -155,20 +175,19 @@ def main() -> None:
             produce(stack.kafka_bootstrap, topic, events)
             print(f"produced {len(events)} events to {args.partitions} partitions in {time.perf_counter() - t:.1f} s")
             results: dict[str, float] = {}
+            b, n, mpr = stack.kafka_bootstrap, len(events), args.max_poll_records
             for r in range(args.repeat):
+                sqlite_store = f'sqlite_path = "{tmp}/store-{r}.db"'
+                pg_store = f'backend = "postgres"\npostgres_dsn = "{pg.create_database(f"bench{r}")}"'
                 runs = {
-                    "bare kafka-python + json.loads": lambda: bare(stack.kafka_bootstrap, topic, f"bench-bare-{r}", len(events),
-                                                                   args.max_poll_records),
-                    "processor, SQLite": lambda: processor(config(tmp, f"sqlite-{r}", stack.kafka_bootstrap, topic,
-                                                                  f'sqlite_path = "{tmp}/store-{r}.db"', args.max_poll_records), len(events)),
-                    "processor, PostgreSQL": lambda: processor(config(tmp, f"pg-{r}", stack.kafka_bootstrap, topic,
-                                                                      f'backend = "postgres"\npostgres_dsn = "{pg.create_database(f"bench{r}")}"',
-                                                                      args.max_poll_records), len(events)),
+                    "bare kafka-python + json.loads": partial(bare, b, topic, f"bench-bare-{r}", n, mpr),
+                    "processor, SQLite": partial(processor, config(tmp, f"sqlite-{r}", b, topic, sqlite_store, mpr), n),
+                    "processor, PostgreSQL": partial(processor, config(tmp, f"pg-{r}", b, topic, pg_store, mpr), n),
                 }
                 for name, fn in runs.items():
-                    rate = len(events) / fn()
+                    rate = n / fn()
                     results[name] = max(results.get(name, 0.0), rate)
-                    print(f"  run {r + 1}: {name:<32} {rate:10.0f} events/s")
+                    print(f"  run {r + 1}: {name:<32} {rate:10.0f} events/s", flush=True)
             base = results["bare kafka-python + json.loads"]
             print(f"\nbest of {args.repeat}, {len(events)} events, {args.partitions} partitions, {args.devices} devices:")
             for name, rate in results.items():

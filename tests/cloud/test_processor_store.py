@@ -7,6 +7,7 @@ the store; delivery through Kafka is tested in ``test_processor_kafka.py``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,12 +115,15 @@ def test_state_survives_a_process_change_mid_stream(store: Store, tmp_path: Path
 
 def test_malformed_records_are_dead_lettered_with_the_field(store: Store, tmp_path: Path) -> None:
     good = [encode_event(e) for e in fleet_stream(1, partitions=1, duration_s=100)]
-    bad: list[bytes | None] = [b"{", b"[]", None, good[0].replace(b'"score"', b'"scor"'), good[1].replace(b'"schema":1', b'"schema":9')]
-    res = pipeline(store, tmp_path).process(TOPIC, 0, records(bad + list(good)))
-    assert res.deadletters == 5 and res.stored == len(good)
+    huge = json.loads(good[2])
+    huge["score"] = 10**400  # the contract's decoder raises OverflowError here, not ContractError
+    bad: list[bytes | None] = [b"{", b"[]", None, good[0].replace(b'"score"', b'"scor"'), good[1].replace(b'"schema":1', b'"schema":9'),
+                               json.dumps(huge).encode()]
+    res = pipeline(store, tmp_path).process(TOPIC, 0, records(bad + list(good[3:])))
+    assert res.deadletters == 6 and res.stored == len(good) - 3
     rows = dump(store)["deadletters"]
-    assert [r[3] for r in rows] == ["$", "$", "$", "scor", "schema"]
-    assert all("violates rule" in r[4] for r in rows)
+    assert [r[3] for r in rows] == ["$", "$", "$", "scor", "schema", "$"]
+    assert all("violates rule" in r[4] for r in rows[:5]) and "OverflowError" in rows[5][4]
 
 
 def test_labels_are_stored_and_never_overwritten_by_the_processor(store: Store, tmp_path: Path) -> None:
