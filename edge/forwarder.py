@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from edge.config import KafkaSection
 from edge.metrics import AgentMetrics
@@ -131,9 +131,7 @@ class Forwarder:
             return 0
         producer = self._ensure_producer()
         futures = [(row, producer.send(row.topic, key=row.key, value=row.value)) for row in rows]
-        timeout = self.cfg.delivery_timeout_ms / 1000 + 5
-        left = self._time_left()
-        producer.flush(timeout=timeout if left is None else min(timeout, max(left, 0.5)))
+        self._await(producer, [f for _, f in futures])
         acked: list[Row] = []
         error: Exception | None = None
         for row, fut in futures:
@@ -152,6 +150,24 @@ class Forwarder:
         self._backoff.reset()
         self.metrics.kafka_connected.set(1)
         return len(acked)
+
+    def _await(self, producer: Any, futures: list[Any]) -> None:
+        """Wait until every send completed (kafka-python fails them after ``delivery_timeout_ms``);
+        drop ``kafka_connected`` once a round has waited longer than ``request_timeout_ms``. During
+        shutdown, give up at the deadline (the rows stay in the outbox)."""
+        started = time.monotonic()
+        limit = started + self.cfg.delivery_timeout_ms / 1000 + 5
+        while not all(f.is_done for f in futures):
+            now = time.monotonic()
+            left = self._time_left()
+            if now > limit or (left is not None and left <= 0):
+                raise KafkaTimeoutError(f"{sum(not f.is_done for f in futures)} sends still pending after {now - started:.1f} s")
+            if now - started > self.cfg.request_timeout_ms / 1000:
+                self.metrics.kafka_connected.set(0)
+            try:
+                producer.flush(timeout=0.5)
+            except KafkaTimeoutError:
+                continue
 
     def _ensure_producer(self) -> Any:
         if self._producer is None:
@@ -178,4 +194,9 @@ class Forwarder:
         try:
             producer.close(timeout=0)
         except Exception as exc:  # noqa: BLE001 - closing a broken producer may fail; it is discarded anyway
+            # close() flushes first and raises on unfinished sends without stopping its sender
+            # thread; stop that thread too, or every outage would leak one.
             log.debug("kafka_producer_close_failed error=%s", exc)
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()

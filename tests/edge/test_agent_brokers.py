@@ -3,6 +3,7 @@ down and back, Mosquitto restarted. The agent runs in-process; the tiny fixture 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -165,6 +166,9 @@ def test_kafka_stopped_mid_run_loses_no_event(local_stack: LocalStack, setup: Se
     ids = [decode_event(v).event_id for v in values]
     assert set(ids) == expected, f"missing {len(expected - set(ids))}, unexpected {len(set(ids) - expected)}"
     wait_for(lambda: agent.outbox is not None and agent.outbox.count_by_kind().get("anomaly", 0) == 0, 60, "outbox drained")
+    # failed producers were shut down, not leaked: paho, worker, forwarder, metrics server, one producer
+    leaked = [t.name for t in threading.enumerate() if "kafka" in t.name.lower()]
+    assert len(leaked) <= 2, leaked
 
 
 @pytest.fixture

@@ -124,3 +124,11 @@ def test_defaults_need_no_file() -> None:
     c = load_config(None, env={"EDGEWATCH_AGENT__ID": "edge-1"})
     assert isinstance(c, Config) and c.agent.id == "edge-1" and c.mqtt.port == 1883
     assert c.kafka.anomalies_topic == "edgewatch.anomalies"
+
+
+def test_the_example_config_loads_and_states_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "agent.example.toml"
+    c = load_config(example, env={})
+    d = load_config(None, env={})
+    assert c.describe() | {"model": {}, "outbox": {}} == d.describe() | {"model": {}, "outbox": {}}
+    assert Path(c.outbox.path) == example.parent / "edgewatch-outbox.sqlite"

@@ -48,7 +48,7 @@ def payloads(draw: st.DrawFn) -> bytes:
     return text.encode()
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(payloads())
 def test_fast_path_agrees_with_the_contract(payload: bytes) -> None:
     fast = FastReadingDecoder(CH).decode(payload, "dev-1")
