@@ -1,0 +1,136 @@
+"""``edgewatch evaluate skab|nab``: benchmark model families on SKAB and NAB (scores from onnxruntime)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from edge.cliutil import EXIT_OK, add_flag
+from edge.contract.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    """Add ``evaluate`` with its ``skab`` and ``nab`` subcommands to the ``edgewatch`` parser."""
+    parser = sub.add_parser("evaluate", help="score model families on SKAB or NAB (onnxruntime outputs)",
+                            description="Benchmark protocols: SKAB leaderboard (per file: fit on the first 400 rows, "
+                                        "predict the rest) and NAB streaming (learn on the probationary 15 %%).")
+    bench = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    skab = bench.add_parser("skab", help="SKAB leaderboard protocol: F1, FAR, MAR, changepoint NAB scores")
+    _common(skab, "EVALUATE_SKAB_", default_out=None)
+    add_flag(skab, "--exclude", default="anomaly-free", env_prefix="EVALUATE_SKAB_",
+             help="comma-separated folder names under --data to skip (SKAB's leaderboard leaves out anomaly-free)")
+    add_flag(skab, "--n-train", type=int, default=400, env_prefix="EVALUATE_SKAB_", help="training rows at the start of each file")
+    add_flag(skab, "--nab-window-s", type=float, default=60.0, env_prefix="EVALUATE_SKAB_",
+             help="changepoint NAB window to the right of each true changepoint, seconds")
+    add_flag(skab, "--normal", env_prefix="EVALUATE_SKAB_",
+             help="anomaly-free SKAB csv (or folder): scale every threshold for --far-target on pieces of it (label-free)")
+    add_flag(skab, "--far-target", type=float, default=0.1, env_prefix="EVALUATE_SKAB_",
+             help="false-alarm rate the --normal calibration aims at")
+    skab.set_defaults(func=_run_skab)
+    nab = bench.add_parser("nab", help="NAB streaming protocol: normalised NAB scores per category")
+    _common(nab, "EVALUATE_NAB_", default_out="edgewatch-nab")
+    nab.set_defaults(func=_run_nab)
+
+
+def _common(p: argparse.ArgumentParser, prefix: str, *, default_out: str | None) -> None:
+    add_flag(p, "--data", required=True, env_prefix=prefix, help="benchmark folder")
+    add_flag(p, "--out", default=default_out, required=default_out is None, env_prefix=prefix, help="output folder")
+    add_flag(p, "--family", default="conv_ae", env_prefix=prefix, help="model family")
+    add_flag(p, "--families", env_prefix=prefix, help="'all' or a comma-separated list (overrides --family)")
+    add_flag(p, "--seeds", type=int, default=1, env_prefix=prefix, help="repeat with seeds seed..seed+N-1, report mean and sd")
+    add_flag(p, "--seed", type=int, default=0, env_prefix=prefix, help="first seed")
+    add_flag(p, "--config", env_prefix=prefix, help="TOML file with training-config keys ([train] table or top level)")
+    add_flag(p, "--window", type=int, env_prefix=prefix, help="window length (overrides the config)")
+    add_flag(p, "--epochs", type=int, env_prefix=prefix, help="maximum epochs (overrides the config)")
+    add_flag(p, "--quantile", type=float, env_prefix=prefix, help="threshold quantile of training scores (overrides the config)")
+    add_flag(p, "--margin", type=float, env_prefix=prefix, help="threshold margin factor (overrides the config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _families(args: argparse.Namespace) -> list[str]:
+    from models.registry import family_names, get_builder
+
+    if not args.families:
+        names = [args.family]
+    elif args.families.strip() == "all":
+        names = list(family_names())
+    else:
+        names = [n.strip() for n in args.families.split(",") if n.strip()]
+    for name in names:
+        get_builder(name)  # raises ConfigError listing the known names
+    return names
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    data: dict[str, object] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--config {path}: cannot read TOML: {exc}") from None
+        data.update(raw.get("train", raw))
+        for key in ("family", "seed"):
+            if key in data:
+                raise ConfigError(f"{path}: train.{key} is set by --family/--families and --seed here")
+    for flag, key in (("window", "window_length"), ("epochs", "epochs"), ("quantile", "quantile"), ("margin", "margin")):
+        if getattr(args, flag) is not None:
+            data[key] = getattr(args, flag)
+    return data
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
+    return list(range(args.seed, args.seed + args.seeds))
+
+
+def _run_skab(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cloud.evaluate.normal import normal_chunks
+    from cloud.evaluate.report import format_pm
+    from cloud.evaluate.skab import discover
+    from cloud.evaluate.skab_run import run_skab
+
+    families, seeds, overrides = _families(args), _seeds(args), _overrides(args)
+    files = discover(args.data, exclude=[x.strip() for x in args.exclude.split(",") if x.strip()])
+    out = Path(args.out)
+    normal = []
+    if args.normal:
+        length = int(np.median([len(f.rows) for f in files]))
+        normal = normal_chunks(args.normal, length=length, min_rows=args.n_train + 100)
+    payload = run_skab(files, families, seeds, out, overrides=overrides, n_train=args.n_train,
+                       nab_window_s=args.nab_window_s, normal=normal, far_target=args.far_target,
+                       progress=not args.no_progress)
+    print(f"SKAB, {len(files)} files, seeds {seeds[0]}..{seeds[-1]} (mean ± sd), {payload['wall_seconds']:.0f} s wall")
+    print(f"{'family':<14} {'F1':>15} {'FAR %':>13} {'MAR %':>13} {'NAB std':>15} {'fit s/file':>10}")
+    rows = [(f, v["mean"], v["sd"]) for f, v in payload["families"].items()]
+    rows.append(("all-anomaly", payload["baseline_all_anomaly"], {k: 0.0 for k in payload["baseline_all_anomaly"]}))
+    for name, mean, sd in rows:
+        fit_s = f"{mean['fit_seconds_per_file']:.1f}" if "fit_seconds_per_file" in mean else "-"
+        print(f"{name:<14} {format_pm(mean['f1'], sd['f1']):>15} {format_pm(mean['far'], sd['far'], percent=True):>13} "
+              f"{format_pm(mean['mar'], sd['mar'], percent=True):>13} "
+              f"{format_pm(mean['nab_standard'] / 100, sd['nab_standard'] / 100, percent=True):>15} {fit_s:>10}")
+    print(f"wrote {out / 'metrics.json'}")
+    return EXIT_OK
+
+
+def _run_nab(args: argparse.Namespace) -> int:
+    from cloud.evaluate.nab_run import run_nab
+
+    payload = run_nab(args.data, _families(args), _seeds(args), Path(args.out), overrides=_overrides(args),
+                      progress=not args.no_progress)
+    print(f"NAB, {payload['files']} files, standard profile, normalised score (corpus-optimised threshold / calibrated 0.5)")
+    for family, result in payload["families"].items():
+        standard = result["mean"]
+        cells = "  ".join(f"{cat} {standard[f'{cat}_optimised']:.1f} / {standard[f'{cat}_calibrated']:.1f}"
+                          for cat in payload["categories"] + ["corpus"])
+        print(f"{family:<14} {cells}")
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return EXIT_OK
