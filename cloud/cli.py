@@ -14,7 +14,7 @@ from edge.contract.errors import ConfigError, EdgewatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cloud import demo_cli, evaluate_cli, incidents_cli, keys_cli, processor_cli, registry_cli, stack_cli, train_cli
+    from cloud import demo_cli, evaluate_cli, incidents_cli, keys_cli, processor_cli, registry_cli, retrain_cli, stack_cli, train_cli
 
     parser = argparse.ArgumentParser(
         prog="edgewatch",
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     incidents_cli.register(sub)
     keys_cli.register(sub)
     registry_cli.register(sub)
+    retrain_cli.register(sub)
     evaluate_cli.register(sub)
     train_cli.register(sub)
     demo_cli.register(sub)

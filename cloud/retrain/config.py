@@ -1,0 +1,164 @@
+"""The retraining job's typed configuration (``retrain.toml``): frozen dataclasses loaded from TOML.
+
+Three tables, all optional::
+
+    [retrain]   data selection and evaluation gates    env EDGEWATCH_RETRAIN__<KEY>
+    [train]     TrainConfig overrides for fine-tuning  env EDGEWATCH_TRAIN__<KEY>  (models.config keys)
+    [trigger]   the drift-alert consumer               env EDGEWATCH_TRIGGER__<KEY>
+
+Unknown tables or keys raise :class:`ConfigError` naming the file and the dotted key; so do
+out-of-range values. Environment twins are read when the config is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.contract import ConfigError
+from models.config import config_from_mapping
+
+
+@dataclass(frozen=True)
+class RetrainSection:
+    """What data a retraining uses and how a candidate must compare with production."""
+
+    holdout_share: float = 0.2  # latest share of each device's windows, kept out of training for evaluation
+    min_train_windows: int = 32  # fewer after exclusions: nothing is trained (exit 4)
+    min_holdout_windows: int = 8
+    incident_pad_s: float = 60.0  # a window within this of a labelled incident's span belongs to it
+    exclude_flagged: bool = True  # leave windows the live model flagged anomalous out of training (not out of the holdout)
+    refit_preprocessing: bool = False  # fine-tuning: refit scaling on the new rows instead of keeping production's
+    max_far_increase: float = 0.01  # gate: candidate holdout false-alarm rate <= production's + this
+    max_recall_drop: float = 0.0  # gate: candidate recall on true-positive incidents >= production's - this
+    max_fp_increase: float = 0.0  # gate: candidate alarm rate on false-positive incidents <= production's + this
+    batch_size: int = 4096  # windows per onnxruntime call during evaluation
+
+
+@dataclass(frozen=True)
+class TriggerSection:
+    """The long-running ``edgewatch retrain --on-drift`` consumer."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    alerts_topic: str = "edgewatch.alerts"
+    group_id: str = "edgewatch-retrain"
+    client_id: str = "edgewatch-retrain"
+    auto_offset_reset: typing.Literal["earliest", "latest"] = "latest"
+    cooldown_s: float = 3600.0  # after a job for a model ends, its drift alerts are skipped this long
+    lookback_s: float = 86400.0  # a drift-started job trains on the archive since alert time - lookback
+    max_jobs: int = 1  # jobs running at once (over all models)
+    poll_timeout_s: float = 0.5
+    drain_timeout_s: float = 600.0  # on SIGTERM, wait this long for running jobs
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    retrain: RetrainSection = RetrainSection()
+    train: Mapping[str, Any] = field(default_factory=dict)  # validated against models.config.TrainConfig
+    trigger: TriggerSection = TriggerSection()
+
+
+def load_retrain_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> RetrainConfig:
+    """Read ``path`` (or defaults only), apply environment twins, validate; raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    where = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for key in raw:
+        if key not in ("retrain", "train", "trigger"):
+            raise ConfigError(f"{where}: unknown key {key!r} (known tables: retrain, train, trigger)")
+    train = dict(_table(raw.get("train", {}), "train", where))
+    for var, text in env.items():
+        if var.startswith("EDGEWATCH_TRAIN__"):
+            train[var.removeprefix("EDGEWATCH_TRAIN__").lower()] = text
+    config_from_mapping(train, origin=where)  # unknown keys and bad values fail here, at start
+    config = RetrainConfig(retrain=_section(RetrainSection, raw.get("retrain", {}), "retrain", where, env), train=train,
+                           trigger=_section(TriggerSection, raw.get("trigger", {}), "trigger", where, env))
+    _validate(config, where)
+    return config
+
+
+def _table(value: Any, name: str, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: {name} must be a table")
+    return value
+
+
+def _section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in _table(table, name, where).items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {name}.{key}")
+        values[key] = _coerce(value, hints[key], f"{where}: {name}.{key}", from_env=False)
+    head = f"EDGEWATCH_{name.upper()}__"
+    for var, text in env.items():
+        if var.startswith(head):
+            key = var[len(head):].lower()
+            if key not in known:
+                raise ConfigError(f"environment: {var} names unknown key {name}.{key}")
+            values[key] = _coerce(text, hints[key], f"environment {var}", from_env=True)
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any, where: str, *, from_env: bool) -> Any:
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} must be one of {', '.join(map(repr, typing.get_args(tp)))}")
+        return value
+    if tp is bool:
+        if from_env:
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            return text in ("1", "true", "yes", "on")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if from_env:
+            try:
+                value = tp(str(value).strip())
+            except ValueError:
+                raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} must be finite")
+        return tp(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _validate(c: RetrainConfig, where: str) -> None:
+    r, t = c.retrain, c.trigger
+    checks = [
+        (0.0 < r.holdout_share < 0.9, "retrain.holdout_share", r.holdout_share, "must be in (0, 0.9)"),
+        (r.min_train_windows >= 4, "retrain.min_train_windows", r.min_train_windows, "must be >= 4"),
+        (r.min_holdout_windows >= 1, "retrain.min_holdout_windows", r.min_holdout_windows, "must be >= 1"),
+        (r.incident_pad_s >= 0, "retrain.incident_pad_s", r.incident_pad_s, "must be >= 0"),
+        (min(r.max_far_increase, r.max_recall_drop, r.max_fp_increase) >= 0, "retrain.max_*", "", "margins must be >= 0"),
+        (r.batch_size >= 1, "retrain.batch_size", r.batch_size, "must be >= 1"),
+        (t.cooldown_s >= 0, "trigger.cooldown_s", t.cooldown_s, "must be >= 0"),
+        (t.lookback_s > 0, "trigger.lookback_s", t.lookback_s, "must be > 0"),
+        (t.max_jobs >= 1, "trigger.max_jobs", t.max_jobs, "must be >= 1"),
+        (t.poll_timeout_s > 0, "trigger.poll_timeout_s", t.poll_timeout_s, "must be > 0"),
+    ]
+    for ok, key, value, rule in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {key} = {value!r} {rule}")

@@ -1,0 +1,171 @@
+"""From archived telemetry windows and labelled incidents to what a retraining uses.
+
+Rules (each window is counted under exactly one of them, in this order):
+
+1. Channels: a window without every channel of the model is skipped (``skipped_channels``).
+2. True-positive incidents: a window of a device in an incident labelled ``true_positive``
+   (its span ``[opened_at - pad, last_event_at + pad]``) is a known fault: never trained on, never
+   in the holdout; it goes to the true-positive evaluation set (``true_positive``).
+3. False-positive incidents: likewise for ``false_positive`` labels, into the false-positive
+   evaluation set (``false_positive``). Held out of training so the evaluation is not leaked.
+4. Holdout: the latest ``holdout_share`` of each device's remaining windows (``holdout``), whatever
+   the live model said about them: filtering them on the live verdict would hand the production
+   model a zero false-alarm rate by construction.
+5. Flagged: a remaining window the live model flagged anomalous is left out of training when
+   ``exclude_flagged`` (``flagged``): probably a fault nobody labelled, not normal behaviour.
+6. The rest is trained on (``train``). Rows of training windows are merged per device into
+   contiguous segments (overlapping windows share rows), cut wherever a row lies in an excluded
+   window's span or in a labelled incident, and wherever time jumps by more than 1.5 sample periods.
+   Training windows never straddle a gap or a device.
+
+Pure numpy; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.data import make_windows
+
+
+@dataclass(frozen=True)
+class ArchivedWindow:
+    """One telemetry window from the archive: ``values[i, j]`` is ``channels[j]`` at ``ts[i]``."""
+
+    device_id: str
+    channels: tuple[str, ...]
+    ts: np.ndarray
+    values: np.ndarray
+    score: float
+    threshold: float
+    anomalous: bool
+    model_sha256: str = ""
+
+    @property
+    def start(self) -> float:
+        return float(self.ts[0])
+
+    @property
+    def end(self) -> float:
+        return float(self.ts[-1])
+
+
+@dataclass(frozen=True)
+class LabelledIncident:
+    """An incident an operator labelled: which devices, when, and the verdict."""
+
+    incident_id: str
+    label: str  # "true_positive" | "false_positive"
+    device_ids: tuple[str, ...]
+    start: float  # the incident's opened_at (its first anomalies lie up to the processor's window_s before: pad covers it)
+    end: float  # last_event_at: the last anomaly's window end
+
+
+@dataclass
+class Dataset:
+    """What one retraining uses; windows are ``(n, window_length, channels)`` float32 in model channel order."""
+
+    train_segments: list[np.ndarray]
+    holdout: np.ndarray
+    incident_windows: dict[str, np.ndarray]  # incident id -> its windows (labelled incidents with archived windows)
+    incident_labels: dict[str, str]
+    counts: dict[str, int] = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)
+    time_range: tuple[float, float] | None = None
+
+    @property
+    def train_windows(self) -> int:
+        return self.counts.get("train_windows", 0)
+
+
+def build_dataset(windows: Sequence[ArchivedWindow], incidents: Sequence[LabelledIncident], *, channels: Sequence[str],
+                  window_length: int, train_stride: int, eval_stride: int, sample_period_s: float,
+                  holdout_share: float, incident_pad_s: float, exclude_flagged: bool) -> Dataset:
+    """Apply the module's rules; see there. ``windows`` may come in any order."""
+    channels = tuple(channels)
+    counts = dict.fromkeys(("archived", "skipped_channels", "true_positive", "false_positive", "holdout", "flagged",
+                            "train"), 0)
+    spans: dict[str, list[tuple[float, float, LabelledIncident]]] = defaultdict(list)
+    for inc in incidents:
+        for device in inc.device_ids:
+            spans[device].append((inc.start - incident_pad_s, inc.end + incident_pad_s, inc))
+    by_device: dict[str, list[tuple[ArchivedWindow, np.ndarray]]] = defaultdict(list)
+    incident_rows: dict[str, list[np.ndarray]] = defaultdict(list)
+    excluded: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for w in windows:
+        counts["archived"] += 1
+        values = _reorder(w, channels)
+        if values is None:
+            counts["skipped_channels"] += 1
+            continue
+        inc = next((s[2] for s in spans.get(w.device_id, ()) if w.start <= s[1] and w.end >= s[0]), None)
+        if inc is not None:
+            counts[inc.label] += 1
+            incident_rows[inc.incident_id].append(values)
+            excluded[w.device_id].append((w.start, w.end))
+            continue
+        by_device[w.device_id].append((w, values))
+    holdout: list[np.ndarray] = []
+    train_rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for device, items in by_device.items():
+        items.sort(key=lambda item: item[0].start)
+        cut = len(items) - int(round(holdout_share * len(items))) if len(items) > 1 else len(items)
+        for w, values in items[cut:]:
+            holdout.append(values)
+            excluded[device].append((w.start, w.end))
+        counts["holdout"] += len(items) - cut
+        for w, values in items[:cut]:
+            if exclude_flagged and w.anomalous:
+                counts["flagged"] += 1
+                excluded[device].append((w.start, w.end))
+            else:
+                counts["train"] += 1
+                train_rows[device].append((w.ts, values))
+    segments = [seg for device, rows in sorted(train_rows.items())
+                for seg in _segments(rows, excluded[device], sample_period_s)]
+    holdout_windows = _cut(holdout, window_length, eval_stride, len(channels))
+    incident_windows = {k: _cut(v, window_length, eval_stride, len(channels)) for k, v in incident_rows.items()}
+    counts["train_windows"] = int(sum(max(0, (len(s) - window_length) // train_stride + 1) for s in segments))
+    counts["train_rows"] = int(sum(len(s) for s in segments))
+    counts["holdout_windows"] = len(holdout_windows)
+    labels = {inc.incident_id: inc.label for inc in incidents if inc.incident_id in incident_windows}
+    times = [w.start for w in windows] + [w.end for w in windows]
+    return Dataset(segments, holdout_windows, incident_windows, labels, counts,
+                   devices=sorted(by_device), time_range=(min(times), max(times)) if times else None)
+
+
+def _reorder(w: ArchivedWindow, channels: tuple[str, ...]) -> np.ndarray | None:
+    if w.channels == channels:
+        return np.asarray(w.values, dtype=np.float64)
+    if not set(channels) <= set(w.channels):
+        return None
+    return np.asarray(w.values, dtype=np.float64)[:, [w.channels.index(c) for c in channels]]
+
+
+def _segments(rows: list[tuple[np.ndarray, np.ndarray]], excluded: list[tuple[float, float]],
+              period: float) -> list[np.ndarray]:
+    """Merge windows' rows by timestamp (first value wins), drop excluded rows, split at gaps."""
+    ts = np.concatenate([t for t, _ in rows])
+    values = np.concatenate([v for _, v in rows])
+    ts, first = np.unique(ts, return_index=True)
+    values = values[first]
+    keep = np.ones(len(ts), dtype=bool)
+    for lo, hi in excluded:
+        keep &= ~((ts >= lo) & (ts <= hi))
+    ts, values = ts[keep], values[keep]
+    if len(ts) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(ts) > 1.5 * period) + 1
+    return [seg for seg in np.split(values, breaks) if len(seg)]
+
+
+def _cut(windows: list[np.ndarray], window_length: int, stride: int, n_channels: int) -> np.ndarray:
+    """Evaluation windows of exactly ``window_length`` rows: archived windows as they are when their
+    length matches, else cut with ``stride`` (shorter ones are dropped)."""
+    out = [make_windows(w, window_length, stride) if len(w) != window_length else w[None].astype(np.float32) for w in windows]
+    out = [w for w in out if len(w)]
+    return np.concatenate(out) if out else np.empty((0, window_length, n_channels), dtype=np.float32)
