@@ -130,9 +130,10 @@ class DriftMonitor:
             return
         st["streak"] += 1
         if st["streak"] >= self.s.sustain_windows and st["open"] is None:
-            st["open"] = {"opened_at": end, "statistic": stat[0], "observed": stat[1], "expected": stat[2],
-                          "count": st["streak"], "id": make_incident_id("drift", f"{device}/{version}", end)}
-            self._emit(device, version, st, st["open"], None, out)
+            opened = {"opened_at": end, "statistic": stat[0], "observed": stat[1], "expected": stat[2],
+                      "count": st["streak"], "id": make_incident_id("drift", f"{device}/{version}", end)}
+            st["open"] = opened
+            self._emit(device, version, st, opened, None, out)
         elif st["open"] is not None:
             st["open"]["count"] = st["streak"]
 

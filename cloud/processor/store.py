@@ -222,7 +222,8 @@ class Store:
 
     def incidents(self, *, kind: str | None = None, site: str | None = None, open_only: bool = False,
                   closed_after: float | None = None, limit: int = 1000) -> list[IncidentRow]:
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         for col, value in (("kind", kind), ("site", site)):
             if value is not None:
                 where.append(f"{col} = ?")

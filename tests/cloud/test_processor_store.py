@@ -138,3 +138,18 @@ def test_labels_are_stored_and_never_overwritten_by_the_processor(store: Store, 
     assert after is not None and after.label == "true_positive" and after.labelled_at == T0
     with pytest.raises(ValueError):
         store.label_incident(incident.incident_id, "maybe", T0)
+
+
+def test_idle_advance_closes_incidents_of_a_silent_partition(store: Store, tmp_path: Path) -> None:
+    from tests.cloud.processor_streams import burst
+
+    pipe = pipeline(store, tmp_path)
+    pipe.process(TOPIC, 0, records([encode_event(e) for e in burst("plant-a-pump-01", T0, count=5, gap_s=10)]))
+    assert pipe.advance_idle(TOPIC, 0, T0 + 60) == 1  # final passes the open time (T0 + 20): opens, nothing closes yet
+    (inc,) = store.incidents(kind="incident")
+    assert inc.closed_at is None and inc.opened_at == T0 + 20
+    assert pipe.advance_idle(TOPIC, 0, T0 + 50) == 0  # never backwards
+    other = pipeline(store, tmp_path)  # another process, state from the store
+    assert other.advance_idle(TOPIC, 0, T0 + 40 + 120 + 20) == 1
+    (inc,) = store.incidents(kind="incident")
+    assert inc.closed_at == T0 + 40 + 120 and inc.event_count == 5
