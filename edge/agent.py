@@ -162,12 +162,17 @@ class Agent:
         return left
 
     def _work(self) -> None:
-        """The worker thread: queue -> pipeline -> outbox, until draining and the queue is empty."""
+        """The worker thread: queue -> pipeline -> outbox, until draining and the queue is empty.
+
+        Rounds are paced to at least ``tick_s`` unless the queue is full, so messages accumulate
+        into micro-batches (more windows per inference call, one outbox commit per round) at the
+        price of up to one tick of latency.
+        """
         assert self.pipeline is not None and self.outbox is not None and self.forwarder is not None
         tick = self.config.agent.tick_s
         pending: list[Record] = []
-        last_commit = time.monotonic()
         while True:
+            started = time.monotonic()
             draining = self._draining.is_set()
             batch = self.queue.get_batch(MAX_MESSAGES_PER_TICK, 0 if draining else tick)
             try:
@@ -175,16 +180,16 @@ class Agent:
             except Exception:  # noqa: BLE001 - a failing model call must not end the agent; input never raises
                 self.worker_errors += 1
                 log.exception("worker_tick_failed messages=%d", len(batch))
-            now = time.monotonic()
-            if pending and (draining or now - last_commit >= tick or len(pending) >= 1000):
+            if pending:
                 pending = self._commit(pending)
-                last_commit = now
-            if draining and (not batch or now >= self._drain_deadline):
+            if draining and (not batch or time.monotonic() >= self._drain_deadline):
                 if batch:
                     log.warning("agent_drain_timeout queue_left=%d", len(self.queue))
                 if pending:
                     self._commit(pending)
                 return
+            if not draining and len(batch) < MAX_MESSAGES_PER_TICK:
+                self._draining.wait(max(0.0, tick - (time.monotonic() - started)))
 
     def _commit(self, records: list[Record]) -> list[Record]:
         """Append to the outbox; on a disk error keep the records for the next tick (bounded)."""

@@ -35,23 +35,29 @@ class Decider:
         self.n = n
         self.device_thresholds = dict(device_thresholds or {})
         self._history: dict[str, deque[bool]] = {}
+        self._segment: dict[str, int] = {}
 
     def threshold_for(self, device_id: str) -> float:
         return self.device_thresholds.get(device_id, self.threshold)
 
-    def decide(self, device_id: str, score: float) -> Verdict:
-        """Record one window's score for ``device_id`` (in window order) and say whether it fires."""
+    def decide(self, device_id: str, score: float, segment: int = 0) -> Verdict:
+        """Record one window's score for ``device_id`` (in window order) and say whether it fires.
+
+        A window of a new ``segment`` (the device's windows restarted after a gap) starts the
+        debounce history afresh."""
         threshold = self.threshold_for(device_id)
         over = score > threshold
         history = self._history.get(device_id)
-        if history is None:
+        if history is None or self._segment.get(device_id, segment) != segment:
             history = self._history[device_id] = deque(maxlen=self.n)
+        self._segment[device_id] = segment
         history.append(over)
         return Verdict(fire=over and sum(history) >= self.k, over=over, threshold=threshold)
 
     def reset(self, device_id: str) -> None:
         """Forget a device's history (its windows restarted after a gap)."""
         self._history.pop(device_id, None)
+        self._segment.pop(device_id, None)
 
 
 def contributions(channel_scores: Sequence[float], channels: Sequence[str]) -> dict[str, float]:

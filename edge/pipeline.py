@@ -114,8 +114,8 @@ class Pipeline:
                 self._devices[msg.topic] = device
         if len(msg.payload) > self._max_payload:
             return self._reject("too_large", f"payload of {len(msg.payload)} bytes exceeds {self._max_payload}", msg, device)
-        readings = self._fast.decode(msg.payload, device)
-        if readings is None:
+        decoded = self._fast.decode(msg.payload, device)
+        if decoded is None:
             try:
                 readings = decode_readings(msg.payload, topic_device=device, max_bytes=self._max_payload)
             except ContractError as exc:
@@ -126,17 +126,17 @@ class Pipeline:
             if problem is not None:
                 got = sorted(next(r for r in readings if r.values.keys() != set(self.channels)).values)
                 return self._reject(problem, f"channels {got} do not match the model's {list(self.channels)}", msg, device)
-        self._accepted += len(readings)
-        add = self.windows.add
-        for reading in readings:
-            added = add(reading)
-            if added is Added.OK:
-                continue
-            if added is Added.RESET:
-                self.metrics.window_resets.inc()
-                self.decider.reset(device)
-            else:
-                self.metrics.readings_dropped.labels(added.value).inc()
+            decoded = (np.array([r.ts for r in readings], dtype=np.float64),
+                       np.array([[r.values[c] for c in self.channels] for r in readings], dtype=np.float64))
+        ts, rows = decoded
+        self._accepted += len(ts)
+        outcomes = self.windows.add_rows(device, ts, rows)
+        if len(outcomes) > 1 or Added.OK not in outcomes:
+            for added, n in outcomes.items():
+                if added is Added.RESET:
+                    self.metrics.window_resets.inc(n)
+                elif added is not Added.OK:
+                    self.metrics.readings_dropped.labels(added.value).inc(n)
         return None
 
     def _reject(self, reason: str, detail: str, msg: Message, device: str | None) -> Record:
@@ -167,7 +167,7 @@ class Pipeline:
             self.metrics.invalid_scores.inc()
             log.warning("score_invalid device_id=%s window_end=%s score=%s", window.device_id, window.end, score)
             return []
-        verdict = self.decider.decide(window.device_id, score)
+        verdict = self.decider.decide(window.device_id, score, window.segment)
         if verdict.threshold > 0:
             self.metrics.score_ratio.observe(score / verdict.threshold)
         records: list[Record] = []

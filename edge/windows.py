@@ -9,6 +9,7 @@ hands it out.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -35,6 +36,7 @@ class Window:
     seq: int  # windows of this device since the agent started, from 0
     ts: np.ndarray
     values: np.ndarray
+    segment: int = 0  # gap resets of this device before this window
 
     @property
     def start(self) -> float:
@@ -53,6 +55,7 @@ class _Device:
     since_reset: int = 0    # readings accepted since the last reset
     last_ts: float = -1.0
     seq: int = 0
+    segment: int = 0
     ready: list[Window] = field(default_factory=list)
 
 
@@ -89,14 +92,76 @@ class Windows:
     def ready_count(self) -> int:
         return self._ready_count
 
-    def add(self, reading: Reading) -> Added:
-        """Place one reading; never raises for late, duplicate or gapped input."""
-        dev = self._devices.get(reading.device_id)
+    def _device(self, device_id: str) -> _Device:
+        dev = self._devices.get(device_id)
         if dev is None:
             dev = _Device(np.empty((self._capacity, len(self.channels)), dtype=np.float64),
                           np.empty(self._capacity, dtype=np.float64))
-            self._devices[reading.device_id] = dev
-        ts = reading.ts
+            self._devices[device_id] = dev
+        return dev
+
+    def add(self, reading: Reading) -> Added:
+        """Place one reading; never raises for late, duplicate or gapped input."""
+        values = reading.values
+        return self._add_one(reading.device_id, self._device(reading.device_id), reading.ts,
+                             [values[c] for c in self.channels])
+
+    def add_rows(self, device_id: str, ts: np.ndarray, rows: np.ndarray) -> Counter[Added]:
+        """Place ``rows (n, channels)`` in channel order, stamped ``ts (n,)``, for one device.
+
+        The same as :meth:`add` row by row, but a run of in-order rows without gaps is copied in
+        bulk. Returns how many rows had each outcome.
+        """
+        dev = self._device(device_id)
+        n = len(ts)
+        if n == 1:
+            return Counter({self._add_one(device_id, dev, float(ts[0]), rows[0]): 1})
+        if n == 0:
+            return Counter()
+        first = float(ts[0])
+        fits = not dev.since_reset or (dev.last_ts < first and first - dev.last_ts <= self.max_gap_s)
+        steps = np.diff(ts)
+        if fits and bool(np.all(steps > 0)) and bool(np.all(steps <= self.max_gap_s)):
+            self._append_run(device_id, dev, ts, rows)
+            return Counter({Added.OK: n})
+        out: Counter[Added] = Counter()
+        for i in range(n):
+            out[self._add_one(device_id, dev, float(ts[i]), rows[i])] += 1
+        return out
+
+    def _append_run(self, device_id: str, dev: _Device, ts: np.ndarray, rows: np.ndarray) -> None:
+        """Bulk copy in-order, gap-free rows, emitting windows exactly where :meth:`_add_one` would."""
+        length, stride, done = self.window_length, self.stride, 0
+        while done < len(ts):
+            if dev.size == self._capacity:
+                self._compact(dev)
+            m = min(self._capacity - dev.size, len(ts) - done)
+            lo = dev.size
+            dev.buf[lo: lo + m] = rows[done: done + m]
+            dev.ts[lo: lo + m] = ts[done: done + m]
+            # the row at offset r makes since_reset = since0 + r + 1; a window ends there when
+            # since_reset >= length and (since_reset - length) % stride == 0
+            since0 = dev.since_reset
+            first = max(length - since0 - 1, 0)
+            first += (-(since0 + first + 1 - length)) % stride
+            for r in range(first, m, stride):
+                end = lo + r + 1
+                dev.ready.append(Window(device_id, dev.seq, dev.ts[end - length: end].copy(), dev.buf[end - length: end].copy(),
+                                        dev.segment))
+                dev.seq += 1
+                self._ready_count += 1
+            dev.size += m
+            dev.since_reset += m
+            done += m
+        dev.last_ts = float(ts[-1])
+
+    def _compact(self, dev: _Device) -> None:
+        keep = self.window_length - 1
+        dev.buf[:keep] = dev.buf[dev.size - keep: dev.size]
+        dev.ts[:keep] = dev.ts[dev.size - keep: dev.size]
+        dev.size = keep
+
+    def _add_one(self, device_id: str, dev: _Device, ts: float, row: Sequence[float] | np.ndarray) -> Added:
         outcome = Added.OK
         if dev.since_reset:
             if ts == dev.last_ts:
@@ -106,14 +171,11 @@ class Windows:
             if ts - dev.last_ts > self.max_gap_s:
                 dev.size = 0
                 dev.since_reset = 0
+                dev.segment += 1
                 outcome = Added.RESET
         if dev.size == self._capacity:
-            keep = self.window_length - 1
-            dev.buf[:keep] = dev.buf[dev.size - keep: dev.size]
-            dev.ts[:keep] = dev.ts[dev.size - keep: dev.size]
-            dev.size = keep
-        values = reading.values
-        dev.buf[dev.size] = [values[c] for c in self.channels]
+            self._compact(dev)
+        dev.buf[dev.size] = row
         dev.ts[dev.size] = ts
         dev.size += 1
         dev.since_reset += 1
@@ -121,7 +183,7 @@ class Windows:
         extra = dev.since_reset - self.window_length
         if extra >= 0 and extra % self.stride == 0:
             lo = dev.size - self.window_length
-            dev.ready.append(Window(reading.device_id, dev.seq, dev.ts[lo: dev.size].copy(), dev.buf[lo: dev.size].copy()))
+            dev.ready.append(Window(device_id, dev.seq, dev.ts[lo: dev.size].copy(), dev.buf[lo: dev.size].copy(), dev.segment))
             dev.seq += 1
             self._ready_count += 1
         return outcome

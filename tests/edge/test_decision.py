@@ -69,3 +69,10 @@ def test_contributions_are_shares() -> None:
     assert contributions([0.0, 0.0], ["a", "b"]) == {"a": 0.5, "b": 0.5}
     assert contributions([float("nan"), 2.0], ["a", "b"]) == {"a": 0.0, "b": 1.0}
     assert sum(contributions([0.1, 0.2, 0.7], ["a", "b", "c"]).values()) == pytest.approx(1.0)
+
+
+def test_a_new_segment_restarts_the_debounce() -> None:
+    d = Decider(1.0, k=2, n=2)
+    assert d.decide("p", 2, segment=0).fire is False
+    assert d.decide("p", 2, segment=1).fire is False  # the window after a gap does not pair with the one before
+    assert d.decide("p", 2, segment=1).fire is True

@@ -190,3 +190,23 @@ def test_ten_thousand_fuzzed_payloads_are_each_counted_and_dead_lettered(detecto
     # the pipeline still works after all that
     good = pipe.process(msgs(payloads(fleet_readings("fz-1", 40, seed=1))))
     assert value(metrics, "edgewatch_agent_readings_received_total") == 40 and good == []
+
+
+def test_no_model_configured_loads_the_default_model_and_it_detects_a_fault() -> None:
+    from edge.agent import Agent
+    from edge.config import default_model_dir
+
+    config = load_config(None, env={"EDGEWATCH_AGENT__ID": "gw-default", "EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": "0"})
+    assert config.model.path == str(default_model_dir())
+    scorer = Agent(config).load_scorer()
+    m = scorer.manifest
+    assert m.channel_names == CHANNEL_NAMES
+    pipe = Pipeline(config, scorer, AgentMetrics(CollectorRegistry()), clock=lambda: 1.0)
+    fault = Fault("spike", "pressure", start=900, duration=120, magnitude=1.0)
+    readings = fleet_readings("pump-1", 1500, seed=12, faults=[fault])
+    events = [decode_event(r.value) for r in pipe.process(msgs(payloads(readings, batch=20))) if r.kind == "anomaly"]
+    t0 = readings[0].ts
+    inside = [e for e in events if e.window_end >= t0 + fault.start and e.window_start < t0 + fault.start + fault.duration]
+    assert inside, f"the default model ({m.name} {m.version}) missed a spike fault"
+    assert len(events) - len(inside) <= 1, "false alarms on fault-free data"
+    assert all(e.model_name == m.name and e.model_sha256 == m.sha256 for e in events)

@@ -96,3 +96,46 @@ def test_channel_problem() -> None:
     assert channel_problem([ok, Reading("d", 2.0, {"a": 1.0, "b": 2.0})], CH) == "missing_channel"
     assert channel_problem([Reading("d", 2.0, {"a": 1.0, "b": 2.0, "c": 3.0, "z": 0.0})], CH) == "unknown_channel"
     assert channel_problem([Reading("d", 2.0, {"a": 1.0, "b": 2.0, "z": 0.0})], CH) == "unknown_channel"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_add_rows_equals_add_one_by_one(seed: int) -> None:
+    """Bulk and per-row placement give the same windows and outcomes, gaps and disorder included."""
+    rng = np.random.default_rng(seed)
+    length, stride = int(rng.integers(1, 9)), 0
+    stride = int(rng.integers(1, length + 1))
+    steps = rng.choice([1.0, 1.0, 1.0, 1.0, 0.0, -2.0, 7.0], size=300)
+    ts = 100.0 + np.cumsum(steps)
+    rows = rng.normal(size=(300, 3))
+    one = Windows(CH, window_length=length, stride=stride, sample_period_s=1.0, gap_periods=5)
+    bulk = Windows(CH, window_length=length, stride=stride, sample_period_s=1.0, gap_periods=5)
+    expected: dict[Added, int] = {}
+    for t, row in zip(ts, rows, strict=True):
+        outcome = one.add(Reading("d", float(t), dict(zip(CH, map(float, row), strict=True))))
+        expected[outcome] = expected.get(outcome, 0) + 1
+    got: dict[Added, int] = {}
+    cuts = sorted(set(rng.integers(0, 300, size=25).tolist()) | {0, 300})
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        for k, v in bulk.add_rows("d", ts[lo:hi], rows[lo:hi]).items():
+            got[k] = got.get(k, 0) + v
+    assert got == expected
+    a, b = one.take_ready(), bulk.take_ready()
+    assert [(w.seq, w.ts.tolist()) for w in a] == [(w.seq, w.ts.tolist()) for w in b]
+    for wa, wb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(wa.values, wb.values)
+
+
+def test_add_rows_bulk_path_across_many_compactions() -> None:
+    one = Windows(CH, window_length=7, stride=3, sample_period_s=1.0, gap_periods=2)
+    bulk = Windows(CH, window_length=7, stride=3, sample_period_s=1.0, gap_periods=2)
+    ts = np.arange(1000, dtype=np.float64)
+    rows = np.stack([ts, -ts, ts * 2], axis=1)
+    for t in ts:
+        one.add(Reading("d", float(t), {"a": t, "b": -t, "c": 2 * t}))
+    assert bulk.add_rows("d", ts[:5], rows[:5]) == {Added.OK: 5}
+    assert bulk.add_rows("d", ts[5:], rows[5:]) == {Added.OK: 995}
+    a, b = one.take_ready(), bulk.take_ready()
+    assert len(a) == len(b) == (1000 - 7) // 3 + 1
+    for wa, wb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(wa.values, wb.values)
+        np.testing.assert_array_equal(wa.ts, wb.ts)
