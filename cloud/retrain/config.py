@@ -35,10 +35,11 @@ class RetrainSection:
     min_holdout_windows: int = 8
     incident_pad_s: float = 60.0  # a window within this of a labelled incident's span belongs to it
     exclude_flagged: bool = True  # leave windows the live model flagged anomalous out of training (not out of the holdout)
+    max_flat_share: float = 0.2  # more training rows than this in segments with a constant channel: rejected (exit 3)
     refit_preprocessing: bool = False  # fine-tuning: refit scaling on the new rows instead of keeping production's
     max_far_increase: float = 0.01  # gate: candidate holdout false-alarm rate <= production's + this
     max_recall_drop: float = 0.0  # gate: candidate recall on true-positive incidents >= production's - this
-    max_fp_increase: float = 0.0  # gate: candidate alarm rate on false-positive incidents <= production's + this
+    max_fp_increase: float = 0.05  # gate: candidate's alarming share of false-positive incident windows <= production's + this
     batch_size: int = 4096  # windows per onnxruntime call during evaluation
 
 
@@ -151,6 +152,7 @@ def _validate(c: RetrainConfig, where: str) -> None:
         (0.0 < r.holdout_share < 0.9, "retrain.holdout_share", r.holdout_share, "must be in (0, 0.9)"),
         (r.min_train_windows >= 4, "retrain.min_train_windows", r.min_train_windows, "must be >= 4"),
         (r.min_holdout_windows >= 1, "retrain.min_holdout_windows", r.min_holdout_windows, "must be >= 1"),
+        (0.0 <= r.max_flat_share <= 1.0, "retrain.max_flat_share", r.max_flat_share, "must be in [0, 1]"),
         (r.incident_pad_s >= 0, "retrain.incident_pad_s", r.incident_pad_s, "must be >= 0"),
         (min(r.max_far_increase, r.max_recall_drop, r.max_fp_increase) >= 0, "retrain.max_*", "", "margins must be >= 0"),
         (r.batch_size >= 1, "retrain.batch_size", r.batch_size, "must be >= 1"),

@@ -4,13 +4,17 @@ Measures per model, each with its own manifest threshold (a window alarms when s
 
 - ``holdout_far``: share of holdout windows (recent normal-ish data) that alarm: the false-alarm rate.
 - ``tp_recall``: share of true-positive incidents with at least one alarming window.
-- ``fp_alarm_rate``: share of false-positive incidents with at least one alarming window.
-- ``tp_window_rate`` / ``fp_window_rate``: the same per window (reported, not gated).
+- ``fp_window_rate``: share of the windows of false-positive incidents (behaviour an operator
+  called normal) that alarm. Per window, not per incident: production alarmed on at least some
+  windows of each, so what matters is whether the candidate alarms on fewer or more of them.
+- ``tp_window_rate`` / ``fp_alarm_rate``: the other granularity (reported, not gated).
 - ``finite``: 1.0 when every score is a finite number.
 
 Gates (the candidate passes when every applicable gate passes; a gate without data is skipped
 and says so): finite scores; ``holdout_far <= production + max_far_increase``;
-``tp_recall >= production - max_recall_drop``; ``fp_alarm_rate <= production + max_fp_increase``.
+``tp_recall >= production - max_recall_drop``; ``fp_window_rate <= production + max_fp_increase``.
+The holdout comes from the same new data the candidate learnt, so it cannot tell a real change
+of normal behaviour from garbage; the labelled incidents can, which is why they are gated.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def apply_gates(candidate: Mapping[str, float | None], production: Mapping[str, 
     gates = [Gate("finite_scores", candidate["finite"] == 1.0, True, candidate["finite"], production["finite"],
                   "every candidate score is finite")]
     specs = [("holdout_far", section.max_far_increase, +1), ("tp_recall", section.max_recall_drop, -1),
-             ("fp_alarm_rate", section.max_fp_increase, +1)]
+             ("fp_window_rate", section.max_fp_increase, +1)]
     for key, margin, direction in specs:
         c, p = candidate.get(key), production.get(key)
         if c is None or p is None:

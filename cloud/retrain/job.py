@@ -117,7 +117,7 @@ def retrain(model: str, *, registry: Path, archive: Path | None = None, since: f
     short = _too_little(data, cfg)
     if short:
         return _finish(result, "no_data", short, started, run_dir, _base_report(result, start, cfg, since, until, trigger))
-    problem = _degenerate(data, start.manifest.channel_names)
+    problem = _degenerate(data, start.manifest.channel_names, cfg.retrain.max_flat_share)
     if problem:
         result.gates = [Gate("training_data", False, True, None, None, problem)]
         return _finish(result, "rejected", problem, started, run_dir, _base_report(result, start, cfg, since, until, trigger))
@@ -218,14 +218,23 @@ def _too_little(d: Dataset, cfg: RetrainConfig) -> str:
     return ""
 
 
-def _degenerate(d: Dataset, channels: Sequence[str]) -> str:
-    """A channel that is constant or not finite in the training rows: nothing sensible can be learnt."""
+def _degenerate(d: Dataset, channels: Sequence[str], max_flat_share: float) -> str:
+    """Non-finite training rows, or too many rows in segments where a channel is constant (a stuck or
+    dead sensor, a broken gateway): nothing sensible can be learnt from them."""
     rows = np.concatenate(d.train_segments)
     if not np.all(np.isfinite(rows)):
         return "training data: non-finite values"
-    std = rows.std(axis=0)
-    flat = [c for c, s, mu in zip(channels, std, np.abs(rows.mean(axis=0)), strict=True) if s <= 1e-9 * max(1.0, mu)]
-    return f"training data: constant channel(s) {flat}" if flat else ""
+    flat_rows, flat = 0, set()
+    for seg in d.train_segments:
+        std, level = seg.std(axis=0), np.maximum(1.0, np.abs(seg.mean(axis=0)))
+        stuck = [c for c, s, m in zip(channels, std, level, strict=True) if s <= 1e-9 * m]
+        if stuck:
+            flat_rows += len(seg)
+            flat.update(stuck)
+    share = flat_rows / len(rows)
+    if share > max_flat_share:
+        return f"training data: {share:.0%} of the rows in segments with a constant channel ({', '.join(sorted(flat))})"
+    return ""
 
 
 def _train(data: Dataset, start: Starting, cfg: RetrainConfig, progress: bool) -> Any:
