@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -184,7 +183,8 @@ def run_agent(label: str, prefix: list[str], env: dict[str, str], work: Path, st
         sim_start = time.monotonic()
         sim = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--port", str(stack.mqtt_port),
                               "--topic-prefix", f"aarch64-{label}", "--devices", str(DEVICES), "--rate", "0",
-                              "--duration", str(STEPS), "--batch", "10", "--faults-per-device", "1", "--seed", "7", "--truth", str(work / "truth.json")],
+                              "--duration", str(STEPS), "--batch", "10", "--faults-per-device", "1", "--seed", "7",
+                              "--truth", str(work / "truth.json")],
                              capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
         if sim.returncode != 0:
             raise RuntimeError(f"simulator failed: {sim.stderr[-2000:]}")

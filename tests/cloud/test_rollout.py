@@ -121,6 +121,17 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next(out.glob("edgewatch-*.whl"))
 
 
+@pytest.fixture(scope="module")
+def wheelhouse(wheel: Path) -> Path:
+    """The edge extra's dependencies from PyPI, kept between runs so the rollout installs offline."""
+    from cloud.stack import cache_dir
+
+    house = cache_dir() / "wheelhouse"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(house),
+                    f"{wheel}[edge]"], check=True, timeout=600)
+    return house
+
+
 def write_keys(folder: Path, names: list[str]) -> list[str]:
     folder.mkdir(exist_ok=True)
     paths = []
@@ -133,21 +144,22 @@ def write_keys(folder: Path, names: list[str]) -> list[str]:
     return paths
 
 
-def inventory(tmp: Path, wheel: Path, keys: list[str]) -> Path:
+def inventory(tmp: Path, wheel: Path, keys: list[str], wheelhouse: Path) -> Path:
     me, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     data = {"all": {"children": {
         "edgewatch_agents": {
             "vars": {**local, "edgewatch_become": False, "edgewatch_wheel": str(wheel), "edgewatch_python": sys.executable,
+                     "edgewatch_pip_extra_args": f"--no-index --find-links {wheelhouse}",
                      "edgewatch_user": me, "edgewatch_group": group, "edgewatch_owner": me, "edgewatch_site": "lab",
-                     "edgewatch_trusted_keys": keys,
+                     "edgewatch_trusted_keys": keys, "edgewatch_ca_cert": str(keys[0]),
                      "edgewatch_agent_settings": {"mqtt": {"host": "127.0.0.1", "port": 8883, "username": "agent-lab"},
                                                   "kafka": {"bootstrap_servers": "kafka-1.internal:9093"}},
                      "edgewatch_agent_env": {"EDGEWATCH_MQTT__PASSWORD": "s3cret with spaces"}},
             "hosts": {
                 "pi-01": {"edgewatch_prefix": str(tmp / "pi-01")},
                 "pi-02": {"edgewatch_prefix": str(tmp / "pi-02"), "edgewatch_site": "annex",
-                          "edgewatch_agent_settings": {"decision": {"k": 2, "n": 3, "device_thresholds": {"pump-7": 40.5}},
+                          "edgewatch_agent_host_settings": {"decision": {"k": 2, "n": 3, "device_thresholds": {"pump-7": 40.5}},
                                                        "metrics": {"port": 9200}}},
             }},
         "edgewatch_prometheus": {"hosts": {"monitor": {**local, "edgewatch_become": False,
@@ -167,17 +179,14 @@ def playbook(tmp: Path, inv: Path) -> dict[str, dict[str, int]]:
                           text=True, timeout=600, check=False, cwd=tmp)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     recap = done.stdout.split("PLAY RECAP", 1)[1]
-    hosts = {}
-    for line in recap.strip().splitlines():
-        host, _, counts = line.partition(":")
-        hosts[host.strip()] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
-    return hosts
+    return {m.group(1): {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+            for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", recap, flags=re.M)}
 
 
-def test_rollout_installs_edge_only_and_is_idempotent(tmp_path: Path, wheel: Path) -> None:
+def test_rollout_installs_edge_only_and_is_idempotent(tmp_path: Path, wheel: Path, wheelhouse: Path) -> None:
     need("ansible-playbook")
     keys = write_keys(tmp_path / "keys", ["release-2026", "release-2027"])
-    inv = inventory(tmp_path, wheel, keys)
+    inv = inventory(tmp_path, wheel, keys, wheelhouse)
 
     first = playbook(tmp_path, inv)
     assert set(first) == {*HOSTS, "monitor"}
@@ -203,6 +212,7 @@ def test_rollout_installs_edge_only_and_is_idempotent(tmp_path: Path, wheel: Pat
         assert config.model.path == "/opt/edgewatch/models/default" and config.outbox.path == "/var/lib/edgewatch/outbox.sqlite"
         assert (etc / "agent.toml").stat().st_mode & 0o777 == 0o640 and (etc / "agent.env").stat().st_mode & 0o777 == 0o640
         assert "EDGEWATCH_MQTT__PASSWORD=s3cret with spaces" in (etc / "agent.env").read_text().splitlines()
+        assert (etc / "ca.crt").read_bytes() == Path(keys[0]).read_bytes()
         assert sorted(p.name for p in (etc / "keys").iterdir()) == ["release-2026.pub", "release-2027.pub"]
         model = root / "opt" / "edgewatch" / "models" / "default"
         assert file_sha256(model / "model.onnx") == file_sha256(MODEL / "model.onnx")
@@ -210,6 +220,7 @@ def test_rollout_installs_edge_only_and_is_idempotent(tmp_path: Path, wheel: Pat
             (UNITS / "edgewatch-agent.service").read_text()
     pi2 = load_config(tmp_path / "pi-02" / "etc" / "edgewatch" / "agent.toml", env={})
     assert (pi2.decision.k, pi2.decision.n, dict(pi2.decision.device_thresholds), pi2.metrics.port) == (2, 3, {"pump-7": 40.5}, 9200)
+    assert load_config(tmp_path / "pi-01" / "etc" / "edgewatch" / "agent.toml", env={}).decision.k == 1
 
     # the installed unit verifies against the installed layout (ExecStart must exist under the root)
     if shutil.which("systemd-analyze"):
@@ -223,7 +234,7 @@ def test_rollout_installs_edge_only_and_is_idempotent(tmp_path: Path, wheel: Pat
                        {"targets": ["pi-01:9108"], "labels": {"site": "lab"}}]
 
     # revoking a key: drop it from the list, run again; it is removed and nothing else changes
-    inv = inventory(tmp_path, wheel, keys[:1])
+    inv = inventory(tmp_path, wheel, keys[:1], wheelhouse)
     third = playbook(tmp_path, inv)
     assert all(third[h]["changed"] >= 1 for h in HOSTS) and third["monitor"]["changed"] == 0, third
     for host in HOSTS:
