@@ -154,22 +154,17 @@ def _on_drift(args: argparse.Namespace, config: Any, common: dict[str, Any]) -> 
 
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from cloud.retrain.job import retrain
-    from cloud.retrain.trigger import DriftTrigger
+    from cloud.retrain.trigger import DriftTrigger, drift_runner
 
     overrides = {k: v for k, v in (("bootstrap", args.kafka_bootstrap), ("alerts_topic", args.alerts_topic),
                                    ("group_id", args.group_id), ("cooldown_s", args.cooldown_s),
                                    ("lookback_s", args.lookback_s)) if v is not None}
     section = dataclasses.replace(config.trigger, **overrides)
 
-    def runner(model: str, alert: Any, should_stop: Any) -> Any:
-        return retrain(model, since=alert.opened_at - section.lookback_s, should_stop=should_stop,
-                       trigger=f"drift alert {alert.alert_id}: {alert.statistic} on {','.join(alert.device_ids)}", **common)
-
     registry = CollectorRegistry()
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
-    trigger = DriftTrigger(section, runner, registry=registry)
+    trigger = DriftTrigger(section, drift_runner(lookback_s=section.lookback_s, **common), registry=registry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: trigger.stop.set())
     try:

@@ -138,6 +138,25 @@ def build_dataset(windows: Sequence[ArchivedWindow], incidents: Sequence[Labelle
                    devices=sorted(by_device), time_range=(min(times), max(times)) if times else None)
 
 
+def degenerate(d: Dataset, channels: Sequence[str], max_flat_share: float) -> str:
+    """Non-finite training rows, or too many rows in segments where a channel is constant (a stuck or
+    dead sensor, a broken gateway): nothing sensible can be learnt from them."""
+    rows = np.concatenate(d.train_segments)
+    if not np.all(np.isfinite(rows)):
+        return "training data: non-finite values"
+    flat_rows, flat = 0, set()
+    for seg in d.train_segments:
+        std, level = seg.std(axis=0), np.maximum(1.0, np.abs(seg.mean(axis=0)))
+        stuck = [c for c, s, m in zip(channels, std, level, strict=True) if s <= 1e-9 * m]
+        if stuck:
+            flat_rows += len(seg)
+            flat.update(stuck)
+    share = flat_rows / len(rows)
+    if share > max_flat_share:
+        return f"training data: {share:.0%} of the rows in segments with a constant channel ({', '.join(sorted(flat))})"
+    return ""
+
+
 def _reorder(w: ArchivedWindow, channels: tuple[str, ...]) -> np.ndarray | None:
     if w.channels == channels:
         return np.asarray(w.values, dtype=np.float64)

@@ -1,6 +1,6 @@
 """One retraining, in-process: :func:`retrain` -> :class:`RetrainResult`.
 
-Stages: production start point -> archive -> labelled incidents -> dataset -> train (fine-tune)
+Stages: production start point -> labelled incidents -> archive -> dataset -> train (fine-tune)
 -> export -> evaluate both models through onnxruntime -> gates -> report -> (sign, register,
 publish). Each stage reports one progress line. Outcomes: ``registered`` (exit 0), ``rejected``
 by a gate, data check included (exit 3), ``no_data``: too few windows to train or evaluate
@@ -25,7 +25,7 @@ import numpy as np
 from cloud.processor.config import StoreSection
 from cloud.registry import Registry
 from cloud.retrain.config import RetrainConfig
-from cloud.retrain.dataset import ArchivedWindow, Dataset, LabelledIncident, build_dataset
+from cloud.retrain.dataset import ArchivedWindow, Dataset, LabelledIncident, build_dataset, degenerate
 from cloud.retrain.evaluate import Gate, apply_gates, measure, score_model
 from cloud.retrain.production import Starting, load_production, next_version
 from edge.contract import ConfigError, EdgewatchError
@@ -100,24 +100,22 @@ def retrain(model: str, *, registry: Path, archive: Path | None = None, since: f
 
     start = stages.run("production", lambda: load_production(reg, model, cfg.train), lambda s: s.note)
     run_dir = reg.root / model / "runs" / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}"
-    if windows is None:
-        from cloud.retrain.sources import read_archive
-
-        assert archive is not None
-        windows = stages.run("archive", lambda: read_archive(Path(archive), since=since, until=until),
-                             lambda w: f"{len(w)} windows from {len({x.device_id for x in w})} devices in {archive}")
     if incidents is None:
         from cloud.retrain.sources import labelled_incidents
 
         incidents = stages.run("labels", lambda: labelled_incidents(store) if store is not None else [],
                                lambda i: f"{len(i)} labelled incidents" + ("" if store is not None else " (no --store)"))
+    if windows is None:
+        assert archive is not None
+        windows = stages.run("archive", lambda: _read(Path(archive), since, until, incidents, cfg.retrain.incident_pad_s),
+                             lambda w: f"{len(w)} windows from {len({x.device_id for x in w})} devices in {archive}")
     data = stages.run("dataset", lambda: _dataset(windows, incidents, start, cfg), _describe)
     result = RetrainResult("no_data", model, start.manifest.version, None, run_dir, "", fine_tuned=start.state is not None,
                            counts=data.counts)
     short = _too_little(data, cfg)
     if short:
         return _finish(result, "no_data", short, started, run_dir, _base_report(result, start, cfg, since, until, trigger))
-    problem = _degenerate(data, start.manifest.channel_names, cfg.retrain.max_flat_share)
+    problem = degenerate(data, start.manifest.channel_names, cfg.retrain.max_flat_share)
     if problem:
         result.gates = [Gate("training_data", False, True, None, None, problem)]
         return _finish(result, "rejected", problem, started, run_dir, _base_report(result, start, cfg, since, until, trigger))
@@ -173,7 +171,7 @@ def retrain(model: str, *, registry: Path, archive: Path | None = None, since: f
 class _Stages:
     """Runs named stages with one progress line each and the cancellation check between them."""
 
-    ORDER = ("production", "archive", "labels", "dataset", "train", "export", "evaluate", "gates", "report", "sign",
+    ORDER = ("production", "labels", "archive", "dataset", "train", "export", "evaluate", "gates", "report", "sign",
              "register", "publish")
 
     def __init__(self, model: str, progress: Progress | None, should_stop: Callable[[], bool] | None) -> None:
@@ -192,6 +190,23 @@ class _Stages:
         log.info("retrain_stage model=%s stage=%s detail=%s", self.model, name, text)
         if self.progress is not None:
             self.progress(msg)
+
+
+def _read(root: Path, since: float | None, until: float | None, incidents: Sequence[LabelledIncident],
+          pad: float) -> list[ArchivedWindow]:
+    """The archive since/until, plus the windows of labelled incidents older than ``since`` (evaluation
+    evidence: faults are rare, every labelled one counts; they are never trained on)."""
+    from cloud.retrain.sources import read_archive
+
+    windows = read_archive(root, since=since, until=until)
+    seen = {(w.device_id, w.start) for w in windows}
+    for inc in incidents:
+        if since is not None and inc.end + pad < since:
+            for w in read_archive(root, since=inc.start - pad, until=inc.end + pad, devices=inc.device_ids):
+                if (w.device_id, w.start) not in seen:
+                    seen.add((w.device_id, w.start))
+                    windows.append(w)
+    return windows
 
 
 def _dataset(windows: Sequence[ArchivedWindow], incidents: Sequence[LabelledIncident], start: Starting, cfg: RetrainConfig) -> Dataset:
@@ -215,25 +230,6 @@ def _too_little(d: Dataset, cfg: RetrainConfig) -> str:
         return f"{d.counts['train_windows']} training windows after exclusions, need {r.min_train_windows}"
     if d.counts["holdout_windows"] < r.min_holdout_windows:
         return f"{d.counts['holdout_windows']} holdout windows, need {r.min_holdout_windows}"
-    return ""
-
-
-def _degenerate(d: Dataset, channels: Sequence[str], max_flat_share: float) -> str:
-    """Non-finite training rows, or too many rows in segments where a channel is constant (a stuck or
-    dead sensor, a broken gateway): nothing sensible can be learnt from them."""
-    rows = np.concatenate(d.train_segments)
-    if not np.all(np.isfinite(rows)):
-        return "training data: non-finite values"
-    flat_rows, flat = 0, set()
-    for seg in d.train_segments:
-        std, level = seg.std(axis=0), np.maximum(1.0, np.abs(seg.mean(axis=0)))
-        stuck = [c for c, s, m in zip(channels, std, level, strict=True) if s <= 1e-9 * m]
-        if stuck:
-            flat_rows += len(seg)
-            flat.update(stuck)
-    share = flat_rows / len(rows)
-    if share > max_flat_share:
-        return f"training data: {share:.0%} of the rows in segments with a constant channel ({', '.join(sorted(flat))})"
     return ""
 
 

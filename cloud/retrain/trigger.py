@@ -172,3 +172,17 @@ class DriftTrigger:
         self._pool.shutdown(wait=True)
         log.info("retrain_trigger_stopped jobs=%d", len(self._futures))
         return True
+
+
+def drift_runner(*, lookback_s: float, **retrain_kwargs: Any) -> JobRunner:
+    """The trigger's usual job: :func:`cloud.retrain.job.retrain` of the alert's model on the archive
+    since the alert's event time minus ``lookback_s``; ``retrain_kwargs`` as for ``retrain``
+    (registry, archive, store, key, publish, config, progress, ...)."""
+
+    def run(model: str, alert: Alert, should_stop: Callable[[], bool]) -> Any:
+        from cloud.retrain.job import retrain
+
+        return retrain(model, since=alert.opened_at - lookback_s, should_stop=should_stop,
+                       trigger=f"drift alert {alert.alert_id}: {alert.statistic} on {','.join(alert.device_ids)}", **retrain_kwargs)
+
+    return run
