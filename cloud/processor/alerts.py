@@ -1,16 +1,17 @@
 """The alert and dead-letter outboxes: rows written with the batch, produced to Kafka afterwards.
 
-A batch's transaction stores its alerts and dead letters; :class:`Outbox` then produces every
-unpublished row (alerts to ``edgewatch.alerts`` keyed by incident id, dead letters to
-``edgewatch.deadletter`` with the original payload and the reason in headers), waits for the
-broker's acks and marks them published. A crash in between re-publishes on the next run:
-delivery is at least once, and alert ids are deterministic so consumers de-duplicate.
-Called from the consumer thread; blocks up to ``timeout_s`` on the broker and raises
-:class:`BrokerUnavailable` past it.
+A batch's transaction stores its alerts and dead letters; :class:`Outbox` then produces them
+(alerts to ``edgewatch.alerts`` keyed by incident id, dead letters to ``edgewatch.deadletter``
+with the original payload and the reason in headers), waits for the broker's acks and marks
+them published. Rows a crashed process stored but never published are swept up by any
+processor after ``kafka.outbox_orphan_s``: delivery is at least once, and alert ids are
+deterministic so consumers de-duplicate. Called from the consumer thread; blocks up to
+``timeout_s`` on the broker and raises :class:`BrokerUnavailable` past it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,40 +50,44 @@ class Outbox:
         self.clock = clock
         self.timeout_s = timeout_s
 
-    def publish(self) -> int:
-        """Produce every unpublished row and mark it; returns how many were published."""
+    def publish(self, alerts: Sequence[Sequence[Any]], dead: Sequence[Sequence[Any]]) -> int:
+        """Produce rows this process just stored, wait for the acks, mark them published.
+
+        ``alerts``: (alert_id, incident_id, payload); ``dead``: (topic, partition, offset, field, reason, payload).
+        """
+        if not alerts and not dead:
+            return 0
+        futures: list[Any] = []
+        for _alert_id, incident_id, payload in alerts:
+            futures.append(self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode()))
+        for topic, partition, offset, field, reason, payload in dead:
+            headers = deadletter_headers(topic, partition, offset, field, reason)
+            futures.append(self.producer.send(self.deadletter_topic, key=f"{topic}/{partition}".encode(),
+                                              value=bytes(payload) if payload is not None else None, headers=headers))
+        self.producer.flush(self.timeout_s)
+        try:
+            for fut in futures:
+                fut.get(timeout=self.timeout_s)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"outbox: produce failed ({exc!r}); rows stay unpublished and are retried") from exc
+        now = self.clock()
+        self.store.mark_published("alerts", alerts, now)
+        self.store.mark_published("deadletters", dead, now)
+        for _, _, payload in alerts:
+            doc = json.loads(payload)
+            self.metrics.alerts_emitted.labels(kind=doc["kind"], action=doc["action"]).inc()
+        self.metrics.deadletters_published.inc(len(dead))
+        log.debug("outbox_published alerts=%d deadletters=%d", len(alerts), len(dead))
+        return len(alerts) + len(dead)
+
+    def sweep(self, older_than_s: float) -> int:
+        """Publish rows left unpublished for ``older_than_s`` (their writer crashed before publishing them)."""
         total = 0
         while True:
-            alerts = self.store.unpublished("alerts")
-            dead = self.store.unpublished("deadletters")
+            before = self.clock() - older_than_s
+            alerts = self.store.unpublished("alerts", created_before=before)
+            dead = self.store.unpublished("deadletters", created_before=before)
             if not alerts and not dead:
                 return total
-            futures: list[Any] = []
-            for _alert_id, incident_id, payload in alerts:
-                futures.append(self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode()))
-            for topic, partition, offset, field, reason, payload in dead:
-                headers = deadletter_headers(topic, partition, offset, field, reason)
-                futures.append(self.producer.send(self.deadletter_topic, key=f"{topic}/{partition}".encode(),
-                                                  value=bytes(payload) if payload is not None else None, headers=headers))
-            self.producer.flush(self.timeout_s)
-            try:
-                for fut in futures:
-                    fut.get(timeout=self.timeout_s)
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"outbox: produce failed ({exc!r}); rows stay unpublished and are retried") from exc
-            now = self.clock()
-            self.store.mark_published("alerts", alerts, now)
-            self.store.mark_published("deadletters", dead, now)
-            for _, _, payload in alerts:
-                kind, action = _kind_action(payload)
-                self.metrics.alerts_emitted.labels(kind=kind, action=action).inc()
-            self.metrics.deadletters_published.inc(len(dead))
-            total += len(alerts) + len(dead)
-            log.debug("outbox_published alerts=%d deadletters=%d", len(alerts), len(dead))
-
-
-def _kind_action(payload: str) -> tuple[str, str]:
-    import json
-
-    doc = json.loads(payload)
-    return str(doc.get("kind", "")), str(doc.get("action", ""))
+            log.info("outbox_orphans_publishing alerts=%d deadletters=%d", len(alerts), len(dead))
+            total += self.publish(alerts, dead)

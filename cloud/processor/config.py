@@ -36,6 +36,7 @@ class KafkaSection:
     max_poll_records: int = 2000
     poll_timeout_s: float = 0.5
     session_timeout_s: float = 10.0
+    outbox_orphan_s: float = 60.0  # alerts/dead letters a crashed process stored but never published: published after this
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The processor's consumer loop: a Kafka consumer group on the anomalies topic.
 
 Per poll: every partition's batch is stored in its own transaction, then fleet incidents are
-brought up to the global final time, then the alert and dead-letter outboxes are produced, and
-only then are the batch's offsets committed explicitly, per partition. A crash anywhere in
+brought up to the global final time, then the alerts and dead letters those transactions stored
+are produced, and only then are the batch's offsets committed explicitly, per partition. A crash anywhere in
 between re-delivers records that the store de-duplicates: at-least-once delivery, exactly-once
 effect. A store error rewinds the partition to the batch start and retries after a pause; bad
 records never stop the loop. :meth:`Processor.run` blocks until ``stop`` is set (SIGTERM in the
@@ -12,6 +12,7 @@ CLI), finishes the batch in hand, publishes, commits and leaves the group.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -23,7 +24,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from cloud.processor.alerts import Outbox
+from cloud.processor.alerts import Outbox, alert_rows
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.drift import load_expectations
 from cloud.processor.fleet import FleetCorrelator
@@ -81,6 +82,7 @@ class Processor:
         self.last_seen: dict[int, float] = {}
         self._empty_checked = 0.0
         self._lag_checked = 0.0
+        self._swept = -math.inf
 
     def run(self) -> None:
         k = self.config.kafka
@@ -98,11 +100,10 @@ class Processor:
         consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("processor_started topic=%s group=%s bootstrap=%s", self.topic, k.group_id, k.bootstrap)
         try:
-            outbox.publish()
             while not self.stop.is_set():
                 self._poll_once(consumer, outbox)
+                self._sweep(outbox)
             log.info("processor_draining")
-            outbox.publish()
         finally:
             consumer.close(autocommit=False)
             producer.close(timeout=10)
@@ -112,12 +113,14 @@ class Processor:
         k = self.config.kafka
         polled = consumer.poll(timeout_ms=int(k.poll_timeout_s * 1000), max_records=k.max_poll_records)
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        alerts: list[Any] = []
+        dead: list[Any] = []
         for tp, records in polled.items():
             if not records:
                 continue
             self.last_seen[tp.partition] = time.monotonic()
             try:
-                self.pipeline.process(tp.topic, tp.partition, records)
+                res = self.pipeline.process(tp.topic, tp.partition, records)
             except store_errors() as exc:
                 self.metrics.store_errors.inc()
                 log.error("store_write_failed topic=%s partition=%d offset=%d error=%r; retrying", tp.topic, tp.partition,
@@ -126,24 +129,38 @@ class Processor:
                 self.stop.wait(STORE_RETRY_S)
                 continue
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-        self._advance_idle(consumer)
+            alerts += res.alerts
+            dead += res.dead
+        alerts += self._advance_idle(consumer)
         if offsets:
-            self.evaluate_fleet(consumer)
-            outbox.publish()
+            alerts += self.evaluate_fleet(consumer)
+        outbox.publish(alerts, dead)
+        if offsets:
             try:
                 consumer.commit(offsets)
             except CommitFailedError as exc:
                 log.warning("offsets_commit_failed reason=%r; the next owner re-reads them and de-duplicates", exc)
         self._update_gauges(consumer)
 
-    def evaluate_fleet(self, consumer: KafkaConsumer) -> None:
+    def evaluate_fleet(self, consumer: KafkaConsumer) -> list[tuple[str, str, str]]:
+        """Bring fleet incidents up to the global final time; returns the alerts written, for the outbox."""
         final = self.global_final(consumer)
-        if final is not None:
-            try:
-                self.fleet.evaluate(self.store, final, self.clock())
-            except store_errors() as exc:
-                self.metrics.store_errors.inc()
-                log.error("fleet_evaluation_failed error=%r; retried after the next batch", exc)
+        if final is None:
+            return []
+        try:
+            changes = self.fleet.evaluate(self.store, final, self.clock())
+        except store_errors() as exc:
+            self.metrics.store_errors.inc()
+            log.error("fleet_evaluation_failed error=%r; retried after the next batch", exc)
+            return []
+        return [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
+
+    def _sweep(self, outbox: Outbox) -> None:
+        orphan_s = self.config.kafka.outbox_orphan_s
+        mono = time.monotonic()
+        if mono - self._swept >= orphan_s / 2:
+            self._swept = mono
+            outbox.sweep(orphan_s)
 
     def global_final(self, consumer: KafkaConsumer) -> float | None:
         """Smallest watermark over the topic's partitions that hold data, minus the allowed lateness."""
@@ -160,19 +177,21 @@ class Processor:
         present = [w for p, w in marks.items() if w is not None and p in parts]
         return min(present) - self.config.incidents.allowed_lateness_s if present else None
 
-    def _advance_idle(self, consumer: KafkaConsumer) -> None:
+    def _advance_idle(self, consumer: KafkaConsumer) -> list[tuple[str, str, str]]:
         idle_s = self.config.incidents.idle_advance_s
+        alerts: list[tuple[str, str, str]] = []
         if idle_s <= 0:
-            return
+            return alerts
         mono = time.monotonic()
         for tp in consumer.assignment():
             if mono - self.last_seen.get(tp.partition, mono) >= idle_s:
                 self.last_seen[tp.partition] = mono
                 try:
-                    self.pipeline.advance_idle(tp.topic, tp.partition, self.clock() - idle_s)
+                    alerts += self.pipeline.advance_idle(tp.topic, tp.partition, self.clock() - idle_s)
                 except store_errors() as exc:
                     self.metrics.store_errors.inc()
                     log.error("idle_advance_failed partition=%d error=%r", tp.partition, exc)
+        return alerts
 
     def _update_gauges(self, consumer: KafkaConsumer) -> None:
         mono = time.monotonic()

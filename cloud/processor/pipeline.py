@@ -49,7 +49,8 @@ class BatchResult:
     deadletters: int = 0
     late_applied: int = 0
     late_dropped: int = 0
-    alerts: int = 0
+    alerts: list[tuple[str, str, str]] = field(default_factory=list)  # (alert_id, incident_id, payload) for the outbox
+    dead: list[tuple[Any, ...]] = field(default_factory=list)  # (topic, partition, offset, field, reason, payload)
 
 
 class Pipeline:
@@ -126,7 +127,9 @@ class Pipeline:
             self.contexts.pop(partition, None)
             raise
         ctx.version = row.version
-        res.deadletters, res.alerts = len(dead), len(changes.alerts)
+        res.deadletters = len(dead)
+        res.alerts = [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
+        res.dead = [d[:6] for d in dead]
         self.metrics.events_consumed.inc(len(records))
         self.metrics.events_processed.inc(res.stored)
         self.metrics.duplicates_dropped.inc(res.duplicates)
@@ -135,8 +138,8 @@ class Pipeline:
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
         return res
 
-    def advance_idle(self, topic: str, partition: int, watermark: float) -> int:
-        """Move an idle partition's watermark to ``watermark`` (if later) and close what became due."""
+    def advance_idle(self, topic: str, partition: int, watermark: float) -> list[tuple[str, str, str]]:
+        """Move an idle partition's watermark to ``watermark`` (if later) and decide what became due; returns outbox alerts."""
         now = self.clock()
         changes = Changes()
         try:
@@ -144,7 +147,7 @@ class Pipeline:
                 row = self.store.lock_partition(topic, partition, now)
                 ctx = self._context(topic, row)
                 if ctx.watermark is not None and watermark <= ctx.watermark:
-                    return 0
+                    return []
                 ctx.watermark = watermark
                 touched: set[str] = set()
                 self._close_due(ctx, watermark - self.lateness, changes, touched)
@@ -160,7 +163,7 @@ class Pipeline:
         ctx.version = row.version
         log.info("watermark_advanced_idle topic=%s partition=%d watermark=%.3f alerts=%d", topic, partition, watermark,
                  len(changes.alerts))
-        return len(changes.alerts)
+        return [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
 
     def _context(self, topic: str, row: PartitionRow) -> PartitionContext:
         ctx = self.contexts.get(row.partition)

@@ -208,17 +208,19 @@ class Store:
                          "ON CONFLICT (alert_id) DO NOTHING", [(*r, now) for r in rows])
 
     # -- outboxes ------------------------------------------------------------------------------
-    def unpublished(self, table: str, limit: int = 10_000) -> list[tuple[Any, ...]]:
+    def unpublished(self, table: str, limit: int = 10_000, created_before: float | None = None) -> list[tuple[Any, ...]]:
         """Oldest unpublished rows: alerts (id, incident, payload); dead letters (topic, partition, offset, field, reason, payload)."""
+        before = "" if created_before is None else " AND created_at < ?"
+        params: tuple[Any, ...] = (limit,) if created_before is None else (created_before, limit)
         if table == "alerts":
-            sql = ("SELECT alert_id, incident_id, payload FROM alerts WHERE published_at IS NULL "
+            sql = (f"SELECT alert_id, incident_id, payload FROM alerts WHERE published_at IS NULL{before} "
                    "ORDER BY created_at, event_time, action DESC, alert_id LIMIT ?")
         else:
             sql = ("SELECT topic, kafka_partition, kafka_offset, field, reason, payload FROM deadletters "
-                   "WHERE published_at IS NULL ORDER BY created_at, kafka_offset LIMIT ?")
-        return self.execute(sql, (limit,))
+                   f"WHERE published_at IS NULL{before} ORDER BY created_at, kafka_offset LIMIT ?")
+        return self.execute(sql, params)
 
-    def mark_published(self, table: str, keys: Sequence[tuple[Any, ...]], now: float) -> None:
+    def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
         with self.transaction():
             if table == "alerts":
                 self.executemany("UPDATE alerts SET published_at = ? WHERE alert_id = ?", [(now, k[0]) for k in keys])

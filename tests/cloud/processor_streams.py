@@ -83,6 +83,7 @@ telemetry_topic = "{topic}.telemetry"
 max_poll_records = 200
 poll_timeout_s = 0.2
 session_timeout_s = 6.0
+outbox_orphan_s = 3.0
 
 [store]
 backend = "{backend}"

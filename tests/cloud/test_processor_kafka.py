@@ -126,14 +126,18 @@ def test_sigkill_mid_stream_then_restart_matches_a_single_process_run_and_replay
         at_kill = store.count("events")
         assert at_kill < len(stream), "the stream was already complete when the processor was killed"
         procs[1] = start_process(cfg_path, logs[1], postgres_dsn)
-        wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, group, topic), 120,
-                 "the group to process the whole stream")
+        # done: every event stored, offsets committed, and every alert published (the killed process's
+        # stored-but-unpublished ones by the orphan sweep of the others)
+        wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, group, topic)
+                 and store.unpublished("alerts") == [], 120, "the group to process the whole stream")
         for p in procs:
             p.send_signal(signal.SIGTERM)
         assert [p.wait(30) for p in procs] == [0, 0], "SIGTERM must drain and exit 0"
         two_process = dump(store)
         assert len(two_process["events"]) == len({e.event_id for e in stream}) == len(stream)
-        assert store.unpublished("alerts") == []
+        # every stored alert reached the alerts topic
+        published = [decode_alert(r.value) for r in read_all(kafka_bootstrap, f"{topic}.alerts", len(two_process["alerts"]))]
+        assert {a.alert_id for a in published} == {r[0] for r in two_process["alerts"]}
 
         # the same input through one process, another group and store (SQLite)
         single_cfg = config(tmp_path / "single.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"single-{unique}",

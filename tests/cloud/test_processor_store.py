@@ -145,11 +145,11 @@ def test_idle_advance_closes_incidents_of_a_silent_partition(store: Store, tmp_p
 
     pipe = pipeline(store, tmp_path)
     pipe.process(TOPIC, 0, records([encode_event(e) for e in burst("plant-a-pump-01", T0, count=5, gap_s=10)]))
-    assert pipe.advance_idle(TOPIC, 0, T0 + 60) == 1  # final passes the open time (T0 + 20): opens, nothing closes yet
+    assert len(pipe.advance_idle(TOPIC, 0, T0 + 60)) == 1  # final passes the open time (T0 + 20): opens, nothing closes yet
     (inc,) = store.incidents(kind="incident")
     assert inc.closed_at is None and inc.opened_at == T0 + 20
-    assert pipe.advance_idle(TOPIC, 0, T0 + 50) == 0  # never backwards
+    assert pipe.advance_idle(TOPIC, 0, T0 + 50) == []  # never backwards
     other = pipeline(store, tmp_path)  # another process, state from the store
-    assert other.advance_idle(TOPIC, 0, T0 + 40 + 120 + 20) == 1
+    assert len(other.advance_idle(TOPIC, 0, T0 + 40 + 120 + 20)) == 1
     (inc,) = store.incidents(kind="incident")
     assert inc.closed_at == T0 + 40 + 120 and inc.event_count == 5
