@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(Path(args.config) if args.config else None)
     log.info("processor_config %s", config.masked())
+    store = open_store(config.store)
     registry = CollectorRegistry()
     if config.metrics.port:
-        start_http_server(config.metrics.port, addr="127.0.0.1", registry=registry)
-        log.info("metrics_listening port=%d", config.metrics.port)
+        start_http_server(config.metrics.port, addr=config.metrics.host, registry=registry)
+        log.info("metrics_listening host=%s port=%d", config.metrics.host, config.metrics.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
@@ -48,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
         archive_thread = threading.Thread(target=run_archive, args=(config, stop, registry), name="archive", daemon=True)
         archive_thread.start()
-    store = open_store(config.store)
     try:
         Processor(config, store, registry=registry, stop=stop).run()
     finally:

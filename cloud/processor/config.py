@@ -100,6 +100,7 @@ class ArchiveSection:
 @dataclass(frozen=True)
 class MetricsSection:
     port: int = 0  # 0: no HTTP endpoint
+    host: str = "127.0.0.1"
     lag_interval_s: float = 5.0
 
 

@@ -134,7 +134,10 @@ class Processor:
         alerts += self._advance_idle(consumer)
         if offsets:
             alerts += self.evaluate_fleet(consumer)
-        outbox.publish(alerts, dead)
+        try:
+            outbox.publish(alerts, dead)
+        except BrokerUnavailable as exc:  # the rows are safe in the store; the orphan sweep retries them
+            log.error("outbox_publish_failed alerts=%d deadletters=%d error=%s", len(alerts), len(dead), exc)
         if offsets:
             try:
                 consumer.commit(offsets)
@@ -160,7 +163,10 @@ class Processor:
         mono = time.monotonic()
         if mono - self._swept >= orphan_s / 2:
             self._swept = mono
-            outbox.sweep(orphan_s)
+            try:
+                outbox.sweep(orphan_s)
+            except BrokerUnavailable as exc:
+                log.error("outbox_sweep_failed error=%s", exc)
 
     def global_final(self, consumer: KafkaConsumer) -> float | None:
         """Smallest watermark over the topic's partitions that hold data, minus the allowed lateness."""
