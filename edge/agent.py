@@ -6,6 +6,9 @@
   records to the outbox at most once per ``agent.tick_s`` (one fsync per tick, not per record).
 - the forwarder thread: drains the outbox into Kafka (:class:`~edge.forwarder.Forwarder`).
 
+Under systemd (``Type=notify``) it sends ``READY=1`` once started, ``WATCHDOG=1`` from the worker
+loop and ``STOPPING=1`` when the drain begins (:mod:`edge.sdnotify`; no-ops elsewhere).
+
 In-process use::
 
     agent = Agent(load_config("agent.toml"))
@@ -36,6 +39,7 @@ from edge.intake import IntakeQueue, MqttIntake
 from edge.metrics import AgentMetrics, serve
 from edge.outbox import Outbox, Record
 from edge.pipeline import Pipeline, Scorer
+from edge.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,10 @@ class Agent:
     """One agent process's worth of machinery; not restartable (build a new one)."""
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
-                 scorer: Scorer | None = None, producer_factory: ProducerFactory = make_producer) -> None:
+                 scorer: Scorer | None = None, producer_factory: ProducerFactory = make_producer,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier if notifier is not None else Notifier()
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = AgentMetrics(self.registry)
         self._clock = clock
@@ -109,6 +115,7 @@ class Agent:
                                  on_connection=lambda up: self.metrics.mqtt_connected.set(1 if up else 0),
                                  on_drop=self.metrics.queue_dropped.inc)
         self.intake.start()
+        self.notifier.ready(f"model {m.name} {m.version}, outbox {self.outbox.rows} rows")
         log.info("agent_started agent_id=%s model=%s version=%s sha256=%s outbox_rows=%d metrics_port=%s", cfg.agent.id,
                  m.name, m.version, m.sha256[:12], self.outbox.rows, self.metrics_port)
 
@@ -138,6 +145,7 @@ class Agent:
         bound = self.config.agent.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + bound
         log.info("agent_stopping queued=%d timeout_s=%.1f", len(self.queue), bound)
+        self.notifier.stopping(f"draining: {len(self.queue)} queued, {self.outbox.rows if self.outbox else 0} outbox rows")
         if self.intake is not None:
             self.intake.stop()
         self._drain_deadline = deadline
@@ -170,9 +178,14 @@ class Agent:
         """
         assert self.pipeline is not None and self.outbox is not None and self.forwarder is not None
         tick = self.config.agent.tick_s
+        ping_s = self.notifier.ping_interval_s
+        last_ping = 0.0
         pending: list[Record] = []
         while True:
             started = time.monotonic()
+            if ping_s is not None and started - last_ping >= ping_s:
+                self.notifier.watchdog()  # systemd restarts the agent if this loop stalls
+                last_ping = started
             draining = self._draining.is_set()
             batch = self.queue.get_batch(MAX_MESSAGES_PER_TICK, 0 if draining else tick)
             try:

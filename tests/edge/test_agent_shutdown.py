@@ -39,3 +39,30 @@ def test_stop_scores_the_queue_and_is_bounded_with_kafka_down(tmp_path: Path) ->
     box = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
     assert box.count_by_kind().get("anomaly", 0) == len(expected) and left == box.rows
     box.close()
+
+
+def test_systemd_notifications_ready_watchdog_stopping(tmp_path: Path) -> None:
+    import socket
+
+    from edge.sdnotify import Notifier
+
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(30)
+    topics = {k: f"t.{k}" for k in ("anomalies", "telemetry", "deadletter")}
+    config = load_config(toml_config(tmp_path, agent_id="a-sd", mqtt_port=free_port(), kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                                     prefix="edgewatch", topics=topics), env={})
+    agent = Agent(config, notifier=Notifier({"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000"}))
+    got: list[str] = []
+    try:
+        agent.start()
+        while not any("READY=1" in m for m in got) or sum("WATCHDOG=1" in m for m in got) < 2:
+            got.append(server.recv(4096).decode())
+    finally:
+        agent.stop(timeout_s=2.0)
+    while not any("STOPPING=1" in m for m in got):
+        got.append(server.recv(4096).decode())
+    server.close()
+    ready = next(m for m in got if "READY=1" in m)
+    assert "STATUS=model tiny-zscore" in ready
