@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kafka.partitioner.default import murmur2
+from prometheus_client import CollectorRegistry
 
 from cloud.processor.config import ProcessorConfig, load_config
 from edge.contract import AnomalyEvent
@@ -114,7 +115,8 @@ def config(path: Path, **kw: object) -> ProcessorConfig:
     return load_config(write_config(path, **kw), env={})  # type: ignore[arg-type]
 
 
-def in_thread(cfg: ProcessorConfig) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+def in_thread(cfg: ProcessorConfig,
+              registry: CollectorRegistry | None = None) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
     """Run a processor (store opened inside its thread) until the returned event is set."""
     from cloud.processor.backends import open_store
     from cloud.processor.consumer import Processor
@@ -126,7 +128,7 @@ def in_thread(cfg: ProcessorConfig) -> tuple[threading.Thread, threading.Event, 
         try:
             store = open_store(cfg.store)
             try:
-                Processor(cfg, store, stop=stop).run()
+                Processor(cfg, store, stop=stop, registry=registry).run()
             finally:
                 store.close()
         except BaseException as exc:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from cloud.processor.backends import open_postgres, open_sqlite
 from cloud.processor.config import ProcessorConfig
@@ -80,8 +81,8 @@ def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
     return {k: store.execute(v) for k, v in q.items()}
 
 
-def run_until(cfg: ProcessorConfig, done: Any, timeout_s: float = 90.0) -> None:
-    thread, stop, errors = in_thread(cfg)
+def run_until(cfg: ProcessorConfig, done: Any, timeout_s: float = 90.0, registry: CollectorRegistry | None = None) -> None:
+    thread, stop, errors = in_thread(cfg, registry)
     try:
         wait_for(lambda: bool(done()) or not thread.is_alive(), timeout_s, "the processor to finish the input")
         assert thread.is_alive(), f"processor died: {errors!r}"
@@ -195,8 +196,14 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_valid_ones_stored
     cfg = config(tmp_path / "c.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=tmp_path / "s.db")
     store = open_sqlite(tmp_path / "s.db")
     store.migrate()
+    registry = CollectorRegistry()
     run_until(cfg, lambda: store.count("deadletters") == 10_000 and store.count("events") == len(valid)
-              and not store.unpublished("deadletters"), timeout_s=180)
+              and not store.unpublished("deadletters"), timeout_s=180, registry=registry)
+    metric = registry.get_sample_value
+    assert sum(metric("edgewatch_processor_deadletters_total", {"cause": c}) or 0 for c in ("json", "contract")) == 10_000
+    assert metric("edgewatch_processor_deadletters_published_total") == 10_000
+    assert metric("edgewatch_processor_events_processed_total") == len(valid)
+    assert metric("edgewatch_processor_events_consumed_total") == 10_000 + len(valid)
     dead = read_all(kafka_bootstrap, topic + ".deadletter", 10_000)
     assert len(dead) == 10_000
     reasons = [dict(r.headers)["edgewatch-reason"].decode() for r in dead]
