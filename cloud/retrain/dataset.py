@@ -90,7 +90,7 @@ def build_dataset(windows: Sequence[ArchivedWindow], incidents: Sequence[Labelle
     counts = dict.fromkeys(("archived", "skipped_channels", "true_positive", "false_positive", "holdout", "flagged",
                             "train"), 0)
     spans: dict[str, list[tuple[float, float, LabelledIncident]]] = defaultdict(list)
-    for inc in incidents:
+    for inc in sorted(incidents, key=lambda i: i.label != "true_positive"):  # a window in both kinds is a fault
         for device in inc.device_ids:
             spans[device].append((inc.start - incident_pad_s, inc.end + incident_pad_s, inc))
     by_device: dict[str, list[tuple[ArchivedWindow, np.ndarray]]] = defaultdict(list)
@@ -102,10 +102,10 @@ def build_dataset(windows: Sequence[ArchivedWindow], incidents: Sequence[Labelle
         if values is None:
             counts["skipped_channels"] += 1
             continue
-        inc = next((s[2] for s in spans.get(w.device_id, ()) if w.start <= s[1] and w.end >= s[0]), None)
-        if inc is not None:
-            counts[inc.label] += 1
-            incident_rows[inc.incident_id].append(values)
+        hit = next((s[2] for s in spans.get(w.device_id, ()) if w.start <= s[1] and w.end >= s[0]), None)
+        if hit is not None:
+            counts[hit.label] += 1
+            incident_rows[hit.incident_id].append(values)
             excluded[w.device_id].append((w.start, w.end))
             continue
         by_device[w.device_id].append((w, values))

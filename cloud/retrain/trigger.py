@@ -143,8 +143,12 @@ class DriftTrigger:
             code = getattr(value, "exit_code", value)
             outcome = _OUTCOMES.get(int(code), "failed") if isinstance(code, int) else "failed"
             log.info("retrain_job_finished model=%s outcome=%s reason=%s", model, outcome, getattr(value, "reason", ""))
-        except Exception:
-            log.exception("retrain_job_failed model=%s alert_id=%s", model, alert.alert_id)
+        except Exception as exc:
+            if self.stop.is_set():  # cancelled between two stages on shutdown: nothing was registered
+                outcome = "cancelled"
+                log.info("retrain_job_cancelled model=%s reason=%s", model, exc)
+            else:
+                log.exception("retrain_job_failed model=%s alert_id=%s", model, alert.alert_id)
         finally:
             self.metrics.jobs.labels(outcome).inc()
             self.metrics.seconds.observe(time.monotonic() - started)
