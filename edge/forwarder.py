@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from edge.config import KafkaSection
 from edge.metrics import AgentMetrics
@@ -65,7 +65,7 @@ class Forwarder:
     """Moves rows from an :class:`Outbox` to Kafka until stopped."""
 
     def __init__(self, outbox: Outbox, cfg: KafkaSection, metrics: AgentMetrics, *,
-                 producer_factory: ProducerFactory = make_producer, idle_s: float = 0.05) -> None:
+                 producer_factory: ProducerFactory = make_producer, idle_s: float = 0.5) -> None:
         self.outbox = outbox
         self.cfg = cfg
         self.metrics = metrics
@@ -130,7 +130,12 @@ class Forwarder:
         if not rows:
             return 0
         producer = self._ensure_producer()
-        futures = [(row, producer.send(row.topic, key=row.key, value=row.value)) for row in rows]
+        futures = []
+        for row in rows:
+            try:
+                futures.append((row, producer.send(row.topic, key=row.key, value=row.value)))
+            except MessageSizeTooLargeError as exc:
+                self._drop_poison(row, exc)  # would block the outbox forever
         self._await(producer, [f for _, f in futures])
         acked: list[Row] = []
         error: Exception | None = None
@@ -150,6 +155,14 @@ class Forwarder:
         self._backoff.reset()
         self.metrics.kafka_connected.set(1)
         return len(acked)
+
+    def _drop_poison(self, row: Row, exc: Exception) -> None:
+        """Remove a row Kafka can never take (larger than ``max_request_size``), counted as shed."""
+        self.outbox.delete([row.id])
+        size = len(row.value) + len(row.key or b"")
+        self.metrics.shed_rows.labels(row.kind).inc()
+        self.metrics.shed_bytes.labels(row.kind).inc(size)
+        log.error("outbox_row_dropped id=%d kind=%s topic=%s bytes=%d error=%s", row.id, row.kind, row.topic, size, exc)
 
     def _await(self, producer: Any, futures: list[Any]) -> None:
         """Wait until every send completed (kafka-python fails them after ``delivery_timeout_ms``);
