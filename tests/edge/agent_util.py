@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import random
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
+from prometheus_client import CollectorRegistry
 
-from edge.contract import Reading, encode_readings, readings_topic
+from edge.config import Config
+from edge.contract import Reading, decode_event, encode_readings, readings_topic
+from edge.detector import OnnxDetector
+from edge.intake import Message
+from edge.metrics import AgentMetrics
+from edge.pipeline import Pipeline
 from edge.synth import CHANNEL_NAMES, Fault, simulate
 
 TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny_model"
@@ -83,19 +90,6 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def expected_fault_windows(readings: Sequence[Reading], fault: Fault, window: int, stride: int) -> list[float]:
-    """Window ends (ts) of windows fully inside the fault."""
-    ends = []
-    for end in range(window - 1, len(readings), stride):
-        if fault.start <= end - window + 1 and end < fault.start + fault.duration:
-            ends.append(readings[end].ts)
-    return ends
-
-
-def as_array(readings: Sequence[Reading]) -> np.ndarray:
-    return np.array([[r.values[c] for c in CHANNEL_NAMES] for r in readings])
-
-
 class Publisher:
     """A QoS 1 paho publisher that waits for every acknowledgement (at most ``window`` unacked)."""
 
@@ -151,3 +145,61 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def expected_event_ids(config: Config, stream: Sequence[tuple[str, bytes]]) -> set[str]:
+    """The events the same config and model produce from the same payloads, without brokers."""
+    pipe = Pipeline(config, OnnxDetector.load(TINY_MODEL), AgentMetrics(CollectorRegistry()))
+    records = pipe.process([Message(t, p, 0.0) for t, p in stream])
+    return {decode_event(r.value).event_id for r in records if r.kind == "anomaly"}
+
+
+def fleet(prefix: str, devices: int, steps: int, *, seed: int, t0_offset: float = 0.0,
+          fault_every: int = 2) -> list[tuple[str, bytes]]:
+    """Interleaved batched payloads of several devices, a spike fault on every ``fault_every``-th."""
+    per_device: list[list[tuple[str, bytes]]] = []
+    for d in range(devices):
+        faults = [Fault("spike", "pressure", start=steps // 2, duration=40, magnitude=4.0)] if d % fault_every == 0 else []
+        readings: list[Reading] = fleet_readings(f"dev-{d}", steps, seed=seed + d, faults=faults, t0=1.764e9 + t0_offset)
+        per_device.append(payloads(readings, batch=10, prefix=prefix))
+    return [p for group in zip(*per_device, strict=True) for p in group]
+
+
+def good_payload(i: int) -> dict[str, object]:
+    return {"schema": 1, "ts": 1.7e9 + i, "values": {c: 1.0 + i for c in CHANNEL_NAMES}}
+
+
+def fuzz_cases(n: int, seed: int = 0) -> list[tuple[str, bytes, str | None]]:
+    """(topic, payload, expected reason or None when any reason will do) for ``n`` bad payloads."""
+    rng = random.Random(seed)
+    out: list[tuple[str, bytes, str | None]] = []
+    topic = "edgewatch/fz-1/readings"
+    for i in range(n):
+        p = good_payload(i)
+        kind = i % 9
+        if kind == 0:
+            out.append((topic, json.dumps(p).encode()[: rng.randint(0, 40)], "not_json"))
+        elif kind == 1:
+            p["values"][rng.choice(CHANNEL_NAMES)] = "__X__"  # type: ignore[index]
+            text = json.dumps(p).replace('"__X__"', rng.choice(["NaN", "Infinity", "-Infinity", "1e999", "-1e400"]))
+            out.append((topic, text.encode(), "non_finite"))
+        elif kind == 2:
+            p["values"][rng.choice(CHANNEL_NAMES)] = rng.choice(["1.0", None, [1], {"x": 1}, True])  # type: ignore[index]
+            out.append((topic, json.dumps(p).encode(), "wrong_type"))
+        elif kind == 3:
+            p["values"]["bogus_" + str(i)] = 0.5  # type: ignore[index]
+            out.append((topic, json.dumps(p).encode(), "unknown_channel"))
+        elif kind == 4:
+            del p["values"][rng.choice(CHANNEL_NAMES)]  # type: ignore[attr-defined]
+            out.append((topic, json.dumps(p).encode(), "missing_channel"))
+        elif kind == 5:
+            out.append((topic, json.dumps(p).encode() + b" " * 17000, "too_large"))
+        elif kind == 6:
+            p[rng.choice(["schema", "extra"])] = 2
+            out.append((topic, json.dumps(p).encode(), "invalid"))
+        elif kind == 7:
+            out.append(("edgewatch/bad$device/readings", json.dumps(p).encode(), "bad_topic"))
+        else:
+            junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+            out.append((topic, b"\xff" + junk, None))
+    return out

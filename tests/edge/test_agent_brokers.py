@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,14 +14,9 @@ import pytest
 from cloud.stack import LocalStack, free_port
 from edge.agent import Agent
 from edge.config import Config, load_config
-from edge.contract import Reading, decode_deadletter, decode_event, decode_telemetry
-from edge.detector import OnnxDetector
-from edge.intake import Message
-from edge.metrics import REJECT_REASONS, AgentMetrics
-from edge.pipeline import Pipeline
-from edge.synth import Fault
-from tests.edge.agent_util import TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, scrape, toml_config, wait_for
-from tests.edge.test_pipeline import fuzz_cases
+from edge.contract import decode_deadletter, decode_event, decode_telemetry
+from edge.metrics import REJECT_REASONS
+from tests.edge.agent_util import Publisher, TopicReader, expected_event_ids, fleet, fuzz_cases, scrape, toml_config, wait_for
 from tests.kafka_util import create_topic
 
 pytestmark = pytest.mark.brokers
@@ -55,26 +50,6 @@ def agent(setup: Setup) -> Iterator[Agent]:
     wait_for(a.intake.subscribed.is_set, 30, "the agent's MQTT subscription")
     yield a
     a.stop(10)
-
-
-def expected_event_ids(config: Config, stream: Sequence[tuple[str, bytes]]) -> set[str]:
-    """The events the same config and model produce from the same payloads, without brokers."""
-    from prometheus_client import CollectorRegistry
-
-    pipe = Pipeline(config, OnnxDetector.load(TINY_MODEL), AgentMetrics(CollectorRegistry()))
-    records = pipe.process([Message(t, p, 0.0) for t, p in stream])
-    return {decode_event(r.value).event_id for r in records if r.kind == "anomaly"}
-
-
-def fleet(prefix: str, devices: int, steps: int, *, seed: int, t0_offset: float = 0.0,
-          fault_every: int = 2) -> list[tuple[str, bytes]]:
-    """Interleaved batched payloads of several devices, a spike fault on every ``fault_every``-th."""
-    per_device: list[list[tuple[str, bytes]]] = []
-    for d in range(devices):
-        faults = [Fault("spike", "pressure", start=steps // 2, duration=40, magnitude=4.0)] if d % fault_every == 0 else []
-        readings: list[Reading] = fleet_readings(f"dev-{d}", steps, seed=seed + d, faults=faults, t0=1.764e9 + t0_offset)
-        per_device.append(payloads(readings, batch=10, prefix=prefix))
-    return [p for group in zip(*per_device, strict=True) for p in group]
 
 
 def metric(agent: Agent, name: str, **labels: str) -> float:

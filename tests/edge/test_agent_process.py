@@ -16,8 +16,7 @@ import pytest
 from cloud.stack import LocalStack, free_port
 from edge.config import load_config
 from edge.contract import decode_event
-from tests.edge.agent_util import Publisher, TopicReader, scrape, toml_config, wait_for
-from tests.edge.test_agent_brokers import expected_event_ids, fleet
+from tests.edge.agent_util import Publisher, TopicReader, expected_event_ids, fleet, scrape, toml_config, wait_for
 from tests.kafka_util import create_topic
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,7 @@ from edge.config import load_config
 from edge.intake import Message
 from edge.outbox import Outbox
 from edge.synth import Fault
-from tests.edge.agent_util import fleet_readings, payloads, toml_config
-from tests.edge.test_agent_brokers import expected_event_ids
+from tests.edge.agent_util import expected_event_ids, fleet_readings, payloads, toml_config
 
 
 def test_stop_scores_the_queue_and_is_bounded_with_kafka_down(tmp_path: Path) -> None:

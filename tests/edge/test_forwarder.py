@@ -53,6 +53,7 @@ def test_drains_in_order_and_drops_only_an_oversized_row(kafka_bootstrap: str, u
         reader = TopicReader(kafka_bootstrap, topic, f"g-{unique}-{kind}")
         try:
             want = [r.value for r in rows if r.topic == topic and len(r.value) < 1 << 20]
-            assert reader.poll_until(lambda v, n=len(want): len(v) >= n, 60, f"{kind} rows") == want  # type: ignore[misc]
+            count = len(want)
+            assert reader.poll_until(lambda v: len(v) >= count, 60, f"{kind} rows") == want  # noqa: B023
         finally:
             reader.close()

@@ -3,8 +3,6 @@ fixture model. Bad input of every kind is counted by reason and dead-lettered; n
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +16,7 @@ from edge.intake import Message
 from edge.metrics import REJECT_REASONS, AgentMetrics
 from edge.pipeline import Pipeline
 from edge.synth import CHANNEL_NAMES, Fault
-from tests.edge.agent_util import TINY_MODEL, fleet_readings, payloads
+from tests.edge.agent_util import TINY_MODEL, fleet_readings, fuzz_cases, payloads
 
 
 @pytest.fixture(scope="module")
@@ -131,46 +129,6 @@ def test_late_duplicate_and_gap_are_counted(detector: OnnxDetector) -> None:
     assert value(metrics, "edgewatch_agent_readings_dropped_total", reason="duplicate") == 1
     assert value(metrics, "edgewatch_agent_readings_dropped_total", reason="late") == 1
     assert value(metrics, "edgewatch_agent_window_resets_total") == 1
-
-
-def good_payload(i: int) -> dict[str, object]:
-    return {"schema": 1, "ts": 1.7e9 + i, "values": {c: 1.0 + i for c in CHANNEL_NAMES}}
-
-
-def fuzz_cases(n: int, seed: int = 0) -> list[tuple[str, bytes, str | None]]:
-    """(topic, payload, expected reason or None when any reason will do) for ``n`` bad payloads."""
-    rng = random.Random(seed)
-    out: list[tuple[str, bytes, str | None]] = []
-    topic = "edgewatch/fz-1/readings"
-    for i in range(n):
-        p = good_payload(i)
-        kind = i % 9
-        if kind == 0:
-            out.append((topic, json.dumps(p).encode()[: rng.randint(0, 40)], "not_json"))
-        elif kind == 1:
-            p["values"][rng.choice(CHANNEL_NAMES)] = "__X__"  # type: ignore[index]
-            text = json.dumps(p).replace('"__X__"', rng.choice(["NaN", "Infinity", "-Infinity", "1e999", "-1e400"]))
-            out.append((topic, text.encode(), "non_finite"))
-        elif kind == 2:
-            p["values"][rng.choice(CHANNEL_NAMES)] = rng.choice(["1.0", None, [1], {"x": 1}, True])  # type: ignore[index]
-            out.append((topic, json.dumps(p).encode(), "wrong_type"))
-        elif kind == 3:
-            p["values"]["bogus_" + str(i)] = 0.5  # type: ignore[index]
-            out.append((topic, json.dumps(p).encode(), "unknown_channel"))
-        elif kind == 4:
-            del p["values"][rng.choice(CHANNEL_NAMES)]  # type: ignore[attr-defined]
-            out.append((topic, json.dumps(p).encode(), "missing_channel"))
-        elif kind == 5:
-            out.append((topic, json.dumps(p).encode() + b" " * 17000, "too_large"))
-        elif kind == 6:
-            p[rng.choice(["schema", "extra"])] = 2
-            out.append((topic, json.dumps(p).encode(), "invalid"))
-        elif kind == 7:
-            out.append(("edgewatch/bad$device/readings", json.dumps(p).encode(), "bad_topic"))
-        else:
-            junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
-            out.append((topic, b"\xff" + junk, None))
-    return out
 
 
 def test_ten_thousand_fuzzed_payloads_are_each_counted_and_dead_lettered(detector: OnnxDetector) -> None:
