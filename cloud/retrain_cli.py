@@ -164,7 +164,7 @@ def _on_drift(args: argparse.Namespace, config: Any, common: dict[str, Any]) -> 
     registry = CollectorRegistry()
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
-    trigger = DriftTrigger(section, drift_runner(lookback_s=section.lookback_s, **common), registry=registry)
+    trigger = DriftTrigger(section, drift_runner(section, **common), registry=registry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: trigger.stop.set())
     try:

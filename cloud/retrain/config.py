@@ -54,6 +54,7 @@ class TriggerSection:
     auto_offset_reset: typing.Literal["earliest", "latest"] = "latest"
     cooldown_s: float = 3600.0  # after a job for a model ends, its drift alerts are skipped this long
     lookback_s: float = 86400.0  # a drift-started job trains on the archive since alert time - lookback
+    exclude_flagged: bool = False  # a drift-started job's [retrain] exclude_flagged: flagged windows are mostly the new normal
     max_jobs: int = 1  # jobs running at once (over all models)
     poll_timeout_s: float = 0.5
     drain_timeout_s: float = 600.0  # on SIGTERM, wait this long for running jobs

@@ -20,6 +20,7 @@ next stage boundary and waits up to ``drain_timeout_s`` for them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -178,15 +179,21 @@ class DriftTrigger:
         return True
 
 
-def drift_runner(*, lookback_s: float, **retrain_kwargs: Any) -> JobRunner:
+def drift_runner(section: TriggerSection, **retrain_kwargs: Any) -> JobRunner:
     """The trigger's usual job: :func:`cloud.retrain.job.retrain` of the alert's model on the archive
-    since the alert's event time minus ``lookback_s``; ``retrain_kwargs`` as for ``retrain``
+    since the alert's event time minus ``section.lookback_s``, with ``exclude_flagged`` set from
+    ``section.exclude_flagged`` (after a drift, most windows the live model flags are the new normal,
+    not faults; true-positive incidents stay excluded). ``retrain_kwargs`` as for ``retrain``
     (registry, archive, store, key, publish, config, progress, ...)."""
+    from cloud.retrain.config import RetrainConfig
+
+    base = retrain_kwargs.pop("config", None) or RetrainConfig()
+    config = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, exclude_flagged=section.exclude_flagged))
 
     def run(model: str, alert: Alert, should_stop: Callable[[], bool]) -> Any:
         from cloud.retrain.job import retrain
 
-        return retrain(model, since=alert.opened_at - lookback_s, should_stop=should_stop,
+        return retrain(model, since=alert.opened_at - section.lookback_s, should_stop=should_stop, config=config,
                        trigger=f"drift alert {alert.alert_id}: {alert.statistic} on {','.join(alert.device_ids)}", **retrain_kwargs)
 
     return run

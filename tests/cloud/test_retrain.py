@@ -372,3 +372,6 @@ def test_on_drift_cli_retrains_and_stops_on_sigterm(production: Path, tmp_path: 
     assert "retrain_trigger_stopped" in output
     card = json.loads((reg.version_dir("pump", "1.1.0") / "model_card.json").read_text())
     assert card["lineage"]["trigger"].startswith("drift alert ")
+    report = json.loads((reg.version_dir("pump", "1.1.0") / "report.json").read_text())
+    assert report["config"]["retrain"]["exclude_flagged"] is False  # the trigger's setting, not [retrain]'s default
+    assert report["data"]["since"] == T0 + 800 - 3600
