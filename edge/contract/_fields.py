@@ -86,7 +86,10 @@ def text(value: Any, field: str, *, max_len: int = 256, empty: bool = False) -> 
 def number(value: Any, field: str, *, min_value: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ContractError(field, value, "must be a number")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # an integer too large for a double
+        raise ContractError(field, value, "must be finite") from None
     if not math.isfinite(out):
         raise ContractError(field, value, "must be finite")
     if min_value is not None and out < min_value:
