@@ -29,8 +29,8 @@ def register(sub: Any) -> None:
              help="changepoint NAB window to the right of each true changepoint, seconds")
     add_flag(skab, "--normal", env_prefix="EVALUATE_SKAB_",
              help="anomaly-free SKAB csv (or folder): scale every threshold for --far-target on pieces of it (label-free)")
-    add_flag(skab, "--far-target", type=float, default=0.1, env_prefix="EVALUATE_SKAB_",
-             help="false-alarm rate the --normal calibration aims at")
+    add_flag(skab, "--far-target", default="0.1", env_prefix="EVALUATE_SKAB_",
+             help="false-alarm rate(s) the --normal calibration aims at, comma-separated; the first is the main one")
     skab.set_defaults(func=_run_skab)
     nab = bench.add_parser("nab", help="NAB streaming protocol: normalised NAB scores per category")
     _common(nab, "EVALUATE_NAB_", default_out="edgewatch-nab")
@@ -90,6 +90,16 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     return list(range(args.seed, args.seed + args.seeds))
 
 
+def _far_targets(text: str) -> list[float]:
+    try:
+        targets = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--far-target {text!r}: expected numbers between 0 and 1, comma-separated") from None
+    if not targets or not all(0.0 < t < 1.0 for t in targets):
+        raise ConfigError(f"--far-target {text!r}: expected numbers between 0 and 1, comma-separated")
+    return targets
+
+
 def _run_skab(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -106,7 +116,7 @@ def _run_skab(args: argparse.Namespace) -> int:
         length = int(np.median([len(f.rows) for f in files]))
         normal = normal_chunks(args.normal, length=length, min_rows=args.n_train + 100)
     payload = run_skab(files, families, seeds, out, overrides=overrides, n_train=args.n_train,
-                       nab_window_s=args.nab_window_s, normal=normal, far_target=args.far_target,
+                       nab_window_s=args.nab_window_s, normal=normal, far_targets=_far_targets(args.far_target),
                        progress=not args.no_progress)
     print(f"SKAB, {len(files)} files, seeds {seeds[0]}..{seeds[-1]} (mean ± sd), {payload['wall_seconds']:.0f} s wall")
     print(f"{'family':<14} {'F1':>15} {'FAR %':>13} {'MAR %':>13} {'NAB std':>15} {'fit s/file':>10}")

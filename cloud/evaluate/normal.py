@@ -51,20 +51,20 @@ def normal_chunks(path: Path | str, *, length: int, min_rows: int) -> list[SkabF
     return chunks
 
 
-def threshold_scale(chunks: Sequence[SkabFile], config: TrainConfig, *, far_target: float, n_train: int,
-                    progress: bool = True) -> tuple[float, dict[str, float]]:
-    """The factor ``k`` such that ``score > k x threshold`` flags ``far_target`` of the pooled
-    test rows of ``chunks`` (each fitted and calibrated as in the protocol), and a summary."""
-    if not 0.0 < far_target < 1.0:
-        raise ConfigError(f"--far-target {far_target}: must be between 0 and 1")
+def normal_ratios(chunks: Sequence[SkabFile], config: TrainConfig, *, n_train: int, progress: bool = True) -> np.ndarray:
+    """``score / threshold`` of every test row of every piece, each fitted and calibrated as in the protocol."""
     ratios = []
     for f in tqdm(chunks, desc=f"normal {config.family} seed {config.seed}", unit="file", disable=not progress):
         run = fit_and_score(f.rows, n_train, config, channels=f.channels)
         ratios.append(run.scores[n_train:] / run.threshold)
     pooled = np.concatenate(ratios)
-    scale = float(np.quantile(pooled, 1.0 - far_target))
-    summary = {"threshold_scale": scale, "far_target": far_target, "normal_files": float(len(chunks)),
-               "normal_test_rows": float(len(pooled)), "normal_far_unscaled": float(np.mean(pooled > 1.0))}
-    log.info("threshold_scale_found family=%s seed=%d scale=%.3g unscaled_far=%.3f", config.family, config.seed, scale,
-             summary["normal_far_unscaled"])
-    return scale, summary
+    log.info("normal_ratios_measured family=%s seed=%d rows=%d unscaled_far=%.3f", config.family, config.seed, len(pooled),
+             float(np.mean(pooled > 1.0)))
+    return pooled
+
+
+def scale_for_far(ratios: np.ndarray, far_target: float) -> float:
+    """The factor ``k`` such that ``score > k x threshold`` flags ``far_target`` of the normal rows."""
+    if not 0.0 < far_target < 1.0:
+        raise ConfigError(f"--far-target {far_target}: must be between 0 and 1")
+    return float(np.quantile(ratios, 1.0 - far_target))

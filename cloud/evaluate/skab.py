@@ -36,7 +36,7 @@ DEFAULT_EXCLUDE = ("anomaly-free",)
 SKAB_DEFAULTS: dict[str, object] = {
     "window_length": 16, "train_stride": 1, "stride": 1, "hidden": 32, "latent": 8, "epochs": 40,
     "batch_size": 32, "validation_split": 0.1, "early_stopping": 8, "lr": 1e-3,
-    "preprocess": "zscore", "quantile": 0.99, "margin": 1.5,
+    "preprocess": "zscore", "score_mode": "mse", "quantile": 0.99, "margin": 1.5,
 }
 
 
@@ -59,13 +59,17 @@ class SkabFile:
 
 @dataclass
 class FileResult:
+    """One file's test-row scores (onnxruntime) and its per-file threshold; decisions at any
+    threshold scale are derived from them."""
+
     file: SkabFile
     scores: np.ndarray  # test rows
-    threshold: float
-    prediction: np.ndarray  # test rows, int8
-    counts: Counts
-    nab: dict[str, FileScore]
+    base_threshold: float  # calibrated on the file's training rows
     fit_seconds: float
+    layout: Layout  # changepoint NAB windows over the test rows
+
+    def prediction(self, scale: float = 1.0) -> np.ndarray:
+        return (self.scores > self.base_threshold * scale).astype(np.int8)
 
 
 @dataclass
@@ -75,14 +79,20 @@ class RunResult:
     family: str
     seed: int
     files: list[FileResult] = field(default_factory=list)
+    n_train: int = N_TRAIN
 
-    def metrics(self) -> dict[str, float]:
-        total = micro(r.counts for r in self.files)
-        out = total.as_dict()
-        for name in PROFILES:
-            score = sum((r.nab[name] for r in self.files), FileScore(0.0, 0.0, 0.0, 0, 0, 0))
-            out[f"nab_{name}"] = score.normalised
-        out["fit_seconds_per_file"] = float(np.mean([r.fit_seconds for r in self.files]))
+    def counts(self, scale: float = 1.0) -> Counts:
+        return micro(confusion(r.file.anomaly[self.n_train:], r.prediction(scale)) for r in self.files)
+
+    def metrics(self, scale: float = 1.0) -> dict[str, float]:
+        """Micro F1/FAR/MAR and counts, changepoint NAB scores per profile, median fit seconds."""
+        out = self.counts(scale).as_dict()
+        for name, profile in PROFILES.items():
+            total = FileScore(0.0, 0.0, 0.0, 0, 0, 0)
+            for r in self.files:
+                total = total + score_file(r.layout, _edges(r.prediction(scale)), profile)
+            out[f"nab_{name}"] = total.normalised
+        out["fit_seconds_per_file"] = float(np.median([r.fit_seconds for r in self.files]))  # median: the first fit pays imports
         return out
 
 
@@ -139,35 +149,32 @@ def changepoint_layout(times: np.ndarray, changepoints: np.ndarray, window_s: fl
     return Layout.build(len(times), spans)
 
 
-def evaluate_file(f: SkabFile, config: TrainConfig, *, n_train: int = N_TRAIN, nab_window_s: float = 60.0,
-                  threshold_scale: float = 1.0) -> FileResult:
-    """The protocol on one file (blocks while it trains). ``threshold_scale`` multiplies the
-    threshold calibrated on the file's training rows (a factor found on anomaly-free data)."""
+def evaluate_file(f: SkabFile, config: TrainConfig, *, n_train: int = N_TRAIN, nab_window_s: float = 60.0) -> FileResult:
+    """The protocol on one file (blocks while it trains)."""
     if len(f.rows) <= n_train:
         raise ConfigError(f"{f.path}: {len(f.rows)} rows, the protocol needs more than {n_train}")
     run = fit_and_score(f.rows, n_train, config, channels=f.channels)
-    scores = run.scores[n_train:]
-    threshold = run.threshold * threshold_scale
-    prediction = (scores > threshold).astype(np.int8)
-    labels = f.anomaly[n_train:]
     layout = changepoint_layout(f.times[n_train:], f.changepoint[n_train:], nab_window_s)
+    return FileResult(f, run.scores[n_train:], run.threshold, run.fit_seconds, layout)
+
+
+def _edges(prediction: np.ndarray) -> np.ndarray:
     detections = np.zeros(len(prediction), dtype=bool)
     detections[rising_edges(prediction)] = True
-    nab = {name: score_file(layout, detections, profile) for name, profile in PROFILES.items()}
-    return FileResult(f, scores, threshold, prediction, confusion(labels, prediction), nab, run.fit_seconds)
+    return detections
 
 
 def evaluate_run(files: Sequence[SkabFile], config: TrainConfig, *, n_train: int = N_TRAIN, nab_window_s: float = 60.0,
-                 threshold_scale: float = 1.0, progress: bool = True) -> RunResult:
+                 progress: bool = True) -> RunResult:
     """The protocol on every file for one family and seed (``config.family``, ``config.seed``)."""
-    result = RunResult(config.family, config.seed)
+    result = RunResult(config.family, config.seed, n_train=n_train)
     bar = tqdm(files, desc=f"skab {config.family} seed {config.seed}", unit="file", disable=not progress)
     for f in bar:
-        r = evaluate_file(f, config, n_train=n_train, nab_window_s=nab_window_s, threshold_scale=threshold_scale)
+        r = evaluate_file(f, config, n_train=n_train, nab_window_s=nab_window_s)
         result.files.append(r)
-        total = micro(x.counts for x in result.files)
+        total = result.counts()
         bar.set_postfix(f1=f"{total.f1:.3f}", far=f"{total.far:.3f}")
-        log.debug("skab_file_evaluated file=%s f1=%.3f far=%.3f", f.key, r.counts.f1, r.counts.far)
+        log.debug("skab_file_evaluated file=%s threshold=%.4g fit_s=%.2f", f.key, r.base_threshold, r.fit_seconds)
     return result
 
 
@@ -186,8 +193,10 @@ def all_anomaly_baseline(files: Sequence[SkabFile], *, n_train: int = N_TRAIN, n
     return out
 
 
-def write_predictions(result: RunResult, out_dir: Path, *, n_train: int = N_TRAIN) -> None:
-    """``out_dir/<subfolder>/<file>.csv`` with ``datetime,score,anomaly`` for the test rows."""
+def write_predictions(result: RunResult, out_dir: Path, *, scale: float = 1.0) -> None:
+    """``out_dir/<subfolder>/<file>.csv`` with ``datetime,score,anomaly`` for the test rows
+    (``anomaly`` is the prediction at ``scale`` x the file's threshold)."""
+    n_train = result.n_train
     for r in result.files:
         target = out_dir / r.file.subfolder / f"{r.file.path.stem}.csv"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -195,5 +204,5 @@ def write_predictions(result: RunResult, out_dir: Path, *, n_train: int = N_TRAI
         with target.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["datetime", "score", "anomaly"])
-            for t, s, p in zip(times, r.scores, r.prediction, strict=True):
+            for t, s, p in zip(times, r.scores, r.prediction(scale), strict=True):
                 writer.writerow([str(t).replace("T", " "), f"{s:.6g}", int(p)])

@@ -13,8 +13,8 @@ import pytest
 
 from cloud.cli import main
 from cloud.evaluate.metrics import Counts, confusion, micro, rising_edges
-from cloud.evaluate.normal import normal_chunks, threshold_scale
 from cloud.evaluate.nab_score import PROFILES, Layout, best_threshold, scaled_sigmoid, score_corpus, score_file
+from cloud.evaluate.normal import normal_chunks, normal_ratios, scale_for_far
 from cloud.evaluate.skab import changepoint_layout, read_skab
 from cloud.evaluate.skab_run import family_config
 from edge.contract.errors import ConfigError
@@ -170,9 +170,10 @@ def test_skab_runner_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     data, out = tmp_path / "skab", tmp_path / "out"
     _write_skab(data / "valve9" / "0.csv", seed=1)
     _write_skab(data / "valve9" / "1.csv", seed=2, crlf=True)
-    _write_skab(data / "anomaly-free" / "0.csv", seed=3)  # excluded by default
+    _write_normal(data / "anomaly-free" / "free.csv", 1100)  # excluded from the labelled files by default
     code = main(["evaluate", "skab", "--data", str(data), "--out", str(out), "--family", "dense_ae", "--window", "8",
-                 "--epochs", "3", "--seeds", "2", "--no-progress"])
+                 "--epochs", "3", "--seeds", "2", "--no-progress", "--normal", str(data / "anomaly-free" / "free.csv"),
+                 "--far-target", "0.1,0.3"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"]["files"] == 2 and metrics["protocol"]["test_rows"] == 2 * 120
@@ -182,6 +183,8 @@ def test_skab_runner_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert key in fam["mean"] and key in fam["sd"]
     seed0 = fam["per_seed"][0]
     assert seed0["tp"] + seed0["fn"] == 80 and seed0["fp"] + seed0["tn"] == 160
+    assert seed0["threshold_scale"] > 0 and {"unscaled_f1", "unscaled_far", "far0.3_f1", "far0.3_nab_standard"} <= set(seed0)
+    assert seed0["far0.3_far"] >= seed0["far"]  # a looser false-alarm target flags at least as much
     assert metrics["baseline_all_anomaly"]["far"] == 1.0 and metrics["baseline_all_anomaly"]["f1"] == pytest.approx(80 / (80 + 80))
     assert sorted(p.relative_to(out / "predictions").as_posix() for p in (out / "predictions").rglob("*.csv")) == [
         "valve9/0.csv", "valve9/1.csv"]
@@ -207,10 +210,13 @@ def test_normal_chunks_and_threshold_scale(tmp_path: Path) -> None:
     assert [len(c.rows) for c in chunks] == [520, 520]  # the 110-row tail is dropped
     assert chunks[1].times[0] == chunks[0].times[0] + np.timedelta64(520, "s")
     config = family_config("dense_ae", 0, {"window_length": 8, "epochs": 2})
-    strict, _ = threshold_scale(chunks, config, far_target=0.02, n_train=400, progress=False)
-    loose, summary = threshold_scale(chunks, config, far_target=0.5, n_train=400, progress=False)
+    ratios = normal_ratios(chunks, config, n_train=400, progress=False)
+    assert ratios.shape == (240,) and np.all(ratios >= 0)
+    strict, loose = scale_for_far(ratios, 0.02), scale_for_far(ratios, 0.5)
     assert strict > loose > 0
-    assert summary["normal_test_rows"] == 240 and 0 <= summary["normal_far_unscaled"] <= 1
+    assert np.mean(ratios > loose) == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ConfigError):
+        scale_for_far(ratios, 1.5)
     _write_skab(tmp_path / "labelled.csv", seed=1)
     with pytest.raises(ConfigError, match="anomalous"):
         normal_chunks(tmp_path / "labelled.csv", length=520, min_rows=500)
