@@ -24,6 +24,7 @@ the broker. Everything committed to the outbox survives and is sent after the re
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -37,9 +38,12 @@ from edge.contract import ConfigError
 from edge.forwarder import Forwarder, ProducerFactory, make_producer
 from edge.intake import IntakeQueue, MqttIntake
 from edge.metrics import AgentMetrics, serve
+from edge.modelswap import ModelUpdates
 from edge.outbox import Outbox, Record
 from edge.pipeline import Pipeline, Scorer
 from edge.sdnotify import Notifier
+from edge.shadow import ShadowPolicy
+from edge.updates import ModelDownloader
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,9 @@ class Agent:
         self._stop_requested = threading.Event()
         self._stopped = False
         self.worker_errors = 0
+        self.updates: ModelUpdates | None = None
+        self.downloader: ModelDownloader | None = None
+        self._status_records: queue.SimpleQueue[Record] = queue.SimpleQueue()
 
     def load_scorer(self) -> Scorer:
         """The configured model, verified, loaded and warmed up (:class:`~edge.detector.OnnxDetector`)."""
@@ -111,6 +118,8 @@ class Agent:
         self._forward_thread.start()
         self._worker = threading.Thread(target=self._work, name="edgewatch-worker", daemon=True)
         self._worker.start()
+        if cfg.updates.enabled:
+            self._start_updates(scorer)
         self.intake = MqttIntake(cfg.mqtt, self.queue, clock=self._clock,
                                  on_connection=lambda up: self.metrics.mqtt_connected.set(1 if up else 0),
                                  on_drop=self.metrics.queue_dropped.inc)
@@ -118,6 +127,42 @@ class Agent:
         self.notifier.ready(f"model {m.name} {m.version}, outbox {self.outbox.rows} rows")
         log.info("agent_started agent_id=%s model=%s version=%s sha256=%s outbox_rows=%d metrics_port=%s", cfg.agent.id,
                  m.name, m.version, m.sha256[:12], self.outbox.rows, self.metrics_port)
+
+    def _start_updates(self, live: Scorer) -> None:
+        """Model updates: a downloader on its own MQTT session, candidates tried in shadow."""
+        from edge.contract.update import ModelStatus, encode_status
+        from edge.signing import load_trusted_keys
+
+        cfg = self.config
+        u = cfg.updates
+        keys = load_trusted_keys(Path(u.trusted_keys_dir))
+        if not keys:
+            raise ConfigError(f"{cfg.source}: 'updates.trusted_keys_dir' {u.trusted_keys_dir} holds no public key (*.pub)")
+        assert self.pipeline is not None
+        pipeline = self.pipeline
+
+        def report(status: ModelStatus) -> None:  # any thread; the worker commits it with the next round
+            self._status_records.put(Record("status", cfg.kafka.status_topic, cfg.agent.id.encode(), encode_status(status)))
+            if status.action in ("shadow_started", "promoted", "rejected", "rolled_back"):
+                cand = self.updates.candidate if self.updates else None
+                self.metrics.shadow_model.info({"name": cand.detector.manifest.name if cand else "",
+                                                "version": cand.detector.manifest.version if cand else ""})
+
+        policy = ShadowPolicy(min_windows=u.shadow_min_windows, min_seconds=u.shadow_min_seconds, rate_factor=u.shadow_rate_factor,
+                              rate_floor=u.shadow_rate_floor, latency_factor=u.shadow_latency_factor)
+        self.updates = ModelUpdates(live=live, swap=pipeline.swap_scorer, report=report, trusted_keys=keys, agent_id=cfg.agent.id,
+                                    threads=cfg.model.threads, policy=policy, clock=self._clock,
+                                    on_action=lambda action: self.metrics.model_updates.labels(action).inc())
+        pipeline.shadow = self.updates.shadow_score
+        self.metrics.shadow_model.info({"name": "", "version": ""})
+        self.downloader = ModelDownloader(
+            host=cfg.mqtt.host, port=cfg.mqtt.port, group=u.group, state_dir=Path(u.state_dir), trusted_keys=keys,
+            on_ready=self.updates.on_ready, on_refused=self.updates.on_refused, compatible=self.updates.compatible,
+            prefix=cfg.mqtt.topic_prefix, client_id=f"{cfg.mqtt.client_id}-updates", username=cfg.mqtt.username or None,
+            password=cfg.mqtt.password or None, tls_ca_file=cfg.mqtt.tls_ca_file or None)
+        m = live.manifest
+        self.downloader.skip.add((m.name, m.version))
+        self.downloader.start()
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return; safe to call from a signal handler."""
@@ -148,6 +193,10 @@ class Agent:
         self.notifier.stopping(f"draining: {len(self.queue)} queued, {self.outbox.rows if self.outbox else 0} outbox rows")
         if self.intake is not None:
             self.intake.stop()
+        if self.downloader is not None:
+            self.downloader.stop()
+        if self.updates is not None:
+            self.updates.close()
         self._drain_deadline = deadline
         self._draining.set()
         if self._worker is not None:
@@ -189,10 +238,14 @@ class Agent:
             draining = self._draining.is_set()
             batch = self.queue.get_batch(MAX_MESSAGES_PER_TICK, 0 if draining else tick)
             try:
+                if self.updates is not None:
+                    self.updates.poll()
                 pending.extend(self.pipeline.process(batch))
             except Exception:  # noqa: BLE001 - a failing model call must not end the agent; input never raises
                 self.worker_errors += 1
                 log.exception("worker_tick_failed messages=%d", len(batch))
+            while not self._status_records.empty():
+                pending.append(self._status_records.get_nowait())
             if pending:
                 pending = self._commit(pending)
             if draining and (not batch or time.monotonic() >= self._drain_deadline):

@@ -74,6 +74,7 @@ class KafkaSection:
     anomalies_topic: str = "edgewatch.anomalies"
     telemetry_topic: str = "edgewatch.telemetry"
     deadletter_topic: str = "edgewatch.deadletter"
+    status_topic: str = "edgewatch.status"
     security_protocol: SecurityProtocol = "PLAINTEXT"
     sasl_mechanism: SaslMechanism = "PLAIN"
     batch_rows: int = 500
@@ -137,6 +138,21 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class UpdatesSection:
+    """``[updates]``: signed model updates over MQTT, tried in shadow before they go live."""
+
+    enabled: bool = False
+    group: str = "default"            # announce topic: <mqtt.topic_prefix>/models/<group>/announce
+    trusted_keys_dir: str = ""        # folder of Ed25519 public keys (*.pub); required when enabled
+    state_dir: str = "edgewatch-models"  # downloads and kept versions
+    shadow_min_windows: int = 200
+    shadow_min_seconds: float = 10.0
+    shadow_rate_factor: float = 3.0   # reject above this many times the live (or expected) alert rate
+    shadow_rate_floor: float = 0.02
+    shadow_latency_factor: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentSection = field(default_factory=AgentSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
@@ -147,6 +163,7 @@ class Config:
     outbox: OutboxSection = field(default_factory=OutboxSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    updates: UpdatesSection = field(default_factory=UpdatesSection)
     source: str = "<defaults>"
 
     def describe(self) -> dict[str, dict[str, Any]]:
@@ -215,6 +232,8 @@ def _finish(config: Config, base: Path) -> Config:
         raise ConfigError(f"{config.source}: 'agent.id' {agent_id!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     model_path = Path(config.model.path) if config.model.path else default_model_dir()
     outbox_path = Path(config.outbox.path)
+    updates_dir = Path(config.updates.state_dir)
+    keys_dir = Path(config.updates.trusted_keys_dir) if config.updates.trusted_keys_dir else None
     config = replace(
         config,
         agent=replace(config.agent, id=agent_id),
@@ -222,6 +241,8 @@ def _finish(config: Config, base: Path) -> Config:
         kafka=replace(config.kafka, client_id=config.kafka.client_id or f"edgewatch-{agent_id}"),
         model=replace(config.model, path=str(model_path if model_path.is_absolute() else base / model_path)),
         outbox=replace(config.outbox, path=str(outbox_path if outbox_path.is_absolute() else base / outbox_path)),
+        updates=replace(config.updates, state_dir=str(updates_dir if updates_dir.is_absolute() else base / updates_dir),
+                        trusted_keys_dir="" if keys_dir is None else str(keys_dir if keys_dir.is_absolute() else base / keys_dir)),
     )
     _validate(config)
     return config
@@ -258,6 +279,11 @@ def _validate(c: Config) -> None:
         (c.telemetry.anomaly_context_windows >= 0, "telemetry.anomaly_context_windows", c.telemetry.anomaly_context_windows,
          "must be >= 0"),
         (0 <= c.metrics.port < 65536, "metrics.port", c.metrics.port, "must be 0-65535 (0: off)"),
+        (not c.updates.enabled or bool(c.updates.trusted_keys_dir), "updates.trusted_keys_dir", c.updates.trusted_keys_dir,
+         "must name a folder of public keys when updates.enabled"),
+        (c.updates.shadow_min_windows >= 1, "updates.shadow_min_windows", c.updates.shadow_min_windows, "must be >= 1"),
+        (c.updates.shadow_rate_factor >= 1, "updates.shadow_rate_factor", c.updates.shadow_rate_factor, "must be >= 1"),
+        (c.updates.shadow_latency_factor >= 1, "updates.shadow_latency_factor", c.updates.shadow_latency_factor, "must be >= 1"),
     ]
     for ok, key, value, rule in checks:
         if not ok:

@@ -61,6 +61,8 @@ class AgentMetrics:
         self.mqtt_connected = Gauge(p + "mqtt_connected", "1 while the MQTT session is connected", registry=registry)
         self.kafka_connected = Gauge(p + "kafka_connected", "1 while the last Kafka exchange succeeded", registry=registry)
         self.model = Info(p + "model", "The model in use", registry=registry)
+        self.shadow_model = Info(p + "shadow_model", "The candidate scoring in shadow (empty version: none)", registry=registry)
+        self.model_updates = Counter(p + "model_updates", "Model update decisions, by action", ["action"], registry=registry)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for reason in DROP_REASONS:

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["telemetry", "deadletter", "anomaly"]
-KINDS: tuple[Kind, ...] = ("telemetry", "deadletter", "anomaly")  # shed in this order
+Kind = Literal["telemetry", "deadletter", "status", "anomaly"]
+KINDS: tuple[Kind, ...] = ("telemetry", "deadletter", "status", "anomaly")  # shed in this order
 PRIORITY: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
 
 _SCHEMA = """

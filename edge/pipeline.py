@@ -90,6 +90,18 @@ class Pipeline:
         self._fast = FastReadingDecoder(self.channels)
         self._devices: dict[str, str] = {}  # topic -> device id, a cache of device_from_topic
         self._accepted = 0
+        self.shadow: Callable[[np.ndarray, np.ndarray, float, float], None] | None = None
+
+    def swap_scorer(self, scorer: Scorer) -> None:
+        """Put another model in place between two batches. Windows and debounce state are kept,
+        so the new model must have the same channels, window, stride and sample period
+        (:func:`edge.modelswap.incompatibility`). Worker thread only."""
+        m = scorer.manifest
+        self.scorer = scorer
+        self.manifest = m
+        if self.config.decision.threshold is None:
+            self.decider.threshold = m.threshold
+        self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
 
     def process(self, messages: Sequence[Message]) -> list[Record]:
         """Ingest messages, then score every window that became ready; returns the records to store."""
@@ -154,8 +166,12 @@ class Pipeline:
         while self.windows.ready_count:
             batch = self.windows.take_ready(self.config.agent.max_batch_windows)
             started = self._timer()
-            scores, channel_scores = self.scorer.score(stack(batch))
-            self.metrics.inference_seconds.observe(self._timer() - started)
+            windows = stack(batch)
+            scores, channel_scores = self.scorer.score(windows)
+            elapsed = self._timer() - started
+            self.metrics.inference_seconds.observe(elapsed)
+            if self.shadow is not None:
+                self.shadow(windows, scores, self.decider.threshold, elapsed)
             self.metrics.inference_batch.observe(len(batch))
             self.metrics.windows_scored.inc(len(batch))
             for i, window in enumerate(batch):

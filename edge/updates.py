@@ -34,7 +34,7 @@ class ModelDownloader:
     def __init__(self, *, host: str, port: int, group: str, state_dir: Path, trusted_keys: TrustedKeys,
                  on_ready: ReadyCallback, on_refused: RefusedCallback, compatible: CompatibleCheck = lambda a: None,
                  prefix: str = "edgewatch", client_id: str = "edgewatch-updates",
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None, tls_ca_file: str | None = None) -> None:
         self.prefix = prefix
         self.group = group
         self.state_dir = Path(state_dir)
@@ -48,6 +48,8 @@ class ModelDownloader:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         if username:
             self._client.username_pw_set(username, password)
+        if tls_ca_file:
+            self._client.tls_set(ca_certs=tls_ca_file)
         self._client.reconnect_delay_set(1, 30)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message

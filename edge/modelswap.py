@@ -1,0 +1,162 @@
+"""Model updates on the device: verified artifacts in, shadow trial, then promote or reject.
+
+Threads: the downloader (its own MQTT client) hands a verified folder to :meth:`on_ready`; a
+loader thread creates and warms the onnxruntime session off the hot path; everything else runs
+on the agent's worker thread between ticks (:meth:`poll`) and inside the pipeline's scoring
+(:meth:`shadow_score`), so a promotion swaps the scorer between two batches: no reading is
+dropped and no window is left unscored. The live model keeps scoring through every refusal.
+
+A version that was live before and whose folder is still on disk is a rollback: it is swapped
+in at once, without a trial (``edgewatch registry rollback`` then ``publish`` announces it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.contract import EdgewatchError, ModelManifest
+from edge.contract.update import ModelAnnounce, ModelStatus, StatusAction
+from edge.detector import OnnxDetector
+from edge.pipeline import Scorer
+from edge.shadow import ShadowPolicy, ShadowTrial, expected_rate
+from edge.signing import TrustedKeys
+
+log = logging.getLogger(__name__)
+
+
+def incompatibility(live: ModelManifest, candidate: ModelManifest) -> str | None:
+    """Why ``candidate`` cannot replace ``live`` in place, or None. Windows are kept across a
+    swap, so channels, window, stride and sample period must not change."""
+    if candidate.name != live.name:
+        return f"model name {candidate.name!r} is not the live model's {live.name!r}"
+    if candidate.channel_names != live.channel_names:
+        return f"channels {list(candidate.channel_names)} differ from the live {list(live.channel_names)}"
+    for attr in ("window_length", "stride", "sample_period_s"):
+        if getattr(candidate, attr) != getattr(live, attr):
+            return f"{attr} {getattr(candidate, attr)} differs from the live {getattr(live, attr)}"
+    return None
+
+
+@dataclass
+class _Candidate:
+    detector: OnnxDetector
+    trial: ShadowTrial
+
+
+class ModelUpdates:
+    """Owns the candidate and the previous model; the pipeline owns the live one."""
+
+    def __init__(self, *, live: Scorer, swap: Callable[[Scorer], None], report: Callable[[ModelStatus], None],
+                 trusted_keys: TrustedKeys, agent_id: str, threads: int = 1, policy: ShadowPolicy | None = None,
+                 clock: Callable[[], float] = time.time, on_action: Callable[[StatusAction], None] = lambda a: None) -> None:
+        self.live = live
+        self.previous: Scorer | None = None
+        self._swap = swap
+        self._report = report
+        self._trusted = trusted_keys
+        self._agent_id = agent_id
+        self._threads = threads
+        self.policy = policy or ShadowPolicy()
+        self._clock = clock
+        self._on_action = on_action
+        self._to_load: queue.Queue[Path | None] = queue.Queue()
+        self._loaded: queue.Queue[OnnxDetector | tuple[Path, str]] = queue.Queue()
+        self.candidate: _Candidate | None = None
+        self._loader = threading.Thread(target=self._load_loop, name="edgewatch-model-loader", daemon=True)
+        self._loader.start()
+
+    @property
+    def live_manifest(self) -> ModelManifest:
+        return self.live.manifest
+
+    # -- downloader side (its network thread) --------------------------------------------------
+    def compatible(self, announce: ModelAnnounce) -> str | None:
+        return incompatibility(self.live_manifest, announce.manifest)
+
+    def on_ready(self, folder: Path, announce: ModelAnnounce) -> None:
+        self._status("downloaded", announce.manifest, "signature, hash and compatibility verified")
+        self._to_load.put(folder)
+
+    def on_refused(self, name: str, version: str, reason: str) -> None:
+        self._emit("refused", name, version, reason)
+
+    # -- loader thread ---------------------------------------------------------------------------
+    def _load_loop(self) -> None:
+        while (folder := self._to_load.get()) is not None:
+            try:
+                detector = OnnxDetector.load(folder, threads=self._threads, trusted_keys=self._trusted)
+                detector.warm_up()
+                self._loaded.put(detector)
+            except EdgewatchError as exc:
+                self._loaded.put((folder, str(exc)))
+            except Exception as exc:  # onnxruntime failures must not kill the loader
+                self._loaded.put((folder, f"{exc.__class__.__name__}: {exc}"))
+
+    def close(self) -> None:
+        self._to_load.put(None)
+
+    # -- worker thread ---------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Take a freshly loaded candidate (start its trial, or swap at once for a rollback)."""
+        while not self._loaded.empty():
+            item = self._loaded.get_nowait()
+            if isinstance(item, tuple):
+                folder, reason = item
+                self._emit("refused", folder.parent.name, folder.name, f"cannot load: {reason}")
+                continue
+            m = item.manifest
+            prev = self.previous
+            if prev is not None and prev.manifest.version == m.version and prev.manifest.sha256 == m.sha256:
+                self._promote(item, "rolled_back", "the previous live version was announced again")
+                continue
+            if self.candidate is not None:
+                self._status("rejected", self.candidate.detector.manifest, f"superseded by {m.version}")
+            trial = ShadowTrial(m.threshold, expected_rate(m), self.policy, clock=self._clock)
+            self.candidate = _Candidate(item, trial)
+            self._status("shadow_started", m, f"scoring beside {self.live_manifest.version} for at least "
+                         f"{self.policy.min_windows} windows and {self.policy.min_seconds:g} s")
+
+    def shadow_score(self, windows: np.ndarray, live_scores: np.ndarray, live_threshold: float, live_s: float) -> None:
+        """Score the live model's batch with the candidate; promote or reject when the trial ends."""
+        cand = self.candidate
+        if cand is None:
+            return
+        started = time.perf_counter()
+        try:
+            scores, _ = cand.detector.score(windows)
+        except Exception as exc:  # a candidate that crashes onnxruntime is rejected, not fatal
+            cand.trial.verdict, cand.trial.reason = "rejected", f"inference failed: {exc}"
+            scores = None
+        verdict = cand.trial.verdict if scores is None else cand.trial.observe(
+            live_scores, live_threshold, live_s, scores, time.perf_counter() - started)
+        if verdict == "healthy":
+            self.candidate = None
+            self._promote(cand.detector, "promoted", cand.trial.reason)
+        elif verdict == "rejected":
+            self.candidate = None
+            self._status("rejected", cand.detector.manifest, cand.trial.reason)
+
+    def _promote(self, detector: OnnxDetector, action: StatusAction, reason: str) -> None:
+        old = self.live
+        self._swap(detector)
+        self.previous, self.live = old, detector
+        self._status(action, detector.manifest, reason, live_version=detector.manifest.version)
+
+    def _status(self, action: StatusAction, m: ModelManifest, reason: str, live_version: str | None = None) -> None:
+        self._emit(action, m.name, m.version, reason, live_version)
+
+    def _emit(self, action: StatusAction, name: str, version: str, reason: str, live_version: str | None = None) -> None:
+        log.log(logging.WARNING if action in ("refused", "rejected") else logging.INFO,
+                "model_update action=%s name=%s version=%s reason=%s", action, name, version, reason)
+        self._on_action(action)
+        self._report(ModelStatus(agent_id=self._agent_id, action=action, model_name=name, model_version=version,
+                                 reason=reason[:1000], at=self._clock(),
+                                 live_version=live_version or self.live_manifest.version))
