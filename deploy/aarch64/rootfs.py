@@ -170,7 +170,7 @@ def install_deps(cache: Path) -> tuple[Path, list[str]]:
 def install_edgewatch(site: Path, work: Path) -> Path:
     """Build the edgewatch wheel from the checkout and install it (no dependencies) into ``site``."""
     dist = work / "dist"
-    _run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "wheel", "--no-deps", "--no-build-isolation",
+    _run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "wheel", "--no-deps",
           "-w", str(dist), str(REPO)])
     wheel = next(dist.glob("edgewatch-*.whl"))
     _run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps", "--target", str(site),
