@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.config_parse import coerce, env_overrides, read_toml
+from edge.config_parse import build_section, read_toml
 from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
 
@@ -203,25 +203,12 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     sections = {f.name: f.type for f in fields(Config) if f.name != "source"}
     values: dict[str, Any] = {}
-    for key, table in raw.items():
+    for key in raw:
         if key not in sections:
             raise ConfigError(f"{source}: unknown key {key!r} (sections: {', '.join(sections)})")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: {key} must be a table [{key}], got {type(table).__name__}")
     for name in sections:
-        cls = type(getattr(Config(), name))
-        known = {f.name: f for f in fields(cls)}
-        table = dict(raw.get(name, {}))
-        for key in table:
-            if key not in known:
-                raise ConfigError(f"{source}: unknown key '{name}.{key}' (known: {', '.join(known)})")
-            if (name, key) in SECRETS:
-                env_name = f"EDGEWATCH_{name.upper()}__{key.upper()}"
-                raise ConfigError(f"{source}: '{name}.{key}' is a secret and is read from the environment only ({env_name})")
-        kwargs = {key: coerce(value, cls, key, f"{source}: '{name}.{key}'", from_env=False) for key, value in table.items()}
-        for key, (var, text) in env_overrides(env, name, known).items():
-            kwargs[key] = coerce(text, cls, key, f"environment {var} ('{name}.{key}')", from_env=True)
-        values[name] = cls(**kwargs)
+        secrets = frozenset(key for section, key in SECRETS if section == name)
+        values[name] = build_section(type(getattr(Config(), name)), raw.get(name, {}), name, source, env, secrets)
     config = Config(**values, source=source)
     return _finish(config, base)
 

@@ -1,11 +1,13 @@
 """Turning TOML values and environment strings into the typed fields of a config section.
 
-Used by :mod:`edge.config`; every failure is a :class:`ConfigError` that says where the value
+Used by every deployable's config (:mod:`edge.config`, the processor's, the retraining job's)
+through :func:`build_section`; every failure is a :class:`ConfigError` that says where the value
 came from (file and dotted key, or the environment variable) and what was expected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -54,6 +56,27 @@ def env_overrides(env: Mapping[str, str], section: str, known: Mapping[str, Fiel
     return out
 
 
+def build_section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str],
+                  secrets: frozenset[str] = frozenset()) -> Any:
+    """One ``[name]`` table as an instance of the frozen dataclass ``cls``: file values checked,
+    then ``EDGEWATCH_<NAME>__<KEY>`` overrides parsed. An unknown key in the file is an error
+    naming the file and the dotted key; keys in ``secrets`` are refused in the file (environment only)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: {name} must be a table [{name}], got {type(table).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{name}.{key}' (known: {', '.join(known)})")
+        if key in secrets:
+            raise ConfigError(f"{where}: '{name}.{key}' is a secret and is read from the environment only "
+                              f"({ENV_PREFIX}{name.upper()}__{key.upper()})")
+        values[key] = coerce(value, cls, key, f"{where}: '{name}.{key}'", from_env=False)
+    for key, (var, text) in env_overrides(env, name, known).items():
+        values[key] = coerce(text, cls, key, f"environment {var} ('{name}.{key}')", from_env=True)
+    return cls(**values)
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -77,6 +100,8 @@ def _coerce(value: Any, tp: Any, where: str, from_env: bool) -> Any:
             raise ConfigError(f"{where}: {value!r} must be one of {', '.join(map(repr, allowed))}")
         return value
     if origin is not None and issubclass(origin, Mapping):
+        if get_origin(get_args(tp)[1]) is tuple:
+            return _lists(value, where, from_env)
         return _mapping(value, where, from_env)
     if tp is bool:
         return _bool(value, where, from_env)
@@ -143,3 +168,18 @@ def _mapping(value: Any, where: str, from_env: bool) -> dict[str, float]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a table of name = number, got {type(value).__name__}")
     return {str(k): _float(v, f"{where}.{k}", from_env) for k, v in value.items()}
+
+
+def _lists(value: Any, where: str, from_env: bool) -> dict[str, tuple[str, ...]]:
+    """A table of name to a list of strings (e.g. site = [device ids]); not settable from the environment."""
+    if from_env:
+        raise ConfigError(f"{where}: a table of lists cannot be set from the environment")
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table of name = [strings], got {type(value).__name__}")
+    out: dict[str, tuple[str, ...]] = {}
+    for k, v in value.items():
+        if not isinstance(v, list) or not all(isinstance(d, str) for d in v):
+            raise ConfigError(f"{where}.{k}: expected a list of strings, got {v!r}")
+        out[str(k)] = tuple(v)
+    return out
+

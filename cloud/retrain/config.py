@@ -12,16 +12,14 @@ out-of-range values. Environment twins are read when the config is loaded.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.config_parse import build_section, read_toml
 from edge.contract import ConfigError
 from models.config import config_from_mapping
 
@@ -71,80 +69,22 @@ def load_retrain_config(path: Path | str | None = None, env: Mapping[str, str] |
     """Read ``path`` (or defaults only), apply environment twins, validate; raises :class:`ConfigError`."""
     env = os.environ if env is None else env
     where = str(path) if path else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw = read_toml(Path(path)) if path is not None else {}
     for key in raw:
         if key not in ("retrain", "train", "trigger"):
             raise ConfigError(f"{where}: unknown key {key!r} (known tables: retrain, train, trigger)")
-    train = dict(_table(raw.get("train", {}), "train", where))
+    train = raw.get("train", {})
+    if not isinstance(train, Mapping):
+        raise ConfigError(f"{where}: train must be a table")
+    train = dict(train)
     for var, text in env.items():
         if var.startswith("EDGEWATCH_TRAIN__"):
             train[var.removeprefix("EDGEWATCH_TRAIN__").lower()] = text
     config_from_mapping(train, origin=where)  # unknown keys and bad values fail here, at start
-    config = RetrainConfig(retrain=_section(RetrainSection, raw.get("retrain", {}), "retrain", where, env), train=train,
-                           trigger=_section(TriggerSection, raw.get("trigger", {}), "trigger", where, env))
+    config = RetrainConfig(retrain=build_section(RetrainSection, raw.get("retrain", {}), "retrain", where, env), train=train,
+                           trigger=build_section(TriggerSection, raw.get("trigger", {}), "trigger", where, env))
     _validate(config, where)
     return config
-
-
-def _table(value: Any, name: str, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: {name} must be a table")
-    return value
-
-
-def _section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in _table(table, name, where).items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {name}.{key}")
-        values[key] = _coerce(value, hints[key], f"{where}: {name}.{key}", from_env=False)
-    head = f"EDGEWATCH_{name.upper()}__"
-    for var, text in env.items():
-        if var.startswith(head):
-            key = var[len(head):].lower()
-            if key not in known:
-                raise ConfigError(f"environment: {var} names unknown key {name}.{key}")
-            values[key] = _coerce(text, hints[key], f"environment {var}", from_env=True)
-    return cls(**values)
-
-
-def _coerce(value: Any, tp: Any, where: str, *, from_env: bool) -> Any:
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {value!r} must be one of {', '.join(map(repr, typing.get_args(tp)))}")
-        return value
-    if tp is bool:
-        if from_env:
-            text = str(value).strip().lower()
-            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ConfigError(f"{where}: expected true or false, got {value!r}")
-            return text in ("1", "true", "yes", "on")
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        if from_env:
-            try:
-                value = tp(str(value).strip())
-            except ValueError:
-                raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: {value!r} must be finite")
-        return tp(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
 
 
 def _validate(c: RetrainConfig, where: str) -> None:

@@ -261,7 +261,7 @@ def test_config_and_times(tmp_path: Path) -> None:
     assert (c.retrain.holdout_share, c.trigger.cooldown_s, c.trigger.lookback_s) == (0.3, 5.0, 60.0)
     assert c.train == {"epochs": 2, "lr": "0.01"}
     path.write_text("[retrain]\nholdout_shar = 0.3\n")
-    with pytest.raises(ConfigError, match=r"r.toml: unknown key retrain.holdout_shar"):
+    with pytest.raises(ConfigError, match=r"r.toml: unknown key 'retrain.holdout_shar'"):
         load_retrain_config(path, env={})
     path.write_text("[train]\nepoch = 2\n")
     with pytest.raises(ConfigError, match=r"unknown key train.epoch"):
