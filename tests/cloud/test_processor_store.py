@@ -116,14 +116,28 @@ def test_state_survives_a_process_change_mid_stream(store: Store, tmp_path: Path
 def test_malformed_records_are_dead_lettered_with_the_field(store: Store, tmp_path: Path) -> None:
     good = [encode_event(e) for e in fleet_stream(1, partitions=1, duration_s=100)]
     huge = json.loads(good[2])
-    huge["score"] = 10**400  # the contract's decoder raises OverflowError here, not ContractError
+    huge["score"] = 10**400  # an integer too large for a double
     bad: list[bytes | None] = [b"{", b"[]", None, good[0].replace(b'"score"', b'"scor"'), good[1].replace(b'"schema":1', b'"schema":9'),
                                json.dumps(huge).encode()]
     res = pipeline(store, tmp_path).process(TOPIC, 0, records(bad + list(good[3:])))
     assert res.deadletters == 6 and res.stored == len(good) - 3
     rows = dump(store)["deadletters"]
-    assert [r[3] for r in rows] == ["$", "$", "$", "scor", "schema", "$"]
-    assert all("violates rule" in r[4] for r in rows[:5]) and "OverflowError" in rows[5][4]
+    assert [r[3] for r in rows] == ["$", "$", "$", "scor", "schema", "score"]
+    assert all("violates rule" in r[4] for r in rows)
+
+
+def test_a_decoder_failure_other_than_contract_error_is_dead_lettered_too(store: Store, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloud.processor.pipeline as pipeline_module
+
+    def broken(payload: bytes) -> None:
+        raise OverflowError("decoder bug")
+
+    monkeypatch.setattr(pipeline_module, "decode_event", broken)  # reached only when the fast path declines
+    good = [encode_event(e) for e in fleet_stream(1, partitions=1, duration_s=100)]
+    res = pipeline(store, tmp_path).process(TOPIC, 0, records([b"{}", *good]))
+    assert res.deadletters == 1 and res.stored == len(good)
+    assert "decoder error OverflowError('decoder bug')" in dump(store)["deadletters"][0][4]
 
 
 def test_labels_are_stored_and_never_overwritten_by_the_processor(store: Store, tmp_path: Path) -> None:
