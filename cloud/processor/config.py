@@ -8,6 +8,7 @@ such as ``store.postgres_dsn`` belong there). See ``deploy/cloud.example.toml`` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -64,11 +65,15 @@ class FleetSection:
     prefix_parts: int = 0  # >0: site = the first N parts of the device id; 0: only the sites table
     sites: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
+    @functools.cached_property
+    def _device_sites(self) -> dict[str, str]:
+        return {d: site for site, devices in self.sites.items() for d in devices}
+
     def site_of(self, device_id: str) -> str:
         """The site or group of a device: the ``sites`` table first, then the prefix rule, else ``""``."""
-        for site, devices in self.sites.items():
-            if device_id in devices:
-                return site
+        site = self._device_sites.get(device_id)
+        if site is not None:
+            return site
         if self.prefix_parts > 0:
             parts = device_id.split(self.prefix_separator)
             if len(parts) > self.prefix_parts:
