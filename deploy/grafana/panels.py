@@ -207,9 +207,11 @@ def models_rows() -> Rows:
     buckets = f"sum by (instance, le) (rate(edgewatch_agent_inference_seconds_bucket{{{AGENT}}}[{RI}]))"
     return [
         ("Models in use", [
-            P("table", "Model per agent", [Q(f"edgewatch_agent_model_info{{{AGENT}}}", fmt="table")], width=14),
+            P("table", "Model per agent", [Q(f"edgewatch_agent_model_info{{{AGENT}}}", fmt="table")], width=9),
+            P("table", "Candidate in shadow per agent", [Q(f"edgewatch_agent_shadow_model_info{{{AGENT}}}", fmt="table")], width=8,
+              description="A signed update scores beside the live model before it is promoted or rejected; empty version: none"),
             P("bargauge", "Agents per model version", [
-                Q(f"count by (name, version) (edgewatch_agent_model_info{{{AGENT}}})", "{{name}} {{version}}")], width=10),
+                Q(f"count by (name, version) (edgewatch_agent_model_info{{{AGENT}}})", "{{name}} {{version}}")], width=7),
         ]),
         ("Scoring", [
             P("heatmap", "Score / threshold (fleet)", [
@@ -228,7 +230,8 @@ def models_rows() -> Rows:
               width=8, description="Drift alerts start a retraining run (edgewatch retrain --on-drift)"),
             P("timeseries", "Model updates by outcome", [
                 Q(f"sum by (action) (increase(edgewatch_agent_model_updates_total{{{AGENT}}}[1h]))", "{{action}}")], width=8,
-              description="Announced, downloaded, refused (signature, compatibility), shadowed, promoted, rolled back"),
+              description="downloaded, refused (signature, compatibility), shadow_started, promoted, rejected (failed shadow), "
+                          "rolled_back, loaded"),
             P("timeseries", "Invalid scores by agent", [
                 Q(f"sum by (instance) (rate(edgewatch_agent_invalid_scores_total{{{AGENT}}}[{RI}]))", "{{instance}}")],
               unit="ops", width=8, description="Non-finite model outputs: a broken model, or inputs far outside training"),
