@@ -106,28 +106,39 @@ class FleetCorrelator:
         self.last_final = -math.inf
 
     def evaluate(self, store: Store, final: float, now: float) -> Changes:
-        """Bring fleet incidents up to ``final``; returns what changed (already written with its alerts)."""
+        """Bring fleet incidents up to ``final``; returns what changed (already written with its alerts).
+
+        How far fleet incidents were decided is kept in the store (the lock row's watermark), so each
+        evaluation reads only the device incidents that can still matter, whichever process runs it.
+        """
         out = Changes()
         if final <= self.last_final:
             return out
-        since = self.last_final - self.s.window_s - self.s.quiet_s
         with store.transaction():
-            store.lock_partition(self.topic, FLEET_LOCK_PARTITION, now)
-            for site in store.active_sites(since if math.isfinite(since) else -1e300):
-                self._site(store, site, final, out)
-            store.upsert_incidents(out.incidents.values(), now)
-            store.insert_alerts(alert_rows(out.alerts), now)
+            lock = store.lock_partition(self.topic, FLEET_LOCK_PARTITION, now)
+            decided = -math.inf if lock.watermark is None else float(lock.watermark)
+            if final > decided:
+                since = decided - self.s.window_s - self.s.quiet_s
+                for site in store.active_sites(since if math.isfinite(since) else -1e300):
+                    self._site(store, site, final, decided, out)
+                store.upsert_incidents(out.incidents.values(), now)
+                store.insert_alerts(alert_rows(out.alerts), now)
+                lock.watermark, lock.version = final, lock.version + 1
+                store.save_partition(lock, now)
         self.last_final = final
         return out
 
-    def _site(self, store: Store, site: str, final: float, out: Changes) -> None:
-        fleets = store.incidents(kind="fleet_incident", site=site, limit=100_000)
-        closed = [f.closed_at for f in fleets if f.closed_at is not None]
-        start = max(closed) if closed else -math.inf
+    def _site(self, store: Store, site: str, final: float, decided: float, out: Changes) -> None:
+        open_fleets = store.incidents(kind="fleet_incident", site=site, open_only=True)
+        if open_fleets:
+            start = min(f.opened_at for f in open_fleets)  # recompute the open episode from its start
+        else:  # every episode opening before `decided` is already stored and closed
+            last_close = store.execute("SELECT MAX(closed_at) FROM incidents WHERE kind = 'fleet_incident' AND site = ?", (site,))
+            start = max(decided, last_close[0][0] if last_close and last_close[0][0] is not None else -math.inf)
         lower = start - self.s.window_s if math.isfinite(start) else -1e300
         rows = store.incidents(kind="incident", site=site, closed_after=lower, limit=1_000_000)
         spans = [Span(r.device_id, r.opened_at, r.closed_at, r.max_score) for r in rows]
-        known = {f.incident_id: f for f in fleets}
+        known = {f.incident_id: f for f in open_fleets}
         for ep in fleet_episodes(spans, self.s.min_devices, self.s.window_s, self.s.quiet_s, start, final):
             row = IncidentRow(
                 incident_id=make_incident_id("fleet_incident", site, ep.opened_at), kind="fleet_incident", site=site,
@@ -135,7 +146,7 @@ class FleetCorrelator:
                 last_event_at=ep.last_open, event_count=ep.spans, max_score=ep.max_score,
                 detail=f"at least {self.s.min_devices} devices of {site} in incident within {self.s.window_s:g} s",
             )
-            old = known.get(row.incident_id)
+            old = known.get(row.incident_id) or store.incident(row.incident_id)
             if old is not None and (old.closed_at, old.device_ids, old.event_count) == (row.closed_at, row.device_ids, row.event_count):
                 continue
             out.put(row)

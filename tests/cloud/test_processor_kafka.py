@@ -119,7 +119,7 @@ def test_sigkill_mid_stream_then_restart_matches_a_single_process_run_and_replay
     procs = [start_process(cfg_path, logs[0], postgres_dsn), start_process(cfg_path, logs[1], postgres_dsn)]
     store = open_postgres(postgres_dsn)
     try:
-        wait_for(lambda: all(assigned(p) for p in logs) and store_ready(store), 60, "both processors to own partitions")
+        wait_for(lambda: all(assigned(p) for p in logs) and store_ready(store), 180, "both processors to own partitions")
         produce(kafka_bootstrap, topic, events_items(stream))
         wait_for(lambda: store.count("events") >= len(stream) // 4, 60, "a quarter of the stream to be stored")
         procs[1].kill()  # SIGKILL mid-stream
