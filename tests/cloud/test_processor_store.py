@@ -167,3 +167,30 @@ def test_idle_advance_closes_incidents_of_a_silent_partition(store: Store, tmp_p
     assert len(other.advance_idle(TOPIC, 0, T0 + 40 + 120 + 20)) == 1
     (inc,) = store.incidents(kind="incident")
     assert inc.closed_at == T0 + 40 + 120 and inc.event_count == 5
+
+
+def test_fleet_evaluated_in_steps_equals_one_evaluation_at_the_end(store: Store, tmp_path: Path) -> None:
+    from cloud.processor.config import FleetSection
+    from cloud.processor.fleet import FleetCorrelator
+    from cloud.processor.store import IncidentRow
+
+    def device(d: str, o: float, c: float | None) -> IncidentRow:
+        return IncidentRow(f"{d}-{o:.0f}".ljust(32, "0")[:32], "incident", "north", d, (d,), o, c, o, 3, 2.0)
+
+    rows = [device("a", 100, 200), device("b", 150, 300), device("c", 180, 260), device("a", 900, 1000),
+            device("b", 920, None), device("c", 950, 990), device("d", 2000, 2100)]
+    section = FleetSection(min_devices=3, window_s=50, quiet_s=100)
+    reference = open_sqlite(tmp_path / "ref.db")
+    reference.migrate()
+    with reference.transaction():
+        reference.upsert_incidents(rows, T0)
+    FleetCorrelator(section, TOPIC).evaluate(reference, 5000, T0)
+    with store.transaction():
+        store.upsert_incidents(rows, T0)
+    for final in (150, 181, 300, 351, 930, 951, 1200, 5000):
+        FleetCorrelator(section, TOPIC).evaluate(store, final, T0)  # a new process each time: progress is in the store
+    want, got = dump(reference), dump(store)
+    fleets = [r for r in got["incidents"] if r[1] == "fleet_incident"]
+    assert sorted((r[4], r[5]) for r in fleets) == [(180.0, 350.0), (950.0, 1140.0)]  # c stops counting at 990 + 50
+    assert got["incidents"] == want["incidents"] and got["alerts"] == want["alerts"]
+    reference.close()
