@@ -13,6 +13,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from edge.contract.update import STATUS_ACTIONS
 from edge.outbox import KINDS
 
 REJECT_REASONS = ("too_large", "not_json", "non_finite", "wrong_type", "invalid", "unknown_channel", "missing_channel",
@@ -63,6 +64,8 @@ class AgentMetrics:
         self.model = Info(p + "model", "The model in use", registry=registry)
         self.shadow_model = Info(p + "shadow_model", "The candidate scoring in shadow (empty version: none)", registry=registry)
         self.model_updates = Counter(p + "model_updates", "Model update decisions, by action", ["action"], registry=registry)
+        for action in STATUS_ACTIONS:
+            self.model_updates.labels(action)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for reason in DROP_REASONS:
