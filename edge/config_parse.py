@@ -37,11 +37,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
-def env_overrides(env: Mapping[str, str], section: str, known: Mapping[str, Field[Any]]) -> dict[str, tuple[str, str]]:
+def env_overrides(env: Mapping[str, str], section: str, known: Mapping[str, Field[Any]], *,
+                  strict: bool = False) -> dict[str, tuple[str, str]]:
     """``{key: (variable, text)}`` for every ``EDGEWATCH_<SECTION>__<KEY>`` naming a known key.
 
-    A variable in this section with an unknown key is logged and ignored: other edgewatch
-    deployables read the same prefix.
+    A variable in this section with an unknown key is logged and ignored (other edgewatch
+    deployables on the same host read the same prefix), or with ``strict`` a :class:`ConfigError`.
     """
     head = f"{ENV_PREFIX}{section.upper()}__"
     out: dict[str, tuple[str, str]] = {}
@@ -51,16 +52,19 @@ def env_overrides(env: Mapping[str, str], section: str, known: Mapping[str, Fiel
         key = var[len(head):].lower()
         if key in known:
             out[key] = (var, text)
+        elif strict:
+            raise ConfigError(f"environment: {var} names unknown key {section}.{key} (known: {', '.join(known)})")
         else:
             log.warning("config_env_ignored variable=%s reason=unknown_key section=%s", var, section)
     return out
 
 
 def build_section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str],
-                  secrets: frozenset[str] = frozenset()) -> Any:
+                  secrets: frozenset[str] = frozenset(), strict_env: bool = False) -> Any:
     """One ``[name]`` table as an instance of the frozen dataclass ``cls``: file values checked,
     then ``EDGEWATCH_<NAME>__<KEY>`` overrides parsed. An unknown key in the file is an error
-    naming the file and the dotted key; keys in ``secrets`` are refused in the file (environment only)."""
+    naming the file and the dotted key; keys in ``secrets`` are refused in the file (environment only).
+    An unknown key in the environment is logged, or with ``strict_env`` an error."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: {name} must be a table [{name}], got {type(table).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -72,7 +76,7 @@ def build_section(cls: type, table: Any, name: str, where: str, env: Mapping[str
             raise ConfigError(f"{where}: '{name}.{key}' is a secret and is read from the environment only "
                               f"({ENV_PREFIX}{name.upper()}__{key.upper()})")
         values[key] = coerce(value, cls, key, f"{where}: '{name}.{key}'", from_env=False)
-    for key, (var, text) in env_overrides(env, name, known).items():
+    for key, (var, text) in env_overrides(env, name, known, strict=strict_env).items():
         values[key] = coerce(text, cls, key, f"environment {var} ('{name}.{key}')", from_env=True)
     return cls(**values)
 
@@ -167,7 +171,7 @@ def _mapping(value: Any, where: str, from_env: bool) -> dict[str, float]:
         value = pairs
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a table of name = number, got {type(value).__name__}")
-    return {str(k): _float(v, f"{where}.{k}", from_env) for k, v in value.items()}
+    return {str(k): _float(v, _nested(where, str(k)), from_env) for k, v in value.items()}
 
 
 def _lists(value: Any, where: str, from_env: bool) -> dict[str, tuple[str, ...]]:
@@ -179,7 +183,11 @@ def _lists(value: Any, where: str, from_env: bool) -> dict[str, tuple[str, ...]]
     out: dict[str, tuple[str, ...]] = {}
     for k, v in value.items():
         if not isinstance(v, list) or not all(isinstance(d, str) for d in v):
-            raise ConfigError(f"{where}.{k}: expected a list of strings, got {v!r}")
+            raise ConfigError(f"{_nested(where, str(k))}: expected a list of strings, got {v!r}")
         out[str(k)] = tuple(v)
     return out
 
+
+def _nested(where: str, key: str) -> str:
+    """``file: 'a.b'`` and ``c`` give ``file: 'a.b.c'``: one dotted key for a table's entry."""
+    return f"{where[:-1]}.{key}'" if where.endswith("'") else f"{where}.{key}"

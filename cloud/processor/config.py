@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import re
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
+from edge.config_parse import build_section, read_toml
 from edge.contract import ConfigError
-
-ENV_PREFIX = "EDGEWATCH_"
 
 
 @dataclass(frozen=True)
@@ -130,90 +127,16 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Proc
     """Read ``path`` (or only defaults and environment when None); raises :class:`ConfigError`."""
     env = os.environ if env is None else env
     where = str(path) if path else "<defaults>"
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with Path(path).open("rb") as fh:
-                raw = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw = read_toml(Path(path)) if path is not None else {}
     sections = {f.name: f for f in dataclasses.fields(ProcessorConfig)}
     for key in raw:
         if key not in sections:
             raise ConfigError(f"{where}: unknown key {key!r} (known sections: {', '.join(sections)})")
     hints = typing.get_type_hints(ProcessorConfig)
-    built = {name: _section(hints[name], raw.get(name, {}), name, where, env) for name in sections}
+    built = {name: build_section(hints[name], raw.get(name, {}), name, where, env, strict_env=True) for name in sections}
     config = ProcessorConfig(**built)
     _validate(config, where)
     return config
-
-
-def _section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str]) -> Any:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: {name} must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {name}.{key}")
-        values[key] = _coerce(value, hints[key], f"{where}: {name}.{key}", from_env=False)
-    head = f"{ENV_PREFIX}{name.upper()}__"
-    for var, text in env.items():
-        if var.startswith(head):
-            key = var[len(head):].lower()
-            if key not in known:
-                raise ConfigError(f"environment: {var} names unknown key {name}.{key}")
-            values[key] = _coerce(text, hints[key], f"environment {var}", from_env=True)
-    return cls(**values)
-
-
-def _coerce(value: Any, tp: Any, where: str, *, from_env: bool) -> Any:
-    origin = get_origin(tp)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{where}: {value!r} must be one of {', '.join(map(repr, get_args(tp)))}")
-        return value
-    if origin is not None and issubclass(origin, Mapping):
-        if from_env:
-            raise ConfigError(f"{where}: a table cannot be set from the environment")
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table of name = [device ids]")
-        out: dict[str, tuple[str, ...]] = {}
-        for k, v in value.items():
-            if not isinstance(v, list) or not all(isinstance(d, str) for d in v):
-                raise ConfigError(f"{where}.{k}: expected a list of device id strings")
-            out[str(k)] = tuple(v)
-        return out
-    if tp is bool:
-        if from_env:
-            text = value.strip().lower()
-            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ConfigError(f"{where}: expected true or false, got {value!r}")
-            return text in ("1", "true", "yes", "on")
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int or tp is float:
-        return _number(value, tp, where, from_env)
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _number(value: Any, tp: type, where: str, from_env: bool) -> Any:
-    if from_env:
-        try:
-            value = tp(value.strip())
-        except ValueError:
-            raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
-        raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}: {value!r} must be finite")
-    return tp(value)
 
 
 def _validate(c: ProcessorConfig, where: str) -> None:

@@ -73,7 +73,7 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path: Path, text: str, key: s
     ("[outbox]\nsynchronous = 'OFF'\n", "'outbox.synchronous'"),
     ("[decision]\nk = 3\nn = 2\n", "'decision.k' = 3 must be 1 <= k <= n (2)"),
     ("[mqtt]\nport = 70000\n", "'mqtt.port' = 70000 must be 1-65535"),
-    ("[decision]\ndevice_thresholds = { 'p1' = 'high' }\n", "'decision.device_thresholds'.p1: expected a number"),
+    ("[decision]\ndevice_thresholds = { 'p1' = 'high' }\n", "'decision.device_thresholds.p1': expected a number"),
     ("[mqtt\n", "invalid TOML"),
 ])
 def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
