@@ -21,6 +21,7 @@ from cloud.processor import schema
 from edge.contract import ConfigError
 
 log = logging.getLogger(__name__)
+MIGRATION_LOCK = 0x6564676577  # pg_advisory_xact_lock key for schema migrations ('edgew')
 
 INCIDENT_COLUMNS = (
     "incident_id", "kind", "site", "device_id", "device_ids", "opened_at", "closed_at", "last_event_at", "event_count",
@@ -116,6 +117,10 @@ class Store:
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the version now in force."""
         with self.transaction():
+            if self.dialect == "postgres":
+                # processors starting together would race on CREATE TABLE IF NOT EXISTS (PostgreSQL
+                # raises a unique violation on its catalog); one migrates at a time
+                self.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
             self.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             rows = self.execute("SELECT version FROM schema_version")
             current = int(rows[0][0]) if rows else 0
