@@ -150,3 +150,40 @@ def test_client_certificate_listener(secure_broker: SecureMosquitto) -> None:
     nocert, reason = _client(secure_broker, "pump-2", PASSWORDS["pump-2"], port=secure_broker.mtls_port)
     assert reason is None or reason.is_failure
     nocert.loop_stop()
+
+
+def test_agent_works_over_tls_with_password_while_the_acl_holds(secure_broker: SecureMosquitto, kafka_bootstrap: str,
+                                                                 unique: str, tmp_path: Path) -> None:
+    from edge.agent import Agent
+    from edge.config import load_config
+    from tests.edge.agent_util import fleet_readings, payloads, toml_config, wait_for
+
+    topics = {k: f"{k}.{unique}" for k in ("anomalies", "telemetry", "deadletter")}
+    path = toml_config(tmp_path, agent_id="agent-gw1", mqtt_port=secure_broker.port, kafka_bootstrap=kafka_bootstrap,
+                       prefix="edgewatch", topics=topics)
+    text = path.read_text().replace("[mqtt]\n", f'[mqtt]\nusername = "agent-gw1"\ntls_ca_file = "{secure_broker.pki.ca}"\n'
+                                                f'client_id = "agent-gw1-{unique}"\n')
+    path.write_text(text)
+    agent = Agent(load_config(path, env={"EDGEWATCH_MQTT__PASSWORD": PASSWORDS["agent-gw1"]}))
+    agent.start()
+    try:
+        wait_for(lambda: agent.registry.get_sample_value("edgewatch_agent_mqtt_connected") == 1.0, 20, "agent connected over TLS")
+        device, reason = _client(secure_broker, "pump-1", PASSWORDS["pump-1"])
+        assert reason is not None and not reason.is_failure
+        own = payloads(fleet_readings("pump-1", 40, seed=1), batch=10)
+        forged = payloads(fleet_readings("pump-2", 40, seed=2), batch=10)
+        assert all(_publish_reason(device, t) < 0x80 for t, _ in own[:1])
+        for topic, payload in own[1:]:
+            device.publish(topic, payload, qos=1).wait_for_publish(10)
+        assert all(_publish_reason(device, t) == 0x87 for t, _ in forged[:1])  # another device's topic: refused
+        device.disconnect()
+        device.loop_stop()
+        # the probe publish carried a payload with a made-up channel (dead-lettered); then 30 real readings of pump-1,
+        # and nothing of pump-2's forged ones
+        wait_for(lambda: (agent.registry.get_sample_value("edgewatch_agent_readings_received_total") or 0) >= 30, 20,
+                 "pump-1's readings at the agent")
+        wait_for(lambda: (agent.registry.get_sample_value("edgewatch_agent_messages_received_total") or 0) >= 4, 10, "the probe")
+        assert agent.registry.get_sample_value("edgewatch_agent_readings_received_total") == 30
+        assert agent.registry.get_sample_value("edgewatch_agent_messages_received_total") == 4
+    finally:
+        agent.stop()
