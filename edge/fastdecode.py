@@ -24,6 +24,7 @@ from edge.contract.reading import MAX_BATCH, READING_SCHEMA
 
 _SINGLE_KEYS = frozenset({"schema", "device_id", "ts", "values"})
 _BATCH_KEYS = frozenset({"schema", "device_id", "readings"})
+_ANY_KEYS = _SINGLE_KEYS | _BATCH_KEYS
 _NUMBER_TYPES = frozenset({int, float})
 
 
@@ -54,7 +55,7 @@ class FastReadingDecoder:
         validated, from the topic), or ``None`` when the contract's decoder must decide."""
         try:
             data = _decoder.decode(payload.decode("utf-8"))
-            if type(data) is not dict or data.keys() - _BATCH_KEYS - _SINGLE_KEYS:
+            if type(data) is not dict or not data.keys() <= _ANY_KEYS:
                 return None
             schema = data.get("schema")
             if type(schema) is not int or schema != READING_SCHEMA:
@@ -62,32 +63,37 @@ class FastReadingDecoder:
             payload_device = data.get("device_id")
             if payload_device is not None and payload_device != device:
                 return None
-            if "readings" in data:
-                items = data["readings"]
-                if data.keys() - _BATCH_KEYS or type(items) is not list or not 1 <= len(items) <= MAX_BATCH:
-                    return None
-                batch = True
-            else:
-                items = [data]
-                batch = False
             width = len(self.channels)
+            if "readings" not in data:  # one reading: the common case of small sensors, kept short
+                ts, values = data["ts"], data["values"]
+                if type(values) is not dict or len(values) != width:
+                    return None
+                row = self._row(values)
+                if type(ts) not in _NUMBER_TYPES or not _NUMBER_TYPES.issuperset(map(type, row)):
+                    return None
+                if not (math.isfinite(sum(row, ts)) and ts >= 0):  # see the batch case for the sum
+                    return None
+                return np.array((ts,), dtype=np.float64), np.array((row,), dtype=np.float64)
+            items = data["readings"]
+            if not data.keys() <= _BATCH_KEYS or type(items) is not list or not 1 <= len(items) <= MAX_BATCH:
+                return None
             # Whole-list passes in C rather than a Python loop with checks per reading. Anything not
             # a dict fails with TypeError (no length, or no string keys), a missing key with
             # KeyError; items of two keys with "ts" and "values", and values of `width` keys that
             # hold every channel, are exactly the sets the contract and the model require.
-            if batch and set(map(len, items)) != {2}:
+            if set(map(len, items)) != {2}:
                 return None
-            values = [item["values"] for item in items]
-            if set(map(len, values)) != {width}:
+            values_list = [item["values"] for item in items]
+            if set(map(len, values_list)) != {width}:
                 return None
             stamps = [item["ts"] for item in items]
-            rows = list(map(self._row, values))
+            rows = list(map(self._row, values_list))
             if not _NUMBER_TYPES.issuperset(map(type, stamps)) or not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(rows))):
                 return None
             # A sum is finite only if every term is (one that overflows only sends the payload to the
             # contract); Python's float sum neither warns nor raises, unlike a numpy reduction.
             if not (math.isfinite(sum(chain.from_iterable(rows), sum(stamps))) and min(stamps) >= 0):
                 return None
-            return np.array(stamps, dtype=np.float64), np.array(rows, dtype=np.float64).reshape(len(stamps), width)
+            return np.array(stamps, dtype=np.float64), np.array(rows, dtype=np.float64)  # rows are tuples: (n, width)
         except (_Reject, ValueError, UnicodeDecodeError, RecursionError, OverflowError, TypeError, KeyError):
             return None
