@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
     skab.set_defaults(func=_run_skab)
     nab = bench.add_parser("nab", help="NAB streaming protocol: normalised NAB scores per category")
     _common(nab, "EVALUATE_NAB_", default_out="edgewatch-nab")
+    add_flag(nab, "--holdoff", type=int, default=64, env_prefix="EVALUATE_NAB_",
+             help="rows the detector stays quiet after an alarm-level score (causal; 0 = off)")
     nab.set_defaults(func=_run_nab)
 
 
@@ -131,15 +133,21 @@ def _run_skab(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _num(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1f}"  # NaN: no windows in that category
+
+
 def _run_nab(args: argparse.Namespace) -> int:
     from cloud.evaluate.nab_run import run_nab
 
+    if args.holdoff < 0:
+        raise ConfigError(f"--holdoff {args.holdoff}: must be 0 or more")
     payload = run_nab(args.data, _families(args), _seeds(args), Path(args.out), overrides=_overrides(args),
-                      progress=not args.no_progress)
+                      holdoff=args.holdoff, progress=not args.no_progress)
     print(f"NAB, {payload['files']} files, standard profile, normalised score (corpus-optimised threshold / calibrated 0.5)")
     for family, result in payload["families"].items():
         standard = result["mean"]
-        cells = "  ".join(f"{cat} {standard[f'{cat}_optimised']:.1f} / {standard[f'{cat}_calibrated']:.1f}"
+        cells = "  ".join(f"{cat} {_num(standard[f'{cat}_optimised'])} / {_num(standard[f'{cat}_calibrated'])}"
                           for cat in payload["categories"] + ["corpus"])
         print(f"{family:<14} {cells}")
     print(f"wrote {Path(args.out) / 'metrics.json'}")

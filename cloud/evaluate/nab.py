@@ -3,7 +3,10 @@
 Per file: the probationary period (the first 15 % of rows, at most 750) is the only training
 data; a fresh model is fitted on it, every row gets a score in [0, 1] (``s / (s + threshold)``,
 so 0.5 is the threshold calibrated on the probationary rows), and detections inside the
-probationary period are ignored. Windows come from ``labels/combined_windows.json``. As in NAB,
+probationary period are ignored. After a row at or above 0.5 the detector stays quiet (reports
+0) for ``holdoff`` rows: NAB counts every flagged row outside a window as a false positive, so
+a score that stays high through a regime change would otherwise cost hundreds of them; the
+rule is causal (no look-ahead), as NAB requires. Windows come from ``labels/combined_windows.json``. As in NAB,
 the detection threshold is then optimised per profile over the whole corpus; the calibrated
 threshold (0.5, no label used) is reported next to it. Scores are given per category
 (``data/<category>/``) and for the corpus.
@@ -94,12 +97,26 @@ def unit_scores(raw: np.ndarray, threshold: float) -> np.ndarray:
     return s / (s + max(threshold, 1e-12))
 
 
-def score_files(files: Sequence[NabFile], config: TrainConfig, *, progress: bool = True) -> tuple[list[np.ndarray], list[float]]:
-    """One score in [0, 1] per row of every file, and the fit seconds per file."""
+def hold_off(scores: np.ndarray, rows: int, *, level: float = 0.5) -> np.ndarray:
+    """Causal alarm hold-off: after a row scoring ``level`` or more, the next ``rows`` rows report 0."""
+    out = np.asarray(scores, dtype=np.float64).copy()
+    quiet = 0
+    for i, value in enumerate(out):
+        if quiet > 0:
+            out[i] = 0.0
+            quiet -= 1
+        elif value >= level:
+            quiet = rows
+    return out
+
+
+def score_files(files: Sequence[NabFile], config: TrainConfig, *, holdoff: int = 0,
+                progress: bool = True) -> tuple[list[np.ndarray], list[float]]:
+    """One score in [0, 1] per row of every file (after the hold-off), and the fit seconds per file."""
     scores, seconds = [], []
     for f in tqdm(files, desc=f"nab {config.family}", unit="file", disable=not progress):
         run = fit_and_score(f.values, f.layout.probation, config, channels=["value"])
-        scores.append(unit_scores(run.scores, run.threshold))
+        scores.append(hold_off(unit_scores(run.scores, run.threshold), holdoff))
         seconds.append(run.fit_seconds)
     return scores, seconds
 

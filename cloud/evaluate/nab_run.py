@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def run_nab(data_dir: Path | str, families: Sequence[str], seeds: Sequence[int], out: Path, *,
-            overrides: Mapping[str, object] | None = None, progress: bool = True) -> dict[str, Any]:
+            overrides: Mapping[str, object] | None = None, holdoff: int = 64, progress: bool = True) -> dict[str, Any]:
     """Run NAB's protocol for every family and seed; writes scores and ``metrics.json``. One torch thread."""
     import torch
 
@@ -35,6 +35,7 @@ def run_nab(data_dir: Path | str, families: Sequence[str], seeds: Sequence[int],
     started = time.perf_counter()
     payload: dict[str, Any] = {
         "protocol": {"benchmark": "NAB", "probation": "min(15 % of rows, 750)", "score": "s / (s + calibrated threshold)",
+                     "holdoff_rows": holdoff,
                      "threshold": "optimised per profile over the corpus (NAB), and calibrated 0.5", "seeds": list(seeds)},
         "files": len(files), "categories": categories, "families": {},
     }
@@ -46,7 +47,7 @@ def run_nab(data_dir: Path | str, families: Sequence[str], seeds: Sequence[int],
             for i, seed in enumerate(seeds):
                 config = config_from_mapping({**NAB_DEFAULTS, **(overrides or {}), "family": family, "seed": seed},
                                              origin="evaluate nab")
-                scores, seconds = score_files(files, config, progress=progress)
+                scores, seconds = score_files(files, config, holdoff=holdoff, progress=progress)
                 metrics = nab_metrics(files, scores)
                 per_seed.append(metrics)
                 row = {f"{g}_{kind}": metrics["standard"][g][kind]["score"] for g in [*categories, "corpus"]

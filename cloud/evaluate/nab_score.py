@@ -130,9 +130,11 @@ def score_corpus(layouts: Sequence[Layout], detections: Iterable[np.ndarray], pr
 def best_threshold(layouts: Sequence[Layout], scores: Sequence[np.ndarray], profile: Profile,
                    *, candidates: int = 300) -> tuple[float, FileScore]:
     """NAB's optimisation step: the threshold on ``scores`` (rows flagged where ``score >= t``)
-    that maximises the corpus score for ``profile``, searched over score quantiles."""
+    that maximises the corpus score for ``profile``, searched over score quantiles spaced
+    logarithmically towards the top (where a good threshold lies: 1e-5 of the rows flagged and up)."""
     pooled = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores])
-    grid = np.unique(np.concatenate([np.quantile(pooled, np.linspace(0.0, 1.0, candidates)), [np.inf]]))
+    levels = np.concatenate([1.0 - np.logspace(-5, 0, candidates), np.linspace(0.0, 1.0, 21)])
+    grid = np.unique(np.concatenate([np.quantile(pooled, np.clip(levels, 0.0, 1.0)), [np.inf]]))
     best_t, best = float(grid[-1]), score_corpus(layouts, [s >= grid[-1] for s in scores], profile)
     for t in grid[:-1]:
         result = score_corpus(layouts, [s >= t for s in scores], profile)

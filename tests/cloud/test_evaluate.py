@@ -13,6 +13,7 @@ import pytest
 
 from cloud.cli import main
 from cloud.evaluate.metrics import Counts, confusion, micro, rising_edges
+from cloud.evaluate.nab import hold_off
 from cloud.evaluate.nab_score import PROFILES, Layout, best_threshold, scaled_sigmoid, score_corpus, score_file
 from cloud.evaluate.normal import normal_chunks, normal_ratios, scale_for_far
 from cloud.evaluate.skab import changepoint_layout, read_skab
@@ -128,6 +129,13 @@ def test_best_threshold_finds_the_separating_score() -> None:
     assert 0.5 < t <= 0.9
     assert result.normalised == pytest.approx(100.0)
     assert score_corpus([layout], [scores >= 0.5], STANDARD).normalised < 100.0
+
+
+def test_hold_off_is_causal_and_quiets_repeats() -> None:
+    scores = np.array([0.1, 0.6, 0.9, 0.7, 0.2, 0.8, 0.3, 0.55])
+    assert hold_off(scores, 2).tolist() == [0.1, 0.6, 0.0, 0.0, 0.2, 0.8, 0.0, 0.0]
+    assert hold_off(scores, 0).tolist() == scores.tolist()
+    assert hold_off(scores[:4], 2).tolist() == hold_off(scores, 2)[:4].tolist()  # no look-ahead
 
 
 def test_changepoint_windows_are_cut_at_the_next_changepoint() -> None:
