@@ -53,7 +53,7 @@ def detector() -> OnnxDetector:
 
 
 @pytest.fixture
-def run_fleet(local_stack: LocalStack, tmp_path: Path, unique: str) -> Iterator[RunFleet]:
+def run_fleet(local_stack: LocalStack, tmp_path: Path, unique: str, detector: OnnxDetector) -> Iterator[RunFleet]:
     """``run_fleet(fleet)``: publish through the simulator to a fresh agent, return what reached Kafka."""
     topics = {k: f"test.{unique}.{k}" for k in ("anomalies", "telemetry", "deadletter")}
     for t in topics.values():
@@ -75,7 +75,8 @@ def run_fleet(local_stack: LocalStack, tmp_path: Path, unique: str) -> Iterator[
             unacked = publisher.close()
         readings = sum(len(d.ts) for d in fleet)
         assert stats.messages_failed == 0 and unacked == 0 and stats.readings_sent == readings
-        windows = sum((len(d.ts) - 32) // 8 + 1 for d in fleet)
+        m = detector.manifest
+        windows = sum((len(d.ts) - m.window_length) // m.stride + 1 for d in fleet)
 
         def value(name: str) -> float:
             return agent.registry.get_sample_value(name) or 0.0
