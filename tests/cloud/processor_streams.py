@@ -83,7 +83,7 @@ deadletter_topic = "{topic}.deadletter"
 telemetry_topic = "{topic}.telemetry"
 max_poll_records = 200
 poll_timeout_s = 0.2
-session_timeout_s = 6.0
+session_timeout_s = 15.0  # generous: a loaded 2-core runner starves heartbeats
 outbox_orphan_s = 3.0
 
 [store]
