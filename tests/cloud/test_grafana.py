@@ -250,6 +250,8 @@ lag_interval_s = 1.0
         procs["prometheus"] = start([prom, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                      f"--web.listen-address=127.0.0.1:{prom_port}", "--storage.tsdb.retention.time=1h"],
                                     tmp_path / "prometheus.log")
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=5).status == 200, 90,
+                 "Prometheus ready", procs)  # it answers 503 while its storage starts
         wait_for(lambda: len(api(prom_port, "query", query="up == 1")["result"]) == 2, 60, "both targets up", procs)
         sim = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--port", str(mqtt_port), "--topic-prefix", prefix,
                               "--devices", "3", "--rate", "25", "--duration", "16", "--faults-per-device", "1", "--seed", "3",

@@ -81,7 +81,7 @@ def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
     return {k: store.execute(v) for k, v in q.items()}
 
 
-def run_until(cfg: ProcessorConfig, done: Any, timeout_s: float = 90.0, registry: CollectorRegistry | None = None) -> None:
+def run_until(cfg: ProcessorConfig, done: Any, timeout_s: float = 240.0, registry: CollectorRegistry | None = None) -> None:
     thread, stop, errors = in_thread(cfg, registry)
     try:
         wait_for(lambda: bool(done()) or not thread.is_alive(), timeout_s, "the processor to finish the input")
