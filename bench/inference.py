@@ -1,6 +1,7 @@
 """Inference speed of every model family on one thread: onnxruntime vs torch eager at batch 1 and
 64 (ratio taken in the same run, interleaved rounds, medians), and INT8 dynamic quantization vs
-fp32 (speed ratio at batch 64, largest score difference, decisions flipped at the threshold).
+fp32 (speed ratio at batch 64, largest score difference in absolute terms and as a share of the
+threshold, decisions flipped at the threshold, over 4,000 windows of a faulty synthetic run).
 
 Models are trained for a few epochs on synthetic pump data (edge.synth) inside the script; the
 figures are speeds and agreement, not detection quality. Absolute rates depend on the machine
@@ -94,14 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"one thread, window {args.window} x 6 channels, {args.rounds} interleaved rounds of {args.seconds} s, medians; "
           f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}")
     header = (f"{'family':<14} {'ort b1 w/s':>11} {'torch b1':>9} {'ratio':>6} {'ort b64 w/s':>12} {'torch b64':>10} {'ratio':>6}"
-              f" | {'int8/fp32 b64':>13} {'max|diff|':>10} {'rel':>8} {'flips':>9}")
+              f" | {'int8/fp32 b64':>13} {'max|diff|':>10} {'/thresh':>8} {'flips':>9}")
     print(header)
     print("-" * len(header))
     for family in families:
         r = measure(family, window=args.window, rounds=args.rounds, seconds=args.seconds, epochs=args.epochs)
         print(f"{family:<14} {r['ort_b1']:>11,.0f} {r['torch_b1']:>9,.0f} {r['ratio_b1']:>5.1f}x {r['ort_b64']:>12,.0f} "
               f"{r['torch_b64']:>10,.0f} {r['ratio_b64']:>5.1f}x | {r['int8_speedup']:>12.2f}x {r['int8_max_abs_diff']:>10.3g} "
-              f"{r['int8_max_rel_diff']:>8.2%} {int(r['int8_flips']):>4}/{int(r['int8_windows'])}", flush=True)
+              f"{r['int8_max_abs_diff'] / r['threshold']:>8.2%} {int(r['int8_flips']):>4}/{int(r['int8_windows'])}", flush=True)
     return 0
 
 

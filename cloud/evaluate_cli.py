@@ -40,8 +40,8 @@ def register(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser, prefix: str, *, default_out: str | None) -> None:
-    add_flag(p, "--data", required=True, env_prefix=prefix, help="benchmark folder")
-    add_flag(p, "--out", default=default_out, required=default_out is None, env_prefix=prefix, help="output folder")
+    add_flag(p, "--data", env_prefix=prefix, help="benchmark folder (required)")
+    add_flag(p, "--out", default=default_out, env_prefix=prefix, help="output folder" + (" (required)" if default_out is None else ""))
     add_flag(p, "--family", default="conv_ae", env_prefix=prefix, help="model family")
     add_flag(p, "--families", env_prefix=prefix, help="'all' or a comma-separated list (overrides --family)")
     add_flag(p, "--seeds", type=int, default=1, env_prefix=prefix, help="repeat with seeds seed..seed+N-1, report mean and sd")
@@ -86,6 +86,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return data
 
 
+def _require(args: argparse.Namespace, *flags: str) -> None:
+    """Required flags are checked here, not by argparse, so that their environment twins count."""
+    for flag in flags:
+        if not getattr(args, flag):
+            raise ConfigError(f"--{flag} is required (or its EDGEWATCH_EVALUATE_{args.benchmark.upper()}_{flag.upper()} twin)")
+
+
 def _seeds(args: argparse.Namespace) -> list[int]:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
@@ -110,6 +117,7 @@ def _run_skab(args: argparse.Namespace) -> int:
     from cloud.evaluate.skab import discover
     from cloud.evaluate.skab_run import run_skab
 
+    _require(args, "data", "out")
     families, seeds, overrides = _families(args), _seeds(args), _overrides(args)
     files = discover(args.data, exclude=[x.strip() for x in args.exclude.split(",") if x.strip()])
     out = Path(args.out)
@@ -140,6 +148,7 @@ def _num(value: float) -> str:
 def _run_nab(args: argparse.Namespace) -> int:
     from cloud.evaluate.nab_run import run_nab
 
+    _require(args, "data", "out")
     if args.holdoff < 0:
         raise ConfigError(f"--holdoff {args.holdoff}: must be 0 or more")
     payload = run_nab(args.data, _families(args), _seeds(args), Path(args.out), overrides=_overrides(args),

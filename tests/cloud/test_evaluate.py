@@ -230,9 +230,13 @@ def test_normal_chunks_and_threshold_scale(tmp_path: Path) -> None:
         normal_chunks(tmp_path / "labelled.csv", length=520, min_rows=500)
 
 
-def test_skab_cli_rejects_an_unknown_family(tmp_path: Path) -> None:
+def test_skab_cli_rejects_bad_usage_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_skab(tmp_path / "skab" / "v" / "0.csv", seed=1)
     assert main(["evaluate", "skab", "--data", str(tmp_path / "skab"), "--out", str(tmp_path / "o"), "--family", "nope"]) == 2
+    assert main(["evaluate", "skab", "--data", str(tmp_path / "skab")]) == 2  # no --out
+    assert main(["evaluate", "skab", "--data", str(tmp_path / "skab"), "--out", str(tmp_path / "o"), "--far-target", "2"]) == 2
+    assert main(["evaluate", "skab", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_nab_runner_end_to_end(tmp_path: Path) -> None:
