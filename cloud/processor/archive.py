@@ -116,6 +116,7 @@ class Archive:
                                  session_timeout_ms=int(k.session_timeout_s * 1000),
                                  heartbeat_interval_ms=max(100, int(k.session_timeout_s * 250)))
         producer = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=k.client_id + "-archive-dlq", acks="all")
+        consumer.partitions_for_topic(self.topic)  # metadata before joining: see Processor.run
         consumer.subscribe([self.topic], listener=_Listener(self, consumer))
         log.info("archive_started topic=%s group=%s dir=%s", self.topic, a.group_id, self.root)
         try:

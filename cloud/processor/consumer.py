@@ -97,6 +97,9 @@ class Processor:
             raise BrokerUnavailable(f"kafka at {k.bootstrap}: {exc!r}") from exc
         outbox = Outbox(producer, self.store, alerts_topic=k.alerts_topic, deadletter_topic=k.deadletter_topic,
                         metrics=self.metrics, clock=self.clock)
+        # the topic's partitions in this consumer's metadata before it joins: otherwise the first assignment can
+        # be empty, and the rebalance kafka-python 3.0.12 then starts sometimes never completes (no partitions, ever)
+        consumer.partitions_for_topic(self.topic)
         consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("processor_started topic=%s group=%s bootstrap=%s", self.topic, k.group_id, k.bootstrap)
         try:
