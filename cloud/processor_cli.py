@@ -29,6 +29,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # first: a SIGTERM that arrives while the store and the clients are still being set up must stop the
+    # processor cleanly (exit 0), not kill it
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
     from cloud.processor.backends import open_store
     from cloud.processor.config import load_config
     from cloud.processor.consumer import Processor
@@ -40,9 +45,6 @@ def run(args: argparse.Namespace) -> int:
     if config.metrics.port:
         start_http_server(config.metrics.port, addr=config.metrics.host, registry=registry)
         log.info("metrics_listening host=%s port=%d", config.metrics.host, config.metrics.port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
     archive_thread = None
     if config.archive.enabled:
         from cloud.processor.archive import run_archive

@@ -131,6 +131,8 @@ def test_sigkill_mid_stream_then_restart_matches_a_single_process_run_and_replay
         # stored-but-unpublished ones by the orphan sweep of the others)
         wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, group, topic)
                  and store.unpublished("alerts") == [], 120, "the group to process the whole stream")
+        # the restarted process may still be starting when the first one has finished the stream alone
+        wait_for(lambda: logs[1].read_text().count("processor_started") >= 2, 60, "the restarted processor to start")
         for p in procs:
             p.send_signal(signal.SIGTERM)
         assert [p.wait(30) for p in procs] == [0, 0], "SIGTERM must drain and exit 0"
