@@ -59,8 +59,11 @@ class Detector(nn.Module):
 
     ``log_z``: each channel's mean squared error ``e_c`` becomes ``((log(e_c + eps) - mu_c) / sd_c)^2``
     (two-sided: a channel reconstructed unusually *well*, e.g. a stuck sensor, also scores);
-    ``mse``: ``e_c`` itself. The extra term enters as ``w * ((x - mu) / sd)^2``. Channel scores
-    are each channel's share of the channel part (non-negative, summing to 1). Never mutates input.
+    ``mse``: ``e_c`` itself. With a drift-invariant window transform and ``level_weight`` > 0,
+    ``e_c`` first gains ``level_weight x level_c^2`` (the window's scaled mean, see
+    :meth:`Preprocessor.level`), so a level far from training still counts, down-weighted. The
+    extra term enters as ``w * ((x - mu) / sd)^2``. Channel scores are each channel's share of the
+    channel part (non-negative, summing to 1). Never mutates input.
     """
 
     err_mu: torch.Tensor
@@ -68,12 +71,14 @@ class Detector(nn.Module):
     extra_mu: torch.Tensor
     extra_sd: torch.Tensor
 
-    def __init__(self, pre: Preprocessor, net: Family, *, channels: int, score_mode: ScoreMode, extra_weight: float) -> None:
+    def __init__(self, pre: Preprocessor, net: Family, *, channels: int, score_mode: ScoreMode, extra_weight: float,
+                 level_weight: float = 0.0) -> None:
         super().__init__()
         self.pre = pre
         self.net = net
         self.score_mode = score_mode
         self.extra_weight = extra_weight
+        self.level_weight = level_weight
         self.register_buffer("err_mu", torch.zeros(channels))
         self.register_buffer("err_sd", torch.ones(channels))
         self.register_buffer("extra_mu", torch.zeros(1))
@@ -84,6 +89,8 @@ class Detector(nn.Module):
         s, z = self.pre(windows)
         est = self.net.estimate(z)
         err = ((s[:, est.start:] - self.pre.to_scaled(est.values)) ** 2).mean(dim=1)
+        if self.level_weight > 0:
+            err = err + self.level_weight * self.pre.level(windows) ** 2
         return err, est.extra
 
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

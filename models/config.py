@@ -23,6 +23,7 @@ Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_no
 Optimizer = Literal["sgd", "momentum", "nesterov", "adam"]
 LrDecay = Literal["constant", "step", "exponential", "inverse_time"]
 Scaling = Literal["none", "center", "zscore", "minmax"]
+WindowTransform = Literal["none", "center", "diff"]
 ScoreMode = Literal["log_z", "mse"]
 CalibrationMethod = Literal["quantile", "pot"]
 
@@ -68,6 +69,11 @@ class TrainConfig:
     preprocess: Scaling = _f("zscore", "scaling fitted on training data: none, center, zscore, minmax")
     pca_components: int = _f(0, "PCA to this many components after scaling, 0 = off")
     whiten: bool = _f(False, "whiten (unit variance per principal component) after scaling")
+    scale_floor: float = _f(0.0, "zscore/minmax scale at least this share of the channel's mean absolute training reading, 0 = off")
+    window_transform: WindowTransform = _f("none", "per-window transform in the graph after scaling (drift invariance): none, "
+                                                   "center (subtract each window's channel means), diff (first differences)")
+    level_weight: float = _f(0.0, "with a window_transform: weight of each channel's squared scaled window mean added to its error, "
+                                  "0 = levels ignored")
     score_mode: ScoreMode = _f("log_z", "score: log_z = sum of squared z-scores of log channel errors; mse = sum of channel errors")
     extra_score_weight: float = _f(1.0, "weight of the family's extra score term (tadgan critic, vae KL)")
     beta: float = _f(1.0, "KL weight in the VAE loss")
@@ -96,6 +102,8 @@ class TrainConfig:
             (0.0 <= self.validation_split < 0.9, "validation_split", self.validation_split),
             (self.early_stopping >= 0, "early_stopping", self.early_stopping),
             (self.pca_components >= 0, "pca_components", self.pca_components),
+            (self.scale_floor >= 0.0, "scale_floor", self.scale_floor),
+            (self.level_weight >= 0.0, "level_weight", self.level_weight),
             (self.n_critic >= 1, "n_critic", self.n_critic),
             (0.5 < self.quantile < 1.0, "quantile", self.quantile),
             (self.margin > 0, "margin", self.margin),
@@ -106,6 +114,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}: {value!r} is out of range (see edgewatch train --help)")
         if self.early_stopping and self.validation_split <= 0:
             raise ConfigError("train.early_stopping needs train.validation_split > 0")
+        if self.level_weight > 0 and self.window_transform == "none":
+            raise ConfigError("train.level_weight needs train.window_transform center or diff (without it levels are already scored)")
 
     def with_(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

@@ -68,9 +68,13 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 def build_detector(pre: Preprocessor, config: TrainConfig, channels: int) -> Detector:
+    """The full graph around ``pre``; the config's window transform and level weight are applied here
+    (they are not buffers), so a preprocessor rebuilt from weights alone gets them too."""
     net = build_family(config.family, channels=pre.components, window_length=config.window_length, config=config)
     init_weights(net, config)
-    return Detector(pre, net, channels=channels, score_mode=config.score_mode, extra_weight=config.extra_score_weight)
+    pre.window_transform = config.window_transform
+    return Detector(pre, net, channels=channels, score_mode=config.score_mode, extra_weight=config.extra_score_weight,
+                    level_weight=config.level_weight)
 
 
 def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channels: Sequence[Channel | str] | None = None,
@@ -92,7 +96,8 @@ def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channel
         raise ValueError(f"only {len(windows)} windows of {config.window_length} samples in the data")
     with deterministic(config.seed):
         pre = fit_preprocessor(np.concatenate(segments), mode=config.preprocess, components=config.pca_components,
-                               whiten=config.whiten)
+                               whiten=config.whiten, scale_floor=config.scale_floor, window_transform=config.window_transform,
+                               window_length=config.window_length)
         detector = build_detector(pre, config, n_channels)
         if init_from is not None:
             _load_initial(detector, init_from)
