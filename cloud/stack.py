@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from edge.contract.errors import BrokerUnavailable
 
@@ -228,10 +229,14 @@ class Kafka(Service):
     def _format(self) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode().replace("-", "A")
         cmd = self._java() + ["kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
-                              "--config", str(self.state_dir / "server.properties"), "--ignore-formatted"]
+                              "--config", str(self.state_dir / "server.properties"), "--ignore-formatted", *self.format_args()]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise BrokerUnavailable(f"kafka storage format failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+    def format_args(self) -> list[str]:
+        """Extra arguments for ``kafka-storage format`` (SCRAM users in the secure broker)."""
+        return []
 
     def command(self) -> list[str]:
         return self._java() + ["kafka.Kafka", str(self.state_dir / "server.properties")]
@@ -371,13 +376,15 @@ def wait_until(ready: Callable[[], bool], timeout_s: float, what: str,
     raise BrokerUnavailable(f"{what} {status}; log tail:\n{tail}")
 
 
-def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1) -> None:
-    """Create topics (replication factor 1) that do not exist yet; existing ones are left alone."""
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1, **client: Any) -> None:
+    """Create topics (replication factor 1) that do not exist yet; existing ones are left alone.
+
+    ``client``: extra kafka-python client settings, such as :func:`edge.kafka_security.client_kwargs`."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="edgewatch-stack-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="edgewatch-stack-admin", **client)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]

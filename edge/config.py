@@ -24,13 +24,12 @@ from typing import Any, Literal
 from edge.config_parse import build_section, read_toml
 from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
+from edge.kafka_security import KafkaSecurity, check_security
 
 log = logging.getLogger(__name__)
 
 OverflowPolicy = Literal["drop_newest", "drop_oldest"]
 SyncMode = Literal["FULL", "NORMAL"]
-SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 SECRETS = frozenset({("mqtt", "password"), ("kafka", "password")})
 MASK = "***"
 
@@ -66,8 +65,9 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
-class KafkaSection:
-    """``[kafka]``: where events, telemetry and dead letters go."""
+class KafkaSection(KafkaSecurity):
+    """``[kafka]``: where events, telemetry and dead letters go; TLS and SASL keys from
+    :class:`~edge.kafka_security.KafkaSecurity` (``security_protocol``, ``ssl_cafile``, ... ``password``)."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = ""  # empty: "edgewatch-<agent id>"
@@ -75,16 +75,12 @@ class KafkaSection:
     telemetry_topic: str = "edgewatch.telemetry"
     deadletter_topic: str = "edgewatch.deadletter"
     status_topic: str = "edgewatch.status"
-    security_protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: SaslMechanism = "PLAIN"
     batch_rows: int = 500
     request_timeout_ms: int = 10_000
     delivery_timeout_ms: int = 30_000
     bootstrap_timeout_ms: int = 5_000
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
-    username: str = ""
-    password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -225,7 +221,8 @@ def _finish(config: Config, base: Path) -> Config:
         config,
         agent=replace(config.agent, id=agent_id),
         mqtt=replace(config.mqtt, client_id=config.mqtt.client_id or f"edgewatch-{agent_id}"),
-        kafka=replace(config.kafka, client_id=config.kafka.client_id or f"edgewatch-{agent_id}"),
+        kafka=check_security(replace(config.kafka, client_id=config.kafka.client_id or f"edgewatch-{agent_id}"),
+                             section="kafka", where=config.source, base=base),
         model=replace(config.model, path=str(model_path if model_path.is_absolute() else base / model_path)),
         outbox=replace(config.outbox, path=str(outbox_path if outbox_path.is_absolute() else base / outbox_path)),
         updates=replace(config.updates, state_dir=str(updates_dir if updates_dir.is_absolute() else base / updates_dir),

@@ -21,6 +21,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from edge.config import KafkaSection
+from edge.contract import BrokerUnavailable
+from edge.kafka_security import client_kwargs, diagnose
 from edge.metrics import AgentMetrics
 from edge.outbox import Outbox, Row
 
@@ -30,18 +32,20 @@ ProducerFactory = Callable[[KafkaSection], Any]
 
 
 def make_producer(cfg: KafkaSection) -> KafkaProducer:
-    """An idempotent ``acks=all`` producer; raises :class:`KafkaError` if no broker answers within
-    ``bootstrap_timeout_ms``."""
-    extra: dict[str, Any] = {}
-    if cfg.security_protocol.startswith("SASL"):
-        extra.update(sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.username, sasl_plain_password=cfg.password)
-    return KafkaProducer(
-        bootstrap_servers=cfg.bootstrap_servers.split(","), client_id=cfg.client_id, acks="all", enable_idempotence=True,
-        max_in_flight_requests_per_connection=5, linger_ms=5, request_timeout_ms=cfg.request_timeout_ms,
-        delivery_timeout_ms=max(cfg.delivery_timeout_ms, cfg.request_timeout_ms + 5),
-        max_block_ms=cfg.request_timeout_ms, bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
-        reconnect_backoff_max_ms=int(cfg.backoff_max_s * 1000), security_protocol=cfg.security_protocol, **extra,
-    )
+    """An idempotent ``acks=all`` producer, TLS and SASL per ``cfg``. Raises :class:`BrokerUnavailable`
+    if no broker lets it in within ``bootstrap_timeout_ms``, saying why (:func:`edge.kafka_security.diagnose`:
+    unreachable, untrusted certificate, refused login)."""
+    try:
+        return KafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers.split(","), client_id=cfg.client_id, acks="all", enable_idempotence=True,
+            max_in_flight_requests_per_connection=5, linger_ms=5, request_timeout_ms=cfg.request_timeout_ms,
+            delivery_timeout_ms=max(cfg.delivery_timeout_ms, cfg.request_timeout_ms + 5),
+            max_block_ms=cfg.request_timeout_ms, bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
+            reconnect_backoff_max_ms=int(cfg.backoff_max_s * 1000), **client_kwargs(cfg),
+        )
+    except KafkaError as exc:
+        why = diagnose(cfg.bootstrap_servers, cfg, timeout_s=cfg.bootstrap_timeout_ms / 1000)
+        raise BrokerUnavailable(f"kafka: {why} [{exc.__class__.__name__}: {exc}]") from exc
 
 
 class Backoff:

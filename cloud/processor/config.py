@@ -19,10 +19,17 @@ from typing import Any, Literal
 
 from edge.config_parse import build_section, read_toml
 from edge.contract import ConfigError
+from edge.kafka_security import KafkaSecurity, check_security
+
+SECRETS = {"kafka": frozenset({"password"})}  # kafka.password: EDGEWATCH_KAFKA__PASSWORD only
 
 
 @dataclass(frozen=True)
-class KafkaSection:
+class KafkaSection(KafkaSecurity):
+    """``[kafka]``: topics, groups and polling; TLS and SASL keys (``security_protocol``, ``ssl_cafile``,
+    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``, ``sasl_mechanism``, ``username``, ``password``)
+    from :class:`~edge.kafka_security.KafkaSecurity`, for the processor's and the archive's clients alike."""
+
     bootstrap: str = "127.0.0.1:9092"
     group_id: str = "edgewatch-processor"
     client_id: str = "edgewatch-processor"
@@ -120,6 +127,7 @@ class ProcessorConfig:
         """The config as a dict with secrets masked, for the start-up log line."""
         data = dataclasses.asdict(self)
         data["store"]["postgres_dsn"] = _mask_dsn(self.store.postgres_dsn)
+        data["kafka"]["password"] = "***" if self.kafka.password else ""
         return data
 
 
@@ -133,7 +141,10 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Proc
         if key not in sections:
             raise ConfigError(f"{where}: unknown key {key!r} (known sections: {', '.join(sections)})")
     hints = typing.get_type_hints(ProcessorConfig)
-    built = {name: build_section(hints[name], raw.get(name, {}), name, where, env, strict_env=True) for name in sections}
+    built = {name: build_section(hints[name], raw.get(name, {}), name, where, env, SECRETS.get(name, frozenset()), strict_env=True)
+             for name in sections}
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    built["kafka"] = check_security(built["kafka"], section="kafka", where=where, base=base)
     config = ProcessorConfig(**built)
     _validate(config, where)
     return config

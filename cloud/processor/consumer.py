@@ -32,6 +32,7 @@ from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import Pipeline
 from cloud.processor.store import Store
 from edge.contract import BrokerUnavailable
+from edge.kafka_security import client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,10 @@ class Processor:
                 bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id, enable_auto_commit=False,
                 auto_offset_reset=k.auto_offset_reset, max_poll_records=k.max_poll_records,
                 session_timeout_ms=int(k.session_timeout_s * 1000), heartbeat_interval_ms=max(100, int(k.session_timeout_s * 250)),
+                **client_kwargs(k),
             )
-            producer = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=k.client_id + "-outbox", acks="all", linger_ms=5)
+            producer = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=k.client_id + "-outbox", acks="all", linger_ms=5,
+                                     **client_kwargs(k))
         except KafkaError as exc:
             raise BrokerUnavailable(f"kafka at {k.bootstrap}: {exc!r}") from exc
         outbox = Outbox(producer, self.store, alerts_topic=k.alerts_topic, deadletter_topic=k.deadletter_topic,

@@ -21,6 +21,7 @@ from typing import Any
 
 from edge.config_parse import build_section, read_toml
 from edge.contract import ConfigError
+from edge.kafka_security import KafkaSecurity, check_security
 from models.config import config_from_mapping
 
 
@@ -42,8 +43,10 @@ class RetrainSection:
 
 
 @dataclass(frozen=True)
-class TriggerSection:
-    """The long-running ``edgewatch retrain --on-drift`` consumer."""
+class TriggerSection(KafkaSecurity):
+    """The long-running ``edgewatch retrain --on-drift`` consumer; TLS and SASL keys (``security_protocol``,
+    ``ssl_cafile``, ... ``username``; ``password`` from ``EDGEWATCH_TRIGGER__PASSWORD`` only) from
+    :class:`~edge.kafka_security.KafkaSecurity`."""
 
     bootstrap: str = "127.0.0.1:9092"
     alerts_topic: str = "edgewatch.alerts"
@@ -82,7 +85,10 @@ def load_retrain_config(path: Path | str | None = None, env: Mapping[str, str] |
             train[var.removeprefix("EDGEWATCH_TRAIN__").lower()] = text
     config_from_mapping(train, origin=where)  # unknown keys and bad values fail here, at start
     config = RetrainConfig(retrain=build_section(RetrainSection, raw.get("retrain", {}), "retrain", where, env), train=train,
-                           trigger=build_section(TriggerSection, raw.get("trigger", {}), "trigger", where, env))
+                           trigger=check_security(build_section(TriggerSection, raw.get("trigger", {}), "trigger", where, env,
+                                                                frozenset({"password"})),
+                                                  section="trigger", where=where,
+                                                  base=Path(path).resolve().parent if path else None))
     _validate(config, where)
     return config
 

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud.retrain.config import TriggerSection
 from edge.contract import Alert, ContractError, decode_alert
+from edge.kafka_security import client_kwargs
 
 log = logging.getLogger(__name__)
 JobRunner = Callable[[str, Alert, Callable[[], bool]], Any]  # (model, alert, should_stop) -> exit code or RetrainResult
@@ -88,7 +89,7 @@ class DriftTrigger:
         s = self.section
         consumer = KafkaConsumer(s.alerts_topic, bootstrap_servers=s.bootstrap, group_id=s.group_id, client_id=s.client_id,
                                  enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
-                                 session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
+                                 session_timeout_ms=10_000, heartbeat_interval_ms=2_000, **client_kwargs(s))
         log.info("retrain_trigger_started topic=%s group=%s cooldown_s=%g", s.alerts_topic, s.group_id, s.cooldown_s)
         try:
             while not self.stop.is_set():

@@ -1,0 +1,197 @@
+"""Kafka over TLS on a real broker (cloud/stack_secure.py: SASL_SSL with SCRAM-SHA-512, and mutual
+TLS): the agent's forwarder delivers, a wrong password, a missing CA and a missing client
+certificate are refused with a reason within the bootstrap timeout, and the processor consumes
+what the agent sent and stores it. Plus the processor's and the retraining trigger's config keys.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from cloud.processor.backends import open_sqlite
+from cloud.processor.config import load_config as load_processor_config
+from cloud.retrain.config import load_retrain_config
+from cloud.stack import create_topics, missing_tools
+from cloud.stack_secure import SecureKafka
+from edge.config import Config, load_config
+from edge.contract import BrokerUnavailable, ConfigError, encode_event
+from edge.forwarder import Forwarder
+from edge.kafka_security import KafkaSecurity, client_kwargs
+from edge.metrics import AgentMetrics
+from edge.outbox import Outbox, Record
+from tests.cloud.processor_streams import event, in_thread, wait_for, write_config
+from tests.tls_util import Pki, make_pki
+
+PASSWORDS = {"agent-gw1": "agent-pw-1", "processor": "processor-pw-1"}
+BOOTSTRAP_TIMEOUT_MS = 3000
+
+
+class Secure:
+    def __init__(self, kafka: SecureKafka, pki: Pki) -> None:
+        self.kafka, self.pki = kafka, pki
+
+    def sasl(self, user: str, password: str | None = None) -> dict[str, Any]:
+        return client_kwargs(KafkaSecurity("SASL_SSL", ssl_cafile=str(self.pki.ca), sasl_mechanism="SCRAM-SHA-512", username=user,
+                                           password=password or PASSWORDS[user]))
+
+    def read(self, topic: str, expected: int, timeout_s: float = 30.0) -> list[bytes]:
+        consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                                 **self.sasl("processor"))
+        try:
+            consumer.assign([TopicPartition(topic, 0)])
+            values: list[bytes] = []
+            deadline = time.monotonic() + timeout_s
+            while len(values) < expected and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=500).values():
+                    values.extend(r.value for r in records)
+            return values
+        finally:
+            consumer.close()
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
+    missing = [m for m in missing_tools() if not m.startswith("mosquitto")]
+    if missing:
+        reason = "secure Kafka needs: " + ", ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (CI=true: a missing broker is a failure, not a skip)")
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("secure-kafka")
+    pki = make_pki(folder / "pki")
+    kafka = SecureKafka(folder, ca_file=pki.ca, cert_file=pki.server_cert, key_file=pki.server_key, users=PASSWORDS)
+    kafka.start()
+    yield Secure(kafka, pki)
+    kafka.stop()
+
+
+def agent_config(tmp_path: Path, bootstrap: str, lines: str, env: dict[str, str] | None = None) -> Config:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[agent]\nid = "gw-1"\n[kafka]\nbootstrap_servers = "{bootstrap}"\nbootstrap_timeout_ms = {BOOTSTRAP_TIMEOUT_MS}\n'
+                    f"request_timeout_ms = {BOOTSTRAP_TIMEOUT_MS}\nbackoff_max_s = 1.0\n{lines}")
+    return load_config(path, env=env or {})
+
+
+def sasl_lines(ca: str) -> str:
+    return f'security_protocol = "SASL_SSL"\nssl_cafile = "{ca}"\nsasl_mechanism = "SCRAM-SHA-512"\nusername = "agent-gw1"\n'
+
+
+def forward(cfg: Config, tmp_path: Path, values: list[bytes], topic: str, name: str = "outbox") -> tuple[Forwarder, Outbox]:
+    box = Outbox(tmp_path / f"{name}.sqlite", max_bytes=1 << 20)
+    box.append([Record("anomaly", topic, b"pump-1", v) for v in values])
+    return Forwarder(box, cfg.kafka, AgentMetrics(CollectorRegistry())), box
+
+
+def refused(fwd: Forwarder, box: Outbox) -> str:
+    """One forwarder round against a broker that must refuse it: the reason, raised within the bound."""
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as err:
+        fwd.drain_once()
+    assert time.monotonic() - started < BOOTSTRAP_TIMEOUT_MS / 1000 + 5, "the refusal must not hang"
+    assert box.rows == 1  # nothing lost: retried by the next round
+    return str(err.value)
+
+
+@pytest.mark.brokers
+def test_agent_forwarder_delivers_over_sasl_ssl_with_scram(secure: Secure, tmp_path: Path, unique: str) -> None:
+    topic = f"secure.{unique}"
+    create_topics(secure.kafka.bootstrap, [topic], **secure.sasl("agent-gw1"))
+    shutil.copy(secure.pki.ca, tmp_path / "ca.crt")  # relative to the config file
+    cfg = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines("ca.crt"), {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]})
+    values = [encode_event(event("pump-1", 1_764_230_400.0 + i)) for i in range(3)]
+    fwd, box = forward(cfg, tmp_path, values, topic)
+    try:
+        assert fwd.drain_once() == 3 and box.rows == 0
+    finally:
+        fwd._close_producer()
+    assert secure.read(topic, 3) == values
+
+
+@pytest.mark.brokers
+def test_wrong_password_is_refused_with_the_reason(secure: Secure, tmp_path: Path) -> None:
+    cfg = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines(str(secure.pki.ca)), {"EDGEWATCH_KAFKA__PASSWORD": "wrong"})
+    fwd, box = forward(cfg, tmp_path, [b"x"], "secure.never")
+    text = refused(fwd, box)
+    assert "SASL SCRAM-SHA-512 login of 'kafka.username' = 'agent-gw1'" in text and "kafka.password" in text
+
+
+@pytest.mark.brokers
+def test_a_client_without_the_ca_does_not_trust_the_broker(secure: Secure, tmp_path: Path) -> None:
+    lines = 'security_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\nusername = "agent-gw1"\n'  # system CAs only
+    cfg = agent_config(tmp_path, secure.kafka.bootstrap, lines, {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]})
+    fwd, box = forward(cfg, tmp_path, [b"x"], "secure.never")
+    assert "certificate is not trusted (unable to get local issuer certificate)" in refused(fwd, box)
+
+
+@pytest.mark.brokers
+def test_mutual_tls_needs_the_client_certificate(secure: Secure, tmp_path: Path, unique: str) -> None:
+    topic = f"secure.mtls.{unique}"
+    cert, key = secure.pki.client("agent-gw1")
+    with_cert = f'security_protocol = "SSL"\nssl_cafile = "{secure.pki.ca}"\nssl_certfile = "{cert}"\nssl_keyfile = "{key}"\n'
+    fwd, box = forward(agent_config(tmp_path, secure.kafka.mtls_bootstrap, with_cert), tmp_path, [b"signed"], topic)
+    try:
+        assert fwd.drain_once() == 1
+    finally:
+        fwd._close_producer()
+    assert secure.read(topic, 1) == [b"signed"]
+    without = f'security_protocol = "SSL"\nssl_cafile = "{secure.pki.ca}"\n'
+    fwd, box = forward(agent_config(tmp_path, secure.kafka.mtls_bootstrap, without), tmp_path, [b"anonymous"], topic, "outbox2")
+    assert "needs 'kafka.ssl_certfile'" in refused(fwd, box)
+
+
+@pytest.mark.brokers
+def test_processor_consumes_what_the_agent_sent_over_sasl_ssl(secure: Secure, tmp_path: Path, unique: str) -> None:
+    topic = f"anomalies.{unique}"
+    create_topics(secure.kafka.bootstrap, [topic, f"{topic}.alerts", f"{topic}.deadletter"], **secure.sasl("processor"))
+    agent = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines(str(secure.pki.ca)),
+                         {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]})
+    events = [event(f"pump-{i % 2}", 1_764_230_400.0 + 10 * i) for i in range(5)]
+    fwd, _ = forward(agent, tmp_path, [encode_event(e) for e in events], topic)
+    try:
+        assert fwd.drain_once() == 5
+    finally:
+        fwd._close_producer()
+    db = tmp_path / "store.db"
+    path = write_config(tmp_path / "cloud.toml", bootstrap=secure.kafka.bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=db)
+    cfg = load_processor_config(path, env={  # the environment twins, as a systemd EnvironmentFile would set them
+        "EDGEWATCH_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "EDGEWATCH_KAFKA__SSL_CAFILE": str(secure.pki.ca),
+        "EDGEWATCH_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512", "EDGEWATCH_KAFKA__USERNAME": "processor",
+        "EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["processor"]})
+    assert cfg.masked()["kafka"]["password"] == "***"
+    store = open_sqlite(db)
+    store.migrate()
+    thread, stop, errors = in_thread(cfg)
+    try:
+        wait_for(lambda: store.count("events") == 5 or bool(errors), 60, "the processor to store the 5 events")
+    finally:
+        stop.set()
+        thread.join(30)
+        store.close()
+    assert not errors and not thread.is_alive()
+
+
+def test_processor_and_trigger_configs_check_their_kafka_security(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text('[kafka]\nsecurity_protocol = "SSL"\nssl_cafile = "ca.pem"\n')
+    with pytest.raises(ConfigError, match=r"'kafka.ssl_cafile' = 'ca.pem': no such file"):
+        load_processor_config(path, env={})
+    (tmp_path / "ca.pem").write_text("x")
+    assert load_processor_config(path, env={}).kafka.ssl_cafile == str(tmp_path / "ca.pem")
+    path.write_text('[kafka]\nsecurity_protocol = "SASL_SSL"\nusername = "p"\npassword = "in-file"\n')
+    with pytest.raises(ConfigError, match="'kafka.password' is a secret"):
+        load_processor_config(path, env={})
+    retrain = tmp_path / "retrain.toml"
+    retrain.write_text('[trigger]\nsecurity_protocol = "SASL_SSL"\nssl_cafile = "ca.pem"\nusername = "retrain"\n')
+    with pytest.raises(ConfigError, match="EDGEWATCH_TRIGGER__PASSWORD"):
+        load_retrain_config(retrain, env={})
+    trigger = load_retrain_config(retrain, env={"EDGEWATCH_TRIGGER__PASSWORD": "pw"}).trigger
+    assert client_kwargs(trigger)["ssl_cafile"] == str(tmp_path / "ca.pem") and client_kwargs(trigger)["sasl_plain_password"] == "pw"
