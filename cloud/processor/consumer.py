@@ -32,7 +32,7 @@ from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import Pipeline
 from cloud.processor.store import Store
 from edge.contract import BrokerUnavailable
-from edge.kafka_security import client_kwargs
+from edge.kafka_security import client_kwargs, diagnose
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Processor:
             producer = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=k.client_id + "-outbox", acks="all", linger_ms=5,
                                      **client_kwargs(k))
         except KafkaError as exc:
-            raise BrokerUnavailable(f"kafka at {k.bootstrap}: {exc!r}") from exc
+            raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
         outbox = Outbox(producer, self.store, alerts_topic=k.alerts_topic, deadletter_topic=k.deadletter_topic,
                         metrics=self.metrics, clock=self.clock)
         # the topic's partitions in this consumer's metadata before it joins: otherwise the first assignment can
