@@ -4,7 +4,8 @@ Pure logic: no threads, no wall clock (``detected_at`` comes from an injected cl
 fires when its own score is above the device's threshold and at least ``k`` of the device's
 last ``n`` windows (this one included) were above it; every firing window is one event, whose
 ``event_id`` is derived from device, window end and model hash, so a re-scored window gives
-the same id.
+the same id. :meth:`Decider.decide_many` decides a device's run of windows in whole-array passes
+and agrees with :meth:`Decider.decide` window by window.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from edge.contract import AnomalyEvent, ModelManifest
 
@@ -53,6 +56,32 @@ class Decider:
         self._segment[device_id] = segment
         history.append(over)
         return Verdict(fire=over and sum(history) >= self.k, over=over, threshold=threshold)
+
+    def decide_many(self, device_id: str, scores: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """:meth:`decide` for consecutive windows of ``device_id`` (in window order): returns
+        ``(fire, over, threshold)``, two boolean arrays like ``scores``. The k-of-n count is a
+        moving sum over the device's history followed by these windows, one per segment."""
+        threshold = self.threshold_for(device_id)
+        over = scores > threshold
+        if not len(over):
+            return over, over, threshold
+        n = self.n
+        cuts = [0, *(np.flatnonzero(segments[1:] != segments[:-1]) + 1).tolist(), len(over)]
+        fire = over.copy() if self.k == 1 else np.zeros_like(over)
+        for lo, hi in zip(cuts, cuts[1:], strict=False):
+            segment = int(segments[lo])
+            history = self._history.get(device_id)
+            if history is None or self._segment.get(device_id, segment) != segment:
+                history = self._history[device_id] = deque(maxlen=n)
+            self._segment[device_id] = segment
+            part = over[lo:hi]
+            if self.k > 1:  # k == 1: a window over the threshold always counts itself
+                before = np.fromiter(history, dtype=np.int64, count=len(history))
+                counts = np.concatenate(((0,), np.cumsum(np.concatenate((before, part)))))
+                ends = np.arange(len(before) + 1, len(before) + len(part) + 1)
+                fire[lo:hi] = part & (counts[ends] - counts[np.maximum(ends - n, 0)] >= self.k)
+            history.extend(part[-n:].tolist())
+        return fire, over, threshold
 
     def reset(self, device_id: str) -> None:
         """Forget a device's history (its windows restarted after a gap)."""

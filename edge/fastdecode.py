@@ -2,7 +2,8 @@
 
 :func:`edge.contract.decode_readings` validates every field generically (names by regular
 expression, one helper call per value) and costs about three ``json.loads`` per payload; on the
-agent's hot path that is more than paho itself. :class:`FastReadingDecoder` accepts only
+agent's hot path that is more than paho itself. :class:`FastReadingDecoder` parses with orjson
+(about five times the standard library's speed on a batch), and accepts only
 payloads the contract accepts *and* whose readings carry exactly the model's channels, and
 returns the same values as arrays in the model's channel order; for anything else it returns ``None`` and the caller falls back to
 the contract's decoder, which names the problem. A property test keeps the two in agreement.
@@ -19,6 +20,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
 from edge.contract.reading import MAX_BATCH, READING_SCHEMA
 
@@ -39,6 +41,18 @@ def _no_constants(name: str) -> None:
 _decoder = json.JSONDecoder(parse_constant=_no_constants)
 
 
+def _parse(payload: bytes) -> Any:
+    """orjson, and the standard library only where orjson refuses: orjson is strict RFC 8259
+    (no NaN or Infinity; numbers that overflow a double, lone surrogates and invalid UTF-8 are
+    errors) while the contract parses with :mod:`json`, which takes some of those; asking it
+    again keeps the two in agreement. orjson reads integers beyond 64 bits as floats, the value
+    the contract's ``float()`` gives them too."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return _decoder.decode(payload.decode("utf-8"))
+
+
 class FastReadingDecoder:
     """Decodes ``{"schema": 1, ...}`` readings for one fixed channel set into arrays;
     ``None`` means "ask the contract"."""
@@ -54,7 +68,7 @@ class FastReadingDecoder:
         """``(ts (n,), values (n, channels))`` float64 in channel order for ``device`` (already
         validated, from the topic), or ``None`` when the contract's decoder must decide."""
         try:
-            data = _decoder.decode(payload.decode("utf-8"))
+            data = _parse(payload)
             if type(data) is not dict or not data.keys() <= _ANY_KEYS:
                 return None
             schema = data.get("schema")

@@ -7,14 +7,21 @@ reasons, drop reasons, outbox kinds). Nothing is registered at import: build one
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from edge.contract.update import STATUS_ACTIONS
 from edge.outbox import KINDS
+
+_go_float: Callable[[float], str] = floatToGoString  # the "le" label as prometheus-client's own histograms spell it
 
 REJECT_REASONS = ("too_large", "not_json", "non_finite", "wrong_type", "invalid", "unknown_channel", "missing_channel",
                   "bad_topic")
@@ -22,6 +29,42 @@ DROP_REASONS = ("late", "duplicate")
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class BatchHistogram(Collector):
+    """A histogram (``_bucket``, ``_count``, ``_sum``, as prometheus-client's) that takes a whole
+    array per call: one numpy pass instead of a Python call per value, for the per-window score
+    ratio. Thread-safe: the worker observes, the HTTP thread collects."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.array([*buckets, math.inf] if buckets[-1] != math.inf else buckets, dtype=np.float64)
+        self._counts = np.zeros(len(self._bounds), dtype=np.int64)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe every value of ``values`` (NaN is not counted)."""
+        values = values[~np.isnan(values)]
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._bounds))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def observe(self, value: float) -> None:
+        self.observe_many(np.array([value], dtype=np.float64))
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        buckets = [(_go_float(b), c) for b, c in zip(self._bounds.tolist(), cumulative, strict=True)]
+        return [HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)]
 
 
 class AgentMetrics:
@@ -42,14 +85,16 @@ class AgentMetrics:
                                            buckets=INFERENCE_BUCKETS, registry=registry)
         self.inference_batch = Histogram(p + "inference_batch_windows", "Windows per inference call",
                                          buckets=BATCH_BUCKETS, registry=registry)
-        self.score_ratio = Histogram(p + "score_threshold_ratio", "Window score divided by its device's threshold",
-                                     buckets=RATIO_BUCKETS, registry=registry)
+        self.score_ratio = BatchHistogram(p + "score_threshold_ratio", "Window score divided by its device's threshold",
+                                          RATIO_BUCKETS, registry)
         self.invalid_scores = Counter(p + "invalid_scores", "Windows whose score was not finite (skipped)", registry=registry)
         self.anomalies = Counter(p + "anomalies", "Anomaly events written to the outbox", registry=registry)
         self.telemetry_windows = Counter(p + "telemetry_windows", "Telemetry windows written to the outbox", ["reason"],
                                          registry=registry)
         self.queue_depth = Gauge(p + "queue_depth_messages", "Messages waiting in the intake queue", registry=registry)
-        self.queue_dropped = Counter(p + "queue_dropped_messages", "Messages dropped by the full intake queue's overflow policy",
+        self.queue_bytes = Gauge(p + "queue_depth_bytes", "Payload bytes waiting in the intake queue", registry=registry)
+        self.queue_dropped = Counter(p + "queue_dropped_messages",
+                                     "Messages dropped by the intake queue's overflow policy (full in messages or bytes)",
                                      registry=registry)
         self.outbox_rows = Gauge(p + "outbox_rows", "Rows waiting in the outbox", registry=registry)
         self.outbox_bytes = Gauge(p + "outbox_bytes", "Payload bytes waiting in the outbox", registry=registry)
@@ -75,8 +120,10 @@ class AgentMetrics:
             self.shed_bytes.labels(kind)
             self.forwarded.labels(kind)
 
-    def track_queue(self, depth: Callable[[], int]) -> None:
+    def track_queue(self, depth: Callable[[], int], size: Callable[[], int] | None = None) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+        if size is not None:
+            self.queue_bytes.set_function(lambda: float(size()))
 
     def track_outbox(self, rows: Callable[[], int], size: Callable[[], int]) -> None:
         self.outbox_rows.set_function(lambda: float(rows()))

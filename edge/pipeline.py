@@ -9,7 +9,6 @@ reason. Only a failing model (onnxruntime error) raises.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -34,7 +33,7 @@ from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.outbox import Record
 from edge.telemetry import Sample, Scored, TelemetrySampler
-from edge.windows import Added, Window, Windows, channel_problem, stack
+from edge.windows import Added, Window, WindowBatch, Windows, channel_problem
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +163,9 @@ class Pipeline:
         (one call per tick unless more are ready); decide and sample them."""
         records: list[Record] = []
         while self.windows.ready_count:
-            batch = self.windows.take_ready(self.config.agent.max_batch_windows)
+            batch = self.windows.take_batch(self.config.agent.max_batch_windows)
             started = self._timer()
-            windows = stack(batch)
+            windows = batch.values.astype(np.float32)
             scores, channel_scores = self.scorer.score(windows)
             elapsed = self._timer() - started
             self.metrics.inference_seconds.observe(elapsed)
@@ -174,31 +173,65 @@ class Pipeline:
                 self.shadow(windows, scores, self.decider.threshold, elapsed)
             self.metrics.inference_batch.observe(len(batch))
             self.metrics.windows_scored.inc(len(batch))
-            for i, window in enumerate(batch):
-                records.extend(self._decide(window, float(scores[i]), channel_scores[i]))
+            records.extend(self._decide(batch, np.asarray(scores, dtype=np.float64), channel_scores))
         return records
 
-    def _decide(self, window: Window, score: float, channel_scores: Sequence[float]) -> list[Record]:
-        if not math.isfinite(score):
-            self.metrics.invalid_scores.inc()
-            log.warning("score_invalid device_id=%s window_end=%s score=%s", window.device_id, window.end, score)
-            return []
-        verdict = self.decider.decide(window.device_id, score, window.segment)
-        if verdict.threshold > 0:
-            self.metrics.score_ratio.observe(score / verdict.threshold)
+    def _decide(self, batch: WindowBatch, scores: np.ndarray, channel_scores: np.ndarray) -> list[Record]:
+        """Decide a scored batch device by device in whole-array passes; only firing windows, and
+        devices still sending anomaly context, are visited one window at a time."""
         records: list[Record] = []
-        key = window.device_id.encode()
-        if verdict.fire:
-            event = build_event(device_id=window.device_id, window_start=window.start, window_end=window.end, score=score,
-                                threshold=verdict.threshold, channel_scores=channel_scores, manifest=self.manifest,
-                                agent_id=self._agent_id, clock=self._clock)
-            records.append(Record("anomaly", self._kafka.anomalies_topic, key, encode_event(event)))
-            self.metrics.anomalies.inc()
-            log.info("anomaly_detected device_id=%s window_end=%s score=%.4g threshold=%.4g event_id=%s",
-                     window.device_id, window.end, score, verdict.threshold, event.event_id)
-        for sample in self.sampler.observe(Scored(window, score, verdict.threshold, verdict.fire)):
-            records.append(self._telemetry(sample, key))
+        ratios: list[np.ndarray] = []
+        finite = np.isfinite(scores)
+        for device, lo, hi in batch.runs:
+            idx = np.arange(lo, hi)
+            if not finite[lo:hi].all():
+                for i in idx[~finite[lo:hi]].tolist():
+                    self.metrics.invalid_scores.inc()
+                    log.warning("score_invalid device_id=%s window_end=%s score=%s", device, float(batch.ts[i, -1]), scores[i])
+                idx = idx[finite[lo:hi]]
+                if not len(idx):
+                    continue
+            device_scores = scores[idx]
+            fire, _over, threshold = self.decider.decide_many(device, device_scores, batch.segment[idx])
+            if threshold > 0:
+                ratios.append(device_scores / threshold)
+            key = device.encode()
+            fired = np.flatnonzero(fire).tolist()
+            j = 0
+            for f in [*fired, len(idx)]:  # stretches of quiet windows in whole, firing ones one by one
+                while j < f and not self.sampler.quiet(device):  # anomaly context still to send
+                    records.extend(self._observe(batch, device, int(idx[j]), float(device_scores[j]), threshold, None, key))
+                    j += 1
+                if j < f:
+                    def scored(m: int, idx: np.ndarray = idx[j:f], device: str = device, threshold: float = threshold) -> Scored:
+                        return Scored(batch.window(int(idx[m]), device), float(scores[idx[m]]), threshold, False)
+
+                    records.extend(self._telemetry(sample, key) for sample in self.sampler.observe_quiet(device, f - j, scored))
+                if f < len(idx):
+                    i = int(idx[f])
+                    records.extend(self._observe(batch, device, i, float(device_scores[f]), threshold, channel_scores[i], key))
+                j = f + 1
+        if ratios:
+            self.metrics.score_ratio.observe_many(np.concatenate(ratios))
         return records
+
+    def _observe(self, batch: WindowBatch, device: str, i: int, score: float, threshold: float,
+                 fired_channel_scores: Sequence[float] | None, key: bytes) -> list[Record]:
+        """One window's records: its event if it fired (``fired_channel_scores`` given), then its samples."""
+        window = batch.window(i, device)
+        fires = fired_channel_scores is not None
+        records = [self._event(window, score, threshold, fired_channel_scores, key)] if fired_channel_scores is not None else []
+        records.extend(self._telemetry(sample, key) for sample in self.sampler.observe(Scored(window, score, threshold, fires)))
+        return records
+
+    def _event(self, window: Window, score: float, threshold: float, channel_scores: Sequence[float], key: bytes) -> Record:
+        event = build_event(device_id=window.device_id, window_start=window.start, window_end=window.end, score=score,
+                            threshold=threshold, channel_scores=channel_scores, manifest=self.manifest,
+                            agent_id=self._agent_id, clock=self._clock)
+        self.metrics.anomalies.inc()
+        log.info("anomaly_detected device_id=%s window_end=%s score=%.4g threshold=%.4g event_id=%s",
+                 window.device_id, window.end, score, threshold, event.event_id)
+        return Record("anomaly", self._kafka.anomalies_topic, key, encode_event(event))
 
     def _telemetry(self, sample: Sample, key: bytes) -> Record:
         s = sample.scored

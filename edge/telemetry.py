@@ -2,12 +2,14 @@
 around each anomaly (``context`` before, the anomaly itself, ``context`` after).
 
 Pure logic, called on the worker thread in window order per device. A window is sampled at
-most once, whatever the reasons it qualifies for.
+most once, whatever the reasons it qualifies for. The windows kept for context are copies, so a
+batch's arrays are not held on to.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge.contract.samples import SampleReason
@@ -67,5 +69,31 @@ class TelemetrySampler:
         if out:
             dev.last_sent = max(dev.last_sent, seq)
         if self.context:
-            dev.recent.append(item)
+            dev.recent.append(_detached(item))
         return out
+
+    def quiet(self, device_id: str) -> bool:
+        """No anomaly context still to send for ``device_id``: :meth:`observe_quiet` may be used."""
+        dev = self._devices.get(device_id)
+        return dev is None or dev.after == 0
+
+    def observe_quiet(self, device_id: str, count: int, item: Callable[[int], Scored]) -> list[Sample]:
+        """:meth:`observe` for ``count`` consecutive non-anomalous windows of a :meth:`quiet`
+        device, ``item(j)`` the j-th; builds only the windows it samples or keeps for context."""
+        dev = self._devices.get(device_id)
+        if dev is None:
+            dev = self._devices[device_id] = _DeviceState(deque(maxlen=self.context or 1))
+        out: list[Sample] = []
+        if self.every_n:
+            out = [Sample(item(j), "sampled") for j in range((-dev.counted) % self.every_n, count, self.every_n)]
+        dev.counted += count
+        if out:
+            dev.last_sent = max(dev.last_sent, out[-1].scored.window.seq)
+        if self.context:
+            dev.recent.extend(_detached(item(j)) for j in range(max(0, count - self.context), count))
+        return out
+
+
+def _detached(item: Scored) -> Scored:
+    w = item.window
+    return Scored(Window(w.device_id, w.seq, w.ts.copy(), w.values.copy(), w.segment), item.score, item.threshold, item.anomalous)

@@ -2,9 +2,11 @@
 
 Pure logic: no threads, no wall clock; time is the readings' own event time (``ts``). Called
 from the agent's worker thread only. A reading is first checked against the manifest's
-channels (:func:`channel_problem`), then :meth:`Windows.add` places it; every ``stride``
-readings after the first ``window_length`` a window is ready and :meth:`Windows.take_ready`
-hands it out.
+channels (:func:`channel_problem`), then :meth:`Windows.add` (or :meth:`Windows.add_rows` for a
+payload's rows) places it; every ``stride`` readings after the first ``window_length`` a window
+is ready. :meth:`Windows.take_batch` hands the ready windows out as one :class:`WindowBatch` of
+arrays (what the pipeline scores and decides in whole-array passes); :meth:`Windows.take_ready`
+as :class:`Window` objects.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from edge.contract import Reading
 
@@ -47,16 +51,51 @@ class Window:
         return float(self.ts[-1])
 
 
+class _Chunk(NamedTuple):
+    """Consecutive ready windows of one device and one segment, copied out of its buffer."""
+
+    seq: int             # seq of the first
+    segment: int
+    ts: np.ndarray       # (k, window_length)
+    values: np.ndarray   # (k, window_length, channels)
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """Ready windows taken together: device by device, each device's in window order.
+
+    ``runs`` names the device of each slice ``[lo, hi)`` of the arrays; a device has one run.
+    """
+
+    runs: tuple[tuple[str, int, int], ...]
+    seq: np.ndarray      # (batch,) int64
+    segment: np.ndarray  # (batch,) int64
+    ts: np.ndarray       # (batch, window_length) float64
+    values: np.ndarray   # (batch, window_length, channels) float64, as received
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def window(self, i: int, device_id: str) -> Window:
+        """Window ``i`` (of ``device_id``, whose run holds ``i``); its arrays are views of the batch's."""
+        return Window(device_id, int(self.seq[i]), self.ts[i], self.values[i], int(self.segment[i]))
+
+    def windows(self) -> list[Window]:
+        return [self.window(i, device) for device, lo, hi in self.runs for i in range(lo, hi)]
+
+
 @dataclass
 class _Device:
     buf: np.ndarray
     ts: np.ndarray
+    win: np.ndarray         # read-only views of buf and ts: the window starting at each row, (rows, window_length[, channels])
+    win_ts: np.ndarray
     size: int = 0           # rows in buf
     since_reset: int = 0    # readings accepted since the last reset
     last_ts: float = -1.0
     seq: int = 0
     segment: int = 0
-    ready: list[Window] = field(default_factory=list)
+    ready: list[_Chunk] = field(default_factory=list)
 
 
 def channel_problem(readings: Iterable[Reading], channels: Sequence[str]) -> str | None:
@@ -80,7 +119,7 @@ class Windows:
         self.window_length = window_length
         self.stride = stride
         self.max_gap_s = gap_periods * sample_period_s
-        self._capacity = max(4 * window_length, window_length + stride)
+        self._capacity = max(4 * window_length, window_length + stride, 256)  # rows per device; fewer compactions
         self._devices: dict[str, _Device] = {}
         self._ready_count = 0
 
@@ -95,8 +134,10 @@ class Windows:
     def _device(self, device_id: str) -> _Device:
         dev = self._devices.get(device_id)
         if dev is None:
-            dev = _Device(np.empty((self._capacity, len(self.channels)), dtype=np.float64),
-                          np.empty(self._capacity, dtype=np.float64))
+            buf = np.empty((self._capacity, len(self.channels)), dtype=np.float64)
+            ts = np.empty(self._capacity, dtype=np.float64)
+            length = self.window_length
+            dev = _Device(buf, ts, sliding_window_view(buf, length, axis=0).transpose(0, 2, 1), sliding_window_view(ts, length))
             self._devices[device_id] = dev
         return dev
 
@@ -144,12 +185,12 @@ class Windows:
             since0 = dev.since_reset
             first = max(length - since0 - 1, 0)
             first += (-(since0 + first + 1 - length)) % stride
-            for r in range(first, m, stride):
-                end = lo + r + 1
-                dev.ready.append(Window(device_id, dev.seq, dev.ts[end - length: end].copy(), dev.buf[end - length: end].copy(),
-                                        dev.segment))
-                dev.seq += 1
-                self._ready_count += 1
+            if first < m:  # every window ending in this run, copied out in one strided slice
+                starts = slice(lo + first + 1 - length, lo + m + 1 - length, stride)
+                chunk = _Chunk(dev.seq, dev.segment, dev.win_ts[starts].copy(), dev.win[starts].copy())
+                dev.ready.append(chunk)
+                dev.seq += len(chunk.ts)
+                self._ready_count += len(chunk.ts)
             dev.size += m
             dev.since_reset += m
             done += m
@@ -183,24 +224,53 @@ class Windows:
         extra = dev.since_reset - self.window_length
         if extra >= 0 and extra % self.stride == 0:
             lo = dev.size - self.window_length
-            dev.ready.append(Window(device_id, dev.seq, dev.ts[lo: dev.size].copy(), dev.buf[lo: dev.size].copy(), dev.segment))
+            dev.ready.append(_Chunk(dev.seq, dev.segment, dev.win_ts[lo: lo + 1].copy(), dev.win[lo: lo + 1].copy()))
             dev.seq += 1
             self._ready_count += 1
         return outcome
 
-    def take_ready(self, limit: int | None = None) -> list[Window]:
-        """Remove and return up to ``limit`` ready windows, oldest first within each device."""
-        out: list[Window] = []
-        for dev in self._devices.values():
+    def take_batch(self, limit: int | None = None) -> WindowBatch:
+        """Remove and return up to ``limit`` ready windows, oldest first within each device, as arrays."""
+        runs: list[tuple[str, int, int]] = []
+        seq: list[int] = []
+        segment: list[int] = []
+        ts: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        total = 0
+        for device_id, dev in self._devices.items():
             if not dev.ready:
                 continue
-            room = len(dev.ready) if limit is None else min(len(dev.ready), limit - len(out))
-            out.extend(dev.ready[:room])
-            del dev.ready[:room]
-            if limit is not None and len(out) >= limit:
+            lo = total
+            taken = 0
+            for chunk in dev.ready:
+                k = len(chunk.ts)
+                room = k if limit is None else min(k, limit - total)
+                if room < k:  # split: the rest stays ready
+                    dev.ready[taken] = _Chunk(chunk.seq + room, chunk.segment, chunk.ts[room:], chunk.values[room:])
+                    chunk = _Chunk(chunk.seq, chunk.segment, chunk.ts[:room], chunk.values[:room])
+                else:
+                    taken += 1
+                seq.extend(range(chunk.seq, chunk.seq + room))
+                segment.extend([chunk.segment] * room)
+                ts.append(chunk.ts)
+                values.append(chunk.values)
+                total += room
+                if limit is not None and total >= limit:
+                    break
+            del dev.ready[:taken]
+            runs.append((device_id, lo, total))
+            if limit is not None and total >= limit:
                 break
-        self._ready_count -= len(out)
-        return out
+        self._ready_count -= total
+        if not total:
+            width = (0, self.window_length)
+            return WindowBatch((), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(width), np.empty((*width, len(self.channels))))
+        return WindowBatch(tuple(runs), np.array(seq, dtype=np.int64), np.array(segment, dtype=np.int64),
+                           np.concatenate(ts), np.concatenate(values))
+
+    def take_ready(self, limit: int | None = None) -> list[Window]:
+        """Remove and return up to ``limit`` ready windows, oldest first within each device."""
+        return self.take_batch(limit).windows()
 
 
 def stack(windows: Sequence[Window]) -> np.ndarray:
