@@ -1,22 +1,25 @@
 """Kafka over TLS on a real broker (cloud/stack_secure.py: SASL_SSL with SCRAM-SHA-512, and mutual
 TLS): the agent's forwarder delivers, a wrong password, a missing CA and a missing client
-certificate are refused with a reason within the bootstrap timeout, and the processor consumes
-what the agent sent and stores it. Plus the processor's and the retraining trigger's config keys.
+certificate are refused with a reason within the bootstrap timeout, and the processor and the
+archive consume what the agent sent. Plus the processor's and the retraining trigger's config keys.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from cloud.processor.archive import run_archive
 from cloud.processor.backends import open_sqlite
 from cloud.processor.config import load_config as load_processor_config
 from cloud.retrain.config import load_retrain_config
@@ -29,6 +32,7 @@ from edge.kafka_security import KafkaSecurity, client_kwargs
 from edge.metrics import AgentMetrics
 from edge.outbox import Outbox, Record
 from tests.cloud.processor_streams import event, in_thread, wait_for, write_config
+from tests.cloud.test_processor_archive import windows
 from tests.tls_util import Pki, make_pki
 
 PASSWORDS = {"agent-gw1": "agent-pw-1", "processor": "processor-pw-1"}
@@ -149,19 +153,22 @@ def test_mutual_tls_needs_the_client_certificate(secure: Secure, tmp_path: Path,
 
 
 @pytest.mark.brokers
-def test_processor_consumes_what_the_agent_sent_over_sasl_ssl(secure: Secure, tmp_path: Path, unique: str) -> None:
+def test_processor_and_archive_consume_what_the_agent_sent_over_sasl_ssl(secure: Secure, tmp_path: Path, unique: str) -> None:
     topic = f"anomalies.{unique}"
-    create_topics(secure.kafka.bootstrap, [topic, f"{topic}.alerts", f"{topic}.deadletter"], **secure.sasl("processor"))
+    create_topics(secure.kafka.bootstrap, [topic, f"{topic}.alerts", f"{topic}.deadletter", f"{topic}.telemetry"],
+                  **secure.sasl("processor"))
     agent = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines(str(secure.pki.ca)),
                          {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]})
     events = [event(f"pump-{i % 2}", 1_764_230_400.0 + 10 * i) for i in range(5)]
-    fwd, _ = forward(agent, tmp_path, [encode_event(e) for e in events], topic)
+    fwd, box = forward(agent, tmp_path, [encode_event(e) for e in events], topic)
+    box.append([Record("telemetry", f"{topic}.telemetry", b"pump-0", w) for w in windows(4)])
     try:
-        assert fwd.drain_once() == 5
+        assert fwd.drain_once() + fwd.drain_once() == 9
     finally:
         fwd._close_producer()
-    db = tmp_path / "store.db"
-    path = write_config(tmp_path / "cloud.toml", bootstrap=secure.kafka.bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=db)
+    db, archive_dir = tmp_path / "store.db", tmp_path / "archive"
+    path = write_config(tmp_path / "cloud.toml", bootstrap=secure.kafka.bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=db,
+                        extra=f'[archive]\nenabled = true\ndir = "{archive_dir}"\ngroup_id = "arch-{unique}"\nflush_rows = 4\n')
     cfg = load_processor_config(path, env={  # the environment twins, as a systemd EnvironmentFile would set them
         "EDGEWATCH_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "EDGEWATCH_KAFKA__SSL_CAFILE": str(secure.pki.ca),
         "EDGEWATCH_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512", "EDGEWATCH_KAFKA__USERNAME": "processor",
@@ -170,13 +177,31 @@ def test_processor_consumes_what_the_agent_sent_over_sasl_ssl(secure: Secure, tm
     store = open_sqlite(db)
     store.migrate()
     thread, stop, errors = in_thread(cfg)
+    archive = threading.Thread(target=run_archive, args=(cfg, stop, CollectorRegistry()), daemon=True)
+    archive.start()
     try:
-        wait_for(lambda: store.count("events") == 5 or bool(errors), 60, "the processor to store the 5 events")
+        wait_for(lambda: store.count("events") == 5 or bool(errors) or not archive.is_alive(), 60, "the processor to store the 5 events")
+        wait_for(lambda: archived(archive_dir) == 4 or not archive.is_alive(), 60, "the archive to write the 4 windows")
     finally:
         stop.set()
         thread.join(30)
+        archive.join(30)
         store.close()
-    assert not errors and not thread.is_alive()
+    assert not errors and not thread.is_alive() and not archive.is_alive()
+    assert store_count(db) == 5 and archived(archive_dir) == 4
+
+
+def store_count(db: Path) -> int:
+    store = open_sqlite(db)
+    try:
+        return store.count("events")
+    finally:
+        store.close()
+
+
+def archived(folder: Path) -> int:
+    files = list(folder.glob("device_id=*/date=*/*.parquet"))
+    return sum(pq.read_metadata(f).num_rows for f in files)
 
 
 def test_processor_and_trigger_configs_check_their_kafka_security(tmp_path: Path) -> None:
