@@ -6,8 +6,9 @@ to a ``--partitions``-partition topic, then consumes the whole topic three times
 fresh consumer group from offset 0:
 
 1. bare: a ``KafkaConsumer`` that only ``json.loads`` each value (the baseline);
-2. the processor with the SQLite store;
-3. the processor with the PostgreSQL store.
+2. the same bare consumer with ``orjson.loads`` instead (shown for transparency, not the baseline);
+3. the processor with the SQLite store;
+4. the processor with the PostgreSQL store (``fsync=off``, as :mod:`cloud.processor.pgserver` runs it).
 
 Each time is from creating the consumer to the last event consumed (for the processor: stored,
 incidents and alerts applied, offsets committed). Prints events/s and the ratio to the
@@ -21,14 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge.contract import AnomalyEvent, encode_event
 
@@ -67,7 +70,7 @@ def produce(bootstrap: str, topic: str, events: list[AnomalyEvent]) -> None:
     producer.close()
 
 
-def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int) -> float:
+def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int, decode: Callable[[bytes], Any] = json.loads) -> float:
     from kafka import KafkaConsumer
 
     started = time.perf_counter()
@@ -77,7 +80,7 @@ def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int) -> fl
     while seen < n:
         for records in consumer.poll(timeout_ms=500).values():
             for r in records:
-                json.loads(r.value)
+                decode(r.value)
             seen += len(records)
     consumer.commit()
     elapsed = time.perf_counter() - started
@@ -152,12 +155,13 @@ def main() -> None:
     if args.pure_python_crc:
         sys.modules["crc32c"] = None  # type: ignore[assignment]  # makes `import crc32c` fail inside kafka-python
     import kafka.record.util
+    import orjson
 
     from cloud.processor.pgserver import LocalPostgres
     from cloud.stack import LocalStack
 
     crc = "pure Python" if kafka.record.util.crc32c_c is None else "crc32c (C)"
-    print(f"kafka-python record CRC32C: {crc}")
+    print(f"kafka-python record CRC32C: {crc}; load average {os.getloadavg()[0]:.2f} (1 min)")
     with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmpdir:
         tmp = Path(tmpdir)
         stack = LocalStack(tmp / "stack")
@@ -181,17 +185,19 @@ def main() -> None:
                 pg_store = f'backend = "postgres"\npostgres_dsn = "{pg.create_database(f"bench{r}")}"'
                 runs = {
                     "bare kafka-python + json.loads": partial(bare, b, topic, f"bench-bare-{r}", n, mpr),
+                    "bare kafka-python + orjson.loads": partial(bare, b, topic, f"bench-bare-orjson-{r}", n, mpr, orjson.loads),
                     "processor, SQLite": partial(processor, config(tmp, f"sqlite-{r}", b, topic, sqlite_store, mpr), n),
                     "processor, PostgreSQL": partial(processor, config(tmp, f"pg-{r}", b, topic, pg_store, mpr), n),
                 }
                 for name, fn in runs.items():
                     rate = n / fn()
                     results[name] = max(results.get(name, 0.0), rate)
-                    print(f"  run {r + 1}: {name:<32} {rate:10.0f} events/s", flush=True)
+                    print(f"  run {r + 1}: {name:<34} {rate:10.0f} events/s", flush=True)
             base = results["bare kafka-python + json.loads"]
             print(f"\nbest of {args.repeat}, {len(events)} events, {args.partitions} partitions, {args.devices} devices:")
             for name, rate in results.items():
-                print(f"{name:<32} {rate:10.0f} events/s   ratio {rate / base:5.2f}")
+                print(f"{name:<34} {rate:10.0f} events/s   ratio {rate / base:5.2f}")
+            print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         finally:
             pg.stop()
             stack.stop()

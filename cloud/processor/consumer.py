@@ -121,19 +121,19 @@ class Processor:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         alerts: list[Any] = []
         dead: list[Any] = []
-        for tp, records in polled.items():
-            if not records:
-                continue
+        batches = [(tp, records) for tp, records in polled.items() if records]
+        for tp, _ in batches:
             self.last_seen[tp.partition] = time.monotonic()
-            try:
-                res = self.pipeline.process(tp.topic, tp.partition, records)
-            except store_errors() as exc:
-                self.metrics.store_errors.inc()
-                log.error("store_write_failed topic=%s partition=%d offset=%d error=%r; retrying", tp.topic, tp.partition,
-                          records[0].offset, exc)
+        try:  # one store transaction for the whole poll (fewer commits); a failure rewinds every partition of it
+            results = self.pipeline.process_many([(tp.topic, tp.partition, records) for tp, records in batches]) if batches else []
+        except store_errors() as exc:
+            self.metrics.store_errors.inc()
+            log.error("store_write_failed partitions=%s error=%r; retrying", sorted(tp.partition for tp, _ in batches), exc)
+            for tp, records in batches:
                 consumer.seek(tp, records[0].offset)
-                self.stop.wait(STORE_RETRY_S)
-                continue
+            self.stop.wait(STORE_RETRY_S)
+            batches, results = [], []
+        for (tp, records), res in zip(batches, results, strict=True):
             offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
             alerts += res.alerts
             dead += res.dead

@@ -56,20 +56,30 @@ class IncidentTracker:
     def apply(self, device: str, state: DeviceState, t: float, score: float, model_name: str, model_version: str,
               final: float, out: Changes) -> None:
         """Apply one new (not duplicate, not late) anomaly at event time ``t``; ``final`` as in the module doc."""
-        state["model"] = [model_name, model_version]
+        model = state.get("model")
+        if model is None or model[0] != model_name or model[1] != model_version:
+            state["model"] = [model_name, model_version]
         inc = state["open"]
         if inc is not None:
             inc["count"] += 1
-            inc["last"] = max(inc["last"], t)
-            inc["max"] = max(inc["max"], score)
+            if t > inc["last"]:
+                inc["last"] = t
+            if score > inc["max"]:
+                inc["max"] = score
             inc["model_name"], inc["model_version"] = model_name, model_version
             out.updated[device] = state
             return
-        # anomalies before final - W can never share a window with one still to come
-        recent: list[list[float]] = [r for r in state["recent"] if r[0] >= final - self.s.window_s]
-        state["recent"] = recent
+        # anomalies before final - W can never share a window with one still to come (recent is sorted: a prefix)
+        recent: list[list[float]] = state["recent"]
+        cutoff = final - self.s.window_s
+        old = 0
+        while old < len(recent) and recent[old][0] < cutoff:
+            old += 1
+        if old:
+            del recent[:old]
         bisect.insort(recent, [t, score])
-        self._try_open(device, state, final, out)
+        if len(recent) >= self.s.min_events:
+            self._try_open(device, state, final, out)
 
     def advance(self, device: str, state: DeviceState, final: float, out: Changes) -> None:
         """The partition's final time reached this device's due time: open and/or close what is now decided."""

@@ -11,7 +11,6 @@ thread; blocks on the store; store errors propagate after the in-memory state is
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -19,16 +18,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from cloud.processor.alerts import alert_rows
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.drift import DriftMonitor, Expectation
-from cloud.processor.fastevent import FastEventDecoder
+from cloud.processor.fastevent import FastEventDecoder, Fields, event_fields
 from cloud.processor.incidents import Changes, DeviceState, IncidentTracker, new_state
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.store import PartitionRow, Store
-from edge.contract import AnomalyEvent, ContractError, decode_event
+from edge.contract import ContractError, decode_event
 
 log = logging.getLogger(__name__)
+
+Decoded = tuple[int, bytes, Fields]  # (offset, payload, fields) of a valid event
+DeadRow = tuple[str, int, int, str, str, bytes, float]  # (topic, partition, offset, field, reason, payload, created_at)
+
+
+class _Duplicates(Exception):
+    """An optimistic batch met an event the store already holds: roll back and redo it with the lookup."""
 
 
 @dataclass
@@ -68,6 +76,7 @@ class Pipeline:
         self.lateness = config.incidents.allowed_lateness_s
         self.contexts: dict[int, PartitionContext] = {}
         self.fast = FastEventDecoder()
+        self._lookup: set[int] = set()  # partitions whose last batch held duplicates: look ids up first
 
     def forget(self, partitions: Sequence[int]) -> None:
         """Drop in-memory state (on rebalance); the next batch reloads it from the store."""
@@ -84,59 +93,110 @@ class Pipeline:
 
     def process(self, topic: str, partition: int, records: Sequence[Any]) -> BatchResult:
         """Store one batch of Kafka records (``.offset``, ``.value``) of one partition, atomically."""
+        return self.process_many([(topic, partition, records)])[0]
+
+    def process_many(self, batches: Sequence[tuple[str, int, Sequence[Any]]]) -> list[BatchResult]:
+        """Store the batches of one poll (one per partition) in one transaction; results in the same order.
+
+        Each partition is applied exactly as if alone (its own progress row, context and event-time
+        order); sharing the transaction only saves commits. Progress rows are locked in (topic,
+        partition) order, so two processes never wait on each other in a cycle. Optimistic about
+        duplicates: events are inserted without looking them up first; when the insert meets one
+        already stored, everything is rolled back and redone with the lookup (which those partitions
+        keep doing until a batch of theirs holds no duplicates).
+        """
         started = time.perf_counter()
         now = self.clock()
-        res = BatchResult()
-        decoded: list[tuple[Any, AnomalyEvent]] = []
-        dead: list[tuple[str, int, int, str, str, bytes, float]] = []
-        fast = self.fast.decode
+        work = [(topic, partition, records, *self._decode(topic, partition, records, now)) for topic, partition, records in batches]
+        lookup = any(partition in self._lookup for _, partition, _ in batches)
+        try:
+            done = self._store(work, now, lookup)
+        except _Duplicates:
+            done = self._store(work, now, True)
+            lookup = True
+        out: list[BatchResult] = []
+        for (_, partition, records, _, dead), (res, changes) in zip(work, done, strict=True):
+            if res.duplicates:
+                self._lookup.add(partition)
+            elif lookup:
+                self._lookup.discard(partition)
+            res.deadletters = len(dead)
+            res.alerts = [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
+            res.dead = [d[:6] for d in dead]
+            self.metrics.events_consumed.inc(len(records))
+            self.metrics.events_processed.inc(res.stored)
+            self.metrics.duplicates_dropped.inc(res.duplicates)
+            self.metrics.late_events.labels(applied="true").inc(res.late_applied)
+            self.metrics.late_events.labels(applied="false").inc(res.late_dropped)
+            out.append(res)
+        self.metrics.processing_seconds.observe(time.perf_counter() - started)
+        return out
+
+    def _decode(self, topic: str, partition: int, records: Sequence[Any], now: float) -> tuple[list[Decoded], list[DeadRow]]:
+        """Valid events as (offset, payload, fields) and dead-letter rows, in record order."""
+        decoded: list[Decoded] = []
+        dead: list[DeadRow] = []
+        fields = self.fast.fields
         for r in records:
-            try:
-                if r.value is None:
+            value = r.value
+            f = fields(value) if value is not None else None
+            if f is not None:
+                decoded.append((r.offset, value, f))
+                continue
+            try:  # the fast path declined: the contract decides, and names the problem
+                if value is None:
                     raise ContractError("$", None, "a record without a value is not an anomaly event")
-                decoded.append((r, fast(r.value) or decode_event(r.value)))
+                decoded.append((r.offset, value, event_fields(decode_event(value))))
             except ContractError as exc:
-                dead.append((topic, partition, r.offset, exc.field, str(exc), r.value or b"", now))
+                dead.append((topic, partition, r.offset, exc.field, str(exc), value or b"", now))
                 self.metrics.deadletters.labels(cause="json" if exc.field == "$" else "contract").inc()
             except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
                 # the contract promises ContractError only; anything else is its bug, and still bad input here
                 log.error("event_decoder_failed offset=%d error=%r", r.offset, exc)
-                dead.append((topic, partition, r.offset, "$", f"$: decoder error {exc!r}", r.value or b"", now))
+                dead.append((topic, partition, r.offset, "$", f"$: decoder error {exc!r}", value or b"", now))
                 self.metrics.deadletters.labels(cause="decoder_error").inc()
         if dead:
             log.info("events_deadlettered topic=%s partition=%d count=%d first_reason=%r", topic, partition, len(dead), dead[0][4])
+        return decoded, dead
+
+    def _store(self, work: list[tuple[str, int, Sequence[Any], list[Decoded], list[DeadRow]]], now: float,
+               lookup: bool) -> list[tuple[BatchResult, Changes]]:
+        done: list[tuple[BatchResult, Changes]] = []
+        touched_ctx: list[tuple[PartitionContext, PartitionRow]] = []
         try:
             with self.store.transaction():
-                row = self.store.lock_partition(topic, partition, now)
-                ctx = self._context(topic, row)
-                changes = Changes()
-                touched: set[str] = set()
-                events = self._apply(ctx, topic, partition, decoded, now, changes, touched, res)
-                self.tracker.flush_updated(changes)
-                self.store.insert_events(events)
-                self.store.insert_deadletters(dead)
-                self.store.save_device_states(topic, partition, {d: json.dumps(ctx.states[d]) for d in touched})
-                self.store.upsert_incidents(changes.incidents.values(), now)
-                self.store.insert_alerts(alert_rows(changes.alerts), now)
-                row.version += 1
-                row.watermark = ctx.watermark
-                if records:
-                    row.next_offset = max(row.next_offset, records[-1].offset + 1)
-                self.store.save_partition(row, now)
+                rows = {(t, p): self.store.lock_partition(t, p, now) for t, p in sorted({(t, p) for t, p, *_ in work})}
+                events: list[tuple[Any, ...]] = []
+                for topic, partition, records, decoded, dead in work:
+                    res = BatchResult()
+                    row = rows[topic, partition]
+                    ctx = self._context(topic, row)
+                    changes = Changes()
+                    touched: set[str] = set()
+                    existing = self.store.existing_event_ids([f[0] for _, _, f in decoded]) if lookup else set()
+                    events += self._apply(ctx, topic, partition, decoded, existing, now, changes, touched, res)
+                    self.tracker.flush_updated(changes)
+                    self.store.insert_deadletters(dead)
+                    self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
+                    self.store.upsert_incidents(changes.incidents.values(), now)
+                    self.store.insert_alerts(alert_rows(changes.alerts), now)
+                    row.version += 1
+                    row.watermark = ctx.watermark
+                    if records:
+                        row.next_offset = max(row.next_offset, records[-1].offset + 1)
+                    self.store.save_partition(row, now)
+                    done.append((res, changes))
+                    touched_ctx.append((ctx, row))
+                inserted = self.store.insert_events(events)
+                if inserted != len(events) and not lookup:
+                    raise _Duplicates
         except BaseException:
-            self.contexts.pop(partition, None)
+            for _, partition, *_ in work:
+                self.contexts.pop(partition, None)
             raise
-        ctx.version = row.version
-        res.deadletters = len(dead)
-        res.alerts = [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
-        res.dead = [d[:6] for d in dead]
-        self.metrics.events_consumed.inc(len(records))
-        self.metrics.events_processed.inc(res.stored)
-        self.metrics.duplicates_dropped.inc(res.duplicates)
-        self.metrics.late_events.labels(applied="true").inc(res.late_applied)
-        self.metrics.late_events.labels(applied="false").inc(res.late_dropped)
-        self.metrics.processing_seconds.observe(time.perf_counter() - started)
-        return res
+        for ctx, row in touched_ctx:
+            ctx.version = row.version
+        return done
 
     def advance_idle(self, topic: str, partition: int, watermark: float) -> list[tuple[str, str, str]]:
         """Move an idle partition's watermark to ``watermark`` (if later) and decide what became due; returns outbox alerts."""
@@ -151,7 +211,7 @@ class Pipeline:
                 ctx.watermark = watermark
                 touched: set[str] = set()
                 self._close_due(ctx, watermark - self.lateness, changes, touched)
-                self.store.save_device_states(topic, partition, {d: json.dumps(ctx.states[d]) for d in touched})
+                self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
                 self.store.upsert_incidents(changes.incidents.values(), now)
                 self.store.insert_alerts(alert_rows(changes.alerts), now)
                 row.version += 1
@@ -169,7 +229,7 @@ class Pipeline:
         ctx = self.contexts.get(row.partition)
         if ctx is not None and ctx.version == row.version:
             return ctx
-        states = {d: json.loads(s) for d, s in self.store.load_device_states(topic, row.partition).items()}
+        states = {d: orjson.loads(s) for d, s in self.store.load_device_states(topic, row.partition).items()}
         ctx = PartitionContext(row.version, row.watermark, states)
         for device, st in states.items():
             self._set_due(ctx, device, st)
@@ -177,39 +237,49 @@ class Pipeline:
         log.info("partition_state_loaded topic=%s partition=%d devices=%d version=%d", topic, row.partition, len(states), row.version)
         return ctx
 
-    def _apply(self, ctx: PartitionContext, topic: str, partition: int, decoded: list[tuple[Any, AnomalyEvent]], now: float,
+    def _apply(self, ctx: PartitionContext, topic: str, partition: int, decoded: list[Decoded], existing: set[str], now: float,
                changes: Changes, touched: set[str], res: BatchResult) -> list[tuple[Any, ...]]:
-        existing = self.store.existing_event_ids([e.event_id for _, e in decoded])
+        """Apply the batch in record order; returns the event rows to insert (duplicates left out)."""
         rows: list[tuple[Any, ...]] = []
-        for r, ev in decoded:
-            if ev.event_id in existing:
-                res.duplicates += 1
+        append = rows.append
+        lateness = self.lateness
+        tracker_apply, drift_apply, set_due = self.tracker.apply, self.drift.apply, self._set_due
+        states = ctx.states
+        wm = ctx.watermark
+        stored = late_applied = late_dropped = duplicates = 0
+        for offset, value, f in decoded:
+            event_id = f[0]
+            if event_id in existing:
+                duplicates += 1
                 continue
-            existing.add(ev.event_id)
-            t = ev.window_end
-            late = self.tracker.is_late(t, ctx.watermark)
+            existing.add(event_id)
+            t = f[4]
+            late = wm is not None and t < wm - lateness  # IncidentTracker.is_late
             if late:
-                res.late_dropped += 1
+                late_dropped += 1
             else:
-                if ctx.watermark is not None and t < ctx.watermark:
-                    res.late_applied += 1
-                if ctx.watermark is None or t > ctx.watermark:
-                    ctx.watermark = t
-                final = ctx.watermark - self.lateness
+                if wm is None or t > wm:
+                    wm = ctx.watermark = t
+                elif t < wm:
+                    late_applied += 1
+                final = wm - lateness
                 if final >= ctx.min_due:
                     self._close_due(ctx, final, changes, touched)
-                st = ctx.states.get(ev.device_id)
+                device = f[1]
+                st = states.get(device)
                 if st is None:
-                    st = ctx.states[ev.device_id] = new_state()
-                self.tracker.apply(ev.device_id, st, t, ev.score, ev.model_name, ev.model_version, final, changes)
-                self.drift.apply(ev.device_id, st, t, ev.score, ev.threshold, ev.model_name, ev.model_version, ev.model_sha256,
-                                 final, changes)
-                self._set_due(ctx, ev.device_id, st)
-                touched.add(ev.device_id)
-            res.stored += 1
-            rows.append((ev.event_id, ev.device_id, ev.agent_id, ev.window_start, t, ev.score, ev.threshold,
-                         r.value.decode(), ev.model_name, ev.model_version, ev.model_sha256,
-                         ev.detected_at, topic, partition, r.offset, int(late), now))
+                    st = states[device] = new_state()
+                tracker_apply(device, st, t, f[5], f[7], f[8], final, changes)
+                drift_apply(device, st, t, f[5], f[6], f[7], f[8], f[9], final, changes)
+                set_due(ctx, device, st)
+                touched.add(device)
+            stored += 1
+            append((event_id, f[1], f[2], f[3], t, f[5], f[6], value.decode(), f[7], f[8], f[9], f[10], topic, partition, offset,
+                    int(late), now))
+        res.stored += stored
+        res.duplicates += duplicates
+        res.late_applied += late_applied
+        res.late_dropped += late_dropped
         return rows
 
     def _close_due(self, ctx: PartitionContext, final: float, changes: Changes, touched: set[str]) -> None:

@@ -163,23 +163,30 @@ class Store:
             found.update(r[0] for r in self.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
         return found
 
-    def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert events (``EVENT_COLUMNS`` order); an ``event_id`` already stored keeps its first row."""
+    def insert_events(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Insert events (``EVENT_COLUMNS`` order); an ``event_id`` already stored keeps its first row.
+
+        Returns how many rows were inserted (fewer than given when some ``event_id`` was already stored).
+        """
+        if not rows:
+            return 0
         cols = ", ".join(EVENT_COLUMNS)
-        if self.dialect == "postgres" and len(rows) > 50:
-            # COPY into a transaction-local staging table is ~2.5x faster than executemany for a batch
-            cur = self.conn.cursor()
-            try:
+        cur = self.conn.cursor()
+        try:
+            if self.dialect == "postgres":
+                # COPY into a transaction-local staging table is ~2.5x faster than executemany for a batch
                 cur.execute("CREATE TEMP TABLE IF NOT EXISTS events_in (LIKE events) ON COMMIT DELETE ROWS")
                 with cur.copy(f"COPY events_in ({cols}) FROM STDIN") as copy:
+                    write = copy.write_row
                     for row in rows:
-                        copy.write_row(row)
+                        write(row)
                 cur.execute(f"INSERT INTO events ({cols}) SELECT {cols} FROM events_in ON CONFLICT (event_id) DO NOTHING")
-            finally:
-                cur.close()
-            return
-        marks = ", ".join("?" * len(EVENT_COLUMNS))
-        self.executemany(f"INSERT INTO events ({cols}) VALUES ({marks}) ON CONFLICT (event_id) DO NOTHING", rows)
+            else:
+                marks = ", ".join("?" * len(EVENT_COLUMNS))
+                cur.executemany(f"INSERT INTO events ({cols}) VALUES ({marks}) ON CONFLICT (event_id) DO NOTHING", rows)
+            return int(cur.rowcount)
+        finally:
+            cur.close()
 
     def insert_deadletters(self, rows: Sequence[tuple[str, int, int, str, str, bytes, float]]) -> None:
         self.executemany("INSERT INTO deadletters (topic, kafka_partition, kafka_offset, field, reason, payload, created_at) "
