@@ -64,7 +64,7 @@ class Agent:
         self._clock = clock
         self._scorer = scorer
         self._producer_factory = producer_factory
-        self.queue = IntakeQueue(config.agent.queue_max_messages, config.agent.overflow)
+        self.queue = IntakeQueue(config.agent.queue_max_messages, config.agent.overflow, config.agent.queue_max_bytes)
         self.intake: MqttIntake | None = None
         self.outbox: Outbox | None = None
         self.forwarder: Forwarder | None = None
@@ -108,7 +108,7 @@ class Agent:
         self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
         self.outbox = Outbox(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes, synchronous=cfg.outbox.synchronous, clock=self._clock)
         self.metrics.track_outbox(lambda: self.outbox.rows if self.outbox else 0, lambda: self.outbox.bytes if self.outbox else 0)
-        self.metrics.track_queue(lambda: len(self.queue))
+        self.metrics.track_queue(lambda: len(self.queue), lambda: self.queue.bytes)
         if cfg.metrics.port:
             server, _thread = serve(self.registry, cfg.metrics.host, cfg.metrics.port)
             self._http = server

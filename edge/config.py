@@ -41,6 +41,7 @@ class AgentSection:
     id: str = ""  # empty: "agent-<hostname>"
     tick_s: float = 0.05
     queue_max_messages: int = 10_000
+    queue_max_bytes: int = 128 * 1024 * 1024  # payload bytes queued; size both bounds for the device's memory
     overflow: OverflowPolicy = "drop_oldest"
     max_payload_bytes: int = 256 * 1024
     deadletter_max_bytes: int = 4096
@@ -241,6 +242,7 @@ def _validate(c: Config) -> None:
     checks: list[tuple[bool, str, Any, str]] = [
         (c.agent.tick_s > 0, "agent.tick_s", c.agent.tick_s, "must be > 0"),
         (c.agent.queue_max_messages >= 1, "agent.queue_max_messages", c.agent.queue_max_messages, "must be >= 1"),
+        (c.agent.queue_max_bytes >= 1, "agent.queue_max_bytes", c.agent.queue_max_bytes, "must be >= 1"),
         (c.agent.max_payload_bytes >= 64, "agent.max_payload_bytes", c.agent.max_payload_bytes, "must be >= 64"),
         (c.agent.deadletter_max_bytes >= 0, "agent.deadletter_max_bytes", c.agent.deadletter_max_bytes, "must be >= 0"),
         (c.agent.max_batch_windows >= 1, "agent.max_batch_windows", c.agent.max_batch_windows, "must be >= 1"),

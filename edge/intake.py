@@ -7,8 +7,8 @@ while it is away, and paho's automatic reconnect with capped exponential backoff
 ``on_message`` runs on paho's network thread and must never block it: it appends
 ``(topic, payload, received_at)`` to an :class:`IntakeQueue` and returns. Decoding happens on
 the agent's worker thread. paho acknowledges a QoS 1 message when ``on_message`` returns, so
-a message dropped by the queue's overflow policy, or still queued at a crash, is lost to the
-agent; drops are counted.
+a message dropped by the queue's overflow policy (``agent.queue_max_messages``,
+``agent.queue_max_bytes``), or still queued at a crash, is lost to the agent; drops are counted.
 """
 
 from __future__ import annotations
@@ -36,35 +36,48 @@ class Message(NamedTuple):
 
 
 class IntakeQueue:
-    """A bounded FIFO between paho's thread (:meth:`put`) and the worker (:meth:`get_batch`).
+    """A FIFO between paho's thread (:meth:`put`) and the worker (:meth:`get_batch`), bounded in
+    messages and in payload bytes.
 
-    ``drop_newest`` refuses the new message when full; ``drop_oldest`` evicts the oldest.
+    When a new message would exceed either bound, ``drop_newest`` refuses it and ``drop_oldest``
+    evicts the oldest messages until it fits; a message alone in the queue is always taken
+    (payloads are bounded by the broker and refused later if over ``agent.max_payload_bytes``).
     :meth:`put` never blocks beyond a short lock.
     """
 
-    def __init__(self, max_messages: int, policy: Literal["drop_newest", "drop_oldest"]) -> None:
+    def __init__(self, max_messages: int, policy: Literal["drop_newest", "drop_oldest"], max_bytes: int | None = None) -> None:
         self.max_messages = max_messages
+        self.max_bytes = max_bytes if max_bytes is not None else 1 << 62
         self.policy = policy
         self.dropped = 0
+        self._bytes = 0
         self._items: collections.deque[Message] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: Message) -> bool:
-        """Enqueue; returns False when the overflow policy dropped a message (this or the oldest)."""
+    @property
+    def bytes(self) -> int:
+        """Payload bytes queued."""
+        return self._bytes
+
+    def put(self, item: Message) -> int:
+        """Enqueue; returns how many messages the overflow policy dropped (this one or older ones)."""
+        size = len(item.payload)
         with self._cond:
-            dropped = False
-            if len(self._items) >= self.max_messages:
-                self.dropped += 1
-                dropped = True
+            dropped = 0
+            while self._items and (len(self._items) >= self.max_messages or self._bytes + size > self.max_bytes):
+                dropped += 1
                 if self.policy == "drop_newest":
-                    return False
-                self._items.popleft()
+                    self.dropped += 1
+                    return 1
+                self._bytes -= len(self._items.popleft().payload)
+            self.dropped += dropped
             self._items.append(item)
+            self._bytes += size
             self._cond.notify()
-            return not dropped
+            return dropped
 
     def get_batch(self, max_items: int, timeout_s: float) -> list[Message]:
         """Up to ``max_items`` messages; waits at most ``timeout_s`` for the first one."""
@@ -72,7 +85,9 @@ class IntakeQueue:
             if not self._items and timeout_s > 0:
                 self._cond.wait(timeout_s)
             n = min(max_items, len(self._items))
-            return [self._items.popleft() for _ in range(n)]
+            out = [self._items.popleft() for _ in range(n)]
+            self._bytes -= sum(len(m.payload) for m in out)
+            return out
 
 
 class MqttIntake:
@@ -80,13 +95,13 @@ class MqttIntake:
     on paho's thread, so a broker that is down at start is not an error."""
 
     def __init__(self, cfg: MqttSection, queue: IntakeQueue, *, clock: Callable[[], float] = time.time,
-                 on_connection: Callable[[bool], None] | None = None, on_drop: Callable[[], None] | None = None) -> None:
+                 on_connection: Callable[[bool], None] | None = None, on_drop: Callable[[int], None] | None = None) -> None:
         self.cfg = cfg
         self.queue = queue
         self.subscription = readings_subscription(cfg.topic_prefix)
         self._clock = clock
         self._on_connection = on_connection or (lambda _up: None)
-        self._on_drop = on_drop or (lambda: None)
+        self._on_drop = on_drop or (lambda _n: None)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._client: mqtt.Client | None = None
@@ -143,5 +158,6 @@ class MqttIntake:
         log.warning("mqtt_disconnected host=%s port=%d reason=%s", self.cfg.host, self.cfg.port, reason)
 
     def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if not self.queue.put(Message(msg.topic, bytes(msg.payload), self._clock())):
-            self._on_drop()
+        dropped = self.queue.put(Message(msg.topic, bytes(msg.payload), self._clock()))
+        if dropped:
+            self._on_drop(dropped)
