@@ -18,6 +18,8 @@ from edge.contract import ConfigError
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
+SQLITE_CACHE_KIB = 64 * 1024
+SQLITE_CHECKPOINT_PAGES = 10_000
 
 
 def open_store(section: StoreSection, *, migrate: bool = True) -> Store:
@@ -41,6 +43,11 @@ def open_sqlite(path: Path) -> Store:
     # transaction across a process crash (SIGKILL), only an OS crash may lose the last ones.
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    # the event_id index takes random keys, so every batch dirties pages all over it: a page cache that holds
+    # the indexes, and checkpoints every ~40 MB of WAL instead of every 4 MB (each one syncs the WAL and the
+    # database file), made the processor 1.2-1.5x faster on bench/processor_throughput.py
+    conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
     return Store(conn, "sqlite")
 
 
