@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from cloud.processor.config import ProcessorConfig
 
 SHA = "cd" * 32
+BASELINE = "bare kafka-python + json.loads"
 T0 = 1_764_230_400.0
 
 
@@ -179,6 +181,7 @@ def main() -> None:
             produce(stack.kafka_bootstrap, topic, events)
             print(f"produced {len(events)} events to {args.partitions} partitions in {time.perf_counter() - t:.1f} s")
             results: dict[str, float] = {}
+            round_ratios: dict[str, list[float]] = {}
             b, n, mpr = stack.kafka_bootstrap, len(events), args.max_poll_records
             for r in range(args.repeat):
                 sqlite_store = f'sqlite_path = "{tmp}/store-{r}.db"'
@@ -189,14 +192,19 @@ def main() -> None:
                     "processor, SQLite": partial(processor, config(tmp, f"sqlite-{r}", b, topic, sqlite_store, mpr), n),
                     "processor, PostgreSQL": partial(processor, config(tmp, f"pg-{r}", b, topic, pg_store, mpr), n),
                 }
+                round_rates: dict[str, float] = {}
                 for name, fn in runs.items():
-                    rate = n / fn()
+                    rate = round_rates[name] = n / fn()
                     results[name] = max(results.get(name, 0.0), rate)
-                    print(f"  run {r + 1}: {name:<34} {rate:10.0f} events/s", flush=True)
-            base = results["bare kafka-python + json.loads"]
-            print(f"\nbest of {args.repeat}, {len(events)} events, {args.partitions} partitions, {args.devices} devices:")
+                    print(f"  run {r + 1}: {name:<34} {rate:10.0f} events/s   ratio in this round "
+                          f"{rate / round_rates[BASELINE]:5.2f}   load {os.getloadavg()[0]:.2f}", flush=True)
+                for name, rate in round_rates.items():
+                    round_ratios.setdefault(name, []).append(rate / round_rates[BASELINE])
+            base = results[BASELINE]
+            print(f"\nbest of {args.repeat}, {len(events)} events, {args.partitions} partitions, {args.devices} devices "
+                  "(ratio: best over best; median: of the ratios within each round):")
             for name, rate in results.items():
-                print(f"{name:<34} {rate:10.0f} events/s   ratio {rate / base:5.2f}")
+                print(f"{name:<34} {rate:10.0f} events/s   ratio {rate / base:5.2f}   median {statistics.median(round_ratios[name]):5.2f}")
             print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         finally:
             pg.stop()
