@@ -27,17 +27,13 @@ from cloud.processor.drift import DriftMonitor, Expectation
 from cloud.processor.fastevent import FastEventDecoder, Fields, event_fields
 from cloud.processor.incidents import Changes, DeviceState, IncidentTracker, new_state
 from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.store import PartitionRow, Store
+from cloud.processor.store import DuplicateEvents, PartitionRow, Store
 from edge.contract import ContractError, decode_event
 
 log = logging.getLogger(__name__)
 
 Decoded = tuple[int, bytes, Fields]  # (offset, payload, fields) of a valid event
 DeadRow = tuple[str, int, int, str, str, bytes, float]  # (topic, partition, offset, field, reason, payload, created_at)
-
-
-class _Duplicates(Exception):
-    """An optimistic batch met an event the store already holds: roll back and redo it with the lookup."""
 
 
 @dataclass
@@ -118,7 +114,7 @@ class Pipeline:
             lookup = any(partition in self._lookup for _, partition, _ in batches)
             try:
                 done = self._store(work, now, lookup)
-            except _Duplicates:
+            except DuplicateEvents:
                 done = self._store(work, now, True)
                 lookup = True
         finally:
@@ -177,14 +173,16 @@ class Pipeline:
             with self.store.transaction():
                 rows = {(t, p): self.store.lock_partition(t, p, now) for t, p in sorted({(t, p) for t, p, *_ in work})}
                 events: list[tuple[Any, ...]] = []
+                seen: set[str] = set()  # event ids stored or applied so far, across the poll's partitions (as if one by one)
                 for topic, partition, records, decoded, dead in work:
                     res = BatchResult()
                     row = rows[topic, partition]
                     ctx = self._context(topic, row)
                     changes = Changes()
                     touched: set[str] = set()
-                    existing = self.store.existing_event_ids([f[0] for _, _, f in decoded]) if lookup else set()
-                    events += self._apply(ctx, topic, partition, decoded, existing, now, changes, touched, res)
+                    if lookup:
+                        seen |= self.store.existing_event_ids([f[0] for _, _, f in decoded])
+                    events += self._apply(ctx, topic, partition, decoded, seen, now, changes, touched, res)
                     self.tracker.flush_updated(changes)
                     self.store.insert_deadletters(dead)
                     self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
@@ -197,9 +195,7 @@ class Pipeline:
                     self.store.save_partition(row, now)
                     done.append((res, changes))
                     touched_ctx.append((ctx, row))
-                inserted = self.store.insert_events(events)
-                if inserted != len(events) and not lookup:
-                    raise _Duplicates
+                self.store.insert_events(events, expect_new=not lookup)
         except BaseException:
             for _, partition, *_ in work:
                 self.contexts.pop(partition, None)

@@ -32,6 +32,12 @@ EVENT_COLUMNS = (
     "model_version", "model_sha256", "detected_at", "topic", "kafka_partition", "kafka_offset", "late", "ingested_at",
 )
 LABELS = ("true_positive", "false_positive")
+PG_INCIDENT_TYPES = {c: "float8" for c in ("opened_at", "closed_at", "last_event_at", "max_score", "observed", "expected", "updated_at")}
+PG_INCIDENT_TYPES["event_count"] = "integer"
+
+
+class DuplicateEvents(Exception):
+    """``insert_events(..., expect_new=True)`` met an ``event_id`` already stored: roll the transaction back."""
 
 
 @dataclass(frozen=True)
@@ -163,10 +169,12 @@ class Store:
             found.update(r[0] for r in self.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
         return found
 
-    def insert_events(self, rows: Sequence[Sequence[Any]]) -> int:
+    def insert_events(self, rows: Sequence[Sequence[Any]], *, expect_new: bool = False) -> int:
         """Insert events (``EVENT_COLUMNS`` order); an ``event_id`` already stored keeps its first row.
 
         Returns how many rows were inserted (fewer than given when some ``event_id`` was already stored).
+        ``expect_new``: the caller believes none is stored yet; if one is, :class:`DuplicateEvents` is raised
+        and the transaction must be rolled back (PostgreSQL then copies straight into the table, one pass).
         """
         if not rows:
             return 0
@@ -174,6 +182,17 @@ class Store:
         cur = self.conn.cursor()
         try:
             if self.dialect == "postgres":
+                import psycopg
+
+                if expect_new:
+                    try:
+                        with cur.copy(f"COPY events ({cols}) FROM STDIN") as copy:
+                            write = copy.write_row
+                            for row in rows:
+                                write(row)
+                    except psycopg.errors.UniqueViolation as exc:
+                        raise DuplicateEvents(str(exc).splitlines()[0]) from None
+                    return len(rows)
                 # COPY into a transaction-local staging table is ~2.5x faster than executemany for a batch
                 cur.execute("CREATE TEMP TABLE IF NOT EXISTS events_in (LIKE events) ON COMMIT DELETE ROWS")
                 with cur.copy(f"COPY events_in ({cols}) FROM STDIN") as copy:
@@ -184,9 +203,12 @@ class Store:
             else:
                 marks = ", ".join("?" * len(EVENT_COLUMNS))
                 cur.executemany(f"INSERT INTO events ({cols}) VALUES ({marks}) ON CONFLICT (event_id) DO NOTHING", rows)
-            return int(cur.rowcount)
+            inserted = int(cur.rowcount)
         finally:
             cur.close()
+        if expect_new and inserted != len(rows):
+            raise DuplicateEvents(f"{len(rows) - inserted} of {len(rows)} events already stored")
+        return inserted
 
     def insert_deadletters(self, rows: Sequence[tuple[str, int, int, str, str, bytes, float]]) -> None:
         self.executemany("INSERT INTO deadletters (topic, kafka_partition, kafka_offset, field, reason, payload, created_at) "
@@ -197,6 +219,13 @@ class Store:
         return {r[0]: r[1] for r in rows}
 
     def save_device_states(self, topic: str, partition: int, states: dict[str, str]) -> None:
+        if self.dialect == "postgres":  # one statement over arrays: executemany costs a server round per row
+            if states:
+                self.execute("INSERT INTO device_state (topic, device_id, kafka_partition, state) "
+                             "SELECT ?, d, ?, s FROM unnest(?::text[], ?::text[]) AS u(d, s) "
+                             "ON CONFLICT (topic, device_id) DO UPDATE SET kafka_partition = excluded.kafka_partition, "
+                             "state = excluded.state", (topic, partition, list(states), list(states.values())))
+            return
         self.executemany("INSERT INTO device_state (topic, device_id, kafka_partition, state) VALUES (?, ?, ?, ?) "
                          "ON CONFLICT (topic, device_id) DO UPDATE SET kafka_partition = excluded.kafka_partition, "
                          "state = excluded.state", [(topic, d, partition, s) for d, s in states.items()])
@@ -210,6 +239,14 @@ class Store:
             d = {c: getattr(r, c) for c in cols[:-1]}
             d["device_ids"] = json.dumps(list(r.device_ids))
             values.append((*d.values(), now))
+        if self.dialect == "postgres":  # one statement over column arrays: executemany costs a server round per row
+            if values:
+                types = ", ".join(f"?::{PG_INCIDENT_TYPES.get(c, 'text')}[]" for c in cols)
+                arrays = [[None if v is None else float(v) for v in col] if PG_INCIDENT_TYPES.get(c) == "float8" else list(col)
+                          for c, col in zip(cols, zip(*values, strict=True), strict=True)]  # one Python type per array
+                self.execute(f"INSERT INTO incidents ({', '.join(cols)}) SELECT * FROM unnest({types}) "
+                             f"ON CONFLICT (incident_id) DO UPDATE SET {updates}", arrays)
+            return
         self.executemany(f"INSERT INTO incidents ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                          f"ON CONFLICT (incident_id) DO UPDATE SET {updates}", values)
 

@@ -221,3 +221,10 @@ def test_a_poll_in_one_transaction_equals_its_partitions_one_by_one(store: Store
     for table in ("events", "incidents", "alerts", "device_state", "partitions"):
         assert got_rows[table] == want_rows[table], table
     reference_store.close()
+
+
+def test_an_event_in_two_partitions_of_one_poll_is_stored_once(store: Store, tmp_path: Path) -> None:
+    payloads = [encode_event(e) for e in fleet_stream(13, partitions=1, duration_s=300)]
+    res = pipeline(store, tmp_path).process_many([(TOPIC, 0, records(payloads)), (TOPIC, 1, records(payloads[:10]))])
+    assert [(r.stored, r.duplicates) for r in res] == [(len(payloads), 0), (0, 10)]
+    assert store.count("events") == len(payloads)
