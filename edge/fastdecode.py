@@ -67,6 +67,15 @@ class FastReadingDecoder:
     def decode(self, payload: bytes, device: str) -> tuple[np.ndarray, np.ndarray] | None:
         """``(ts (n,), values (n, channels))`` float64 in channel order for ``device`` (already
         validated, from the topic), or ``None`` when the contract's decoder must decide."""
+        lists = self.decode_lists(payload, device)
+        if lists is None:
+            return None
+        stamps, rows = lists
+        return np.array(stamps, dtype=np.float64), np.array(rows, dtype=np.float64).reshape(len(stamps), len(self.channels))
+
+    def decode_lists(self, payload: bytes, device: str) -> tuple[list[float], list[tuple[float, ...]]] | None:
+        """:meth:`decode` as Python lists (stamps, one tuple per reading in channel order), for a
+        caller that gathers several payloads into one array."""
         try:
             data = _parse(payload)
             if type(data) is not dict or not data.keys() <= _ANY_KEYS:
@@ -87,7 +96,7 @@ class FastReadingDecoder:
                     return None
                 if not (math.isfinite(sum(row, ts)) and ts >= 0):  # see the batch case for the sum
                     return None
-                return np.array((ts,), dtype=np.float64), np.array((row,), dtype=np.float64)
+                return [ts], [row]
             items = data["readings"]
             if not data.keys() <= _BATCH_KEYS or type(items) is not list or not 1 <= len(items) <= MAX_BATCH:
                 return None
@@ -108,6 +117,6 @@ class FastReadingDecoder:
             # contract); Python's float sum neither warns nor raises, unlike a numpy reduction.
             if not (math.isfinite(sum(chain.from_iterable(rows), sum(stamps))) and min(stamps) >= 0):
                 return None
-            return np.array(stamps, dtype=np.float64), np.array(rows, dtype=np.float64)  # rows are tuples: (n, width)
+            return stamps, rows
         except (_Reject, ValueError, UnicodeDecodeError, RecursionError, OverflowError, TypeError, KeyError):
             return None

@@ -38,6 +38,10 @@ from edge.windows import Added, Window, WindowBatch, Windows, channel_problem
 log = logging.getLogger(__name__)
 
 
+FLUSH_ROWS = 8192
+"""Readings gathered before they go to the windows even mid-round (bounds the Python lists)."""
+
+
 class Scorer(Protocol):
     """What the pipeline needs of a model: :class:`edge.detector.OnnxDetector` is one."""
 
@@ -89,6 +93,8 @@ class Pipeline:
         self._fast = FastReadingDecoder(self.channels)
         self._devices: dict[str, str] = {}  # topic -> device id, a cache of device_from_topic
         self._accepted = 0
+        self._pending: dict[str, tuple[list[float], list[tuple[float, ...]]]] = {}  # device -> readings not yet in the windows
+        self._pending_rows = 0
         self.shadow: Callable[[np.ndarray, np.ndarray, float, float], None] | None = None
 
     def swap_scorer(self, scorer: Scorer) -> None:
@@ -106,13 +112,16 @@ class Pipeline:
         """Ingest messages, then score every window that became ready; returns the records to store."""
         self._accepted = 0
         records = [r for msg in messages if (r := self.ingest(msg)) is not None]
+        self.flush()
         self.metrics.messages_received.inc(len(messages))
         self.metrics.readings_received.inc(self._accepted)
         records.extend(self.score_ready())
         return records
 
     def ingest(self, msg: Message) -> Record | None:
-        """Decode one message into the windows; returns a dead-letter record if it was refused.
+        """Decode one message; returns a dead-letter record if it was refused. Its readings wait,
+        with the device's others of this round, for :meth:`flush` to place them in the windows in
+        one array per device (the same windows and outcomes as placing each message's in turn).
 
         Counts accepted readings in ``_accepted`` (added to the metric once per :meth:`process`)."""
         device = self._devices.get(msg.topic)
@@ -125,7 +134,7 @@ class Pipeline:
                 self._devices[msg.topic] = device
         if len(msg.payload) > self._max_payload:
             return self._reject("too_large", f"payload of {len(msg.payload)} bytes exceeds {self._max_payload}", msg, device)
-        decoded = self._fast.decode(msg.payload, device)
+        decoded = self._fast.decode_lists(msg.payload, device)
         if decoded is None:
             try:
                 readings = decode_readings(msg.payload, topic_device=device, max_bytes=self._max_payload)
@@ -137,18 +146,33 @@ class Pipeline:
             if problem is not None:
                 got = sorted(next(r for r in readings if r.values.keys() != set(self.channels)).values)
                 return self._reject(problem, f"channels {got} do not match the model's {list(self.channels)}", msg, device)
-            decoded = (np.array([r.ts for r in readings], dtype=np.float64),
-                       np.array([[r.values[c] for c in self.channels] for r in readings], dtype=np.float64))
-        ts, rows = decoded
-        self._accepted += len(ts)
-        outcomes = self.windows.add_rows(device, ts, rows)
-        if len(outcomes) > 1 or Added.OK not in outcomes:
-            for added, n in outcomes.items():
-                if added is Added.RESET:
-                    self.metrics.window_resets.inc(n)
-                elif added is not Added.OK:
-                    self.metrics.readings_dropped.labels(added.value).inc(n)
+            decoded = ([r.ts for r in readings], [tuple(r.values[c] for c in self.channels) for r in readings])
+        stamps, rows = decoded
+        self._accepted += len(stamps)
+        pending = self._pending.get(device)
+        if pending is None:
+            self._pending[device] = decoded
+        else:
+            pending[0].extend(stamps)
+            pending[1].extend(rows)
+        self._pending_rows += len(stamps)
+        if self._pending_rows >= FLUSH_ROWS:
+            self.flush()
         return None
+
+    def flush(self) -> None:
+        """Place the readings :meth:`ingest` gathered in the windows, device by device in the order
+        the devices first came; counts late and duplicate readings and gap resets."""
+        pending, self._pending, self._pending_rows = self._pending, {}, 0
+        for device, (stamps, rows) in pending.items():
+            outcomes = self.windows.add_rows(device, np.array(stamps, dtype=np.float64),
+                                             np.array(rows, dtype=np.float64).reshape(len(stamps), len(self.channels)))
+            if len(outcomes) > 1 or Added.OK not in outcomes:
+                for added, n in outcomes.items():
+                    if added is Added.RESET:
+                        self.metrics.window_resets.inc(n)
+                    elif added is not Added.OK:
+                        self.metrics.readings_dropped.labels(added.value).inc(n)
 
     def _reject(self, reason: str, detail: str, msg: Message, device: str | None) -> Record:
         self.metrics.rejected.labels(reason).inc()
