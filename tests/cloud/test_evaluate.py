@@ -273,3 +273,11 @@ def test_nab_runner_end_to_end(tmp_path: Path) -> None:
     scores = np.array([float(r[2]) for r in rows[1:]])
     assert np.all((scores >= 0) & (scores <= 1))
     assert sum(int(r[3]) for r in rows[1:]) == 21
+
+
+def test_skab_defaults_floor_the_scale_and_a_config_can_override_it() -> None:
+    assert family_config("dense_ae", 0, {}).scale_floor > 0  # docs/benchmarks.md: the setting adopted for SKAB
+    assert family_config("dense_ae", 0, {"scale_floor": 0.0}).scale_floor == 0.0
+    assert family_config("conv_ae", 0, {"window_transform": "center"}).window_transform == "center"
+    with pytest.raises(ConfigError, match="level_weight"):
+        family_config("dense_ae", 0, {"level_weight": 0.1})  # a level weight needs a window transform
