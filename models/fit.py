@@ -77,6 +77,13 @@ def build_detector(pre: Preprocessor, config: TrainConfig, channels: int) -> Det
                     level_weight=config.level_weight)
 
 
+def preprocessor_for(segments: Sequence[np.ndarray], config: TrainConfig) -> Preprocessor:
+    """The preprocessing ``config`` asks for, fitted on the rows of ``segments`` (training data only)."""
+    return fit_preprocessor(np.concatenate(segments), mode=config.preprocess, components=config.pca_components,
+                            whiten=config.whiten, scale_floor=config.scale_floor, window_transform=config.window_transform,
+                            window_length=config.window_length)
+
+
 def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channels: Sequence[Channel | str] | None = None,
         sample_period_s: float = 1.0, init_from: FittedModel | Mapping[str, torch.Tensor] | Path | str | None = None,
         progress: bool = False) -> FittedModel:
@@ -95,9 +102,7 @@ def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channel
     if len(windows) < 4:
         raise ValueError(f"only {len(windows)} windows of {config.window_length} samples in the data")
     with deterministic(config.seed):
-        pre = fit_preprocessor(np.concatenate(segments), mode=config.preprocess, components=config.pca_components,
-                               whiten=config.whiten, scale_floor=config.scale_floor, window_transform=config.window_transform,
-                               window_length=config.window_length)
+        pre = preprocessor_for(segments, config)
         detector = build_detector(pre, config, n_channels)
         if init_from is not None:
             _load_initial(detector, init_from)

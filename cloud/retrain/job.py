@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from cloud.processor.config import StoreSection
 from cloud.registry import Registry
 from cloud.retrain.config import RetrainConfig
@@ -238,10 +236,9 @@ def _train(data: Dataset, start: Starting, cfg: RetrainConfig, progress: bool) -
 
     state = start.state
     if state is not None and cfg.retrain.refit_preprocessing:
-        from models.preprocess import fit_preprocessor
+        from models.fit import preprocessor_for
 
-        c = start.config
-        pre = fit_preprocessor(np.concatenate(data.train_segments), mode=c.preprocess, components=c.pca_components, whiten=c.whiten)
+        pre = preprocessor_for(data.train_segments, start.config)
         state = {**state, **{f"pre.{k}": v for k, v in pre.state_dict().items()}}
     m = start.manifest
     return fit(data.train_segments, start.config, channels=m.channels, sample_period_s=m.sample_period_s, init_from=state,
