@@ -270,6 +270,8 @@ class Store:
         return self.execute(sql, params)
 
     def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
+        if not keys:
+            return
         with self.transaction():
             if table == "alerts":
                 self.executemany("UPDATE alerts SET published_at = ? WHERE alert_id = ?", [(now, k[0]) for k in keys])
