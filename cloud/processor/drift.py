@@ -89,7 +89,10 @@ class DriftMonitor:
             st["streak"], st["next"] = 0, b  # the buckets in between had no anomaly: normal
         if b < st["next"]:
             return  # its bucket was already judged (cannot happen for events inside the allowed lateness)
-        n_sum = st["buckets"].setdefault(str(b), [0, 0.0])
+        buckets, key = st["buckets"], str(b)
+        n_sum = buckets.get(key)
+        if n_sum is None:
+            n_sum = buckets[key] = [0, 0.0]
         n_sum[0] += 1
         n_sum[1] += score / threshold if threshold > 0 else 0.0
         st["model_name"], st["sha"] = model_name, sha256
@@ -104,12 +107,13 @@ class DriftMonitor:
 
     def flush(self, device: str, state: DeviceState, final: float, out: Changes) -> None:
         """Judge every bucket of the device that ended at or before ``final``."""
+        w = self.s.window_s
+        current = int(math.floor(final / w))
         for version, st in state["drift"].items():
-            while (st["buckets"] or st["open"]) and (st["next"] + 1) * self.s.window_s <= final:
+            while (st["buckets"] or st["open"]) and (st["next"] + 1) * w <= final:
                 n, total = st["buckets"].pop(str(st["next"]), [0, 0.0])
-                self._judge(device, version, st, n, total, (st["next"] + 1) * self.s.window_s, out)
+                self._judge(device, version, st, n, total, (st["next"] + 1) * w, out)
                 st["next"] += 1
-            current = int(math.floor(final / self.s.window_s))
             if not st["buckets"] and st["open"] is None and current > st["next"]:
                 st["streak"], st["next"] = 0, current  # buckets without anomalies are normal
 
