@@ -1,10 +1,10 @@
 """The processor's consumer loop: a Kafka consumer group on the anomalies topic.
 
-Per poll: every partition's batch is stored in its own transaction, then fleet incidents are
-brought up to the global final time, then the alerts and dead letters those transactions stored
+Per poll: the batches of all its partitions are stored in one transaction, then fleet incidents are
+brought up to the global final time, then the alerts and dead letters that transaction stored
 are produced, and only then are the batch's offsets committed explicitly, per partition. A crash anywhere in
 between re-delivers records that the store de-duplicates: at-least-once delivery, exactly-once
-effect. A store error rewinds the partition to the batch start and retries after a pause; bad
+effect. A store error rewinds the poll's partitions to their batch starts and retries after a pause; bad
 records never stop the loop. :meth:`Processor.run` blocks until ``stop`` is set (SIGTERM in the
 CLI), finishes the batch in hand, publishes, commits and leaves the group.
 """
