@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 FLUSH_ROWS = 8192
-"""Readings gathered before they go to the windows even mid-round (bounds the Python lists)."""
+"""Single readings gathered before they go to the windows even mid-round (bounds the lists)."""
 
 
 class Scorer(Protocol):
@@ -119,9 +119,11 @@ class Pipeline:
         return records
 
     def ingest(self, msg: Message) -> Record | None:
-        """Decode one message; returns a dead-letter record if it was refused. Its readings wait,
-        with the device's others of this round, for :meth:`flush` to place them in the windows in
-        one array per device (the same windows and outcomes as placing each message's in turn).
+        """Decode one message into the windows; returns a dead-letter record if it was refused.
+
+        A single reading waits, with the device's other single readings of this round, for
+        :meth:`flush` (or the device's next batch) to place them in one array: the same windows
+        and outcomes as placing each in turn, without the per-message array work.
 
         Counts accepted readings in ``_accepted`` (added to the metric once per :meth:`process`)."""
         device = self._devices.get(msg.topic)
@@ -150,29 +152,38 @@ class Pipeline:
         stamps, rows = decoded
         self._accepted += len(stamps)
         pending = self._pending.get(device)
-        if pending is None:
+        if len(stamps) > 1:  # a batch: placed at once, after the device's single readings gathered before it
+            if pending is not None:
+                self._place(device, *self._pending.pop(device))
+            self._place(device, stamps, rows)
+        elif pending is None:
+            self.windows.register(device)  # devices keep the order they came in, gathered or not
             self._pending[device] = decoded
+            self._pending_rows += 1
         else:
             pending[0].extend(stamps)
             pending[1].extend(rows)
-        self._pending_rows += len(stamps)
-        if self._pending_rows >= FLUSH_ROWS:
-            self.flush()
+            self._pending_rows += 1
+            if self._pending_rows >= FLUSH_ROWS:
+                self.flush()
         return None
 
     def flush(self) -> None:
-        """Place the readings :meth:`ingest` gathered in the windows, device by device in the order
-        the devices first came; counts late and duplicate readings and gap resets."""
+        """Place the single readings :meth:`ingest` gathered in the windows, one array per device."""
         pending, self._pending, self._pending_rows = self._pending, {}, 0
         for device, (stamps, rows) in pending.items():
-            outcomes = self.windows.add_rows(device, np.array(stamps, dtype=np.float64),
-                                             np.array(rows, dtype=np.float64).reshape(len(stamps), len(self.channels)))
-            if len(outcomes) > 1 or Added.OK not in outcomes:
-                for added, n in outcomes.items():
-                    if added is Added.RESET:
-                        self.metrics.window_resets.inc(n)
-                    elif added is not Added.OK:
-                        self.metrics.readings_dropped.labels(added.value).inc(n)
+            self._place(device, stamps, rows)
+
+    def _place(self, device: str, stamps: list[float], rows: list[tuple[float, ...]]) -> None:
+        """Put readings in the device's windows; counts late and duplicate readings and gap resets."""
+        outcomes = self.windows.add_rows(device, np.array(stamps, dtype=np.float64),
+                                         np.array(rows, dtype=np.float64).reshape(len(stamps), len(self.channels)))
+        if len(outcomes) > 1 or Added.OK not in outcomes:
+            for added, n in outcomes.items():
+                if added is Added.RESET:
+                    self.metrics.window_resets.inc(n)
+                elif added is not Added.OK:
+                    self.metrics.readings_dropped.labels(added.value).inc(n)
 
     def _reject(self, reason: str, detail: str, msg: Message, device: str | None) -> Record:
         self.metrics.rejected.labels(reason).inc()

@@ -141,6 +141,10 @@ class Windows:
             self._devices[device_id] = dev
         return dev
 
+    def register(self, device_id: str) -> None:
+        """Track ``device_id`` from now on (its place among the devices :meth:`take_batch` visits)."""
+        self._device(device_id)
+
     def add(self, reading: Reading) -> Added:
         """Place one reading; never raises for late, duplicate or gapped input."""
         values = reading.values
