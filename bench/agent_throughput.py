@@ -278,7 +278,11 @@ port = 0
         topics = self.topics(name)
         consumer = KafkaConsumer(topics["anomalies"], bootstrap_servers=self.stack.kafka_bootstrap, group_id=f"lat-{tag}",
                                  auto_offset_reset="earliest", enable_auto_commit=False)
+        assign_deadline = time.monotonic() + 120  # once, a stalled Kafka left this waiting for a coordinator for good
         while not consumer.assignment():
+            if time.monotonic() > assign_deadline:
+                consumer.close()
+                raise RuntimeError(f"the latency consumer got no partition of {topics['anomalies']} within 120 s")
             consumer.poll(timeout_ms=200)
         arrivals: dict[str, tuple[float, Any]] = {}
         stop = threading.Event()
