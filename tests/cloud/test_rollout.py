@@ -127,8 +127,14 @@ def wheelhouse(wheel: Path) -> Path:
     from cloud.stack import cache_dir
 
     house = cache_dir() / "wheelhouse"
+    # pip download copies our own wheel into the house too, and a copy left by an earlier run would be
+    # taken for this one ("already downloaded"), with that run's dependencies: never keep it
+    for stale in house.glob("edgewatch-*.whl"):
+        stale.unlink()
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(house),
                     f"{wheel}[edge]"], check=True, timeout=600)
+    for ours in house.glob("edgewatch-*.whl"):
+        ours.unlink()
     return house
 
 
