@@ -108,7 +108,7 @@ telemetry_topic = "{topics['telemetry']}"
 alerts_topic = "{topics['alerts']}"
 deadletter_topic = "{topics['deadletter']}"
 poll_timeout_s = 0.2
-session_timeout_s = 6.0
+session_timeout_s = 15.0  # generous: agent, processor, archive and simulator share one process on a loaded runner
 [store]
 sqlite_path = "{tmp / 'processor.db'}"
 [incidents]
