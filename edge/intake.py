@@ -45,9 +45,9 @@ class IntakeQueue:
     :meth:`put` never blocks beyond a short lock.
     """
 
-    def __init__(self, max_messages: int, policy: Literal["drop_newest", "drop_oldest"], max_bytes: int | None = None) -> None:
+    def __init__(self, max_messages: int, policy: Literal["drop_newest", "drop_oldest"], max_bytes: int) -> None:
         self.max_messages = max_messages
-        self.max_bytes = max_bytes if max_bytes is not None else 1 << 62
+        self.max_bytes = max_bytes
         self.policy = policy
         self.dropped = 0
         self._bytes = 0

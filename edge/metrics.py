@@ -120,10 +120,9 @@ class AgentMetrics:
             self.shed_bytes.labels(kind)
             self.forwarded.labels(kind)
 
-    def track_queue(self, depth: Callable[[], int], size: Callable[[], int] | None = None) -> None:
+    def track_queue(self, depth: Callable[[], int], size: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
-        if size is not None:
-            self.queue_bytes.set_function(lambda: float(size()))
+        self.queue_bytes.set_function(lambda: float(size()))
 
     def track_outbox(self, rows: Callable[[], int], size: Callable[[], int]) -> None:
         self.outbox_rows.set_function(lambda: float(rows()))
