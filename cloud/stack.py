@@ -208,11 +208,14 @@ class Kafka(Service):
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def prepare(self) -> None:
+    def properties(self, data_dir: Path) -> str:
+        """The text of ``server.properties`` (the secure broker has its own template)."""
         template = (DEPLOY_DIR / "kafka" / "server.properties").read_text()
+        return template.format(port=self.port, controller_port=self.controller_port, data_dir=data_dir)
+
+    def prepare(self) -> None:
         data = self.state_dir / "kafka-data"
-        props = template.format(port=self.port, controller_port=self.controller_port, data_dir=data)
-        (self.state_dir / "server.properties").write_text(props)
+        (self.state_dir / "server.properties").write_text(self.properties(data))
         shutil.copy(DEPLOY_DIR / "kafka" / "log4j2.properties", self.state_dir / "log4j2.properties")
         if not (data / "meta.properties").exists():
             self._format()

@@ -12,7 +12,6 @@ The certificate authority and the server certificate come from the caller (files
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,20 +54,19 @@ class SecureKafka(Kafka):
     def mtls_bootstrap(self) -> str:
         return f"127.0.0.1:{self.mtls_port}"
 
-    def prepare(self) -> None:
+    def properties(self, data_dir: Path) -> str:
         template = (DEPLOY_DIR / "kafka" / "secure.properties").read_text()
-        data = self.state_dir / "kafka-data"
-        props = template.format(
-            host="127.0.0.1", port=self.port, mtls_port=self.mtls_port, controller_port=self.controller_port, data_dir=data,
+        return template.format(
+            host="127.0.0.1", port=self.port, mtls_port=self.mtls_port, controller_port=self.controller_port, data_dir=data_dir,
             broker_user=BROKER_USER, broker_password=self._broker_password,
             certificate_chain=_inline(self.cert_file.read_text()), private_key=_inline(self.key_file.read_text()),
             ca_certificates=_inline(self.ca_file.read_text()))
+
+    def prepare(self) -> None:
         path = self.state_dir / "server.properties"
-        path.write_text(props)
-        path.chmod(0o600)  # holds the broker's private key and its SCRAM password
-        shutil.copy(DEPLOY_DIR / "kafka" / "log4j2.properties", self.state_dir / "log4j2.properties")
-        if not (data / "meta.properties").exists():
-            self._format()
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # before it holds the broker's private key and its SCRAM password; writing keeps the mode
+        super().prepare()
 
     def format_args(self) -> list[str]:
         users = {BROKER_USER: self._broker_password, **self.users}

@@ -14,6 +14,7 @@ Not thread-safe (one per consumer thread); pure apart from its caches.
 from __future__ import annotations
 
 import math
+import re
 from hashlib import sha256
 from typing import Any
 
@@ -75,10 +76,10 @@ class FastEventDecoder:
             device, agent, model, version = d["device_id"], d["agent_id"], d["model_name"], d["model_version"]
             for name in (device, agent, model, version):
                 if name not in names:  # unhashable values raise TypeError: not a name
-                    self._name(name)
+                    _remember(names, NAME_RE, name)
             sha = d["model_sha256"]
             if sha not in self._shas:
-                self._sha(sha)
+                _remember(self._shas, SHA256_RE, sha)
             start, end, score, threshold, detected = (d["window_start"], d["window_end"], d["score"], d["threshold"],
                                                       d["detected_at"])
             # orjson gives int or float for numbers (bool is its own type); ints become floats like in the contract
@@ -98,7 +99,7 @@ class FastEventDecoder:
             total = start + end + score + threshold + detected
             for k, v in scores.items():
                 if k not in names:
-                    self._name(k)
+                    _remember(names, NAME_RE, k)
                 if type(v) is not float and type(v) is not int:
                     return None
                 total += v
@@ -114,23 +115,17 @@ class FastEventDecoder:
             return None
         return (event_id, device, agent, start, end, score, threshold, model, version, sha, detected), d
 
-    def _name(self, value: Any) -> None:
-        if type(value) is not str or not NAME_RE.match(value):
-            raise _Reject("name")
-        if len(self._names) >= MAX_CACHED_NAMES:
-            self._names.clear()
-        self._names.add(value)
-
-    def _sha(self, value: Any) -> None:
-        if type(value) is not str or not SHA256_RE.match(value):
-            raise _Reject("model_sha256")
-        if len(self._shas) >= MAX_CACHED_NAMES:
-            self._shas.clear()
-        self._shas.add(value)
-
-
 class _Reject(Exception):
     pass
+
+
+def _remember(cache: set[str], pattern: re.Pattern[str], value: Any) -> None:
+    """Check ``value`` against ``pattern`` (``_Reject`` if it fails) and cache it; a full cache starts over."""
+    if type(value) is not str or not pattern.match(value):
+        raise _Reject(pattern.pattern)
+    if len(cache) >= MAX_CACHED_NAMES:
+        cache.clear()
+    cache.add(value)
 
 
 def _int(value: Any) -> float:
