@@ -60,17 +60,22 @@ class IncidentTracker:
         if model is None or model[0] != model_name or model[1] != model_version:
             state["model"] = [model_name, model_version]
         inc = state["open"]
-        if inc is not None:
+        recent: list[list[float]] = state["recent"]
+        if inc is not None and t <= inc["last"] + self.s.quiet_s:
             inc["count"] += 1
             if t > inc["last"]:
                 inc["last"] = t
             if score > inc["max"]:
                 inc["max"] = score
             inc["model_name"], inc["model_version"] = model_name, model_version
+            if recent:
+                self._absorb(inc, recent)
             out.updated[device] = state
             return
+        if inc is not None:  # after the open incident's quiet period: it waits in recent until that incident closes
+            bisect.insort(recent, [t, score])
+            return
         # anomalies before final - W can never share a window with one still to come (recent is sorted: a prefix)
-        recent: list[list[float]] = state["recent"]
         cutoff = final - self.s.window_s
         old = 0
         while old < len(recent) and recent[old][0] < cutoff:
@@ -86,11 +91,14 @@ class IncidentTracker:
         if state["open"] is None:
             self._try_open(device, state, final, out)
         inc = state["open"]
+        if inc is not None:
+            self._absorb(inc, state["recent"])
         if inc is not None and final >= inc["last"] + self.s.quiet_s:
             row = self._row(device, inc, inc["last"] + self.s.quiet_s)
             state["open"] = None
             out.put(row)
             out.alerts.append(self._alert(row, "close"))
+            self._try_open(device, state, final, out)  # anomalies after its quiet period may open the next one
 
     def due(self, state: DeviceState) -> float:
         """The final time at which something is decided for the device: an open or a close (inf: nothing pending)."""
@@ -123,14 +131,29 @@ class IncidentTracker:
         if candidate is None or candidate[1] >= final:
             return
         first, opened = candidate
-        members = state["recent"][first:]
+        m = self.s.min_events
+        members, rest = state["recent"][first:first + m], state["recent"][first + m:]
         name, version = state.get("model", ["", ""])
         inc = {"id": make_incident_id("incident", device, opened), "opened_at": opened, "last": members[-1][0],
-               "count": len(members), "max": max(s for _, s in members), "model_name": name, "model_version": version}
-        state["open"], state["recent"] = inc, []
+               "count": m, "max": max(s for _, s in members), "model_name": name, "model_version": version}
+        self._absorb(inc, rest)
+        state["open"], state["recent"] = inc, rest
         row = self._row(device, inc, None)
         out.put(row)
         out.alerts.append(self._alert(row, "open"))
+
+    def _absorb(self, inc: dict[str, Any], recent: list[list[float]]) -> None:
+        """Move the anomalies of ``recent`` (sorted) that fall within ``inc``'s quiet period into it; the rest,
+        later than that, stay for the incident after it."""
+        taken = 0
+        while taken < len(recent) and recent[taken][0] <= inc["last"] + self.s.quiet_s:
+            t, score = recent[taken]
+            inc["count"] += 1
+            inc["last"] = max(inc["last"], t)
+            inc["max"] = max(inc["max"], score)
+            taken += 1
+        if taken:
+            del recent[:taken]
 
     def _row(self, device: str, inc: dict[str, Any], closed_at: float | None) -> IncidentRow:
         return IncidentRow(

@@ -46,6 +46,14 @@ def test_opens_at_the_mth_anomaly_within_w_and_closes_quiet_s_after_the_last() -
     assert row.event_count == 5 and row.closed_at == 420.0 and row.last_event_at == 300.0
 
 
+def test_an_anomaly_after_the_quiet_period_does_not_extend_the_incident_even_before_it_is_closed() -> None:
+    # 141 arrives while final (121) has not yet passed the close time 10 + 120: it must not join the incident
+    for order in ([0, 1, 10, 141, 150], [0, 1, 10, 150, 141]):
+        out, _ = run([float(t) for t in order] + [400.0])
+        rows = sorted((r.opened_at, r.closed_at, r.event_count) for r in out.incidents.values())
+        assert rows == [(10.0, 130.0, 3)], order
+
+
 def test_spread_out_anomalies_open_nothing() -> None:
     out, _ = run([0, 61, 122, 183, 244])
     assert out.alerts == [] and out.incidents == {}
