@@ -68,6 +68,7 @@ class FleetSection:
     prefix_separator: str = "-"
     prefix_parts: int = 0  # >0: site = the first N parts of the device id; 0: only the sites table
     sites: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    evaluate_interval_s: float = 1.0  # wall-clock seconds between fleet evaluations (0: after every poll)
 
     @functools.cached_property
     def _device_sites(self) -> dict[str, str]:
@@ -158,6 +159,7 @@ def _validate(c: ProcessorConfig, where: str) -> None:
         (c.incidents.allowed_lateness_s >= 0, "incidents.allowed_lateness_s", c.incidents.allowed_lateness_s, "must be >= 0"),
         (c.fleet.min_devices >= 2, "fleet.min_devices", c.fleet.min_devices, "must be >= 2"),
         (c.fleet.quiet_s >= 0, "fleet.quiet_s", c.fleet.quiet_s, "must be >= 0"),
+        (c.fleet.evaluate_interval_s >= 0, "fleet.evaluate_interval_s", c.fleet.evaluate_interval_s, "must be >= 0"),
         (c.drift.window_s > 0, "drift.window_s", c.drift.window_s, "must be > 0"),
         (c.drift.sustain_windows >= 1, "drift.sustain_windows", c.drift.sustain_windows, "must be >= 1"),
         (c.kafka.max_poll_records >= 1, "kafka.max_poll_records", c.kafka.max_poll_records, "must be >= 1"),

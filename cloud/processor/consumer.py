@@ -1,7 +1,7 @@
 """The processor's consumer loop: a Kafka consumer group on the anomalies topic.
 
 Per poll: the batches of all its partitions are stored in one transaction, then fleet incidents are
-brought up to the global final time, then the alerts and dead letters that transaction stored
+brought up to the global final time (at most every ``fleet.evaluate_interval_s``), then the alerts and dead letters that transaction stored
 are produced, and only then are the batch's offsets committed explicitly, per partition. A crash anywhere in
 between re-delivers records that the store de-duplicates: at-least-once delivery, exactly-once
 effect. A store error rewinds the poll's partitions to their batch starts and retries after a pause; bad
@@ -84,6 +84,8 @@ class Processor:
         self._empty_checked = 0.0
         self._lag_checked = 0.0
         self._swept = -math.inf
+        self._fleet_at = -math.inf
+        self._fleet_pending = False  # batches stored since the last fleet evaluation
 
     def run(self) -> None:
         k = self.config.kafka
@@ -110,6 +112,8 @@ class Processor:
                 self._poll_once(consumer, outbox)
                 self._sweep(outbox)
             log.info("processor_draining")
+            if self._fleet_pending:
+                self._publish(outbox, self.evaluate_fleet(consumer), [])
         finally:
             consumer.close(autocommit=False)
             producer.close(timeout=10)
@@ -138,18 +142,25 @@ class Processor:
             alerts += res.alerts
             dead += res.dead
         alerts += self._advance_idle(consumer)
-        if offsets:
+        self._fleet_pending |= bool(offsets)
+        mono = time.monotonic()
+        if self._fleet_pending and mono - self._fleet_at >= self.config.fleet.evaluate_interval_s:
+            self._fleet_pending, self._fleet_at = False, mono
             alerts += self.evaluate_fleet(consumer)
-        try:
-            outbox.publish(alerts, dead)
-        except BrokerUnavailable as exc:  # the rows are safe in the store; the orphan sweep retries them
-            log.error("outbox_publish_failed alerts=%d deadletters=%d error=%s", len(alerts), len(dead), exc)
+        self._publish(outbox, alerts, dead)
         if offsets:
             try:
                 consumer.commit(offsets)
             except CommitFailedError as exc:
                 log.warning("offsets_commit_failed reason=%r; the next owner re-reads them and de-duplicates", exc)
         self._update_gauges(consumer)
+
+    @staticmethod
+    def _publish(outbox: Outbox, alerts: list[Any], dead: list[Any]) -> None:
+        try:
+            outbox.publish(alerts, dead)
+        except BrokerUnavailable as exc:  # the rows are safe in the store; the orphan sweep retries them
+            log.error("outbox_publish_failed alerts=%d deadletters=%d error=%s", len(alerts), len(dead), exc)
 
     def evaluate_fleet(self, consumer: KafkaConsumer) -> list[tuple[str, str, str]]:
         """Bring fleet incidents up to the global final time; returns the alerts written, for the outbox."""

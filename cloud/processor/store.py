@@ -34,6 +34,8 @@ EVENT_COLUMNS = (
 LABELS = ("true_positive", "false_positive")
 PG_INCIDENT_TYPES = {c: "float8" for c in ("opened_at", "closed_at", "last_event_at", "max_score", "observed", "expected", "updated_at")}
 PG_INCIDENT_TYPES["event_count"] = "integer"
+# PostgreSQL types of EVENT_COLUMNS, for binary COPY (no text formatting and escaping of every value)
+PG_EVENT_TYPES = ["text"] * 3 + ["float8"] * 4 + ["text"] * 4 + ["float8", "text", "int4", "int8", "int4", "float8"]
 
 
 class DuplicateEvents(Exception):
@@ -186,19 +188,13 @@ class Store:
 
                 if expect_new:
                     try:
-                        with cur.copy(f"COPY events ({cols}) FROM STDIN") as copy:
-                            write = copy.write_row
-                            for row in rows:
-                                write(row)
+                        _copy_events(cur, "events", rows)
                     except psycopg.errors.UniqueViolation as exc:
                         raise DuplicateEvents(str(exc).splitlines()[0]) from None
                     return len(rows)
                 # COPY into a transaction-local staging table is ~2.5x faster than executemany for a batch
                 cur.execute("CREATE TEMP TABLE IF NOT EXISTS events_in (LIKE events) ON COMMIT DELETE ROWS")
-                with cur.copy(f"COPY events_in ({cols}) FROM STDIN") as copy:
-                    write = copy.write_row
-                    for row in rows:
-                        write(row)
+                _copy_events(cur, "events_in", rows)
                 cur.execute(f"INSERT INTO events ({cols}) SELECT {cols} FROM events_in ON CONFLICT (event_id) DO NOTHING")
             else:
                 marks = ", ".join("?" * len(EVENT_COLUMNS))
@@ -219,10 +215,10 @@ class Store:
         return {r[0]: r[1] for r in rows}
 
     def save_device_states(self, topic: str, partition: int, states: dict[str, str]) -> None:
-        if self.dialect == "postgres":  # one statement over arrays: executemany costs a server round per row
+        if self.dialect == "postgres":  # one statement over binary arrays: executemany costs a server round per row
             if states:
                 self.execute("INSERT INTO device_state (topic, device_id, kafka_partition, state) "
-                             "SELECT ?, d, ?, s FROM unnest(?::text[], ?::text[]) AS u(d, s) "
+                             "SELECT ?, d, ?, s FROM unnest(%b::text[], %b::text[]) AS u(d, s) "
                              "ON CONFLICT (topic, device_id) DO UPDATE SET kafka_partition = excluded.kafka_partition, "
                              "state = excluded.state", (topic, partition, list(states), list(states.values())))
             return
@@ -240,8 +236,8 @@ class Store:
             d["device_ids"] = json.dumps(list(r.device_ids))
             values.append((*d.values(), now))
         if self.dialect == "postgres":  # one statement over column arrays: executemany costs a server round per row
-            if values:
-                types = ", ".join(f"?::{PG_INCIDENT_TYPES.get(c, 'text')}[]" for c in cols)
+            if values:  # arrays sent in binary (%b): as text, every element is escaped by a regular expression
+                types = ", ".join(f"%b::{PG_INCIDENT_TYPES.get(c, 'text')}[]" for c in cols)
                 arrays = [[None if v is None else float(v) for v in col] if PG_INCIDENT_TYPES.get(c) == "float8" else list(col)
                           for c, col in zip(cols, zip(*values, strict=True), strict=True)]  # one Python type per array
                 self.execute(f"INSERT INTO incidents ({', '.join(cols)}) SELECT * FROM unnest({types}) "
@@ -328,6 +324,15 @@ class Store:
     def count(self, table: str) -> int:
         assert table in ("events", "incidents", "alerts", "deadletters", "device_state", "partitions")
         return int(self.execute(f"SELECT COUNT(*) FROM {table}")[0][0])
+
+
+def _copy_events(cur: Any, table: str, rows: Sequence[Sequence[Any]]) -> None:
+    """COPY event rows (``EVENT_COLUMNS`` order) into ``table`` in PostgreSQL's binary format."""
+    with cur.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(PG_EVENT_TYPES)
+        write = copy.write_row
+        for row in rows:
+            write(row)
 
 
 def _incident(r: Sequence[Any]) -> IncidentRow:
