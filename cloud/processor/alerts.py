@@ -2,20 +2,21 @@
 
 A batch's transaction stores its alerts and dead letters; :class:`Outbox` then produces them
 (alerts to ``edgewatch.alerts`` keyed by incident id, dead letters to ``edgewatch.deadletter``
-with the original payload and the reason in headers), waits for the broker's acks and marks
-them published. Rows a crashed process stored but never published are swept up by any
-processor after ``kafka.outbox_orphan_s``: delivery is at least once, and alert ids are
-deterministic so consumers de-duplicate. Called from the consumer thread; blocks up to
-``timeout_s`` on the broker and raises :class:`BrokerUnavailable` past it.
+with the original payload and the reason in headers) and marks them published as the broker's
+acks arrive (collected on the next call, so the consumer loop does not wait for them). Rows a
+crashed process stored but never published are swept up by any processor after
+``kafka.outbox_orphan_s``: delivery is at least once, and alert ids are deterministic so consumers
+de-duplicate. Called from the consumer thread; a waiting call blocks up to ``timeout_s`` on the
+broker; a refused send raises :class:`BrokerUnavailable`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
@@ -49,36 +50,53 @@ class Outbox:
         self.metrics = metrics
         self.clock = clock
         self.timeout_s = timeout_s
+        self._sent: list[tuple[str, Sequence[Any], Any]] = []  # (table, row, send future) not yet acked
 
-    def publish(self, alerts: Sequence[Sequence[Any]], dead: Sequence[Sequence[Any]]) -> int:
-        """Produce rows this process just stored, wait for the acks, mark them published.
+    def publish(self, alerts: Sequence[Sequence[Any]], dead: Sequence[Sequence[Any]], *, wait: bool = False) -> int:
+        """Produce rows this process stored; each is marked published once the broker has acked it.
 
         ``alerts``: (alert_id, incident_id, payload); ``dead``: (topic, partition, offset, field, reason, payload).
+        Acks are collected by the next call (``wait``: now, up to ``timeout_s``), so the consumer loop never waits
+        for them; a send the broker refused leaves its row for the sweep and raises :class:`BrokerUnavailable`.
         """
-        if not alerts and not dead:
-            return 0
-        futures: list[Any] = []
-        for _alert_id, incident_id, payload in alerts:
-            futures.append(self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode()))
-        for topic, partition, offset, field, reason, payload in dead:
+        for row in alerts:
+            _alert_id, incident_id, payload = row
+            self._sent.append(("alerts", row, self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode())))
+        for row in dead:
+            topic, partition, offset, field, reason, payload = row
             headers = deadletter_headers(topic, partition, offset, field, reason)
-            futures.append(self.producer.send(self.deadletter_topic, key=f"{topic}/{partition}".encode(),
-                                              value=bytes(payload) if payload is not None else None, headers=headers))
-        self.producer.flush(self.timeout_s)
-        try:
-            for fut in futures:
-                fut.get(timeout=self.timeout_s)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"outbox: produce failed ({exc!r}); rows stay unpublished and are retried") from exc
-        now = self.clock()
-        self.store.mark_published("alerts", alerts, now)
-        self.store.mark_published("deadletters", dead, now)
-        for _, _, payload in alerts:
-            doc = json.loads(payload)
-            self.metrics.alerts_emitted.labels(kind=doc["kind"], action=doc["action"]).inc()
-        self.metrics.deadletters_published.inc(len(dead))
-        log.debug("outbox_published alerts=%d deadletters=%d", len(alerts), len(dead))
+            self._sent.append(("deadletters", row, self.producer.send(
+                self.deadletter_topic, key=f"{topic}/{partition}".encode(), value=bytes(payload) if payload is not None else None,
+                headers=headers)))
+        if wait:
+            self.producer.flush(self.timeout_s)
+        self._collect(wait)
         return len(alerts) + len(dead)
+
+    def _collect(self, wait: bool) -> None:
+        done = [s for s in self._sent if wait or s[2].is_done]
+        if not done:
+            return
+        self._sent = [s for s in self._sent if not (wait or s[2].is_done)]
+        acked: dict[str, list[Sequence[Any]]] = {"alerts": [], "deadletters": []}
+        refused: KafkaError | None = None
+        for table, row, future in done:
+            try:
+                future.get(timeout=self.timeout_s)
+            except KafkaError as exc:
+                refused = exc
+                continue
+            acked[table].append(row)
+        now = self.clock()
+        for table, rows in acked.items():
+            self.store.mark_published(table, rows, now)
+        for _, _, payload in acked["alerts"]:
+            doc = orjson.loads(payload)
+            self.metrics.alerts_emitted.labels(kind=doc["kind"], action=doc["action"]).inc()
+        self.metrics.deadletters_published.inc(len(acked["deadletters"]))
+        log.debug("outbox_published alerts=%d deadletters=%d", len(acked["alerts"]), len(acked["deadletters"]))
+        if refused is not None:
+            raise BrokerUnavailable(f"outbox: produce failed ({refused!r}); rows stay unpublished and are retried")
 
     def sweep(self, older_than_s: float) -> int:
         """Publish rows left unpublished for ``older_than_s`` (their writer crashed before publishing them)."""
@@ -90,4 +108,4 @@ class Outbox:
             if not alerts and not dead:
                 return total
             log.info("outbox_orphans_publishing alerts=%d deadletters=%d", len(alerts), len(dead))
-            total += self.publish(alerts, dead)
+            total += self.publish(alerts, dead, wait=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cloud.processor.config import StoreSection
@@ -20,6 +23,7 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_S = 60.0
 SQLITE_CACHE_KIB = 64 * 1024
 SQLITE_CHECKPOINT_PAGES = 10_000
+SQLITE_CHECKPOINT_INTERVAL_S = 1.0
 
 
 def open_store(section: StoreSection, *, migrate: bool = True) -> Store:
@@ -61,3 +65,38 @@ def open_postgres(dsn: str) -> Store:
     except psycopg.OperationalError as exc:
         raise ConfigError(f"store.postgres_dsn: cannot connect ({str(exc).strip().splitlines()[0]})") from None
     return Store(conn, "postgres")
+
+
+@contextmanager
+def background_checkpoints(store: Store, interval_s: float = SQLITE_CHECKPOINT_INTERVAL_S) -> Iterator[None]:
+    """While inside: a SQLite store's WAL is checkpointed by a thread of its own, not by the commits.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses ``wal_autocheckpoint`` pages: it
+    copies the WAL into the database file and syncs both on the writer's time, 60 % of the processor's
+    commit time. A PASSIVE checkpoint from a second connection blocks neither the writer nor readers, and
+    the sqlite3 module lets go of the GIL while it runs. PostgreSQL (and an in-memory SQLite): nothing.
+    """
+    path = store.execute("PRAGMA database_list")[0][2] if store.dialect == "sqlite" else ""
+    if not path:
+        yield
+        return
+    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # the next round tries again; the WAL only grows meanwhile
+                log.warning("sqlite_checkpoint_failed path=%s error=%r", path, exc)
+
+    store.execute("PRAGMA wal_autocheckpoint=0")
+    thread = threading.Thread(target=loop, name="sqlite-checkpoint", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        conn.close()
+        store.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")

@@ -2,7 +2,8 @@
 
 Per poll: the batches of all its partitions are stored in one transaction, then fleet incidents are
 brought up to the global final time (at most every ``fleet.evaluate_interval_s``), then the alerts and dead letters that transaction stored
-are produced, and only then are the batch's offsets committed explicitly, per partition. A crash anywhere in
+are produced, and only then are the batch's offsets committed explicitly, per partition (without
+waiting for the broker's ack; the drain commits synchronously). A crash anywhere in
 between re-delivers records that the store de-duplicates: at-least-once delivery, exactly-once
 effect. A store error rewinds the poll's partitions to their batch starts and retries after a pause; bad
 records never stop the loop. :meth:`Processor.run` blocks until ``stop`` is set (SIGTERM in the
@@ -20,16 +21,17 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
 from cloud.processor.alerts import Outbox, alert_rows
+from cloud.processor.backends import background_checkpoints
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.drift import load_expectations
 from cloud.processor.fleet import FleetCorrelator
 from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.pipeline import Pipeline
+from cloud.processor.pipeline import Pipeline, paused_gc
 from cloud.processor.store import Store
 from edge.contract import BrokerUnavailable
 from edge.kafka_security import client_kwargs, diagnose
@@ -86,6 +88,7 @@ class Processor:
         self._swept = -math.inf
         self._fleet_at = -math.inf
         self._fleet_pending = False  # batches stored since the last fleet evaluation
+        self._offsets: dict[TopicPartition, OffsetAndMetadata] = {}  # of the last stored poll of each partition
 
     def run(self) -> None:
         k = self.config.kafka
@@ -108,12 +111,14 @@ class Processor:
         consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("processor_started topic=%s group=%s bootstrap=%s", self.topic, k.group_id, k.bootstrap)
         try:
-            while not self.stop.is_set():
-                self._poll_once(consumer, outbox)
-                self._sweep(outbox)
-            log.info("processor_draining")
-            if self._fleet_pending:
-                self._publish(outbox, self.evaluate_fleet(consumer), [])
+            with background_checkpoints(self.store):
+                while not self.stop.is_set():
+                    with paused_gc():  # the poll's records too; they are dropped when _poll_once returns
+                        self._poll_once(consumer, outbox)
+                    self._sweep(outbox)
+                log.info("processor_draining")
+                self._publish(outbox, self.evaluate_fleet(consumer) if self._fleet_pending else [], [], wait=True)
+                self._commit_offsets(consumer)
         finally:
             consumer.close(autocommit=False)
             producer.close(timeout=10)
@@ -148,17 +153,25 @@ class Processor:
             self._fleet_pending, self._fleet_at = False, mono
             alerts += self.evaluate_fleet(consumer)
         self._publish(outbox, alerts, dead)
-        if offsets:
-            try:
-                consumer.commit(offsets)
-            except CommitFailedError as exc:
-                log.warning("offsets_commit_failed reason=%r; the next owner re-reads them and de-duplicates", exc)
+        if offsets:  # not waiting for the broker's ack; the drain commits synchronously
+            self._offsets.update(offsets)
+            consumer.commit_async(offsets, callback=_commit_failed)
         self._update_gauges(consumer)
 
-    @staticmethod
-    def _publish(outbox: Outbox, alerts: list[Any], dead: list[Any]) -> None:
+    def _commit_offsets(self, consumer: KafkaConsumer) -> None:
+        """Commit the stored polls' offsets of the partitions still ours and wait for the ack (on drain)."""
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in self._offsets.items() if tp in assigned}
         try:
-            outbox.publish(alerts, dead)
+            if offsets:
+                consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            log.warning("offsets_commit_failed reason=%r; the next owner re-reads them and de-duplicates", exc)
+
+    @staticmethod
+    def _publish(outbox: Outbox, alerts: list[Any], dead: list[Any], *, wait: bool = False) -> None:
+        try:
+            outbox.publish(alerts, dead, wait=wait)
         except BrokerUnavailable as exc:  # the rows are safe in the store; the orphan sweep retries them
             log.error("outbox_publish_failed alerts=%d deadletters=%d error=%s", len(alerts), len(dead), exc)
 
@@ -228,6 +241,13 @@ class Processor:
         for kind, n in self.pipeline.open_incidents().items():
             self.metrics.incidents_open.labels(kind=kind).set(n)
         self.metrics.incidents_open.labels(kind="fleet_incident").set(len(self.store.incidents(kind="fleet_incident", open_only=True)))
+
+
+def _commit_failed(offsets: Any, response: Any) -> None:
+    """``commit_async`` callback (on kafka-python's IO thread): a refused commit only means re-reading, de-duplicated."""
+    if isinstance(response, Exception):
+        log.warning("offsets_commit_failed partitions=%s reason=%r; the next owner re-reads them and de-duplicates",
+                    sorted(tp.partition for tp in offsets), response)
 
 
 def run_processor(config: ProcessorConfig, store: Store, stop: threading.Event, registry: CollectorRegistry) -> None:
