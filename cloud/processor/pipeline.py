@@ -182,18 +182,22 @@ class Pipeline:
         try:
             with self.store.transaction():
                 rows = {(t, p): self.store.lock_partition(t, p, now) for t, p in sorted({(t, p) for t, p, *_ in work})}
-                events: list[tuple[Any, ...]] = []
-                seen: set[str] = set()  # event ids stored or applied so far, across the poll's partitions (as if one by one)
-                for topic, partition, records, decoded, dead in work:
-                    res = BatchResult()
+                contexts = [self._context(topic, rows[topic, partition]) for topic, partition, *_ in work]
+                # event ids stored or applied so far, across the poll's partitions (as if one by one)
+                seen = self.store.existing_event_ids([f[0] for *_, decoded, _ in work for _, _, f in decoded]) if lookup else set()
+                applied: list[set[str]] = []
+                # events are written while they are applied (PostgreSQL inserts them meanwhile); no other statement
+                # may run until the writer closes
+                with self.store.events_writer(expect_new=not lookup) as write_event:
+                    for (topic, partition, _, decoded, _), ctx in zip(work, contexts, strict=True):
+                        res, changes, touched = BatchResult(), Changes(), set[str]()
+                        self._apply(ctx, topic, partition, decoded, seen, now, changes, touched, res, write_event)
+                        self.tracker.flush_updated(changes)
+                        done.append((res, changes))
+                        applied.append(touched)
+                for (topic, partition, records, _, dead), ctx, touched, (_, changes) in zip(work, contexts, applied, done,
+                                                                                            strict=True):
                     row = rows[topic, partition]
-                    ctx = self._context(topic, row)
-                    changes = Changes()
-                    touched: set[str] = set()
-                    if lookup:
-                        seen |= self.store.existing_event_ids([f[0] for _, _, f in decoded])
-                    events += self._apply(ctx, topic, partition, decoded, seen, now, changes, touched, res)
-                    self.tracker.flush_updated(changes)
                     self.store.insert_deadletters(dead)
                     self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
                     self.store.upsert_incidents(changes.incidents.values(), now)
@@ -203,9 +207,7 @@ class Pipeline:
                     if records:
                         row.next_offset = max(row.next_offset, records[-1].offset + 1)
                     self.store.save_partition(row, now)
-                    done.append((res, changes))
                     touched_ctx.append((ctx, row))
-                self.store.insert_events(events, expect_new=not lookup)
         except BaseException:
             for _, partition, *_ in work:
                 self.contexts.pop(partition, None)
@@ -254,10 +256,8 @@ class Pipeline:
         return ctx
 
     def _apply(self, ctx: PartitionContext, topic: str, partition: int, decoded: list[Decoded], existing: set[str], now: float,
-               changes: Changes, touched: set[str], res: BatchResult) -> list[tuple[Any, ...]]:
-        """Apply the batch in record order; returns the event rows to insert (duplicates left out)."""
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
+               changes: Changes, touched: set[str], res: BatchResult, write: Callable[[tuple[Any, ...]], None]) -> None:
+        """Apply the batch in record order; ``write`` takes the event rows to insert (duplicates left out)."""
         lateness = self.lateness
         tracker_apply, drift_apply, set_due = self.tracker.apply, self.drift.apply, self._set_due
         states = ctx.states
@@ -290,13 +290,12 @@ class Pipeline:
                 set_due(ctx, device, st)
                 touched.add(device)
             stored += 1
-            append((event_id, f[1], f[2], f[3], t, f[5], f[6], value.decode(), f[7], f[8], f[9], f[10], topic, partition, offset,
-                    int(late), now))
+            write((event_id, f[1], f[2], f[3], t, f[5], f[6], value.decode(), f[7], f[8], f[9], f[10], topic, partition, offset,
+                   int(late), now))
         res.stored += stored
         res.duplicates += duplicates
         res.late_applied += late_applied
         res.late_dropped += late_dropped
-        return rows
 
     def _close_due(self, ctx: PartitionContext, final: float, changes: Changes, touched: set[str]) -> None:
         for device in sorted(d for d, due in ctx.due.items() if due <= final):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -209,6 +209,31 @@ class Store:
         if expect_new and inserted != len(rows):
             raise DuplicateEvents(f"{len(rows) - inserted} of {len(rows)} events already stored")
         return inserted
+
+    @contextmanager
+    def events_writer(self, *, expect_new: bool = False) -> Iterator[Callable[[Sequence[Any]], None]]:
+        """Inside: a function taking event rows one at a time; they are inserted as by :meth:`insert_events`.
+
+        No other statement may run inside. PostgreSQL with ``expect_new`` streams the rows into the table as
+        they come (binary COPY), so the server inserts them while the caller goes on working out the next;
+        otherwise they are collected and inserted on leaving.
+        """
+        if self.dialect == "postgres" and expect_new:
+            import psycopg
+
+            cur = self.conn.cursor()
+            try:
+                with cur.copy(f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(PG_EVENT_TYPES)
+                    yield copy.write_row
+            except psycopg.errors.UniqueViolation as exc:
+                raise DuplicateEvents(str(exc).splitlines()[0]) from None
+            finally:
+                cur.close()
+            return
+        rows: list[Sequence[Any]] = []
+        yield rows.append
+        self.insert_events(rows, expect_new=expect_new)
 
     def insert_deadletters(self, rows: Sequence[tuple[str, int, int, str, str, bytes, float]]) -> None:
         self.executemany("INSERT INTO deadletters (topic, kafka_partition, kafka_offset, field, reason, payload, created_at) "
