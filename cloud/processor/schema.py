@@ -12,7 +12,9 @@ TYPES = {
     "postgres": {"real": "DOUBLE PRECISION", "bigint": "BIGINT", "blob": "BYTEA"},
 }
 
-MIGRATIONS: list[list[str]] = [
+Migration = list[str] | dict[str, list[str]]  # statements for both dialects, or per dialect
+
+MIGRATIONS: list[Migration] = [
     [  # 1: events, incidents, alerts, dead letters, partition progress, device state
         """CREATE TABLE events (
             event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, agent_id TEXT NOT NULL,
@@ -47,9 +49,20 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (topic, device_id))""",
         "CREATE INDEX device_state_partition ON device_state (topic, kafka_partition)",
     ],
+    {  # 2: PostgreSQL only. Keys compare byte by byte (memcmp, as SQLite's BINARY does), not by the database
+       # locale's strcoll; and rows rewritten every batch get free space on their page for HOT updates
+        "postgres": [
+            'ALTER TABLE events ALTER COLUMN event_id TYPE TEXT COLLATE "C"',
+            'ALTER TABLE events ALTER COLUMN device_id TYPE TEXT COLLATE "C"',
+            "ALTER TABLE device_state SET (fillfactor = 50)",
+            "ALTER TABLE incidents SET (fillfactor = 70)",
+        ],
+        "sqlite": [],
+    },
 ]
 
 
 def statements(dialect: str, version: int) -> list[str]:
     """The SQL of migration ``version`` (1-based) for ``dialect``."""
-    return [s.format(**TYPES[dialect]) for s in MIGRATIONS[version - 1]]
+    migration = MIGRATIONS[version - 1]
+    return [s.format(**TYPES[dialect]) for s in (migration[dialect] if isinstance(migration, dict) else migration)]

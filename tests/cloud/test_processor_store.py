@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from cloud.processor import schema
 from cloud.processor.backends import open_postgres, open_sqlite
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import Pipeline
@@ -33,14 +34,17 @@ class Rec:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_sqlite(tmp_path / "store.db")
-    else:
-        s = open_postgres(request.getfixturevalue("postgres_dsn"))
-    s.migrate()
+def empty_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store without its schema."""
+    s = open_sqlite(tmp_path / "store.db") if request.param == "sqlite" else open_postgres(request.getfixturevalue("postgres_dsn"))
     yield s
     s.close()
+
+
+@pytest.fixture
+def store(empty_store: Store) -> Store:
+    empty_store.migrate()
+    return empty_store
 
 
 def pipeline(store: Store, tmp_path: Path) -> Pipeline:
@@ -67,9 +71,24 @@ def records(payloads: list[bytes | None], start: int = 0) -> list[Rec]:
 
 
 def test_migrate_is_idempotent(store: Store) -> None:
-    assert store.migrate() == 1
-    assert store.migrate() == 1
+    assert store.migrate() == len(schema.MIGRATIONS) == 2
+    assert store.migrate() == 2
     assert store.count("events") == 0
+
+
+def test_a_store_of_schema_1_is_upgraded_with_its_rows(empty_store: Store, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as m:  # the store as the first release left it
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        assert empty_store.migrate() == 1
+        pipeline(empty_store, tmp_path).process(TOPIC, 0, records([encode_event(e) for e in fleet_stream(3, duration_s=600)]))
+    before = dump(empty_store)
+    assert before["events"] and empty_store.migrate() == 2
+    assert dump(empty_store) == before
+    if empty_store.dialect == "postgres":
+        collations = empty_store.execute("SELECT column_name, collation_name FROM information_schema.columns "
+                                         "WHERE table_name = 'events' AND column_name IN ('event_id', 'device_id')")
+        assert sorted(collations) == [("device_id", "C"), ("event_id", "C")]
 
 
 def test_batches_store_each_event_once_and_replay_changes_nothing(store: Store, tmp_path: Path) -> None:
