@@ -3,7 +3,7 @@
 A batch's transaction stores its alerts and dead letters; :class:`Outbox` then produces them
 (alerts to ``edgewatch.alerts`` keyed by incident id, dead letters to ``edgewatch.deadletter``
 with the original payload and the reason in headers) and marks them published as the broker's
-acks arrive (collected on the next call, so the consumer loop does not wait for them). Rows a
+acks arrive (collected by a later call, so the consumer loop does not wait for them). Rows a
 crashed process stored but never published are swept up by any processor after
 ``kafka.outbox_orphan_s``: delivery is at least once, and alert ids are deterministic so consumers
 de-duplicate. Called from the consumer thread; a waiting call blocks up to ``timeout_s`` on the
@@ -13,6 +13,8 @@ broker; a refused send raises :class:`BrokerUnavailable`.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from cloud.processor.store import Store
 from edge.contract import Alert, BrokerUnavailable, encode_alert
 
 log = logging.getLogger(__name__)
+COLLECT_INTERVAL_S = 1.0  # acks are marked in the store (one transaction) at most this often, or when waited for
 
 
 def alert_rows(alerts: Sequence[Alert]) -> list[tuple[str, str, str, str, float, str]]:
@@ -51,13 +54,15 @@ class Outbox:
         self.clock = clock
         self.timeout_s = timeout_s
         self._sent: list[tuple[str, Sequence[Any], Any]] = []  # (table, row, send future) not yet acked
+        self._collected = -math.inf
 
     def publish(self, alerts: Sequence[Sequence[Any]], dead: Sequence[Sequence[Any]], *, wait: bool = False) -> int:
         """Produce rows this process stored; each is marked published once the broker has acked it.
 
         ``alerts``: (alert_id, incident_id, payload); ``dead``: (topic, partition, offset, field, reason, payload).
-        Acks are collected by the next call (``wait``: now, up to ``timeout_s``), so the consumer loop never waits
-        for them; a send the broker refused leaves its row for the sweep and raises :class:`BrokerUnavailable`.
+        Acks are collected by a later call (at most every ``COLLECT_INTERVAL_S``; ``wait``: now, up to
+        ``timeout_s``), so the consumer loop never waits for them; a send the broker refused leaves its row for
+        the sweep and raises :class:`BrokerUnavailable`.
         """
         for row in alerts:
             _alert_id, incident_id, payload = row
@@ -70,7 +75,9 @@ class Outbox:
                 headers=headers)))
         if wait:
             self.producer.flush(self.timeout_s)
-        self._collect(wait)
+        if wait or time.monotonic() - self._collected >= COLLECT_INTERVAL_S:
+            self._collected = time.monotonic()
+            self._collect(wait)
         return len(alerts) + len(dead)
 
     def _collect(self, wait: bool) -> None:

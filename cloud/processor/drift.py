@@ -84,7 +84,11 @@ class DriftMonitor:
         if st is None:
             st = state["drift"][model_version] = {"next": b, "buckets": {}, "streak": 0, "open": None,
                                                   "model_name": model_name, "sha": sha256}
-        self.flush(device, state, final, out)
+        w = self.s.window_s
+        for other in state["drift"].values():  # flush has something to judge or to reset only then
+            if final >= (other["next"] + 1) * w:
+                self.flush(device, state, final, out)
+                break
         if not st["buckets"] and st["open"] is None and b > st["next"]:
             st["streak"], st["next"] = 0, b  # the buckets in between had no anomaly: normal
         if b < st["next"]:
