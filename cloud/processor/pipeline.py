@@ -290,8 +290,7 @@ class Pipeline:
                 set_due(ctx, device, st)
                 touched.add(device)
             stored += 1
-            write((event_id, f[1], f[2], f[3], t, f[5], f[6], value.decode(), f[7], f[8], f[9], f[10], topic, partition, offset,
-                   int(late), now))
+            write((event_id, f[1], t, f[5], value.decode(), topic, partition, offset, int(late), now))  # EVENT_COLUMNS
         res.stored += stored
         res.duplicates += duplicates
         res.late_applied += late_applied

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+import orjson
+
 from cloud.processor import schema
 from edge.contract import ConfigError
 
@@ -29,14 +31,13 @@ INCIDENT_COLUMNS = (
     "max_score", "model_name", "model_version", "statistic", "observed", "expected", "detail", "label", "labelled_at",
 )
 EVENT_COLUMNS = (
-    "event_id", "device_id", "agent_id", "window_start", "window_end", "score", "threshold", "payload", "model_name",
-    "model_version", "model_sha256", "detected_at", "topic", "kafka_partition", "kafka_offset", "late", "ingested_at",
+    "event_id", "device_id", "window_end", "score", "payload", "topic", "kafka_partition", "kafka_offset", "late", "ingested_at",
 )
 LABELS = ("true_positive", "false_positive")
 PG_INCIDENT_TYPES = {c: "float8" for c in ("opened_at", "closed_at", "last_event_at", "max_score", "observed", "expected", "updated_at")}
 PG_INCIDENT_TYPES["event_count"] = "integer"
 # PostgreSQL types of EVENT_COLUMNS, for binary COPY (no text formatting and escaping of every value)
-PG_EVENT_TYPES = ["text"] * 3 + ["float8"] * 4 + ["text"] * 4 + ["float8", "text", "int4", "int8", "int4", "float8"]
+PG_EVENT_TYPES = ["text", "text", "float8", "float8", "text", "text", "int4", "int8", "int4", "float8"]
 
 
 class DuplicateEvents(Exception):
@@ -346,9 +347,10 @@ class Store:
         return bool(found)
 
     def events_between(self, device_id: str, start: float, end: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """A device's events by window end: the event's fields (from its payload) and the row's columns."""
         rows = self.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE device_id = ? AND window_end >= ? "
                             "AND window_end <= ? ORDER BY window_end LIMIT ?", (device_id, start, end, limit))
-        return [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows]
+        return [{**orjson.loads(r[EVENT_COLUMNS.index("payload")]), **dict(zip(EVENT_COLUMNS, r, strict=True))} for r in rows]
 
     def count(self, table: str) -> int:
         assert table in ("events", "incidents", "alerts", "deadletters", "device_state", "partitions")

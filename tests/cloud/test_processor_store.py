@@ -71,20 +71,30 @@ def records(payloads: list[bytes | None], start: int = 0) -> list[Rec]:
 
 
 def test_migrate_is_idempotent(store: Store) -> None:
-    assert store.migrate() == len(schema.MIGRATIONS) == 2
-    assert store.migrate() == 2
+    assert store.migrate() == len(schema.MIGRATIONS) == 3
+    assert store.migrate() == 3
     assert store.count("events") == 0
 
 
 def test_a_store_of_schema_1_is_upgraded_with_its_rows(empty_store: Store, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    with monkeypatch.context() as m:  # the store as the first release left it
+    events = fleet_stream(3, duration_s=600)
+    with monkeypatch.context() as m:  # the store as the first release left it, with its rows
         m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
         assert empty_store.migrate() == 1
-        pipeline(empty_store, tmp_path).process(TOPIC, 0, records([encode_event(e) for e in fleet_stream(3, duration_s=600)]))
+        with empty_store.transaction():
+            empty_store.executemany(
+                "INSERT INTO events (event_id, device_id, agent_id, window_start, window_end, score, threshold, payload, "
+                "model_name, model_version, model_sha256, detected_at, topic, kafka_partition, kafka_offset, late, ingested_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.event_id, e.device_id, e.agent_id, e.window_start, e.window_end, e.score, e.threshold, encode_event(e).decode(),
+                  e.model_name, e.model_version, e.model_sha256, e.detected_at, TOPIC, 0, i, 0, T0) for i, e in enumerate(events)])
     before = dump(empty_store)
-    assert before["events"] and empty_store.migrate() == 2
+    assert before["events"] and empty_store.migrate() == 3
     assert dump(empty_store) == before
+    e = events[0]
+    (got,) = [g for g in empty_store.events_between(e.device_id, e.window_end, e.window_end) if g["event_id"] == e.event_id]
+    assert (got["agent_id"], got["threshold"], got["model_sha256"], got["kafka_offset"]) == (e.agent_id, e.threshold, e.model_sha256, 0)
     if empty_store.dialect == "postgres":
         collations = empty_store.execute("SELECT column_name, collation_name FROM information_schema.columns "
                                          "WHERE table_name = 'events' AND column_name IN ('event_id', 'device_id')")
