@@ -131,13 +131,12 @@ class Pipeline:
                 done = self._store(work, now, True)
                 lookup = True
         out: list[BatchResult] = []
-        for (_, partition, records, _, dead), (res, changes) in zip(work, done, strict=True):
+        for (_, partition, records, _, dead), res in zip(work, done, strict=True):
             if res.duplicates:
                 self._lookup.add(partition)
             elif lookup:
                 self._lookup.discard(partition)
             res.deadletters = len(dead)
-            res.alerts = [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
             res.dead = [d[:6] for d in dead]
             self.metrics.events_consumed.inc(len(records))
             self.metrics.events_processed.inc(res.stored)
@@ -176,7 +175,7 @@ class Pipeline:
         return decoded, dead
 
     def _store(self, work: list[tuple[str, int, Sequence[Any], list[Decoded], list[DeadRow]]], now: float,
-               lookup: bool) -> list[tuple[BatchResult, Changes]]:
+               lookup: bool) -> list[BatchResult]:
         done: list[tuple[BatchResult, Changes]] = []
         touched_ctx: list[tuple[PartitionContext, PartitionRow]] = []
         try:
@@ -195,13 +194,15 @@ class Pipeline:
                         self.tracker.flush_updated(changes)
                         done.append((res, changes))
                         applied.append(touched)
-                for (topic, partition, records, _, dead), ctx, touched, (_, changes) in zip(work, contexts, applied, done,
-                                                                                            strict=True):
+                for (topic, partition, records, _, dead), ctx, touched, (res, changes) in zip(work, contexts, applied, done,
+                                                                                              strict=True):
                     row = rows[topic, partition]
                     self.store.insert_deadletters(dead)
                     self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
                     self.store.upsert_incidents(changes.incidents.values(), now)
-                    self.store.insert_alerts(alert_rows(changes.alerts), now)
+                    outbox = alert_rows(changes.alerts)
+                    self.store.insert_alerts(outbox, now)
+                    res.alerts = [(r[0], r[1], r[5]) for r in outbox]
                     row.version += 1
                     row.watermark = ctx.watermark
                     if records:
@@ -214,7 +215,7 @@ class Pipeline:
             raise
         for ctx, row in touched_ctx:
             ctx.version = row.version
-        return done
+        return [res for res, _ in done]
 
     def advance_idle(self, topic: str, partition: int, watermark: float) -> list[tuple[str, str, str]]:
         """Move an idle partition's watermark to ``watermark`` (if later) and decide what became due; returns outbox alerts."""
