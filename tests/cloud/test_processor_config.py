@@ -23,6 +23,7 @@ def test_example_file_documents_exactly_the_defaults() -> None:
     ("[store]\nbackend = 'mysql'\n", "store.backend"),
     ("[incidents]\nmin_events = 0\n", "incidents.min_events"),
     ("[fleet.sites]\nnorth = 'pump-1'\n", "fleet.sites.north"),
+    ("[fleet]\nevaluate_interval_s = -1\n", "fleet.evaluate_interval_s"),
     ("[store]\nbackend = 'postgres'\n", "store.postgres_dsn"),
 ])
 def test_bad_keys_and_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
