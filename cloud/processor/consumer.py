@@ -1,13 +1,14 @@
 """The processor's consumer loop: a Kafka consumer group on the anomalies topic.
 
-Per poll: the batches of all its partitions are stored in one transaction, then fleet incidents are
-brought up to the global final time (at most every ``fleet.evaluate_interval_s``), then the alerts and dead letters that transaction stored
-are produced, and only then are the batch's offsets committed explicitly, per partition (without
-waiting for the broker's ack; the drain commits synchronously). A crash anywhere in
-between re-delivers records that the store de-duplicates: at-least-once delivery, exactly-once
-effect. A store error rewinds the poll's partitions to their batch starts and retries after a pause; bad
-records never stop the loop. :meth:`Processor.run` blocks until ``stop`` is set (SIGTERM in the
-CLI), finishes the batch in hand, publishes, commits and leaves the group.
+Per poll: the batches of all its partitions are stored in one transaction; then fleet incidents are
+brought up to the global final time (at most every ``fleet.evaluate_interval_s``), the alerts and
+dead letters that transaction stored are produced (their acks collected later), and only then
+are the batch's offsets committed explicitly, per partition (``commit_async``; the drain commits
+synchronously). A crash anywhere in between re-delivers records that the store de-duplicates:
+at-least-once delivery, exactly-once effect. A store error rewinds the poll's partitions to their
+batch starts and retries after a pause; bad records never stop the loop. :meth:`Processor.run`
+blocks until ``stop`` is set (SIGTERM in the CLI), finishes the batch in hand, publishes, commits
+and leaves the group.
 """
 
 from __future__ import annotations

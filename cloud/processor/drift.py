@@ -85,8 +85,9 @@ class DriftMonitor:
             st = state["drift"][model_version] = {"next": b, "buckets": {}, "streak": 0, "open": None,
                                                   "model_name": model_name, "sha": sha256}
         w = self.s.window_s
-        for other in state["drift"].values():  # flush has something to judge or to reset only then
-            if final >= (other["next"] + 1) * w:
+        current = math.floor(final / w)
+        for other in state["drift"].values():  # flush's own two conditions: only then has it anything to do
+            if (other["next"] + 1) * w <= final or current > other["next"]:
                 self.flush(device, state, final, out)
                 break
         if not st["buckets"] and st["open"] is None and b > st["next"]:
