@@ -29,14 +29,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, Counter
 
 from cloud.processor.alerts import deadletter_headers
 from cloud.processor.config import ProcessorConfig
-from edge.contract import BrokerUnavailable, ContractError, TelemetryWindow, decode_telemetry
-from edge.kafka_security import client_kwargs, diagnose
+from cloud.processor.consumer import group_clients
+from edge.contract import ContractError, TelemetryWindow, decode_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +112,8 @@ class Archive:
 
     def run(self) -> None:
         k, a = self.config.kafka, self.config.archive
-        try:
-            consumer = KafkaConsumer(bootstrap_servers=k.bootstrap, group_id=a.group_id, client_id=k.client_id + "-archive",
-                                     enable_auto_commit=False, auto_offset_reset=k.auto_offset_reset, max_poll_records=k.max_poll_records,
-                                     session_timeout_ms=int(k.session_timeout_s * 1000),
-                                     heartbeat_interval_ms=max(100, int(k.session_timeout_s * 250)), **client_kwargs(k))
-            producer = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=k.client_id + "-archive-dlq", acks="all", **client_kwargs(k))
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
-        consumer.partitions_for_topic(self.topic)  # metadata before joining: see Processor.run
-        consumer.subscribe([self.topic], listener=_Listener(self, consumer))
+        consumer, producer = group_clients(k, self.topic, _Listener(self), group_id=a.group_id, client_id=k.client_id + "-archive",
+                                           producer_id=k.client_id + "-archive-dlq")
         log.info("archive_started topic=%s group=%s dir=%s", self.topic, a.group_id, self.root)
         try:
             while not self.stop.is_set():
@@ -184,9 +175,8 @@ class Archive:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, archive: Archive, consumer: KafkaConsumer) -> None:
+    def __init__(self, archive: Archive) -> None:
         self.archive = archive
-        self.consumer = consumer
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.archive.forget([tp.partition for tp in revoked])  # uncommitted: the next owner re-reads them

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from cloud.processor.alerts import Outbox, alert_rows
 from cloud.processor.backends import background_checkpoints
-from cloud.processor.config import ProcessorConfig
+from cloud.processor.config import KafkaSection, ProcessorConfig
 from cloud.processor.drift import load_expectations
 from cloud.processor.fleet import FleetCorrelator
 from cloud.processor.metrics import ProcessorMetrics
@@ -93,23 +93,10 @@ class Processor:
 
     def run(self) -> None:
         k = self.config.kafka
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=k.bootstrap, group_id=k.group_id, client_id=k.client_id, enable_auto_commit=False,
-                auto_offset_reset=k.auto_offset_reset, max_poll_records=k.max_poll_records,
-                session_timeout_ms=int(k.session_timeout_s * 1000), heartbeat_interval_ms=max(100, int(k.session_timeout_s * 250)),
-                **client_kwargs(k),
-            )
-            producer = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=k.client_id + "-outbox", acks="all", linger_ms=5,
-                                     **client_kwargs(k))
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
+        consumer, producer = group_clients(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id,
+                                           producer_id=k.client_id + "-outbox", linger_ms=5)
         outbox = Outbox(producer, self.store, alerts_topic=k.alerts_topic, deadletter_topic=k.deadletter_topic,
                         metrics=self.metrics, clock=self.clock)
-        # the topic's partitions in this consumer's metadata before it joins: otherwise the first assignment can
-        # be empty, and the rebalance kafka-python 3.0.12 then starts sometimes never completes (no partitions, ever)
-        consumer.partitions_for_topic(self.topic)
-        consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("processor_started topic=%s group=%s bootstrap=%s", self.topic, k.group_id, k.bootstrap)
         try:
             with background_checkpoints(self.store):
@@ -242,6 +229,31 @@ class Processor:
         for kind, n in self.pipeline.open_incidents().items():
             self.metrics.incidents_open.labels(kind=kind).set(n)
         self.metrics.incidents_open.labels(kind="fleet_incident").set(len(self.store.incidents(kind="fleet_incident", open_only=True)))
+
+
+def group_clients(k: KafkaSection, topic: str, listener: ConsumerRebalanceListener, *, group_id: str, client_id: str,
+                  producer_id: str, **producer: Any) -> tuple[KafkaConsumer, KafkaProducer]:
+    """A manual-commit consumer subscribed to ``topic`` in ``group_id``, and an acks=all producer (``producer``:
+    more of its settings), both with the section's bootstrap and security; :class:`BrokerUnavailable` saying why."""
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=k.bootstrap, group_id=group_id, client_id=client_id, enable_auto_commit=False,
+            auto_offset_reset=k.auto_offset_reset, max_poll_records=k.max_poll_records,
+            session_timeout_ms=int(k.session_timeout_s * 1000), heartbeat_interval_ms=max(100, int(k.session_timeout_s * 250)),
+            **client_kwargs(k),
+        )
+        try:
+            made = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=producer_id, acks="all", **producer, **client_kwargs(k))
+        except KafkaError:
+            consumer.close(autocommit=False)
+            raise
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
+    # the topic's partitions in this consumer's metadata before it joins: otherwise the first assignment can
+    # be empty, and the rebalance kafka-python 3.0.12 then starts sometimes never completes (no partitions, ever)
+    consumer.partitions_for_topic(topic)
+    consumer.subscribe([topic], listener=listener)
+    return consumer, made
 
 
 def _commit_failed(offsets: Any, response: Any) -> None:
