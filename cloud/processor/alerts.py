@@ -81,10 +81,13 @@ class Outbox:
         return len(alerts) + len(dead)
 
     def _collect(self, wait: bool) -> None:
-        done = [s for s in self._sent if wait or s[2].is_done]
+        done: list[tuple[str, Sequence[Any], Any]] = []
+        pending: list[tuple[str, Sequence[Any], Any]] = []
+        for sent in self._sent:
+            (done if wait or sent[2].is_done else pending).append(sent)
+        self._sent = pending
         if not done:
             return
-        self._sent = [s for s in self._sent if not (wait or s[2].is_done)]
         acked: dict[str, list[Sequence[Any]]] = {"alerts": [], "deadletters": []}
         refused: KafkaError | None = None
         for table, row, future in done:

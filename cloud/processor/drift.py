@@ -84,12 +84,7 @@ class DriftMonitor:
         if st is None:
             st = state["drift"][model_version] = {"next": b, "buckets": {}, "streak": 0, "open": None,
                                                   "model_name": model_name, "sha": sha256}
-        w = self.s.window_s
-        current = math.floor(final / w)
-        for other in state["drift"].values():  # flush's own two conditions: only then has it anything to do
-            if (other["next"] + 1) * w <= final or current > other["next"]:
-                self.flush(device, state, final, out)
-                break
+        self.flush(device, state, final, out)
         if not st["buckets"] and st["open"] is None and b > st["next"]:
             st["streak"], st["next"] = 0, b  # the buckets in between had no anomaly: normal
         if b < st["next"]:

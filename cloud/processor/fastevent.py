@@ -74,11 +74,9 @@ class FastEventDecoder:
                 return None
             names = self._names
             device, agent, model, version = d["device_id"], d["agent_id"], d["model_name"], d["model_version"]
-            # unhashable values raise TypeError: not a name
-            if device not in names or agent not in names or model not in names or version not in names:
-                for name in (device, agent, model, version):
-                    if name not in names:
-                        _remember(names, NAME_RE, name)
+            for name in (device, agent, model, version):
+                if name not in names:  # unhashable values raise TypeError: not a name
+                    _remember(names, NAME_RE, name)
             sha = d["model_sha256"]
             if sha not in self._shas:
                 _remember(self._shas, SHA256_RE, sha)

@@ -176,7 +176,7 @@ class Pipeline:
 
     def _store(self, work: list[tuple[str, int, Sequence[Any], list[Decoded], list[DeadRow]]], now: float,
                lookup: bool) -> list[BatchResult]:
-        done: list[tuple[BatchResult, Changes]] = []
+        done: list[tuple[BatchResult, Changes, set[str]]] = []  # per partition: result, changes, devices touched
         touched_ctx: list[tuple[PartitionContext, PartitionRow]] = []
         try:
             with self.store.transaction():
@@ -184,7 +184,6 @@ class Pipeline:
                 contexts = [self._context(topic, rows[topic, partition]) for topic, partition, *_ in work]
                 # event ids stored or applied so far, across the poll's partitions (as if one by one)
                 seen = self.store.existing_event_ids([f[0] for *_, decoded, _ in work for _, _, f in decoded]) if lookup else set()
-                applied: list[set[str]] = []
                 # events are written while they are applied (PostgreSQL inserts them meanwhile); no other statement
                 # may run until the writer closes
                 with self.store.events_writer(expect_new=not lookup) as write_event:
@@ -192,10 +191,8 @@ class Pipeline:
                         res, changes, touched = BatchResult(), Changes(), set[str]()
                         self._apply(ctx, topic, partition, decoded, seen, now, changes, touched, res, write_event)
                         self.tracker.flush_updated(changes)
-                        done.append((res, changes))
-                        applied.append(touched)
-                for (topic, partition, records, _, dead), ctx, touched, (res, changes) in zip(work, contexts, applied, done,
-                                                                                              strict=True):
+                        done.append((res, changes, touched))
+                for (topic, partition, records, _, dead), ctx, (res, changes, touched) in zip(work, contexts, done, strict=True):
                     row = rows[topic, partition]
                     self.store.insert_deadletters(dead)
                     self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
@@ -215,7 +212,7 @@ class Pipeline:
             raise
         for ctx, row in touched_ctx:
             ctx.version = row.version
-        return [res for res, _ in done]
+        return [res for res, _, _ in done]
 
     def advance_idle(self, topic: str, partition: int, watermark: float) -> list[tuple[str, str, str]]:
         """Move an idle partition's watermark to ``watermark`` (if later) and decide what became due; returns outbox alerts."""

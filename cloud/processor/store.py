@@ -334,7 +334,8 @@ class Store:
         """A device's events by window end: the event's fields (from its payload) and the row's columns."""
         rows = self.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE device_id = ? AND window_end >= ? "
                             "AND window_end <= ? ORDER BY window_end LIMIT ?", (device_id, start, end, limit))
-        return [{**orjson.loads(r[EVENT_COLUMNS.index("payload")]), **dict(zip(EVENT_COLUMNS, r, strict=True))} for r in rows]
+        payload = EVENT_COLUMNS.index("payload")
+        return [{**orjson.loads(r[payload]), **dict(zip(EVENT_COLUMNS, r, strict=True))} for r in rows]
 
     def count(self, table: str) -> int:
         assert table in ("events", "incidents", "alerts", "deadletters", "device_state", "partitions")
