@@ -39,6 +39,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cloud.kafka_groups import subscribe
 from cloud.stack import LocalStack, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,9 +277,10 @@ port = 0
         prefix, name = f"lat{tag}", f"{kind}-live-{tag}"
         step_hz = a.latency_rate / a.devices
         topics = self.topics(name)
-        consumer = KafkaConsumer(topics["anomalies"], bootstrap_servers=self.stack.kafka_bootstrap, group_id=f"lat-{tag}",
+        consumer = KafkaConsumer(bootstrap_servers=self.stack.kafka_bootstrap, group_id=f"lat-{tag}",
                                  auto_offset_reset="earliest", enable_auto_commit=False)
-        assign_deadline = time.monotonic() + 120  # once, a stalled Kafka left this waiting for a coordinator for good
+        subscribe(consumer, [topics["anomalies"]])
+        assign_deadline = time.monotonic() + 120
         while not consumer.assignment():
             if time.monotonic() > assign_deadline:
                 consumer.close()

@@ -78,8 +78,11 @@ def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int, decod
     from kafka import KafkaConsumer
 
     started = time.perf_counter()
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+    from cloud.kafka_groups import subscribe
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                              enable_auto_commit=False, max_poll_records=max_records)
+    subscribe(consumer, [topic])  # as the processor joins
     seen = 0
     while seen < n:
         for records in consumer.poll(timeout_ms=500).values():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer
 
+from cloud.kafka_groups import subscribe
 from cloud.stack import LocalStack, create_topics, free_port
 from edge import simulator
 from edge.agent import Agent
@@ -130,8 +131,9 @@ class KafkaPrinter(threading.Thread):
         super().__init__(name="demo-printer", daemon=True)
         self.result = result
         self.stop = threading.Event()
-        self.consumer = KafkaConsumer("edgewatch.anomalies", "edgewatch.alerts", bootstrap_servers=bootstrap,
-                                      group_id=f"demo-printer-{os.getpid()}", auto_offset_reset="earliest")
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"demo-printer-{os.getpid()}",
+                                      auto_offset_reset="earliest")
+        subscribe(self.consumer, ["edgewatch.anomalies", "edgewatch.alerts"])
 
     def run(self) -> None:
         seen: set[str] = set()

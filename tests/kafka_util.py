@@ -6,6 +6,7 @@ import time
 
 from kafka import KafkaConsumer
 
+from cloud.kafka_groups import subscribe
 from cloud.stack import create_topics
 
 
@@ -15,9 +16,10 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
 
 def consume(bootstrap: str, topic: str, group_id: str, expected: int, timeout_s: float = 30.0) -> list[bytes]:
     """Consume from the earliest offset in a consumer group until ``expected`` values arrive."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group_id,
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    subscribe(consumer, [topic])
     values: list[bytes] = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -112,6 +112,7 @@ class Archive:
 
     def run(self) -> None:
         k, a = self.config.kafka, self.config.archive
+        self.root.mkdir(parents=True, exist_ok=True)  # an archive that has nothing yet is empty, not missing
         consumer, producer = group_clients(k, self.topic, _Listener(self), group_id=a.group_id, client_id=k.client_id + "-archive",
                                            producer_id=k.client_id + "-archive-dlq")
         log.info("archive_started topic=%s group=%s dir=%s", self.topic, a.group_id, self.root)

@@ -26,6 +26,7 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
+from cloud.kafka_groups import subscribe
 from cloud.processor.alerts import Outbox, alert_rows
 from cloud.processor.backends import background_checkpoints
 from cloud.processor.config import KafkaSection, ProcessorConfig
@@ -249,10 +250,7 @@ def group_clients(k: KafkaSection, topic: str, listener: ConsumerRebalanceListen
             raise
     except KafkaError as exc:
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
-    # the topic's partitions in this consumer's metadata before it joins: otherwise the first assignment can
-    # be empty, and the rebalance kafka-python 3.0.12 then starts sometimes never completes (no partitions, ever)
-    consumer.partitions_for_topic(topic)
-    consumer.subscribe([topic], listener=listener)
+    subscribe(consumer, [topic], listener)
     return consumer, made
 
 

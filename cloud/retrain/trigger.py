@@ -32,6 +32,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cloud.kafka_groups import subscribe
 from cloud.retrain.config import TriggerSection
 from edge.contract import Alert, ContractError, decode_alert
 from edge.kafka_security import client_kwargs
@@ -87,11 +88,12 @@ class DriftTrigger:
     def run(self) -> None:
         """Consume until ``stop`` is set, then drain; blocks. Raises kafka-python's errors on a broker it cannot use."""
         s = self.section
-        consumer = KafkaConsumer(s.alerts_topic, bootstrap_servers=s.bootstrap, group_id=s.group_id, client_id=s.client_id,
+        consumer = KafkaConsumer(bootstrap_servers=s.bootstrap, group_id=s.group_id, client_id=s.client_id,
                                  enable_auto_commit=False, auto_offset_reset=s.auto_offset_reset,
                                  session_timeout_ms=10_000, heartbeat_interval_ms=2_000, **client_kwargs(s))
         log.info("retrain_trigger_started topic=%s group=%s cooldown_s=%g", s.alerts_topic, s.group_id, s.cooldown_s)
         try:
+            subscribe(consumer, [s.alerts_topic])
             while not self.stop.is_set():
                 batch = consumer.poll(timeout_ms=int(s.poll_timeout_s * 1000))
                 for records in batch.values():

@@ -130,8 +130,11 @@ class TopicReader:
     def __init__(self, bootstrap: str, topic: str, group_id: str) -> None:
         from kafka import KafkaConsumer
 
-        self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group_id, auto_offset_reset="earliest",
+        from cloud.kafka_groups import subscribe
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, auto_offset_reset="earliest",
                                       enable_auto_commit=False, session_timeout_ms=10_000, heartbeat_interval_ms=1000)
+        subscribe(self.consumer, [topic])
         self.values: list[bytes] = []
 
     def poll_until(self, done: Callable[[list[bytes]], bool], timeout_s: float, what: str) -> list[bytes]:
