@@ -3,8 +3,8 @@
 Starts its own local stack (Mosquitto + Kafka, :class:`cloud.stack.LocalStack`) and a throwaway
 PostgreSQL, produces ``--events`` anomaly events (``--devices`` devices, keyed by device id)
 to a ``--partitions``-partition topic, reads it ``--warmup`` times with the bare consumer (not
-measured), then consumes the whole topic in ``--repeat`` rounds of these, each in a fresh consumer
-group from offset 0:
+measured), then consumes the whole topic in ``--repeat`` rounds of these (in reverse order every other round),
+each in a fresh consumer group from offset 0:
 
 1. bare: a ``KafkaConsumer`` that only ``json.loads`` each value (the baseline);
 2. the same bare consumer with ``orjson.loads`` instead (shown for transparency, not the baseline);
@@ -15,7 +15,7 @@ Each time is from creating the consumer to the last event consumed (for the proc
 incidents and alerts applied, offsets committed). Prints events/s and the ratio to the round's
 baseline, then best over best and the median of the rounds' ratios; the target is at least 0.7.
 
-    .venv/bin/python -m bench.processor_throughput [--events 100000] [--repeat 5] [--stores sqlite]
+    .venv/bin/python -m bench.processor_throughput [--events 100000] [--repeat 7] [--stores sqlite]
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=500)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--max-poll-records", type=int, default=5000)
-    ap.add_argument("--repeat", type=int, default=5, help="rounds of every consumer (best and median reported)")
+    ap.add_argument("--repeat", type=int, default=7,
+                    help="rounds of every consumer, in the listed order and reversed in every other round (best and median reported)")
     ap.add_argument("--stores", default="sqlite,postgres", help="comma-separated processor stores to run (sqlite, postgres)")
     ap.add_argument("--warmup", type=int, default=3,
                     help="bare reads of the whole topic before the rounds, so that none of them pays for a cold "
@@ -214,11 +215,13 @@ def main() -> None:
                 runs = {name: fn for name, fn in runs.items() if not name.startswith("processor") or
                         ("SQLite" in name and "sqlite" in stores) or ("PostgreSQL" in name and "postgres" in stores)}
                 round_rates: dict[str, float] = {}
-                for name, fn in runs.items():
-                    rate = round_rates[name] = n / fn()
+                order = list(runs) if r % 2 == 0 else list(reversed(runs))  # so that no consumer always runs first
+                for name in order:
+                    rate = round_rates[name] = n / runs[name]()
                     results[name] = max(results.get(name, 0.0), rate)
-                    print(f"  run {r + 1}: {name:<34} {rate:10.0f} events/s   ratio in this round "
-                          f"{rate / round_rates[BASELINE]:5.2f}   load {os.getloadavg()[0]:.2f}", flush=True)
+                    print(f"  run {r + 1}: {name:<34} {rate:10.0f} events/s   load {os.getloadavg()[0]:.2f}", flush=True)
+                print(f"  run {r + 1} ratios: " + ", ".join(f"{name.removeprefix('processor, ')} {rate / round_rates[BASELINE]:.2f}"
+                                                         for name, rate in round_rates.items() if name != BASELINE), flush=True)
                 for name, rate in round_rates.items():
                     round_ratios.setdefault(name, []).append(rate / round_rates[BASELINE])
             base = results[BASELINE]
