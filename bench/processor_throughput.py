@@ -77,9 +77,9 @@ def produce(bootstrap: str, topic: str, events: list[AnomalyEvent]) -> None:
 def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int, decode: Callable[[bytes], Any] = json.loads) -> float:
     from kafka import KafkaConsumer
 
-    started = time.perf_counter()
     from cloud.kafka_groups import subscribe
 
+    started = time.perf_counter()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
                              enable_auto_commit=False, max_poll_records=max_records)
     subscribe(consumer, [topic])  # as the processor joins

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 
@@ -24,8 +23,7 @@ log = logging.getLogger(__name__)
 def subscribe(consumer: KafkaConsumer, topics: Sequence[str], listener: ConsumerRebalanceListener | None = None) -> None:
     """``consumer.subscribe(topics, listener=listener)``, then a blocking metadata fetch that brings the
     group's partition snapshot up to date before the first poll joins."""
-    kwargs: dict[str, Any] = {"listener": listener} if listener is not None else {}
-    consumer.subscribe(list(topics), **kwargs)
+    consumer.subscribe(list(topics), listener=listener)
     consumer.topics()  # a metadata update: the coordinator's listener now sees the subscription
     for topic in topics:
         if not consumer.partitions_for_topic(topic):
