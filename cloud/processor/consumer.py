@@ -3,7 +3,8 @@
 Per poll: the batches of all its partitions are stored in one transaction; then fleet incidents are
 brought up to the global final time (at most every ``fleet.evaluate_interval_s``), the alerts and
 dead letters that transaction stored are produced (their acks collected later), and only then
-are the batch's offsets committed explicitly, per partition (``commit_async``; the drain commits
+are the batch's offsets committed explicitly, per partition (``commit_async``, one commit in
+flight at a time: offsets stored meanwhile, or refused, go with the next; the drain commits
 synchronously). A crash anywhere in between re-delivers records that the store de-duplicates:
 at-least-once delivery, exactly-once effect. A store error rewinds the poll's partitions to their
 batch starts and retries after a pause; bad records never stop the loop. :meth:`Processor.run`
@@ -41,6 +42,7 @@ from edge.kafka_security import client_kwargs, diagnose
 log = logging.getLogger(__name__)
 
 STORE_RETRY_S = 1.0
+COMMIT_LOST_S = 60.0  # an async commit unanswered this long is taken as lost, and sent again
 
 
 def store_errors() -> tuple[type[BaseException], ...]:
@@ -91,6 +93,8 @@ class Processor:
         self._fleet_at = -math.inf
         self._fleet_pending = False  # batches stored since the last fleet evaluation
         self._offsets: dict[TopicPartition, OffsetAndMetadata] = {}  # of the last stored poll of each partition
+        self._commit_due = False  # offsets stored since the last commit that was sent (or that failed)
+        self._commit_sent: float | None = None  # monotonic time of the async commit in flight
 
     def run(self) -> None:
         k = self.config.kafka
@@ -142,10 +146,32 @@ class Processor:
             self._fleet_pending, self._fleet_at = False, mono
             alerts += self.evaluate_fleet(consumer)
         self._publish(outbox, alerts, dead)
-        if offsets:  # not waiting for the broker's ack; the drain commits synchronously
+        if offsets:
             self._offsets.update(offsets)
-            consumer.commit_async(offsets, callback=_commit_failed)
+            self._commit_due = True
+        self._commit_async(consumer)
         self._update_gauges(consumer)
+
+    def _commit_async(self, consumer: KafkaConsumer) -> None:
+        """Send the stored offsets of the partitions still ours, unless a commit is in flight (then they go with
+        the next one, after its answer): no pile-up of commits on small polls, and a refused one is sent again."""
+        sent = self._commit_sent
+        if not self._commit_due or (sent is not None and time.monotonic() - sent < COMMIT_LOST_S):
+            return
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in self._offsets.items() if tp in assigned}
+        self._commit_due = False
+        if offsets:
+            self._commit_sent = time.monotonic()
+            consumer.commit_async(offsets, callback=self._committed)
+
+    def _committed(self, offsets: Any, response: Any) -> None:
+        """``commit_async`` callback (on kafka-python's IO thread)."""
+        if isinstance(response, Exception):
+            self._commit_due = True
+            log.warning("offsets_commit_failed partitions=%s reason=%r; sent again after the next poll",
+                        sorted(tp.partition for tp in offsets), response)
+        self._commit_sent = None
 
     def _commit_offsets(self, consumer: KafkaConsumer) -> None:
         """Commit the stored polls' offsets of the partitions still ours and wait for the ack (on drain)."""
@@ -252,13 +278,6 @@ def group_clients(k: KafkaSection, topic: str, listener: ConsumerRebalanceListen
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
     subscribe(consumer, [topic], listener)
     return consumer, made
-
-
-def _commit_failed(offsets: Any, response: Any) -> None:
-    """``commit_async`` callback (on kafka-python's IO thread): a refused commit only means re-reading, de-duplicated."""
-    if isinstance(response, Exception):
-        log.warning("offsets_commit_failed partitions=%s reason=%r; the next owner re-reads them and de-duplicates",
-                    sorted(tp.partition for tp in offsets), response)
 
 
 def run_processor(config: ProcessorConfig, store: Store, stop: threading.Event, registry: CollectorRegistry) -> None:

@@ -140,7 +140,8 @@ def in_thread(cfg: ProcessorConfig,
     return thread, stop, errors
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, state: Callable[[], object] | None = None) -> None:
+    """Poll ``cond`` until true; on timeout, fail naming ``what`` and (if given) what ``state()`` says then."""
     import time
 
     deadline = time.monotonic() + timeout_s
@@ -148,4 +149,4 @@ def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
         if cond():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f"; state: {state()}" if state else ""))

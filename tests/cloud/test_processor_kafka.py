@@ -130,7 +130,9 @@ def test_sigkill_mid_stream_then_restart_matches_a_single_process_run_and_replay
         # done: every event stored, offsets committed, and every alert published (the killed process's
         # stored-but-unpublished ones by the orphan sweep of the others)
         wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, group, topic)
-                 and store.unpublished("alerts") == [], 120, "the group to process the whole stream")
+                 and store.unpublished("alerts") == [], 120, "the group to process the whole stream",
+                 lambda: {"events": (store.count("events"), len(stream)), "caught_up": caught_up(kafka_bootstrap, group, topic),
+                          "unpublished_alerts": len(store.unpublished("alerts"))})
         # the restarted process may still be starting when the first one has finished the stream alone
         wait_for(lambda: logs[1].read_text().count("processor_started") >= 2, 60, "the restarted processor to start")
         for p in procs:
