@@ -63,6 +63,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self.processor.pipeline.forget([tp.partition for tp in revoked])
+        for tp in revoked:  # a later owner commits them; ours would be stale if the partition came back
+            self.processor._offsets.pop(tp, None)
         log.info("partitions_revoked partitions=%s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:

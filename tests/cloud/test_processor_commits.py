@@ -67,11 +67,18 @@ def test_one_commit_in_flight_later_offsets_follow_and_a_refused_one_is_sent_aga
         stored(processor, consumer, {T1: 9})
         assert [o for o, _ in consumer.sent][2:] == [{T1: 9}]
 
+        # a partition revoked and assigned again (within one poll): its old offset is not ours to commit
+        consumer.sent[2][1]({T1: None}, None)
+        consumer_module._Rebalance(processor).on_partitions_revoked([T0, T1])
+        consumer.assigned = {T0, T1}
+        stored(processor, consumer, {T1: 10})
+        assert [o for o, _ in consumer.sent][3:] == [{T1: 10}]
+
         # an answer that never comes: after COMMIT_LOST_S the commit is sent again
         stored(processor, consumer, {T1: 11})
-        assert len(consumer.sent) == 3
+        assert len(consumer.sent) == 4
         monkeypatch.setattr(consumer_module, "COMMIT_LOST_S", 0.0)
         processor._commit_async(consumer)  # type: ignore[arg-type]
-        assert [o for o, _ in consumer.sent][3:] == [{T1: 11}]
+        assert [o for o, _ in consumer.sent][4:] == [{T1: 11}]
     finally:
         store.close()
