@@ -148,20 +148,20 @@ class Processor:
             self._fleet_pending, self._fleet_at = False, mono
             alerts += self.evaluate_fleet(consumer)
         self._publish(outbox, alerts, dead)
-        if offsets:
-            self._offsets.update(offsets)
-            self._commit_due = True
-        self._commit_async(consumer)
+        self._commit_async(consumer, offsets)
         self._update_gauges(consumer)
 
-    def _commit_async(self, consumer: KafkaConsumer) -> None:
-        """Send the stored offsets of the partitions still ours, unless a commit is in flight (then they go with
-        the next one, after its answer): no pile-up of commits on small polls, and a refused one is sent again."""
+    def _commit_async(self, consumer: KafkaConsumer, stored: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Note the offsets of a stored poll (``stored``, may be empty) and send those of the partitions still ours,
+        unless a commit is in flight (then they go with the next one, after its answer): no pile-up of commits on
+        small polls, and a refused one is sent again."""
+        if stored:
+            self._offsets.update(stored)
+            self._commit_due = True
         sent = self._commit_sent
         if not self._commit_due or (sent is not None and time.monotonic() - sent < COMMIT_LOST_S):
             return
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in self._offsets.items() if tp in assigned}
+        offsets = self._owned_offsets(consumer)
         self._commit_due = False
         if offsets:
             self._commit_sent = time.monotonic()
@@ -175,10 +175,13 @@ class Processor:
                         sorted(tp.partition for tp in offsets), response)
         self._commit_sent = None
 
+    def _owned_offsets(self, consumer: KafkaConsumer) -> dict[TopicPartition, OffsetAndMetadata]:
+        assigned = consumer.assignment()
+        return {tp: o for tp, o in self._offsets.items() if tp in assigned}
+
     def _commit_offsets(self, consumer: KafkaConsumer) -> None:
         """Commit the stored polls' offsets of the partitions still ours and wait for the ack (on drain)."""
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in self._offsets.items() if tp in assigned}
+        offsets = self._owned_offsets(consumer)
         try:
             if offsets:
                 consumer.commit(offsets)

@@ -37,10 +37,8 @@ class RecordingConsumer:
 
 
 def stored(processor: Processor, consumer: RecordingConsumer, offsets: dict[TopicPartition, int]) -> None:
-    """What ``_poll_once`` does with the offsets of a stored poll."""
-    processor._offsets.update({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-    processor._commit_due = True
-    processor._commit_async(consumer)  # type: ignore[arg-type]
+    """A poll whose records were stored up to ``offsets`` (none: a poll without records)."""
+    processor._commit_async(consumer, {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})  # type: ignore[arg-type]
 
 
 def test_one_commit_in_flight_later_offsets_follow_and_a_refused_one_is_sent_again(tmp_path: Path, monkeypatch: Any) -> None:
@@ -56,11 +54,11 @@ def test_one_commit_in_flight_later_offsets_follow_and_a_refused_one_is_sent_aga
         assert len(consumer.sent) == 1
 
         consumer.sent[0][1]({T0: None}, NodeNotReadyError("max_in_flight"))  # refused
-        processor._commit_async(consumer)  # type: ignore[arg-type]  # the next poll, with no new records
+        stored(processor, consumer, {})  # the next poll, with no new records
         assert [o for o, _ in consumer.sent][1:] == [{T0: 20, T1: 7}]
 
         consumer.sent[1][1]({T0: None, T1: None}, None)  # acknowledged: nothing is due
-        processor._commit_async(consumer)  # type: ignore[arg-type]
+        stored(processor, consumer, {})
         assert len(consumer.sent) == 2
 
         consumer.assigned = {T1}  # partition 0 went to another member: only what is still ours
@@ -78,7 +76,7 @@ def test_one_commit_in_flight_later_offsets_follow_and_a_refused_one_is_sent_aga
         stored(processor, consumer, {T1: 11})
         assert len(consumer.sent) == 4
         monkeypatch.setattr(consumer_module, "COMMIT_LOST_S", 0.0)
-        processor._commit_async(consumer)  # type: ignore[arg-type]
+        stored(processor, consumer, {})
         assert [o for o, _ in consumer.sent][4:] == [{T1: 11}]
     finally:
         store.close()
