@@ -27,7 +27,9 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: 
     parser.add_argument(flag, default=value, help=f"{help}{shown} [env: {env}]", **kw)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure the root logger; only entry points call this."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)

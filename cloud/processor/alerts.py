@@ -16,15 +16,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
-from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.store import Store
 from edge.contract import Alert, BrokerUnavailable, encode_alert
+
+if TYPE_CHECKING:  # kafka and prometheus_client stay out of the store process, which needs only alert_rows
+    from kafka import KafkaProducer
+
+    from cloud.processor.metrics import ProcessorMetrics
+    from cloud.processor.store import Store
 
 log = logging.getLogger(__name__)
 COLLECT_INTERVAL_S = 1.0  # acks are marked in the store (one transaction) at most this often, or when waited for
@@ -81,6 +83,8 @@ class Outbox:
         return len(alerts) + len(dead)
 
     def _collect(self, wait: bool) -> None:
+        from kafka.errors import KafkaError
+
         done: list[tuple[str, Sequence[Any], Any]] = []
         pending: list[tuple[str, Sequence[Any], Any]] = []
         for sent in self._sent:

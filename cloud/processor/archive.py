@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from cloud.processor.alerts import deadletter_headers
 from cloud.processor.config import ProcessorConfig
-from cloud.processor.consumer import group_clients
+from cloud.processor.consumer import group_consumer, kafka_producer
 from edge.contract import ContractError, TelemetryWindow, decode_telemetry
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,12 @@ class Archive:
     def run(self) -> None:
         k, a = self.config.kafka, self.config.archive
         self.root.mkdir(parents=True, exist_ok=True)  # an archive that has nothing yet is empty, not missing
-        consumer, producer = group_clients(k, self.topic, _Listener(self), group_id=a.group_id, client_id=k.client_id + "-archive",
-                                           producer_id=k.client_id + "-archive-dlq")
+        producer = kafka_producer(k, k.client_id + "-archive-dlq")
+        try:
+            consumer = group_consumer(k, self.topic, _Listener(self), group_id=a.group_id, client_id=k.client_id + "-archive")
+        except BaseException:
+            producer.close(timeout=10)
+            raise
         log.info("archive_started topic=%s group=%s dir=%s", self.topic, a.group_id, self.root)
         try:
             while not self.stop.is_set():

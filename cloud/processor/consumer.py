@@ -1,25 +1,28 @@
-"""The processor's consumer loop: a Kafka consumer group on the anomalies topic.
+"""The processor's consumer side: a Kafka consumer group on the anomalies topic.
 
-Per poll: the batches of all its partitions are stored in one transaction; then fleet incidents are
-brought up to the global final time (at most every ``fleet.evaluate_interval_s``), the alerts and
-dead letters that transaction stored are produced (their acks collected later), and only then
-are the batch's offsets committed explicitly, per partition (``commit_async``, one commit in
-flight at a time: offsets stored meanwhile, or refused, go with the next; the drain commits
-synchronously). A crash anywhere in between re-delivers records that the store de-duplicates:
-at-least-once delivery, exactly-once effect. A store error rewinds the poll's partitions to their
-batch starts and retries after a pause; bad records never stop the loop. :meth:`Processor.run`
-blocks until ``stop`` is set (SIGTERM in the CLI), finishes the batch in hand, publishes, commits
-and leaves the group.
+Each poll's records go to the store side (:mod:`cloud.processor.storeside`, in a process of its
+own by default), which stores the batches of all its partitions in one transaction. When it answers
+that a poll is stored, the alerts and dead letters stored with it are produced (the outbox; their
+acks are collected later) and only then are the poll's offsets committed, per partition
+(``commit_async``, one commit in flight at a time: offsets stored meanwhile, or refused, go with the
+next; the drain commits synchronously). Fleet incidents are brought up to the global final time at
+most every ``fleet.evaluate_interval_s``. A crash anywhere in between re-delivers records that the
+store de-duplicates: at-least-once delivery, exactly-once effect. A store error rewinds the
+partitions of the polls in flight to their first records not stored and retries after a pause; bad
+records never stop the loop. :meth:`Processor.run` blocks until ``stop`` is set (SIGTERM in the
+CLI), finishes the polls in flight, publishes, commits and leaves the group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -28,14 +31,12 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
 from cloud.kafka_groups import subscribe
-from cloud.processor.alerts import Outbox, alert_rows
-from cloud.processor.backends import background_checkpoints
+from cloud.processor.alerts import Outbox
 from cloud.processor.config import KafkaSection, ProcessorConfig
-from cloud.processor.drift import load_expectations
-from cloud.processor.fleet import FleetCorrelator
 from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.pipeline import Pipeline, paused_gc
+from cloud.processor.pipeline import paused_gc
 from cloud.processor.store import Store
+from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows, Record
 from edge.contract import BrokerUnavailable
 from edge.kafka_security import client_kwargs, diagnose
 
@@ -43,18 +44,9 @@ log = logging.getLogger(__name__)
 
 STORE_RETRY_S = 1.0
 COMMIT_LOST_S = 60.0  # an async commit unanswered this long is taken as lost, and sent again
+IN_FLIGHT_POLL_S = 0.05  # the longest poll while a poll is with the store side: its answer should not wait for records
 
-
-def store_errors() -> tuple[type[BaseException], ...]:
-    """Driver exceptions that mean "the store write failed, retry the batch"."""
-    errors: list[type[BaseException]] = [sqlite3.Error]
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:
-        pass
-    return tuple(errors)
+Polled = dict[TopicPartition, tuple[int, int]]  # a poll sent to the store side: first and next offset per partition
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -62,21 +54,34 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.processor = processor
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        self.processor.pipeline.forget([tp.partition for tp in revoked])
+        self.processor.rebalanced([tp.partition for tp in revoked])
         for tp in revoked:  # a later owner commits them; ours would be stale if the partition came back
             self.processor._offsets.pop(tp, None)
         log.info("partitions_revoked partitions=%s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self.processor.pipeline.forget([tp.partition for tp in assigned])
+        self.processor.rebalanced([tp.partition for tp in assigned])
         now = time.monotonic()
         for tp in assigned:
             self.processor.last_seen[tp.partition] = now
         log.info("partitions_assigned partitions=%s", sorted(tp.partition for tp in assigned))
 
 
+class _OutboxRows:
+    """The outbox's part of the store (unpublished rows; marking rows published), asked of the store side."""
+
+    def __init__(self, processor: Processor, consumer: KafkaConsumer) -> None:
+        self.processor, self.consumer = processor, consumer
+
+    def unpublished(self, table: str, created_before: float) -> list[tuple[Any, ...]]:
+        return self.processor._ask(self.consumer, "unpublished", table, created_before)  # type: ignore[no-any-return]
+
+    def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
+        self.processor._send("mark_published", table, keys, now)
+
+
 class Processor:
-    """Owns one consumer, one producer and one store connection; runs on the calling thread."""
+    """Owns one consumer, one producer and the store side; reads ``store`` (watermarks) itself; runs on the calling thread."""
 
     def __init__(self, config: ProcessorConfig, store: Store, *, registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time, stop: threading.Event | None = None) -> None:
@@ -85,70 +90,125 @@ class Processor:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.metrics = ProcessorMetrics(registry or CollectorRegistry())
-        self.pipeline = Pipeline(config, store, self.metrics, clock, load_expectations(config.drift))
-        self.fleet = FleetCorrelator(config.fleet, config.kafka.anomalies_topic)
         self.topic = config.kafka.anomalies_topic
         self.last_seen: dict[int, float] = {}
         self._empty_checked = 0.0
         self._lag_checked = 0.0
         self._swept = -math.inf
         self._fleet_at = -math.inf
-        self._fleet_pending = False  # batches stored since the last fleet evaluation
+        self._fleet_pending = False  # polls stored since the last fleet evaluation
         self._offsets: dict[TopicPartition, OffsetAndMetadata] = {}  # of the last stored poll of each partition
         self._commit_due = False  # offsets stored since the last commit that was sent (or that failed)
         self._commit_sent: float | None = None  # monotonic time of the async commit in flight
+        self._side: LocalSide | ChildSide | None = None
+        self._outbox: Outbox | None = None
+        self._asked: deque[tuple[Callable[[Any], None] | None, bool]] = deque()  # unanswered: (what to do with it, a poll?)
+        self._polls = 0  # polls among them
+        self._epoch = 0  # rebalances so far: a poll's offsets are noted only if none came between poll and answer
+        self._rewind: dict[TopicPartition, int] = {}  # first offsets of polls the store side did not store
 
     def run(self) -> None:
         k = self.config.kafka
-        consumer, producer = group_clients(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id,
-                                           producer_id=k.client_id + "-outbox", linger_ms=5)
-        outbox = Outbox(producer, self.store, alerts_topic=k.alerts_topic, deadletter_topic=k.deadletter_topic,
-                        metrics=self.metrics, clock=self.clock)
-        log.info("processor_started topic=%s group=%s bootstrap=%s", self.topic, k.group_id, k.bootstrap)
-        try:
-            with background_checkpoints(self.store):
-                while not self.stop.is_set():
-                    with paused_gc():  # the poll's records too; they are dropped when _poll_once returns
-                        self._poll_once(consumer, outbox)
-                    self._sweep(outbox)
-                log.info("processor_draining")
-                self._publish(outbox, self.evaluate_fleet(consumer) if self._fleet_pending else [], [], wait=True)
-                self._commit_offsets(consumer)
-        finally:
-            consumer.close(autocommit=False)
-            producer.close(timeout=10)
-            log.info("processor_stopped")
+        with contextlib.ExitStack() as stack:
+            # the child starts first: its imports and store connection overlap the group join
+            side = self._side = ChildSide(self.config, self.clock, self.metrics) if self.config.store.own_process else \
+                LocalSide(self.config, self.store, self.metrics, self.clock)
+            stack.callback(side.close)
+            producer = kafka_producer(k, k.client_id + "-outbox", linger_ms=5)
+            stack.callback(producer.close, timeout=10)
+            consumer = group_consumer(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id)
+            stack.callback(consumer.close, autocommit=False)
+            self._outbox = Outbox(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,  # type: ignore[arg-type]
+                                  deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock)
+            side.started()
+            log.info("processor_started topic=%s group=%s bootstrap=%s store_process=%s", self.topic, k.group_id,
+                     k.bootstrap, "own" if self.config.store.own_process else "shared")
+            while not self.stop.is_set():
+                with paused_gc():  # the poll's records too; they are dropped when _poll_once returns
+                    self._poll_once(consumer)
+                self._sweep()
+            log.info("processor_draining")
+            self._answers(consumer, keep=0)
+            if self._fleet_pending:
+                self._evaluate_fleet(consumer)
+                self._answers(consumer, keep=0)
+            self._publish([], [], wait=True)
+            self._answers(consumer, keep=0)  # the rows it marked published
+            self._commit_offsets(consumer)
+        log.info("processor_stopped")
 
-    def _poll_once(self, consumer: KafkaConsumer, outbox: Outbox) -> None:
-        k = self.config.kafka
-        polled = consumer.poll(timeout_ms=int(k.poll_timeout_s * 1000), max_records=k.max_poll_records)
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        alerts: list[Any] = []
-        dead: list[Any] = []
-        batches = [(tp, records) for tp, records in polled.items() if records]
-        for tp, _ in batches:
-            self.last_seen[tp.partition] = time.monotonic()
-        try:  # one store transaction for the whole poll (fewer commits); a failure rewinds every partition of it
-            results = self.pipeline.process_many([(tp.topic, tp.partition, records) for tp, records in batches]) if batches else []
-        except store_errors() as exc:
-            self.metrics.store_errors.inc()
-            log.error("store_write_failed partitions=%s error=%r; retrying", sorted(tp.partition for tp, _ in batches), exc)
-            for tp, records in batches:
-                consumer.seek(tp, records[0].offset)
+    def rebalanced(self, partitions: list[int]) -> None:
+        """From the listener (inside a poll): the store side drops their state, in-flight polls' offsets are not noted."""
+        self._epoch += 1
+        if self._side is not None:
+            self._send("forget", partitions)
+
+    def _send(self, name: str, *args: Any, then: Callable[[Any], None] | None = None, poll: bool = False) -> None:
+        """A request to the store side; ``then`` gets its answer, when read (in order)."""
+        assert self._side is not None
+        self._side.submit(name, *args)
+        self._asked.append((then, poll))
+        self._polls += poll
+
+    def _answers(self, consumer: KafkaConsumer, keep: int) -> None:
+        """Read answers until at most ``keep`` polls (and nothing before them) are unanswered; after a poll that was
+        not stored, until none is, then rewind."""
+        assert self._side is not None
+        while self._asked and (self._rewind or self._polls > keep or not self._asked[0][1]):
+            then, poll = self._asked.popleft()
+            self._polls -= poll
+            answer = self._side.receive()
+            if then is not None:
+                then(answer)
+        if self._rewind and not self._asked:
+            assigned = consumer.assignment()
+            for tp, first in self._rewind.items():
+                if tp in assigned:
+                    consumer.seek(tp, first)
+            log.info("partitions_rewound offsets=%s", {tp.partition: o for tp, o in self._rewind.items()})
+            self._rewind = {}
+            self._send("resume")
             self.stop.wait(STORE_RETRY_S)
-            batches, results = [], []
-        for (tp, records), res in zip(batches, results, strict=True):
-            offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-            alerts += res.alerts
-            dead += res.dead
-        alerts += self._advance_idle(consumer)
-        self._fleet_pending |= bool(offsets)
+
+    def _ask(self, consumer: KafkaConsumer, name: str, *args: Any) -> Any:
+        """A request whose answer is needed now (after those in flight)."""
+        box: list[Any] = []
+        self._send(name, *args, then=box.append)
+        self._answers(consumer, keep=0)
+        return box[0]
+
+    def _stored(self, consumer: KafkaConsumer, epoch: int, poll: Polled, rows: OutboxRows | None) -> None:
+        """The store side's answer to a poll: publish its outbox rows, then note its offsets; or rewind it."""
+        if rows is None:
+            for tp, (first, _) in poll.items():
+                self._rewind[tp] = min(first, self._rewind.get(tp, first))
+            return
+        self._publish(*rows)
+        self._fleet_pending = True
+        if epoch == self._epoch:
+            self._commit_async(consumer, {tp: OffsetAndMetadata(end, "", -1) for tp, (_, end) in poll.items()})
+
+    def _poll_once(self, consumer: KafkaConsumer) -> None:
+        assert self._side is not None
+        k = self.config.kafka
+        timeout_s = min(k.poll_timeout_s, IN_FLIGHT_POLL_S) if self._polls else k.poll_timeout_s
+        polled = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=k.max_poll_records)
+        batches = [(tp, records) for tp, records in polled.items() if records]
         mono = time.monotonic()
+        for tp, _ in batches:
+            self.last_seen[tp.partition] = mono
+        if batches:
+            offsets = {tp: (records[0].offset, records[-1].offset + 1) for tp, records in batches}
+            self._send("process", [(tp.topic, tp.partition, [Record(r.offset, r.value) for r in records]) for tp, records in batches],
+                       then=partial(self._stored, consumer, self._epoch, offsets), poll=True)
+        else:
+            self._publish([], [])  # collects the acks that came meanwhile
+        # in its own process, the store side works on this poll while the next one is fetched (none came: wait for it)
+        self._answers(consumer, keep=self._side.depth - 1 if batches else 0)
+        self._advance_idle(consumer)
         if self._fleet_pending and mono - self._fleet_at >= self.config.fleet.evaluate_interval_s:
-            self._fleet_pending, self._fleet_at = False, mono
-            alerts += self.evaluate_fleet(consumer)
-        self._publish(outbox, alerts, dead)
-        self._commit_async(consumer, offsets)
+            self._evaluate_fleet(consumer)
+        self._commit_async(consumer, {})
         self._update_gauges(consumer)
 
     def _commit_async(self, consumer: KafkaConsumer, stored: dict[TopicPartition, OffsetAndMetadata]) -> None:
@@ -188,33 +248,31 @@ class Processor:
         except (CommitFailedError, RebalanceInProgressError) as exc:
             log.warning("offsets_commit_failed reason=%r; the next owner re-reads them and de-duplicates", exc)
 
-    @staticmethod
-    def _publish(outbox: Outbox, alerts: list[Any], dead: list[Any], *, wait: bool = False) -> None:
+    def _publish(self, alerts: list[Any], dead: list[Any], *, wait: bool = False) -> None:
+        assert self._outbox is not None
         try:
-            outbox.publish(alerts, dead, wait=wait)
+            self._outbox.publish(alerts, dead, wait=wait)
         except BrokerUnavailable as exc:  # the rows are safe in the store; the orphan sweep retries them
             log.error("outbox_publish_failed alerts=%d deadletters=%d error=%s", len(alerts), len(dead), exc)
 
-    def evaluate_fleet(self, consumer: KafkaConsumer) -> list[tuple[str, str, str]]:
-        """Bring fleet incidents up to the global final time; returns the alerts written, for the outbox."""
-        final = self.global_final(consumer)
-        if final is None:
-            return []
-        try:
-            changes = self.fleet.evaluate(self.store, final, self.clock())
-        except store_errors() as exc:
-            self.metrics.store_errors.inc()
-            log.error("fleet_evaluation_failed error=%r; retried after the next batch", exc)
-            return []
-        return [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
+    def _publish_rows(self, rows: OutboxRows) -> None:
+        self._publish(*rows)
 
-    def _sweep(self, outbox: Outbox) -> None:
+    def _evaluate_fleet(self, consumer: KafkaConsumer) -> None:
+        """Have the store side bring fleet incidents up to the global final time (if there is one yet)."""
+        self._fleet_pending, self._fleet_at = False, time.monotonic()
+        final = self.global_final(consumer)
+        if final is not None:
+            self._send("fleet", final, then=self._publish_rows)
+
+    def _sweep(self) -> None:
+        assert self._outbox is not None
         orphan_s = self.config.kafka.outbox_orphan_s
         mono = time.monotonic()
         if mono - self._swept >= orphan_s / 2:
             self._swept = mono
             try:
-                outbox.sweep(orphan_s)
+                self._outbox.sweep(orphan_s)
             except BrokerUnavailable as exc:
                 log.error("outbox_sweep_failed error=%s", exc)
 
@@ -233,21 +291,15 @@ class Processor:
         present = [w for p, w in marks.items() if w is not None and p in parts]
         return min(present) - self.config.incidents.allowed_lateness_s if present else None
 
-    def _advance_idle(self, consumer: KafkaConsumer) -> list[tuple[str, str, str]]:
+    def _advance_idle(self, consumer: KafkaConsumer) -> None:
         idle_s = self.config.incidents.idle_advance_s
-        alerts: list[tuple[str, str, str]] = []
         if idle_s <= 0:
-            return alerts
+            return
         mono = time.monotonic()
         for tp in consumer.assignment():
             if mono - self.last_seen.get(tp.partition, mono) >= idle_s:
                 self.last_seen[tp.partition] = mono
-                try:
-                    alerts += self.pipeline.advance_idle(tp.topic, tp.partition, self.clock() - idle_s)
-                except store_errors() as exc:
-                    self.metrics.store_errors.inc()
-                    log.error("idle_advance_failed partition=%d error=%r", tp.partition, exc)
-        return alerts
+                self._send("advance_idle", tp.topic, tp.partition, self.clock() - idle_s, then=self._publish_rows)
 
     def _update_gauges(self, consumer: KafkaConsumer) -> None:
         mono = time.monotonic()
@@ -258,15 +310,22 @@ class Processor:
             high = consumer.highwater(tp)
             if high is not None:
                 self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, high - consumer.position(tp)))
-        for kind, n in self.pipeline.open_incidents().items():
+        for kind, n in self._ask(consumer, "open_incidents").items():
             self.metrics.incidents_open.labels(kind=kind).set(n)
-        self.metrics.incidents_open.labels(kind="fleet_incident").set(len(self.store.incidents(kind="fleet_incident", open_only=True)))
 
 
-def group_clients(k: KafkaSection, topic: str, listener: ConsumerRebalanceListener, *, group_id: str, client_id: str,
-                  producer_id: str, **producer: Any) -> tuple[KafkaConsumer, KafkaProducer]:
-    """A manual-commit consumer subscribed to ``topic`` in ``group_id``, and an acks=all producer (``producer``:
-    more of its settings), both with the section's bootstrap and security; :class:`BrokerUnavailable` saying why."""
+def kafka_producer(k: KafkaSection, client_id: str, **settings: Any) -> KafkaProducer:
+    """An acks=all producer with the section's bootstrap and security; :class:`BrokerUnavailable` saying why."""
+    try:
+        return KafkaProducer(bootstrap_servers=k.bootstrap, client_id=client_id, acks="all", **settings, **client_kwargs(k))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
+
+
+def group_consumer(k: KafkaSection, topic: str, listener: ConsumerRebalanceListener, *, group_id: str,
+                   client_id: str) -> KafkaConsumer:
+    """A manual-commit consumer subscribed to ``topic`` in ``group_id``, with the section's bootstrap and security;
+    :class:`BrokerUnavailable` saying why."""
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap, group_id=group_id, client_id=client_id, enable_auto_commit=False,
@@ -274,17 +333,7 @@ def group_clients(k: KafkaSection, topic: str, listener: ConsumerRebalanceListen
             session_timeout_ms=int(k.session_timeout_s * 1000), heartbeat_interval_ms=max(100, int(k.session_timeout_s * 250)),
             **client_kwargs(k),
         )
-        try:
-            made = KafkaProducer(bootstrap_servers=k.bootstrap, client_id=producer_id, acks="all", **producer, **client_kwargs(k))
-        except KafkaError:
-            consumer.close(autocommit=False)
-            raise
     except KafkaError as exc:
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
     subscribe(consumer, [topic], listener)
-    return consumer, made
-
-
-def run_processor(config: ProcessorConfig, store: Store, stop: threading.Event, registry: CollectorRegistry) -> None:
-    """Entry used by the CLI: run until ``stop`` is set."""
-    Processor(config, store, registry=registry, stop=stop).run()
+    return consumer

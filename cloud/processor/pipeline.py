@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -27,9 +27,11 @@ from cloud.processor.config import ProcessorConfig
 from cloud.processor.drift import DriftMonitor, Expectation
 from cloud.processor.fastevent import FastEventDecoder, Fields, event_fields
 from cloud.processor.incidents import Changes, DeviceState, IncidentTracker, new_state
-from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.store import DuplicateEvents, PartitionRow, Store
 from edge.contract import ContractError, decode_event
+
+if TYPE_CHECKING:
+    from cloud.processor.metrics import ProcessorMetrics
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import pytest
 from kafka import ConsumerRebalanceListener
 
 from cloud.processor.config import KafkaSection
-from cloud.processor.consumer import group_clients
+from cloud.processor.consumer import group_consumer
 from tests.kafka_util import create_topic
 
 pytestmark = pytest.mark.brokers
@@ -37,8 +37,8 @@ def test_a_new_member_joins_once_with_every_partition(kafka_bootstrap: str, uniq
     topic = f"join.{unique}"
     create_topic(kafka_bootstrap, topic, partitions=4)
     recorder = Recorder()
-    consumer, producer = group_clients(KafkaSection(bootstrap=kafka_bootstrap, session_timeout_s=10.0), topic, recorder,
-                                       group_id=f"join-{unique}", client_id=f"join-{unique}", producer_id=f"join-{unique}-p")
+    consumer = group_consumer(KafkaSection(bootstrap=kafka_bootstrap, session_timeout_s=10.0), topic, recorder,
+                              group_id=f"join-{unique}", client_id=f"join-{unique}")
     try:
         deadline = time.monotonic() + 3.0  # the metadata refresh that follows the leader's assignment lands well inside this
         while time.monotonic() < deadline:
@@ -47,4 +47,3 @@ def test_a_new_member_joins_once_with_every_partition(kafka_bootstrap: str, uniq
         assert [c for c in recorder.calls if c[1]] == [("assigned", [0, 1, 2, 3])], recorder.calls
     finally:
         consumer.close(autocommit=False)
-        producer.close(timeout=5)

@@ -1,0 +1,269 @@
+"""The processor's store side: every read and write of the store, in a process of its own
+(``store.own_process``, the default) or in the consumer's.
+
+The consumer side (:class:`cloud.processor.consumer.Processor`) polls Kafka, follows rebalances,
+produces alerts and dead letters and commits offsets. It sends the store side requests, which are
+answered one by one in the order sent: ``process`` a poll's records (decode, de-duplicate, apply and
+store in one transaction; the answer carries the alerts and dead letters stored with them, for the
+outbox), ``fleet`` up to a final time, ``advance_idle``, ``forget`` revoked partitions' state,
+``open_incidents`` (for the gauge), and the outbox's ``unpublished`` and ``mark_published``.
+
+In a process of its own the store side works on poll n while the consumer side fetches and parses
+poll n+1 (kafka-python's record parsing is a third of the CPU time), so two polls are in flight and
+two cores share the work; the child imports neither kafka nor prometheus_client, so it is ready
+about when the consumer has joined its group. A ``process`` that fails (a store error) makes the
+store side answer the ``process`` requests after it with "not stored", untouched, until ``resume``:
+the consumer side, which reads the answers in order, rewinds each partition to its first record
+not stored, then resumes. The child records its metric calls, and each answer carries them to the
+consumer side's registry. It ignores SIGTERM and SIGINT (the consumer side drains it) and exits
+when its pipe closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from cloud.processor.alerts import alert_rows
+from cloud.processor.backends import background_checkpoints, open_store
+from cloud.processor.config import ProcessorConfig
+from cloud.processor.drift import load_expectations
+from cloud.processor.fleet import FleetCorrelator
+from cloud.processor.pipeline import Pipeline, paused_gc
+from cloud.processor.store import Store
+from edge.cliutil import LOG_FORMAT
+
+if TYPE_CHECKING:
+    from cloud.processor.metrics import ProcessorMetrics
+
+log = logging.getLogger(__name__)
+
+OutboxRows = tuple[list[tuple[str, str, str]], list[tuple[Any, ...]]]  # alerts (id, incident, payload), dead letters
+
+
+class Record(NamedTuple):
+    """What the store side needs of a Kafka record (light to send to the child)."""
+
+    offset: int
+    value: bytes | None
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """Driver exceptions that mean "the store write failed, retry the batch"."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class StoreSide:
+    """Pipeline and fleet correlator on one store connection; each public method is a request."""
+
+    def __init__(self, config: ProcessorConfig, store: Store, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.pipeline = Pipeline(config, store, metrics, clock, load_expectations(config.drift))
+        self.fleet_correlator = FleetCorrelator(config.fleet, config.kafka.anomalies_topic)
+        self.failed = False  # a process failed: the next ones are not stored until resume
+
+    def process(self, batches: Sequence[tuple[str, int, Sequence[Record]]]) -> OutboxRows | None:
+        """Store one poll (one batch per partition) in one transaction; its outbox rows, or None: not stored."""
+        if self.failed:
+            return None
+        try:
+            results = self.pipeline.process_many(batches)
+        except store_errors() as exc:
+            self.failed = True
+            self.metrics.store_errors.inc()
+            log.error("store_write_failed partitions=%s error=%r; retrying", sorted(p for _, p, _ in batches), exc)
+            return None
+        return [a for r in results for a in r.alerts], [d for r in results for d in r.dead]
+
+    def resume(self) -> None:
+        self.failed = False
+
+    def fleet(self, final: float) -> OutboxRows:
+        """Bring fleet incidents up to ``final`` (the consumer side's global final time)."""
+        try:
+            changes = self.fleet_correlator.evaluate(self.store, final, self.clock())
+        except store_errors() as exc:
+            self.metrics.store_errors.inc()
+            log.error("fleet_evaluation_failed error=%r; retried after the next batch", exc)
+            return [], []
+        return [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)], []
+
+    def advance_idle(self, topic: str, partition: int, watermark: float) -> OutboxRows:
+        try:
+            return self.pipeline.advance_idle(topic, partition, watermark), []
+        except store_errors() as exc:
+            self.metrics.store_errors.inc()
+            log.error("idle_advance_failed partition=%d error=%r", partition, exc)
+            return [], []
+
+    def forget(self, partitions: Sequence[int]) -> None:
+        self.pipeline.forget(partitions)
+
+    def open_incidents(self) -> dict[str, int]:
+        counts = self.pipeline.open_incidents()
+        counts["fleet_incident"] = len(self.store.incidents(kind="fleet_incident", open_only=True))
+        return counts
+
+    def unpublished(self, table: str, created_before: float) -> list[tuple[Any, ...]]:
+        return self.store.unpublished(table, created_before=created_before)
+
+    def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
+        self.store.mark_published(table, keys, now)
+
+
+class _Recorded:
+    """One metric (or labelled child) of :class:`MetricCalls`."""
+
+    def __init__(self, calls: list[tuple[Any, ...]], name: str, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        self.calls, self.name, self.label_values = calls, name, labels
+
+    def labels(self, **labels: str) -> _Recorded:
+        return _Recorded(self.calls, self.name, tuple(labels.items()))
+
+    def inc(self, amount: float = 1) -> None:
+        self.calls.append((self.name, self.label_values, "inc", amount))
+
+    def observe(self, amount: float) -> None:
+        self.calls.append((self.name, self.label_values, "observe", amount))
+
+
+class MetricCalls:
+    """Stands in for :class:`ProcessorMetrics` in the child: records the calls, replayed by :func:`replay`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> _Recorded:
+        return _Recorded(self.calls, name)
+
+    def take(self) -> list[tuple[Any, ...]]:
+        calls, self.calls[:] = list(self.calls), []
+        return calls
+
+
+def replay(metrics: ProcessorMetrics, calls: list[tuple[Any, ...]]) -> None:
+    for name, labels, method, amount in calls:
+        metric = getattr(metrics, name)
+        getattr(metric.labels(**dict(labels)) if labels else metric, method)(amount)
+
+
+class LocalSide:
+    """The store side in the consumer's process: each request is done when sent (one poll in flight)."""
+
+    depth = 1
+
+    def __init__(self, config: ProcessorConfig, store: Store, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
+        self._exit = contextlib.ExitStack()
+        self._exit.enter_context(background_checkpoints(store))
+        self.side = StoreSide(config, store, metrics, clock)
+        self._answers: deque[Any] = deque()
+
+    def started(self) -> None:
+        pass
+
+    def submit(self, name: str, *args: Any) -> None:
+        self._answers.append(getattr(self.side, name)(*args))
+
+    def receive(self) -> Any:
+        return self._answers.popleft()
+
+    def close(self) -> None:
+        self._exit.close()
+
+
+class ChildSide:
+    """The store side in a child process (spawned, so no threads or locks of this one are inherited);
+    two polls in flight."""
+
+    depth = 2
+
+    def __init__(self, config: ProcessorConfig, clock: Callable[[], float], metrics: ProcessorMetrics) -> None:
+        self.metrics = metrics
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(child_conn, config, clock, logging.getLogger().getEffectiveLevel()),
+                                    name="edgewatch-store", daemon=True)
+        self._process.start()
+        child_conn.close()
+
+    def started(self) -> None:
+        """Wait until the child has opened its store (it starts while the consumer joins the group)."""
+        self.receive()
+
+    def submit(self, name: str, *args: Any) -> None:
+        self._conn.send((name, args))
+
+    def receive(self) -> Any:
+        try:
+            ok, value, calls = self._conn.recv()
+        except EOFError:
+            self._process.join(5)
+            raise RuntimeError(f"the store process exited (code {self._process.exitcode}); see its log lines above") from None
+        replay(self.metrics, calls)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._conn.close()  # the child exits at the end of its pipe
+        self._process.join(30)
+        if self._process.is_alive():
+            log.error("store_process_stuck pid=%s; killed", self._process.pid)
+            self._process.kill()
+
+
+def _serve(conn: Connection, config: ProcessorConfig, clock: Callable[[], float], log_level: int) -> None:
+    """The child's main: answer requests until the pipe closes."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    metrics = MetricCalls()
+    with contextlib.ExitStack() as stack:
+        try:
+            store = open_store(config.store)
+            stack.callback(store.close)
+            stack.enter_context(background_checkpoints(store))
+            side = StoreSide(config, store, metrics, clock)  # type: ignore[arg-type]  # records, for replay()
+        except Exception as exc:  # noqa: BLE001  # sent to the consumer side, which raises it
+            conn.send((False, _picklable(exc), metrics.take()))
+            return
+        conn.send((True, None, metrics.take()))
+        while True:
+            with paused_gc():  # as in the consumer's loop: the records are dropped at the end of the round
+                try:
+                    name, args = conn.recv()
+                except (EOFError, OSError):  # the consumer side closed the pipe (or died)
+                    return
+                try:
+                    answer = (True, getattr(side, name)(*args), metrics.take())
+                except Exception as exc:  # noqa: BLE001  # a bug: the consumer side raises it and stops
+                    log.exception("store_request_failed request=%s", name)
+                    answer = (False, _picklable(exc), metrics.take())
+                conn.send(answer)
+
+
+def _picklable(exc: Exception) -> Exception:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"in the store process: {exc!r}")
+    return exc
