@@ -106,6 +106,7 @@ class Processor:
         self._polls = 0  # polls among them
         self._epoch = 0  # rebalances so far: a poll's offsets are noted only if none came between poll and answer
         self._rewind: dict[TopicPartition, int] = {}  # first offsets of polls the store side did not store
+        self._forget: set[int] = set()  # partitions revoked or assigned since the last poll
 
     def run(self) -> None:
         k = self.config.kafka
@@ -138,10 +139,10 @@ class Processor:
         log.info("processor_stopped")
 
     def rebalanced(self, partitions: list[int]) -> None:
-        """From the listener (inside a poll): the store side drops their state, in-flight polls' offsets are not noted."""
+        """From the listener (inside a poll): in-flight polls' offsets are not noted, and the store side is told
+        after the poll to drop the partitions' state (the listener itself asks nothing of it)."""
         self._epoch += 1
-        if self._side is not None:
-            self._send("forget", partitions)
+        self._forget.update(partitions)
 
     def _send(self, name: str, *args: Any, then: Callable[[Any], None] | None = None, poll: bool = False) -> None:
         """A request to the store side; ``then`` gets its answer, when read (in order)."""
@@ -195,6 +196,9 @@ class Processor:
         polled = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=k.max_poll_records)
         batches = [(tp, records) for tp, records in polled.items() if records]
         mono = time.monotonic()
+        if self._forget:
+            self._send("forget", sorted(self._forget))
+            self._forget.clear()
         for tp, _ in batches:
             self.last_seen[tp.partition] = mono
         if batches:

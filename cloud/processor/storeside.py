@@ -208,18 +208,24 @@ class ChildSide:
         self.receive()
 
     def submit(self, name: str, *args: Any) -> None:
-        self._conn.send((name, args))
+        try:
+            self._conn.send((name, args))
+        except OSError:  # a broken pipe
+            raise self._gone() from None
 
     def receive(self) -> Any:
         try:
             ok, value, calls = self._conn.recv()
-        except EOFError:
-            self._process.join(5)
-            raise RuntimeError(f"the store process exited (code {self._process.exitcode}); see its log lines above") from None
+        except (EOFError, OSError):
+            raise self._gone() from None
         replay(self.metrics, calls)
         if not ok:
             raise value
         return value
+
+    def _gone(self) -> RuntimeError:
+        self._process.join(5)
+        return RuntimeError(f"the store process exited (code {self._process.exitcode}); see its log lines above")
 
     def close(self) -> None:
         self._conn.close()  # the child exits at the end of its pipe

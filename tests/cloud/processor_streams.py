@@ -70,7 +70,7 @@ def fleet_stream(seed: int, *, partitions: int = 4, sites: tuple[str, ...] = ("p
 
 
 def write_config(path: Path, *, bootstrap: str, topic: str, group: str, backend: str = "sqlite", dsn: str = "",
-                 sqlite_path: Path | None = None, extra: str = "") -> Path:
+                 sqlite_path: Path | None = None, extra: str = "", own_process: bool = True) -> Path:
     """A processor config for tests: small windows, sites by prefix (``plant-a-pump-01`` is in ``plant-a``)."""
     store = f'sqlite_path = "{sqlite_path}"' if backend == "sqlite" else f'postgres_dsn = "{dsn}"'
     path.write_text(f"""
@@ -89,6 +89,7 @@ outbox_orphan_s = 3.0
 [store]
 backend = "{backend}"
 {store}
+own_process = {str(own_process).lower()}
 
 [incidents]
 min_events = 3

@@ -4,6 +4,7 @@ malformed input at volume, fleet incidents, graceful stop. Every Kafka topic and
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -179,6 +180,72 @@ def store_ready(store: Store) -> bool:
     except Exception:  # the processors create the schema; until then the table is missing
         store.conn.rollback() if not store.conn.autocommit else None
         return False
+
+
+@pytest.mark.parametrize("own_process", [True, False], ids=["store-process", "one-process"])
+def test_a_store_that_refuses_writes_loses_nothing_and_the_result_equals_an_undisturbed_run(
+        kafka_bootstrap: str, unique: str, tmp_path: Path, own_process: bool) -> None:
+    topic = f"anomalies.{unique}"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    stream = fleet_stream(7, duration_s=1500)
+    items = events_items(stream)
+    head = len(items) // 3
+    cfg = config(tmp_path / "c.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=tmp_path / "s.db",
+                 own_process=own_process)
+    store = open_sqlite(tmp_path / "s.db")
+    store.migrate()
+    registry = CollectorRegistry()
+    errors_seen = lambda: registry.get_sample_value("edgewatch_processor_store_errors_total") or 0  # noqa: E731
+    thread, stop, errors = in_thread(cfg, registry)
+    try:
+        produce(kafka_bootstrap, topic, items[:head])
+        wait_for(lambda: store.count("events") == head, 60, "the head of the stream to be stored")
+        # from here on the store refuses every event insert (a real SQLite error, in whichever process writes)
+        store.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'injected: disk full'); END")
+        produce(kafka_bootstrap, topic, items[head:])
+        wait_for(lambda: errors_seen() >= 3, 60, "three failed store writes")
+        assert store.count("events") == head and thread.is_alive()
+        store.execute("DROP TRIGGER refuse")
+        wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, f"g-{unique}", topic)
+                 and not store.unpublished("alerts"), 120, "the processor to catch up", lambda: store.count("events"))
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == [] and not thread.is_alive()
+    assert registry.get_sample_value("edgewatch_processor_events_processed_total") == len(stream)
+    disturbed = dump(store)
+    store.close()
+
+    undisturbed = open_sqlite(tmp_path / "ref.db")
+    undisturbed.migrate()
+    run_until(config(tmp_path / "ref.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"ref-{unique}",
+                     sqlite_path=tmp_path / "ref.db"),
+              lambda: undisturbed.count("events") == len(stream) and caught_up(kafka_bootstrap, f"ref-{unique}", topic))
+    reference = dump(undisturbed)
+    undisturbed.close()
+    assert {r[1] for r in reference["incidents"]} >= {"incident", "fleet_incident"}
+    for table in ("events", "incidents", "alerts", "device_state"):
+        assert disturbed[table] == reference[table], table
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the error the test expects
+def test_a_store_process_that_dies_stops_the_processor_with_the_reason(kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    topic = f"anomalies.{unique}"
+    create_topic(kafka_bootstrap, topic, partitions=1)
+    cfg = config(tmp_path / "c.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=tmp_path / "s.db")
+    before = set(multiprocessing.active_children())
+    thread, stop, errors = in_thread(cfg)
+    try:
+        wait_for(lambda: bool(set(multiprocessing.active_children()) - before), 30, "the store process to start")
+        (child,) = set(multiprocessing.active_children()) - before
+        produce(kafka_bootstrap, topic, events_items(fleet_stream(3, partitions=1, duration_s=300)))
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        thread.join(30)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "the processor must stop when its store process is gone"
+    assert len(errors) == 1 and "the store process exited (code -9)" in str(errors[0])
 
 
 def test_ten_thousand_malformed_messages_are_dead_lettered_and_valid_ones_stored(
