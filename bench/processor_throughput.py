@@ -9,13 +9,15 @@ each in a fresh consumer group from offset 0:
 1. bare: a ``KafkaConsumer`` that only ``json.loads`` each value (the baseline);
 2. the same bare consumer with ``orjson.loads`` instead (shown for transparency, not the baseline);
 3. the processor with the SQLite store;
-4. the processor with the PostgreSQL store (``fsync=off``, as :mod:`cloud.processor.pgserver` runs it).
+4. the processor with the PostgreSQL store (``fsync=off``, as :mod:`cloud.processor.pgserver` runs it);
+5. with ``--one-process``: the processor with the SQLite store in the consumer's process (``store.own_process =
+   false``), to show what the store process buys.
 
 Each time is from creating the consumer to the last event consumed (for the processor: stored,
 incidents and alerts applied, offsets committed). Prints events/s and the ratio to the round's
 baseline, then best over best and the median of the rounds' ratios; the target is at least 0.7.
 
-    .venv/bin/python -m bench.processor_throughput [--events 100000] [--repeat 7] [--stores sqlite]
+    .venv/bin/python -m bench.processor_throughput [--events 100000] [--repeat 7] [--stores sqlite] [--one-process]
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def processor(cfg: ProcessorConfig, n: int) -> float:
     return elapsed
 
 
-def config(tmp: Path, name: str, bootstrap: str, topic: str, store: str, max_records: int) -> ProcessorConfig:
+def config(tmp: Path, name: str, bootstrap: str, topic: str, store: str, max_records: int, own_process: bool = True) -> ProcessorConfig:
     from cloud.processor.config import load_config
 
     path = tmp / f"{name}.toml"
@@ -142,6 +144,7 @@ deadletter_topic = "{topic}.deadletter"
 max_poll_records = {max_records}
 [store]
 {store}
+own_process = {str(own_process).lower()}
 [fleet]
 prefix_parts = 1
 """)
@@ -160,6 +163,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3,
                     help="bare reads of the whole topic before the rounds, so that none of them pays for a cold "
                          "broker (its JIT, caches), which slows the faster bare consumer most and flatters the ratio")
+    ap.add_argument("--one-process", action="store_true",
+                    help="also run the processor (SQLite) with its store side in the consumer's process")
     ap.add_argument("--pure-python-crc", action="store_true",
                     help="hide the crc32c package so kafka-python checks record CRCs in pure Python (as without the cloud extra)")
     args = ap.parse_args()
@@ -209,11 +214,14 @@ def main() -> None:
                 runs = {
                     "bare kafka-python + json.loads": partial(bare, b, topic, f"bench-bare-{r}", n, mpr),
                     "bare kafka-python + orjson.loads": partial(bare, b, topic, f"bench-bare-orjson-{r}", n, mpr, orjson.loads),
-                    "processor, SQLite": partial(processor, config(tmp, f"sqlite-{r}", b, topic, sqlite_store, mpr), n),
-                    "processor, PostgreSQL": partial(processor, config(tmp, f"pg-{r}", b, topic, pg_store, mpr), n),
                 }
-                runs = {name: fn for name, fn in runs.items() if not name.startswith("processor") or
-                        ("SQLite" in name and "sqlite" in stores) or ("PostgreSQL" in name and "postgres" in stores)}
+                if "sqlite" in stores:
+                    runs["processor, SQLite"] = partial(processor, config(tmp, f"sqlite-{r}", b, topic, sqlite_store, mpr), n)
+                if "postgres" in stores:
+                    runs["processor, PostgreSQL"] = partial(processor, config(tmp, f"pg-{r}", b, topic, pg_store, mpr), n)
+                if args.one_process:
+                    runs["processor, SQLite, one process"] = partial(processor, config(
+                        tmp, f"sqlite1-{r}", b, topic, f'sqlite_path = "{tmp}/store1-{r}.db"', mpr, own_process=False), n)
                 round_rates: dict[str, float] = {}
                 order = list(runs) if r % 2 == 0 else list(reversed(runs))  # so that no consumer always runs first
                 for name in order:

@@ -36,7 +36,7 @@ from cloud.processor.config import KafkaSection, ProcessorConfig
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import paused_gc
 from cloud.processor.store import Store
-from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows, Record
+from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows
 from edge.contract import BrokerUnavailable
 from edge.kafka_security import client_kwargs, diagnose
 
@@ -203,7 +203,8 @@ class Processor:
             self.last_seen[tp.partition] = mono
         if batches:
             offsets = {tp: (records[0].offset, records[-1].offset + 1) for tp, records in batches}
-            self._send("process", [(tp.topic, tp.partition, [Record(r.offset, r.value) for r in records]) for tp, records in batches],
+            self._send("process", [(tp.topic, tp.partition, [r.offset for r in records], [r.value for r in records])
+                                   for tp, records in batches],
                        then=partial(self._stored, consumer, self._epoch, offsets), poll=True)
         else:
             self._publish([], [])  # collects the acks that came meanwhile

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Record = tuple[int, bytes | None]  # (offset, value) of a Kafka record
 Decoded = tuple[int, bytes, Fields]  # (offset, payload, fields) of a valid event
 DeadRow = tuple[str, int, int, str, str, bytes, float]  # (topic, partition, offset, field, reason, payload, created_at)
 
@@ -108,11 +109,11 @@ class Pipeline:
                 counts["drift"] += sum(d["open"] is not None for d in st["drift"].values())
         return counts
 
-    def process(self, topic: str, partition: int, records: Sequence[Any]) -> BatchResult:
-        """Store one batch of Kafka records (``.offset``, ``.value``) of one partition, atomically."""
+    def process(self, topic: str, partition: int, records: Sequence[Record]) -> BatchResult:
+        """Store one batch of Kafka records, as (offset, value) pairs, of one partition, atomically."""
         return self.process_many([(topic, partition, records)])[0]
 
-    def process_many(self, batches: Sequence[tuple[str, int, Sequence[Any]]]) -> list[BatchResult]:
+    def process_many(self, batches: Sequence[tuple[str, int, Sequence[Record]]]) -> list[BatchResult]:
         """Store the batches of one poll (one per partition) in one transaction; results in the same order.
 
         Each partition is applied exactly as if alone (its own progress row, context and event-time
@@ -149,34 +150,34 @@ class Pipeline:
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
         return out
 
-    def _decode(self, topic: str, partition: int, records: Sequence[Any], now: float) -> tuple[list[Decoded], list[DeadRow]]:
+    def _decode(self, topic: str, partition: int, records: Sequence[Record], now: float) -> tuple[list[Decoded], list[DeadRow]]:
         """Valid events as (offset, payload, fields) and dead-letter rows, in record order."""
         decoded: list[Decoded] = []
         dead: list[DeadRow] = []
         fields = self.fast.fields
-        for r in records:
-            value = r.value
-            f = fields(value) if value is not None else None
-            if f is not None:
-                decoded.append((r.offset, value, f))
-                continue
+        for offset, value in records:
+            if value is not None:
+                f = fields(value)
+                if f is not None:
+                    decoded.append((offset, value, f))
+                    continue
             try:  # the fast path declined: the contract decides, and names the problem
                 if value is None:
                     raise ContractError("$", None, "a record without a value is not an anomaly event")
-                decoded.append((r.offset, value, event_fields(decode_event(value))))
+                decoded.append((offset, value, event_fields(decode_event(value))))
             except ContractError as exc:
-                dead.append((topic, partition, r.offset, exc.field, str(exc), value or b"", now))
+                dead.append((topic, partition, offset, exc.field, str(exc), value or b"", now))
                 self.metrics.deadletters.labels(cause="json" if exc.field == "$" else "contract").inc()
             except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
                 # the contract promises ContractError only; anything else is its bug, and still bad input here
-                log.error("event_decoder_failed offset=%d error=%r", r.offset, exc)
-                dead.append((topic, partition, r.offset, "$", f"$: decoder error {exc!r}", value or b"", now))
+                log.error("event_decoder_failed offset=%d error=%r", offset, exc)
+                dead.append((topic, partition, offset, "$", f"$: decoder error {exc!r}", value or b"", now))
                 self.metrics.deadletters.labels(cause="decoder_error").inc()
         if dead:
             log.info("events_deadlettered topic=%s partition=%d count=%d first_reason=%r", topic, partition, len(dead), dead[0][4])
         return decoded, dead
 
-    def _store(self, work: list[tuple[str, int, Sequence[Any], list[Decoded], list[DeadRow]]], now: float,
+    def _store(self, work: list[tuple[str, int, Sequence[Record], list[Decoded], list[DeadRow]]], now: float,
                lookup: bool) -> list[BatchResult]:
         done: list[tuple[BatchResult, Changes, set[str]]] = []  # per partition: result, changes, devices touched
         touched_ctx: list[tuple[PartitionContext, PartitionRow]] = []
@@ -205,7 +206,7 @@ class Pipeline:
                     row.version += 1
                     row.watermark = ctx.watermark
                     if records:
-                        row.next_offset = max(row.next_offset, records[-1].offset + 1)
+                        row.next_offset = max(row.next_offset, records[-1][0] + 1)
                     self.store.save_partition(row, now)
                     touched_ctx.append((ctx, row))
         except BaseException:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,8 +26,7 @@ from tests.cloud.processor_streams import T0, config, fleet_stream
 TOPIC = "t.anomalies"
 
 
-@dataclass(frozen=True)
-class Rec:
+class Rec(NamedTuple):
     offset: int
     value: bytes | None
 
