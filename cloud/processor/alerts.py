@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # kafka and prometheus_client stay out of the store process, 
     from kafka import KafkaProducer
 
     from cloud.processor.metrics import ProcessorMetrics
-    from cloud.processor.store import Store
 
 log = logging.getLogger(__name__)
 COLLECT_INTERVAL_S = 1.0  # acks are marked in the store (one transaction) at most this often, or when waited for
@@ -43,10 +42,19 @@ def deadletter_headers(topic: str, partition: int, offset: int, field: str, reas
             ("edgewatch-source", f"{topic}/{partition}/{offset}".encode())]
 
 
+class OutboxStore(Protocol):
+    """What the outbox needs of the store (a :class:`~cloud.processor.store.Store` has it; the processor asks its
+    store side)."""
+
+    def unpublished(self, table: str, *, created_before: float) -> list[tuple[Any, ...]]: ...
+
+    def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None: ...
+
+
 class Outbox:
     """Publishes the store's unpublished alerts and dead letters; see the module docstring."""
 
-    def __init__(self, producer: KafkaProducer, store: Store, *, alerts_topic: str, deadletter_topic: str,
+    def __init__(self, producer: KafkaProducer, store: OutboxStore, *, alerts_topic: str, deadletter_topic: str,
                  metrics: ProcessorMetrics, clock: Callable[[], float], timeout_s: float = 30.0) -> None:
         self.producer = producer
         self.store = store

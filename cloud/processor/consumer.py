@@ -73,7 +73,7 @@ class _OutboxRows:
     def __init__(self, processor: Processor, consumer: KafkaConsumer) -> None:
         self.processor, self.consumer = processor, consumer
 
-    def unpublished(self, table: str, created_before: float) -> list[tuple[Any, ...]]:
+    def unpublished(self, table: str, *, created_before: float) -> list[tuple[Any, ...]]:
         return self.processor._ask(self.consumer, "unpublished", table, created_before)  # type: ignore[no-any-return]
 
     def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
@@ -119,7 +119,7 @@ class Processor:
             stack.callback(producer.close, timeout=10)
             consumer = group_consumer(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id)
             stack.callback(consumer.close, autocommit=False)
-            self._outbox = Outbox(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,  # type: ignore[arg-type]
+            self._outbox = Outbox(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,
                                   deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock)
             side.started()
             log.info("processor_started topic=%s group=%s bootstrap=%s store_process=%s", self.topic, k.group_id,
