@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OutboxRows = tuple[list[tuple[str, str, str]], list[tuple[Any, ...]]]  # alerts (id, incident, payload), dead letters
-
-
 Batch = tuple[str, int, list[int], list[bytes | None]]  # a partition's records in a poll: topic, partition, offsets, values
+
+
 def store_errors() -> tuple[type[BaseException], ...]:
     """Driver exceptions that mean "the store write failed, retry the batch"."""
     import sqlite3
