@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cloud.processor.config import StoreSection
 from cloud.processor.store import Store
@@ -69,11 +70,14 @@ def open_postgres(dsn: str) -> Store:
         import psycopg
     except ImportError:
         raise ConfigError("store.backend = 'postgres' needs psycopg: pip install 'psycopg[binary]'") from None
+    def connect() -> Any:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+
     try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        conn = connect()
     except psycopg.OperationalError as exc:
         raise ConfigError(f"store.postgres_dsn: cannot connect ({str(exc).strip().splitlines()[0]})") from None
-    return Store(conn, "postgres")
+    return Store(conn, "postgres", connect)
 
 
 @contextmanager

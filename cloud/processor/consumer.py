@@ -36,7 +36,7 @@ from cloud.processor.config import KafkaSection, ProcessorConfig
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import paused_gc
 from cloud.processor.store import Store
-from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows
+from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows, store_errors
 from edge.contract import BrokerUnavailable
 from edge.kafka_security import client_kwargs, diagnose
 
@@ -283,7 +283,13 @@ class Processor:
 
     def global_final(self, consumer: KafkaConsumer) -> float | None:
         """Smallest watermark over the topic's partitions that hold data, minus the allowed lateness."""
-        marks = self.store.partition_watermarks(self.topic)
+        try:
+            marks = self.store.partition_watermarks(self.topic)
+        except store_errors() as exc:  # tried again at the next evaluation
+            self.metrics.store_errors.inc()
+            log.error("watermarks_read_failed error=%r", exc)
+            self.store.reconnect_if_lost()
+            return None
         parts = consumer.partitions_for_topic(self.topic) or set()
         missing = [p for p in parts if marks.get(p) is None]
         if missing:

@@ -82,10 +82,25 @@ class PartitionRow:
 class Store:
     """SQL shared by the SQLite and PostgreSQL backends; see the module docstring."""
 
-    def __init__(self, conn: Any, dialect: str) -> None:
+    def __init__(self, conn: Any, dialect: str, connect: Callable[[], Any] | None = None) -> None:
         self.conn = conn
         self.dialect = dialect
+        self._connect = connect  # a new connection, for reconnect_if_lost
         self._in_tx = False
+
+    def reconnect_if_lost(self) -> bool:
+        """After a failed statement: if the server closed the connection (PostgreSQL restarted, the backend was
+        terminated), open a new one; False if none was lost or the server still refuses (the next failure retries)."""
+        if self._connect is None or not getattr(self.conn, "closed", False):
+            return False
+        try:
+            self.conn = self._connect()
+        except Exception as exc:  # noqa: BLE001  # the driver's connection error; the caller's retry comes back here
+            log.warning("store_reconnect_failed error=%s", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+            return False
+        self._in_tx = False
+        log.warning("store_reconnected dialect=%s", self.dialect)
+        return True
 
     # -- plumbing ---------------------------------------------------------------------------
     def _sql(self, sql: str) -> str:

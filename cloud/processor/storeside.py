@@ -83,45 +83,50 @@ class StoreSide:
             results = self.pipeline.process_many([(t, p, list(zip(offsets, values, strict=True))) for t, p, offsets, values in batches])
         except store_errors() as exc:
             self.failed = True
-            self.metrics.store_errors.inc()
-            log.error("store_write_failed partitions=%s error=%r; retrying", sorted(b[1] for b in batches), exc)
+            self._store_failed("store_write_failed partitions=%s error=%r; retrying", sorted(b[1] for b in batches), exc)
             return None
         return [a for r in results for a in r.alerts], [d for r in results for d in r.dead]
 
     def resume(self) -> None:
         self.failed = False
 
+    def _store_failed(self, message: str, *args: Any) -> None:
+        """Count and log a failed store transaction; a connection the server closed is opened again."""
+        self.metrics.store_errors.inc()
+        log.error(message, *args)
+        self.store.reconnect_if_lost()
+
+    def _guarded(self, request: Callable[[], Any], default: Any, name: str) -> Any:
+        """``request()``, or ``default`` after a store error (the consumer side asks again later)."""
+        try:
+            return request()
+        except store_errors() as exc:
+            self._store_failed("store_request_failed request=%s error=%r; asked again later", name, exc)
+            return default
+
     def fleet(self, final: float) -> OutboxRows:
         """Bring fleet incidents up to ``final`` (the consumer side's global final time)."""
-        try:
-            changes = self.fleet_correlator.evaluate(self.store, final, self.clock())
-        except store_errors() as exc:
-            self.metrics.store_errors.inc()
-            log.error("fleet_evaluation_failed error=%r; retried after the next batch", exc)
-            return [], []
-        return [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)], []
+        changes = self._guarded(lambda: self.fleet_correlator.evaluate(self.store, final, self.clock()), None, "fleet")
+        return ([(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)] if changes is not None else []), []
 
     def advance_idle(self, topic: str, partition: int, watermark: float) -> OutboxRows:
-        try:
-            return self.pipeline.advance_idle(topic, partition, watermark), []
-        except store_errors() as exc:
-            self.metrics.store_errors.inc()
-            log.error("idle_advance_failed partition=%d error=%r", partition, exc)
-            return [], []
+        return self._guarded(lambda: self.pipeline.advance_idle(topic, partition, watermark), [], "advance_idle"), []
 
     def forget(self, partitions: Sequence[int]) -> None:
         self.pipeline.forget(partitions)
 
     def open_incidents(self) -> dict[str, int]:
         counts = self.pipeline.open_incidents()
-        counts["fleet_incident"] = len(self.store.incidents(kind="fleet_incident", open_only=True))
+        counts["fleet_incident"] = self._guarded(lambda: len(self.store.incidents(kind="fleet_incident", open_only=True)), 0,
+                                                 "open_incidents")
         return counts
 
     def unpublished(self, table: str, created_before: float) -> list[tuple[Any, ...]]:
-        return self.store.unpublished(table, created_before=created_before)
+        return self._guarded(lambda: self.store.unpublished(table, created_before=created_before), [], "unpublished")  # type: ignore[no-any-return]
 
     def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
-        self.store.mark_published(table, keys, now)
+        """A failure leaves the rows unpublished: the orphan sweep produces them again (at least once)."""
+        self._guarded(lambda: self.store.mark_published(table, keys, now), None, "mark_published")
 
 
 class _Recorded:

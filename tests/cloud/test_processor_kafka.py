@@ -228,6 +228,41 @@ def test_a_store_that_refuses_writes_loses_nothing_and_the_result_equals_an_undi
         assert disturbed[table] == reference[table], table
 
 
+def test_postgresql_connections_that_drop_are_opened_again_and_nothing_is_lost(
+        kafka_bootstrap: str, unique: str, postgres_dsn: str, tmp_path: Path) -> None:
+    topic = f"anomalies.{unique}"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    create_topic(kafka_bootstrap, topic + ".alerts")
+    stream = fleet_stream(9, partitions=2, duration_s=1200)
+    items = events_items(stream)
+    head = len(items) // 2
+    cfg = config(tmp_path / "c.toml", bootstrap=kafka_bootstrap, topic=topic, group=f"g-{unique}", backend="postgres",
+                 dsn=postgres_dsn)
+    store = open_postgres(postgres_dsn)
+    registry = CollectorRegistry()
+    thread, stop, errors = in_thread(cfg, registry)
+    try:
+        wait_for(lambda: store_ready(store), 60, "the processor to create the schema")
+        produce(kafka_bootstrap, topic, items[:head])
+        wait_for(lambda: store.count("events") == head, 60, "the head of the stream to be stored")
+        # what a PostgreSQL restart does to the processor's connections (the store side's and the consumer side's)
+        killed = store.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert len(killed) == 2
+        produce(kafka_bootstrap, topic, items[head:])
+        wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, f"g-{unique}", topic)
+                 and not store.unpublished("alerts"), 120, "the processor to store the rest",
+                 lambda: (store.count("events"), len(stream), errors))
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == [] and not thread.is_alive()
+    assert (registry.get_sample_value("edgewatch_processor_store_errors_total") or 0) >= 1
+    assert registry.get_sample_value("edgewatch_processor_events_processed_total") == len(stream)
+    store.close()
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the error the test expects
 def test_a_store_process_that_dies_stops_the_processor_with_the_reason(kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     topic = f"anomalies.{unique}"
