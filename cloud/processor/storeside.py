@@ -217,7 +217,7 @@ class ChildSide:
     def receive(self) -> Any:
         try:
             ok, value, calls = self._conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # the child is gone
             raise self._gone() from None
         replay(self.metrics, calls)
         if not ok:
@@ -263,7 +263,10 @@ def _serve(conn: Connection, config: ProcessorConfig, clock: Callable[[], float]
                 except Exception as exc:  # noqa: BLE001  # a bug: the consumer side raises it and stops
                     log.exception("store_request_failed request=%s", name)
                     answer = (False, _picklable(exc), metrics.take())
-                conn.send(answer)
+                try:
+                    conn.send(answer)
+                except OSError:  # the consumer side is gone
+                    return
 
 
 def _picklable(exc: Exception) -> Exception:
