@@ -21,8 +21,10 @@ def register(sub: Any) -> None:
         "process", help="consume anomaly events into incidents and alerts (Kafka consumer group)",
         description="Consume edgewatch.anomalies in a consumer group, de-duplicate on event_id, open and close device and "
                     "fleet incidents in event time, emit alerts, store everything (SQLite or PostgreSQL), and commit "
-                    "offsets only after the store write. SIGTERM drains the batch in hand and stops cleanly. Every "
-                    "config key has an environment twin EDGEWATCH_<SECTION>__<KEY>.",
+                    "offsets only after the store write. Runs as two processes: this one talks to Kafka, a child "
+                    "(edgewatch-store) decodes, correlates and writes the store (store.own_process = false: one). "
+                    "SIGTERM drains the polls in flight and stops cleanly. Every config key has an environment twin "
+                    "EDGEWATCH_<SECTION>__<KEY>.",
     )
     add_flag(p, "--config", help="processor config (TOML); see deploy/cloud.example.toml")
     p.set_defaults(func=run)

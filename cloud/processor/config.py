@@ -49,7 +49,7 @@ class StoreSection:
     backend: Literal["sqlite", "postgres"] = "sqlite"
     sqlite_path: str = "edgewatch.db"
     postgres_dsn: str = ""  # secret: set EDGEWATCH_STORE__POSTGRES_DSN rather than writing it in the file
-    own_process: bool = True  # store writes in a second process, overlapping the next poll (see docs/processor.md)
+    own_process: bool = True  # decoding, incidents and store writes in a second process, beside the next poll (docs/processor.md)
 
 
 @dataclass(frozen=True)
