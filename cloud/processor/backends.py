@@ -70,6 +70,7 @@ def open_postgres(dsn: str) -> Store:
         import psycopg
     except ImportError:
         raise ConfigError("store.backend = 'postgres' needs psycopg: pip install 'psycopg[binary]'") from None
+
     def connect() -> Any:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
 

@@ -36,7 +36,7 @@ from cloud.processor.config import KafkaSection, ProcessorConfig
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import paused_gc
 from cloud.processor.store import Store
-from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows, store_errors
+from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows, store_errors, store_failed
 from edge.contract import BrokerUnavailable
 from edge.kafka_security import client_kwargs, diagnose
 
@@ -184,7 +184,7 @@ class Processor:
             for tp, (first, _) in poll.items():
                 self._rewind[tp] = min(first, self._rewind.get(tp, first))
             return
-        self._publish(*rows)
+        self._publish_rows(rows)
         self._fleet_pending = True
         if epoch == self._epoch:
             self._commit_async(consumer, {tp: OffsetAndMetadata(end, "", -1) for tp, (_, end) in poll.items()})
@@ -286,9 +286,7 @@ class Processor:
         try:
             marks = self.store.partition_watermarks(self.topic)
         except store_errors() as exc:  # tried again at the next evaluation
-            self.metrics.store_errors.inc()
-            log.error("watermarks_read_failed error=%r", exc)
-            self.store.reconnect_if_lost()
+            store_failed(self.metrics, self.store, "watermarks_read_failed error=%r", exc)
             return None
         parts = consumer.partitions_for_topic(self.topic) or set()
         missing = [p for p in parts if marks.get(p) is None]
@@ -321,7 +319,10 @@ class Processor:
             high = consumer.highwater(tp)
             if high is not None:
                 self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, high - consumer.position(tp)))
-        for kind, n in self._ask(consumer, "open_incidents").items():
+        self._send("open_incidents", then=self._set_incidents_open)  # answered in turn: the polls in flight keep going
+
+    def _set_incidents_open(self, counts: dict[str, int]) -> None:
+        for kind, n in counts.items():
             self.metrics.incidents_open.labels(kind=kind).set(n)
 
 

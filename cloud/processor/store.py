@@ -96,9 +96,8 @@ class Store:
         try:
             self.conn = self._connect()
         except Exception as exc:  # noqa: BLE001  # the driver's connection error; the caller's retry comes back here
-            log.warning("store_reconnect_failed error=%s", str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+            log.warning("store_reconnect_failed error=%r", exc)
             return False
-        self._in_tx = False
         log.warning("store_reconnected dialect=%s", self.dialect)
         return True
 

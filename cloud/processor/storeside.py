@@ -62,6 +62,13 @@ def store_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def store_failed(metrics: ProcessorMetrics, store: Store, message: str, *args: Any) -> None:
+    """Count and log a failed store statement or transaction; a connection the server closed is opened again."""
+    metrics.store_errors.inc()
+    log.error(message, *args)
+    store.reconnect_if_lost()
+
+
 class StoreSide:
     """Pipeline and fleet correlator on one store connection; each public method is a request."""
 
@@ -83,25 +90,20 @@ class StoreSide:
             results = self.pipeline.process_many([(t, p, list(zip(offsets, values, strict=True))) for t, p, offsets, values in batches])
         except store_errors() as exc:
             self.failed = True
-            self._store_failed("store_write_failed partitions=%s error=%r; retrying", sorted(b[1] for b in batches), exc)
+            store_failed(self.metrics, self.store, "store_write_failed partitions=%s error=%r; retrying",
+                         sorted(b[1] for b in batches), exc)
             return None
         return [a for r in results for a in r.alerts], [d for r in results for d in r.dead]
 
     def resume(self) -> None:
         self.failed = False
 
-    def _store_failed(self, message: str, *args: Any) -> None:
-        """Count and log a failed store transaction; a connection the server closed is opened again."""
-        self.metrics.store_errors.inc()
-        log.error(message, *args)
-        self.store.reconnect_if_lost()
-
     def _guarded(self, request: Callable[[], Any], default: Any, name: str) -> Any:
         """``request()``, or ``default`` after a store error (the consumer side asks again later)."""
         try:
             return request()
         except store_errors() as exc:
-            self._store_failed("store_request_failed request=%s error=%r; asked again later", name, exc)
+            store_failed(self.metrics, self.store, "store_request_failed request=%s error=%r; asked again later", name, exc)
             return default
 
     def fleet(self, final: float) -> OutboxRows:
