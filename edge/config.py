@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.config_parse import build_section, read_toml
+from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
 from edge.kafka_security import KafkaSecurity, check_security
@@ -274,6 +274,7 @@ def _validate(c: Config) -> None:
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{c.source}: '{key}' = {value!r} {rule}")
+    check_host_ports(c.kafka.bootstrap_servers, "kafka.bootstrap_servers", c.source)
     for device in c.decision.device_thresholds:
         if not NAME_RE.match(device):
             raise ConfigError(f"{c.source}: 'decision.device_thresholds.{device}' is not a valid device id")

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import math
+import re
 import tomllib
 import types
 import typing
@@ -24,6 +25,32 @@ from edge.contract import ConfigError
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "EDGEWATCH_"
+
+
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\])$")
+
+
+def check_host_ports(value: str, key: str, where: str) -> None:
+    """Check a ``host:port[,host:port...]`` list (a Kafka bootstrap); a :class:`ConfigError` naming
+    ``where`` and the dotted ``key`` says which entry is wrong and why.
+
+    Each entry needs a host name, an IPv4 address or a bracketed IPv6 address (``[::1]:9092``),
+    and a port 1-65535; blanks around entries are allowed. Shared by every deployable's config
+    so that a bad list fails at start instead of in a client's retry loop.
+    """
+    def bad(rule: str) -> ConfigError:
+        return ConfigError(f"{where}: '{key}' = {value!r} {rule} (expected host:port[,host:port...])")
+
+    if not value.strip():
+        raise bad("must not be empty")
+    for item in (part.strip() for part in value.split(",")):
+        host, sep, port = item.rpartition(":")
+        if not item or not sep:
+            raise bad(f"has an entry {item!r} without a port")
+        if not _HOST_RE.match(host):
+            raise bad(f"has an entry {item!r} whose host {host!r} is not a host name or address")
+        if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise bad(f"has an entry {item!r} whose port {port!r} is not 1-65535")
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.config_parse import build_section, read_toml
+from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.kafka_security import KafkaSecurity, check_security
 
@@ -170,6 +170,7 @@ def _validate(c: ProcessorConfig, where: str) -> None:
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{where}: {key} = {value!r} {rule}")
+    check_host_ports(c.kafka.bootstrap, "kafka.bootstrap", where)  # the processor's and the archive's clients
 
 
 def _mask_dsn(dsn: str) -> str:

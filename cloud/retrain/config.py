@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.config_parse import build_section, read_toml
+from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.kafka_security import KafkaSecurity, check_security
 from models.config import config_from_mapping
@@ -111,3 +111,4 @@ def _validate(c: RetrainConfig, where: str) -> None:
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{where}: {key} = {value!r} {rule}")
+    check_host_ports(t.bootstrap, "trigger.bootstrap", where)

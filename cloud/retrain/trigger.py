@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cloud.kafka_groups import subscribe
 from cloud.retrain.config import TriggerSection
+from edge.config_parse import check_host_ports
 from edge.contract import Alert, ContractError, decode_alert
 from edge.kafka_security import client_kwargs
 
@@ -79,6 +80,8 @@ class DriftTrigger:
     decisions: list[tuple[str, str]] = field(default_factory=list)  # (model or "", decision), in order
 
     def __post_init__(self) -> None:
+        """Raises :class:`ConfigError` on a bad ``section.bootstrap`` (a flag may have replaced the loaded one)."""
+        check_host_ports(self.section.bootstrap, "trigger.bootstrap", "retrain --on-drift ([trigger] or --kafka-bootstrap)")
         self.metrics = TriggerMetrics.create(self.registry)
         self.models: dict[str, _ModelState] = {}
         self._lock = threading.Lock()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.cli import main
 from cloud.processor.config import ProcessorConfig, load_config
 from edge.contract import ConfigError
 
@@ -25,6 +26,8 @@ def test_example_file_documents_exactly_the_defaults() -> None:
     ("[fleet.sites]\nnorth = 'pump-1'\n", "fleet.sites.north"),
     ("[fleet]\nevaluate_interval_s = -1\n", "fleet.evaluate_interval_s"),
     ("[store]\nbackend = 'postgres'\n", "store.postgres_dsn"),
+    ("[kafka]\nbootstrap = 'not a host:port:xx'\n", "'kafka.bootstrap' = 'not a host:port:xx'"),
+    ("[kafka]\nbootstrap = '127.0.0.1:9092,kafka'\n", "'kafka.bootstrap'"),
 ])
 def test_bad_keys_and_values_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "cloud.toml"
@@ -47,3 +50,13 @@ def test_environment_twins_override_the_file_and_typos_fail(tmp_path: Path) -> N
         load_config(path, env={"EDGEWATCH_KAFKA__BOOTSTRAPP": "x"})
     with pytest.raises(ConfigError, match="EDGEWATCH_INCIDENTS__QUIET_S"):
         load_config(path, env={"EDGEWATCH_INCIDENTS__QUIET_S": "soon"})
+
+
+def test_a_bad_bootstrap_from_the_environment_names_the_key_and_process_exits_2(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="kafka.bootstrap"):
+        load_config(None, env={"EDGEWATCH_KAFKA__BOOTSTRAP": "127.0.0.1:port"})
+    path = tmp_path / "cloud.toml"
+    path.write_text("[kafka]\nbootstrap = 'not a host:port:xx'\n[archive]\nenabled = true\n")
+    assert main(["process", "--config", str(path)]) == 2
+    assert "'kafka.bootstrap'" in capsys.readouterr().err

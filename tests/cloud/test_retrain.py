@@ -266,6 +266,11 @@ def test_config_and_times(tmp_path: Path) -> None:
     path.write_text("[train]\nepoch = 2\n")
     with pytest.raises(ConfigError, match=r"unknown key train.epoch"):
         load_retrain_config(path, env={})
+    path.write_text("[trigger]\nbootstrap = 'not a host:port:xx'\n")
+    with pytest.raises(ConfigError, match=r"r.toml: 'trigger.bootstrap' = 'not a host:port:xx'"):
+        load_retrain_config(path, env={})
+    with pytest.raises(ConfigError, match=r"'trigger.bootstrap' = '127.0.0.1'"):  # --kafka-bootstrap replaces the loaded one
+        DriftTrigger(TriggerSection(bootstrap="127.0.0.1"), lambda model, alert, stop: 0)
     assert parse_time("2h", now=10_000.0) == 10_000.0 - 7200
     assert parse_time("2025-11-27T08:00:00Z", now=0) == T0 == parse_time("2025-11-27T08:00:00", now=0)
     assert parse_time("1764230400", now=0) == T0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from edge.config import Config, default_model_dir, load_config
+from edge.config_parse import check_host_ports
 from edge.contract import ConfigError
 
 
@@ -135,3 +138,36 @@ def test_the_example_config_loads_and_states_the_defaults() -> None:
 
     assert paths_out(c.describe()) == paths_out(d.describe())
     assert Path(c.outbox.path) == example.parent / "edgewatch-outbox.sqlite"
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("not a host:port:xx", "host 'not a host:port'"),
+    ("broker", "without a port"),
+    ("broker:", "port ''"),
+    ("broker:port", "port 'port'"),
+    ("broker:0", "port '0'"),
+    ("broker:65536", "port '65536'"),
+    ("a:9092,,b:9092", "entry ''"),
+    ("::1:9092", "host '::1'"),
+    (" ", "must not be empty"),
+])
+def test_a_bad_bootstrap_list_fails_at_load_naming_the_key(tmp_path: Path, value: str, needle: str) -> None:
+    path = write(tmp_path, f"[kafka]\nbootstrap_servers = {value!r}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(path) in str(err.value) and "'kafka.bootstrap_servers'" in str(err.value) and needle in str(err.value)
+    with pytest.raises(ConfigError, match="kafka.bootstrap_servers"):
+        load_config(None, env={"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": value})
+
+
+def test_good_bootstrap_lists_pass_the_shared_check() -> None:
+    for value in ("127.0.0.1:9092", "a.example.com:9093, b.example.com:9093", "kafka_1:1,[::1]:9092", "[fe80::1%eth0]:9092"):
+        check_host_ports(value, "kafka.bootstrap_servers", "test")
+        assert load_config(None, env={"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": value}).kafka.bootstrap_servers == value
+
+
+def test_agent_run_with_a_bad_bootstrap_exits_2_naming_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[agent]\nid = 'a'\n[kafka]\nbootstrap_servers = 'not a host:port:xx'\n")
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "kafka.bootstrap_servers" in out.stderr and "Traceback" not in out.stderr
