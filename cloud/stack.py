@@ -5,7 +5,8 @@ Used by ``edgewatch stack``, the demo and the test fixtures. Each service is a c
 in its own session, with its log in ``<state_dir>/<service>.log``; readiness is detected
 (an open port, and for Kafka the "Kafka Server started" log line), never slept for.
 A service can be stopped and started again on the same ports and data, which is how the
-tests take a broker away and bring it back.
+tests take a broker away and bring it back. A stack that outlives the command that started it
+(``edgewatch stack up``) is kept track of in :mod:`cloud.stack_detached`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edge.contract.errors import BrokerUnavailable
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 KAFKA_POM = DEPLOY_DIR / "kafka" / "pom.xml"
 READY_TIMEOUT_S = 90.0
+
+ServiceName = Literal["mosquitto", "kafka"]
+SERVICE_NAMES: tuple[ServiceName, ...] = ("mosquitto", "kafka")
 
 
 def cache_dir() -> Path:
@@ -120,8 +124,29 @@ class Service:
     def log_path(self) -> Path:
         return self.state_dir / f"{self.name}.log"
 
+    @property
+    def config_path(self) -> Path:
+        """The config file the process is started with; it names this service of this state folder."""
+        raise NotImplementedError
+
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    def adopt(self, pid: int) -> bool:
+        """Take ``pid``, started earlier by another process, as this service's process, so that
+        :meth:`stop` stops it. Refused (False) when ``pid`` is gone or now runs something else
+        than this service's config file (the system gave the pid away)."""
+        if not pid or not pid_alive(pid):
+            return False
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            args = [str(self.config_path).encode()]  # no /proc: trust the pid
+        if str(self.config_path).encode() not in args:
+            return False
+        self.proc = None
+        self.pid = pid
+        return True
 
     def prepare(self) -> None:
         """Write config files; called before every start."""
@@ -187,13 +212,17 @@ class Mosquitto(Service):
         conf = self.config_lines(data)
         if os.geteuid() == 0:
             conf.append("user root")  # otherwise Mosquitto drops to 'mosquitto', who cannot read our files
-        (self.state_dir / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+        self.config_path.write_text("\n".join(conf) + "\n")
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "mosquitto.conf"
 
     def command(self) -> list[str]:
         binary = _mosquitto_bin()
         if not binary:
             raise BrokerUnavailable("mosquitto is not installed: apt-get install mosquitto")
-        return [binary, "-c", str(self.state_dir / "mosquitto.conf")]
+        return [binary, "-c", str(self.config_path)]
 
 
 class Kafka(Service):
@@ -215,7 +244,7 @@ class Kafka(Service):
 
     def prepare(self) -> None:
         data = self.state_dir / "kafka-data"
-        (self.state_dir / "server.properties").write_text(self.properties(data))
+        self.config_path.write_text(self.properties(data))
         shutil.copy(DEPLOY_DIR / "kafka" / "log4j2.properties", self.state_dir / "log4j2.properties")
         if not (data / "meta.properties").exists():
             self._format()
@@ -232,7 +261,7 @@ class Kafka(Service):
     def _format(self) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode().replace("-", "A")
         cmd = self._java() + ["kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
-                              "--config", str(self.state_dir / "server.properties"), "--ignore-formatted", *self.format_args()]
+                              "--config", str(self.config_path), "--ignore-formatted", *self.format_args()]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise BrokerUnavailable(f"kafka storage format failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -241,8 +270,12 @@ class Kafka(Service):
         """Extra arguments for ``kafka-storage format`` (SCRAM users in the secure broker)."""
         return []
 
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "server.properties"
+
     def command(self) -> list[str]:
-        return self._java() + ["kafka.Kafka", str(self.state_dir / "server.properties")]
+        return self._java() + ["kafka.Kafka", str(self.config_path)]
 
     def is_ready(self) -> bool:
         if not port_open(self.port):
@@ -266,15 +299,17 @@ class StackInfo:
     kafka_bootstrap: str
     mosquitto_pid: int
     kafka_pid: int
+    kafka_controller_port: int = 0  # 0: not recorded (a stack.json written before it was)
 
 
 class LocalStack:
     """Mosquitto plus Kafka on free (or given) loopback ports under one state folder."""
 
-    def __init__(self, state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None) -> None:
-        self.state_dir = Path(state_dir)
+    def __init__(self, state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None,
+                 controller_port: int | None = None) -> None:
+        self.state_dir = Path(state_dir).absolute()  # the brokers run with this folder as their working directory
         self.mosquitto = Mosquitto(self.state_dir, mqtt_port or free_port())
-        self.kafka = Kafka(self.state_dir, kafka_port or free_port(), free_port())
+        self.kafka = Kafka(self.state_dir, kafka_port or free_port(), controller_port or free_port())
 
     @property
     def mqtt_port(self) -> int:
@@ -292,13 +327,28 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+        return self.save_info()
+
+    def save_info(self) -> StackInfo:
+        """Write ``stack.json``: the ports, and the pid of each service running now (0 for none)."""
         info = self.info()
         (self.state_dir / "stack.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
         return info
 
+    def service(self, name: ServiceName) -> Service:
+        if name not in SERVICE_NAMES:
+            raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
+        return self.mosquitto if name == "mosquitto" else self.kafka
+
+    def restart(self, name: ServiceName) -> None:
+        """Stop one service (if it runs) and start it again on the same port and data; blocks until ready."""
+        service = self.service(name)
+        service.stop()
+        service.start()
+
     def info(self) -> StackInfo:
         return StackInfo(str(self.state_dir), "127.0.0.1", self.mosquitto.port, self.kafka.bootstrap,
-                         self.mosquitto.pid or 0, self.kafka.pid or 0)
+                         self.mosquitto.pid or 0, self.kafka.pid or 0, self.kafka.controller_port)
 
     def stop(self) -> None:
         self.kafka.stop()
@@ -306,24 +356,11 @@ class LocalStack:
 
 
 def load_info(state_dir: Path) -> StackInfo | None:
+    """What ``stack.json`` in ``state_dir`` records, or None when there is none."""
     path = Path(state_dir) / "stack.json"
     if not path.exists():
         return None
     return StackInfo(**json.loads(path.read_text()))
-
-
-def stop_detached(state_dir: Path) -> list[str]:
-    """Stop a stack started by an earlier ``edgewatch stack up``; returns what was stopped."""
-    info = load_info(state_dir)
-    if info is None:
-        return []
-    stopped = []
-    for name, pid in (("kafka", info.kafka_pid), ("mosquitto", info.mosquitto_pid)):
-        if pid and pid_alive(pid):
-            terminate(pid, 30.0, None)
-            stopped.append(f"{name} (pid {pid})")
-    (Path(state_dir) / "stack.json").unlink()
-    return stopped
 
 
 def pid_alive(pid: int) -> bool:
@@ -333,9 +370,12 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie child still answers kill(0); look at its state
+    # a zombie child still answers kill(0); look at its state. A JVM's main thread is a zombie while
+    # its other threads still exit and hold the process's sockets: alive until the last one is gone.
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+            return True
+        return any(int(t.name) != pid for t in Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
 
