@@ -59,12 +59,17 @@ class Decider:
 
     def decide_many(self, device_id: str, scores: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """:meth:`decide` for consecutive windows of ``device_id`` (in window order): returns
-        ``(fire, over, threshold)``, two boolean arrays like ``scores``. The k-of-n count is a
-        moving sum over the device's history followed by these windows, one per segment."""
+        ``(fire, over, threshold)``, two boolean arrays like ``scores``."""
         threshold = self.threshold_for(device_id)
         over = scores > threshold
+        return self.debounce(device_id, over, segments), over, threshold
+
+    def debounce(self, device_id: str, over: np.ndarray, segments: np.ndarray) -> np.ndarray:
+        """k-of-n over consecutive windows of ``device_id`` whose ``over`` was decided elsewhere
+        (:class:`edge.adaptive.AdaptiveLayer`): which of them fire. The k-of-n count is a moving
+        sum over the device's history followed by these windows, one per segment."""
         if not len(over):
-            return over, over, threshold
+            return over
         n = self.n
         cuts = [0, *(np.flatnonzero(segments[1:] != segments[:-1]) + 1).tolist(), len(over)]
         fire = over.copy() if self.k == 1 else np.zeros_like(over)
@@ -81,7 +86,7 @@ class Decider:
                 ends = np.arange(len(before) + 1, len(before) + len(part) + 1)
                 fire[lo:hi] = part & (counts[ends] - counts[np.maximum(ends - n, 0)] >= self.k)
             history.extend(part[-n:].tolist())
-        return fire, over, threshold
+        return fire
 
     def reset(self, device_id: str) -> None:
         """Forget a device's history (its windows restarted after a gap)."""

@@ -1,0 +1,288 @@
+"""Adaptive thresholds: each device's threshold follows its own normal scores over its life.
+
+Between the model's scores and :class:`edge.decision.Decider`. Per device, the layer keeps a
+streaming estimate of the upper tail of its *normal* window scores, the way a peaks-over-
+threshold calibration does on training scores: a running quantile ``q`` at ``tail_level``
+(0.9) and the mean excess ``e`` of the scores above it (an exponential tail). A normal window
+scores above ``x`` with probability ``(1 - tail_level) exp(-(x - q) / e)``; the device's threshold
+is where that equals ``target_rate``. Both estimates forget with a half-life counted in the
+device's windows. The agent and ``edgewatch evaluate`` run this class, so a benchmark figure is
+an agent figure.
+
+What moves a threshold and what never does:
+
+- **Never learn from flagged windows.** A window over the threshold, and the windows of an
+  open anomaly run (within ``guard_windows`` of the last window over it), leave the estimate
+  untouched: a fault that lasts keeps firing instead of becoming the new normal (River's
+  ``QuantileFilter(protect_anomaly_detector=True)``).
+- **Cold start.** A device never seen starts from the fleet prior the manifest carries (the
+  calibrated threshold and the training-score quantiles ``train_p90`` / ``train_p99``). Until it
+  has learned ``warmup_windows`` normal windows it fires only above ``warmup_factor`` x the
+  manifest's threshold; then its own estimate, computed from those windows, decides.
+- **A new normal.** A run that lasts ``absorb_after_s`` of the device's own time (0: never) is
+  taken as the new normal: the estimate restarts from the run's own scores. An operator's
+  ``--new-normal`` (:meth:`AdaptiveLayer.rebaseline`) restarts the device's warm-up. A new model
+  restarts every device from the new manifest's prior (:meth:`AdaptiveLayer.reset_prior`).
+- **Smoothing.** With ``smooth_windows`` > 1 the layer decides on the mean score of the last
+  windows (the short-term average of the NAB anomaly likelihood) and learns the tail of that mean.
+
+Every window gets a ``surprise``: ``-log10`` of the probability that a normal window of the
+device scores at least as high (3.0 is one in a thousand). A window is over when its surprise
+exceeds ``-log10(target_rate)``. :func:`likelihood` turns surprise into NAB's anomaly likelihood.
+
+Pure logic, no threads, no clock: durations are the windows' own end times. A device's windows
+are decided in window order and each update depends on the decision before it, so the loop
+runs per window in plain floats (about a microsecond a window).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.contract import ModelManifest
+
+_LN10 = math.log(10.0)
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """The ``[adaptive]`` config section; the defaults are what the agent ships with."""
+
+    enabled: bool = True
+    target_rate: float = 1e-3           # share of a device's normal windows allowed over its threshold
+    half_life_windows: float = 5000.0   # memory of the running estimate, in the device's windows
+    warmup_windows: int = 300           # normal windows learned before a device's own threshold is used
+    warmup_factor: float = 2.0          # during warm-up: fire only above the manifest threshold x this
+    smooth_windows: int = 1             # decide on the mean score of this many windows (1: off)
+    guard_windows: int = 16             # windows after one over the threshold that still do not teach
+    absorb_after_s: float = 6 * 3600.0  # an anomaly run longer than this becomes the new normal (0: never)
+    tail_level: float = 0.9             # the running quantile the tail is measured from
+    min_excess: float = 0.01            # floor of the tail's scale, as a share of the manifest threshold
+
+    def problems(self) -> list[tuple[str, object, str]]:
+        """``(key, value, rule)`` for every value out of range (the config loader names the key)."""
+        checks = [
+            (0.0 < self.target_rate < 1.0 - self.tail_level, "target_rate", self.target_rate, "must be in (0, 1 - tail_level)"),
+            (self.half_life_windows >= 1, "half_life_windows", self.half_life_windows, "must be >= 1"),
+            (self.warmup_windows >= 10, "warmup_windows", self.warmup_windows, "must be >= 10"),
+            (self.warmup_factor >= 1, "warmup_factor", self.warmup_factor, "must be >= 1"),
+            (self.smooth_windows >= 1, "smooth_windows", self.smooth_windows, "must be >= 1"),
+            (self.guard_windows >= 0, "guard_windows", self.guard_windows, "must be >= 0"),
+            (self.absorb_after_s >= 0, "absorb_after_s", self.absorb_after_s, "must be >= 0 (0: never)"),
+            (0.5 <= self.tail_level < 1.0, "tail_level", self.tail_level, "must be in [0.5, 1)"),
+            (self.min_excess > 0, "min_excess", self.min_excess, "must be > 0"),
+        ]
+        return [(key, value, rule) for ok, key, value, rule in checks if not ok]
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What a device starts from: the manifest's threshold, and the tail of its training scores
+    (``quantile`` at the settings' ``tail_level`` and the mean ``excess`` above it)."""
+
+    threshold: float
+    quantile: float
+    excess: float
+
+    @classmethod
+    def from_manifest(cls, manifest: ModelManifest, threshold: float | None = None) -> Prior:
+        """From ``train_p90`` and ``train_p99`` of the calibration record (an exponential tail
+        through both) where present; else a tail that puts the 1e-3 point at the threshold.
+        ``threshold`` overrides the manifest's (``decision.threshold`` in the agent's config)."""
+        thr = float(manifest.threshold if threshold is None else threshold)
+        params = manifest.calibration.params
+        p90, p99 = params.get("train_p90"), params.get("train_p99")
+        if isinstance(p90, float | int) and isinstance(p99, float | int) and 0 <= p90 < p99:
+            return cls(thr, float(p90), (float(p99) - float(p90)) / math.log(10.0))
+        return cls(thr, thr / 2.0, thr / 2.0 / math.log(100.0))
+
+
+@dataclass
+class DeviceState:
+    """One device's estimate and its open run, in plain numbers (a row of the state store)."""
+
+    quantile: float
+    excess: float
+    warm: bool = False                # past warm-up: the own estimate decides
+    learned: int = 0                  # normal windows learned since the last (re)start
+    since_over: int = 1 << 30         # windows since the last one over the threshold
+    run_start: float = math.nan       # device time of the open run's first window
+    run: list[float] = field(default_factory=list)       # scores of the open run (bounded)
+    warmup: list[float] = field(default_factory=list)    # normal scores seen during warm-up
+    recent: deque[float] = field(default_factory=deque)  # last scores, for smoothing
+    windows: int = 0                  # windows decided (alert-budget burn: over / windows)
+    over: int = 0
+
+    def as_row(self) -> dict[str, object]:
+        return {"quantile": self.quantile, "excess": self.excess, "warm": self.warm, "learned": self.learned,
+                "since_over": self.since_over, "run_start": self.run_start, "run": self.run, "warmup": self.warmup,
+                "recent": list(self.recent), "windows": self.windows, "over": self.over}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object], smooth_windows: int) -> DeviceState:
+        def num(key: str) -> float:
+            value = row[key]
+            if not isinstance(value, int | float):
+                raise ValueError(f"adaptive state: {key} = {value!r} is not a number")
+            return float(value)
+
+        def floats(key: str) -> list[float]:
+            value = row.get(key, [])
+            if not isinstance(value, list):
+                raise ValueError(f"adaptive state: {key} = {value!r} is not a list")
+            return [float(v) for v in value]
+
+        return cls(quantile=num("quantile"), excess=num("excess"), warm=bool(row["warm"]), learned=int(num("learned")),
+                   since_over=int(num("since_over")), run_start=num("run_start"), run=floats("run"), warmup=floats("warmup"),
+                   recent=deque(floats("recent"), maxlen=smooth_windows), windows=int(num("windows")), over=int(num("over")))
+
+
+def likelihood(surprise: np.ndarray | float) -> np.ndarray:
+    """NAB's anomaly likelihood: the probability that a normal window scores lower, ``1 - 10**-surprise``."""
+    return 1.0 - np.power(10.0, -np.maximum(np.asarray(surprise, dtype=np.float64), 0.0))
+
+
+class AdaptiveLayer:
+    """Per-device thresholds for one model. Not thread-safe: the agent's worker thread owns it."""
+
+    MAX_RUN = 4096
+    """Scores of an open run kept for absorbing it (the first ones; enough for any estimate)."""
+
+    def __init__(self, settings: AdaptiveSettings, prior: Prior) -> None:
+        self.settings = settings
+        self.devices: dict[str, DeviceState] = {}
+        self._tail = 1.0 - settings.tail_level
+        self._limit = -math.log10(settings.target_rate)            # surprise at the threshold
+        self._span = math.log(self._tail / settings.target_rate)   # threshold = q + span * e
+        alpha = 1.0 - 0.5 ** (1.0 / settings.half_life_windows)
+        self._alpha_q = alpha
+        self._alpha_e = min(alpha / self._tail, 1.0)  # the excess learns from a tenth of the windows
+        self.reset_prior(prior)
+
+    @property
+    def limit(self) -> float:
+        """The surprise at which a window is over: ``-log10(target_rate)``."""
+        return self._limit
+
+    def reset_prior(self, prior: Prior) -> None:
+        """A new model: every device starts again from ``prior``."""
+        self.prior = prior
+        self._floor = max(self.settings.min_excess * prior.threshold, 1e-12)
+        self._warm_thr = prior.threshold * self.settings.warmup_factor
+        self._warm_excess = max(prior.excess, self._floor)
+        self.devices.clear()
+
+    def _new_state(self) -> DeviceState:
+        return DeviceState(quantile=self.prior.quantile, excess=self._warm_excess,
+                           recent=deque(maxlen=self.settings.smooth_windows))
+
+    def threshold(self, device_id: str) -> float:
+        """The device's threshold now, in score units (the manifest's unit)."""
+        s = self.devices.get(device_id)
+        if s is None or not s.warm:
+            return self._warm_thr
+        return s.quantile + self._span * max(s.excess, self._floor)
+
+    def warming(self, device_id: str) -> bool:
+        s = self.devices.get(device_id)
+        return s is None or not s.warm
+
+    def decide_many(self, device_id: str, scores: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decide ``device_id``'s consecutive windows (in window order): ``(over, surprise,
+        thresholds)``, one per window, thresholds in score units. Learns from every window that
+        may teach. ``ends``: the windows' end times in seconds."""
+        st = self.settings
+        s = self.devices.get(device_id)
+        if s is None:
+            s = self.devices[device_id] = self._new_state()
+        limit, span, floor = self._limit, self._span, self._floor
+        smooth, guard, absorb = st.smooth_windows, st.guard_windows, st.absorb_after_s
+        n = len(scores)
+        over = np.zeros(n, dtype=bool)
+        surprise = np.empty(n, dtype=np.float64)
+        thresholds = np.empty(n, dtype=np.float64)
+        values = np.asarray(scores, dtype=np.float64).tolist()
+        end_list = np.asarray(ends, dtype=np.float64).tolist()
+        recent = s.recent
+        base = -math.log10(self._tail)
+        for i in range(n):
+            x = values[i]
+            if smooth > 1:
+                recent.append(x)
+                x = math.fsum(recent) / len(recent)
+            if s.warm:
+                e = max(s.excess, floor)
+                thr = s.quantile + span * e
+                u = base + (x - s.quantile) / (e * _LN10)
+            else:  # warm-up: the prior's tail, shifted so that its limit is the warm-up threshold
+                e = self._warm_excess
+                thr = self._warm_thr
+                u = limit + (x - thr) / (e * _LN10)
+            surprise[i] = u
+            thresholds[i] = thr
+            s.windows += 1
+            if x > thr:
+                over[i] = True
+                s.over += 1
+                s.since_over = 0
+                if not s.run:
+                    s.run_start = end_list[i]
+                if len(s.run) < self.MAX_RUN:
+                    s.run.append(x)
+                if absorb > 0 and end_list[i] - s.run_start >= absorb:
+                    self._absorb_run(s)
+                continue
+            s.since_over += 1
+            if s.since_over <= guard:
+                continue  # inside an open run: neither teach nor close it
+            if s.run:
+                s.run = []
+            self._learn(s, x)
+        return over, surprise, thresholds
+
+    def _learn(self, s: DeviceState, x: float) -> None:
+        """One normal window. During warm-up its score is kept; at the end of warm-up the tail is
+        computed from the kept scores. Then: the quantile by stochastic approximation (a step of
+        ``alpha * e`` up when above, ``alpha * e * tail / level`` down when below, at rest where a
+        ``tail`` share is above) and the mean excess as an exponentially weighted mean."""
+        s.learned += 1
+        if not s.warm:
+            s.warmup.append(x)
+            if s.learned >= self.settings.warmup_windows:
+                self._estimate(s, s.warmup)
+                s.warmup = []
+            return
+        e = max(s.excess, self._floor)
+        if x > s.quantile:
+            s.excess += self._alpha_e * (x - s.quantile - s.excess)
+            s.quantile += self._alpha_q * e * self.settings.tail_level
+        else:
+            s.quantile -= self._alpha_q * e * self._tail
+
+    def _estimate(self, s: DeviceState, scores: list[float]) -> None:
+        """The tail of a batch of normal scores: the ``tail_level`` quantile and the mean excess."""
+        arr = np.asarray(scores, dtype=np.float64)
+        q = float(np.quantile(arr, self.settings.tail_level))
+        above = arr[arr > q]
+        s.quantile = q
+        s.excess = float(np.mean(above - q)) if len(above) else self._floor
+        s.warm = True
+
+    def _absorb_run(self, s: DeviceState) -> None:
+        """The open run has lasted ``absorb_after_s``: its own windows become the estimate."""
+        self._estimate(s, s.run)
+        s.learned = len(s.run)
+        s.run = []
+        s.since_over = 1 << 30
+
+    def rebaseline(self, device_id: str) -> None:
+        """A new normal by decision: the device warms up afresh from its next windows."""
+        self.devices[device_id] = self._new_state()
+
+    def forget(self, device_id: str) -> None:
+        self.devices.pop(device_id, None)
