@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, setup_logging
+from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, run_main, setup_logging
 from edge.contract.errors import ConfigError, EdgewatchError
 
 
@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and run one command; quiet with 141 when the output pipe closes (:func:`edge.cliutil.run_main`)."""
+    return run_main(lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

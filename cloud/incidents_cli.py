@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from edge.cliutil import EXIT_FAILURE, EXIT_OK, add_flag
+from edge.contract import ConfigError
+
+STORE_ENV = "EDGEWATCH_STORE__"
 
 
 def register(sub: Any) -> None:
@@ -33,7 +37,8 @@ def register(sub: Any) -> None:
     verdict.add_argument("--true-positive", dest="label", action="store_const", const="true_positive")
     verdict.add_argument("--false-positive", dest="label", action="store_const", const="false_positive")
     for action in (ls, show, label):
-        add_flag(action, "--config", help="processor config (TOML) naming the store")
+        add_flag(action, "--config", help="processor config (TOML) naming the store; required unless EDGEWATCH_STORE__* "
+                                          "variables name it")
     p.set_defaults(func=run)
 
 
@@ -41,7 +46,16 @@ def run(args: argparse.Namespace) -> int:
     from cloud.processor.backends import open_store
     from cloud.processor.config import load_config
 
+    if not args.config and not any(var.startswith(STORE_ENV) for var in os.environ):
+        raise ConfigError("incidents: no store configured; pass --config cloud.toml (the processor's config, whose [store] "
+                          f"section names the store), or set EDGEWATCH_CONFIG, or {STORE_ENV}BACKEND with "
+                          f"{STORE_ENV}SQLITE_PATH or {STORE_ENV}POSTGRES_DSN")
     config = load_config(Path(args.config) if args.config else None)
+    where = "sqlite " + str(Path(config.store.sqlite_path).resolve()) if config.store.backend == "sqlite" else "postgres"
+    if config.store.backend == "sqlite" and not Path(config.store.sqlite_path).is_file():
+        raise ConfigError(f"{args.config or 'environment'}: store.sqlite_path = {config.store.sqlite_path!r}: no incident store "
+                          f"at {where.removeprefix('sqlite ')} (a relative path is read from the current folder); "
+                          "the processor creates it when it first runs")
     store = open_store(config.store)
     try:
         if args.action == "list":
@@ -56,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{r.incident_id}  {r.kind:<14} {subject:<24} opened {_ts(r.opened_at)}  {state:<27} "
                           f"events={r.event_count:<5} label={r.label or '-'}")
             if not rows and not args.json:
-                print("no incidents")
+                print(f"no incidents in the {where} store")
             return EXIT_OK
         incident = store.incident(args.incident_id)
         if incident is None:

@@ -38,6 +38,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     reg = Registry(Path(args.root))
+    if args.action != "register" and not reg.root.is_dir():  # register creates the registry; the others read one
+        raise ConfigError(f"--root {args.root}: no registry there (no such folder; `registry register` creates one)")
     if args.action == "list":
         for name in reg.names():
             st = reg.stages(name)
@@ -47,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.target:
         raise ConfigError(f"registry {args.action} needs a model name (or a folder for register)")
     if args.action == "register":
-        m = reg.register(Path(args.target))
+        folder = Path(args.target)
+        missing = [name for name in ("model.onnx", "manifest.json") if not (folder / name).is_file()]
+        if missing:
+            raise ConfigError(f"registry register {args.target}: not a model folder (no {' or '.join(missing)})"
+                              if folder.is_dir() else f"registry register {args.target}: no such folder")
+        m = reg.register(folder)
         print(f"registered {m.name} {m.version} as candidate")
     elif args.action == "show":
         version = args.version or reg.stages(args.target).production

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from edge import agent_cli, simulate_cli
-from edge.cliutil import setup_logging
+from edge.cliutil import run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,11 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and run one command; quiet with 141 when the output pipe closes (:func:`edge.cliutil.run_main`)."""
+    return run_main(lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

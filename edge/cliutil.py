@@ -1,7 +1,8 @@
 """Small helpers shared by the two command lines (``edgewatch`` and ``edgewatch-agent``).
 
 Every flag has an environment twin (``EDGEWATCH_<FLAG>``) shown in ``--help``; exit codes are
-0 on a clean stop, 2 on bad configuration or usage, 1 on a runtime failure.
+0 on a clean stop, 2 on bad configuration or usage, 1 on a runtime failure, and 141 when the
+reader of the output went away (``edgewatch incidents list | head -1``; see :func:`run_main`).
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
+import sys
+from collections.abc import Callable
 from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`, so `set -o pipefail` sees the same
 
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None, env_prefix: str = "",
@@ -33,3 +38,39 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 def setup_logging(verbose: bool = False) -> None:
     """Configure the root logger; only entry points call this."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a command line's ``body`` (parsing included) and return its exit code; when the reader
+    of stdout or stderr closes its end (``| head -1``), stop quietly with :data:`EXIT_PIPE_CLOSED`.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises :class:`BrokenPipeError`; this
+    catches it once for every command, and (as the Python docs' note on SIGPIPE advises) points
+    the closed stream at ``/dev/null`` so the flush at interpreter exit does not raise again.
+    SIGPIPE itself stays ignored: restoring its default would kill a long-running command on a
+    socket's EPIPE. A :class:`BrokenPipeError` while both streams are open (a socket) is re-raised.
+    """
+    try:
+        try:
+            return body()
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        closed = [s for s in (sys.stdout, sys.stderr) if _closed_pipe(s)]
+        if not closed:
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in closed:
+            os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+        return EXIT_PIPE_CLOSED
+
+
+def _closed_pipe(stream: Any) -> bool:
+    """True when ``stream``'s descriptor reports an error or hang-up (a pipe whose reader is gone)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no descriptor (a test's StringIO) or already closed
+        return False

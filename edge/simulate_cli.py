@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edge import simulator
-from edge.cliutil import EXIT_FAILURE, EXIT_OK, add_flag
+from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_flag
 from edge.synth import FAULT_KINDS, FaultKind
 
 
@@ -28,44 +30,62 @@ def register(sub: Any) -> None:
         add_flag(p, name, env_prefix="SIMULATE_", **kw)
 
     flag("--host", default="127.0.0.1", help="MQTT broker host")
-    flag("--port", type=int, default=1883, help="MQTT broker port")
+    flag("--port", type=_bounded(int, 1, 65535), default=1883, help="MQTT broker port")
     flag("--topic-prefix", default="edgewatch", help="topics are <prefix>/<device>/readings")
-    flag("--devices", type=int, default=10, help="number of simulated devices")
-    flag("--rate", type=float, default=10.0, help="steps per wall-clock second per device (0: as fast as acks allow)")
-    flag("--duration", type=float, default=60.0, help="wall-clock seconds to run (steps = rate x duration)")
-    flag("--sample-period-s", type=float, default=1.0, help="event-time seconds between readings")
+    flag("--devices", type=_bounded(int, 1), default=10, help="number of simulated devices")
+    flag("--rate", type=_bounded(float, 0), default=10.0, help="steps per wall-clock second per device (0: as fast as acks allow)")
+    flag("--duration", type=_bounded(float, 0, above=True), default=60.0,
+         help="wall-clock seconds to run (steps = rate x duration)")
+    flag("--sample-period-s", type=_bounded(float, 0, above=True), default=1.0, help="event-time seconds between readings")
     flag("--faults", default=",".join(FAULT_KINDS),
              help="comma-separated fault kinds to inject (spike, drift, stuck, noise, decorrelate) or 'none'")
-    flag("--faults-per-device", type=int, default=2, help="faults per device")
-    flag("--batch", type=int, default=1, help="readings per MQTT payload")
-    flag("--seed", type=int, default=0, help="seed for signals and fault placement")
+    flag("--faults-per-device", type=_bounded(int, 0), default=2,
+         help="faults per device; shrunk, or fewer, when the run is too short for them (logged)")
+    flag("--batch", type=_bounded(int, 1), default=1, help="readings per MQTT payload")
+    flag("--seed", type=_bounded(int, 0), default=0, help="seed for signals and fault placement")
     flag("--truth", default="simulation-truth.json", help="where to write the ground truth (JSON)")
     flag("--replay", help="replay this CSV (',' or ';', a datetime column) instead of synthetic data")
-    flag("--speed", type=float, default=1.0, help="replay speed-up over the CSV's own timing")
+    flag("--speed", type=_bounded(float, 0, above=True), default=1.0, help="replay speed-up over the CSV's own timing")
     p.set_defaults(func=run)
 
 
+def _bounded(kind: Callable[[str], float], low: float, high: float | None = None, *,
+             above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float), finite, ``>= low`` (``> low`` with ``above``) and ``<= high``;
+    anything else is argparse's usage error (exit 2) with the rule."""
+    noun = "an integer" if kind is int else "a number"
+    rule = f"{noun} {'>' if above else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class _Usage(Exception):
+    """A bad argument found after parsing (a file, a fault kind): exit 2 with the message."""
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.replay:
-        stream = simulator.replay_csv(Path(args.replay))
-        period = float(stream.ts[1] - stream.ts[0]) if len(stream.ts) > 1 else 1.0
-        fleet = [stream]
-        rate = args.speed / period
-    else:
-        kinds: tuple[FaultKind, ...] = ()
-        if args.faults != "none":
-            kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
-            unknown = [k for k in kinds if k not in FAULT_KINDS]
-            if unknown:
-                print(f"edgewatch-agent simulate: unknown fault kind {unknown[0]!r}; choose from {', '.join(FAULT_KINDS)} or none",
-                      file=sys.stderr)
-                return 2
-        steps = max(1, int(args.rate * args.duration)) if args.rate > 0 else max(1, int(args.duration))
-        period = args.sample_period_s
-        fleet = simulator.synthetic_fleet(args.devices, steps, seed=args.seed, sample_period_s=period, kinds=kinds,
-                                          faults_per_device=args.faults_per_device if kinds else 0)
-        rate = args.rate
-    publisher = simulator.Publisher(args.host, args.port, prefix=args.topic_prefix, client_id=f"edgewatch-sim-{args.seed}")
+    try:
+        if not Path(args.truth).resolve().parent.is_dir():
+            raise _Usage(f"--truth {args.truth}: no folder {Path(args.truth).resolve().parent}")
+        fleet, period, rate = _replay(args) if args.replay else _synthetic(args)
+    except _Usage as exc:
+        print(f"edgewatch-agent simulate: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        publisher = simulator.Publisher(args.host, args.port, prefix=args.topic_prefix, client_id=f"edgewatch-sim-{args.seed}")
+    except ConnectionError as exc:
+        print(f"edgewatch-agent simulate: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
@@ -85,3 +105,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"sent {stats.readings_sent} readings in {stats.messages_sent} messages over {stats.elapsed_s:.1f} s, "
           f"{stats.messages_failed} not acknowledged; {len(truth['faults'])} faults injected; truth in {args.truth}")  # type: ignore[arg-type]
     return EXIT_OK if stats.messages_failed == 0 else EXIT_FAILURE
+
+
+def _replay(args: argparse.Namespace) -> tuple[list[simulator.DeviceStream], float, float]:
+    """The replayed CSV as a one-device fleet, its sample period and the publish rate; :class:`_Usage` on a bad file."""
+    try:
+        stream = simulator.replay_csv(Path(args.replay))
+    except OSError as exc:
+        raise _Usage(f"--replay {args.replay}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise _Usage(f"--replay: {exc}") from None
+    period = float(stream.ts[1] - stream.ts[0]) if len(stream.ts) > 1 else 1.0
+    return [stream], period, args.speed / period
+
+
+def _synthetic(args: argparse.Namespace) -> tuple[list[simulator.DeviceStream], float, float]:
+    """The synthetic fleet the flags describe, its sample period and the publish rate; :class:`_Usage` on a bad fault kind."""
+    kinds: tuple[FaultKind, ...] = ()
+    if args.faults != "none":
+        kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in FAULT_KINDS]
+        if unknown or not kinds:
+            raise _Usage(f"--faults: unknown fault kind {(unknown or [args.faults])[0]!r}; choose from {', '.join(FAULT_KINDS)} "
+                         "or none")
+    steps = max(1, int(args.rate * args.duration)) if args.rate > 0 else max(1, int(args.duration))
+    fleet = simulator.synthetic_fleet(args.devices, steps, seed=args.seed, sample_period_s=args.sample_period_s, kinds=kinds,
+                                      faults_per_device=args.faults_per_device if kinds else 0)
+    return fleet, args.sample_period_s, args.rate

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.contract import Reading, encode_readings, readings_topic
 from edge.synth import CHANNEL_NAMES, FAULT_KINDS, Fault, FaultKind, random_faults, simulate
@@ -58,16 +60,59 @@ class PublishStats:
     elapsed_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class FaultPlan:
+    """How many faults each device gets and their bounds in steps (:func:`edge.synth.random_faults`'
+    ``count``, ``min_duration``, ``max_duration``, ``margin``); the defaults are ``random_faults``' own."""
+
+    count: int
+    min_duration: int = 30
+    max_duration: int = 120
+    margin: int = 200
+
+
+_MIN_FAULT_SCALE = 0.25  # smaller, a fault (< 30 steps after < 50 clean ones) is barely a window: drop one instead
+
+
+def plan_faults(steps: int, count: int) -> FaultPlan:
+    """The default layout of ``count`` faults when it fits ``steps`` readings; otherwise the same
+    layout shrunk in proportion (shorter faults, shorter clean margins), and when even a quarter-size
+    layout does not fit, fewer faults, down to none. Never raises for ``steps >= 1, count >= 0``."""
+    full = FaultPlan(count)
+    while count > 0:
+        scale = min(1.0, steps // count / (full.max_duration + full.margin))
+        if scale == 1.0 and count == full.count:
+            return full
+        if scale >= _MIN_FAULT_SCALE:
+            return FaultPlan(count, max(1, math.floor(full.min_duration * scale)), math.floor(full.max_duration * scale),
+                             math.floor(full.margin * scale))
+        count -= 1
+    return FaultPlan(0)
+
+
 def synthetic_fleet(devices: int, steps: int, *, seed: int = 0, start_ts: float = 1_767_225_600.0,
                     sample_period_s: float = 1.0, kinds: Sequence[FaultKind] = FAULT_KINDS,
                     faults_per_device: int = 2, prefix: str = "pump") -> list[DeviceStream]:
-    """``devices`` pumps of ``steps`` readings each; faults placed at random but seeded."""
+    """``devices`` pumps of ``steps`` readings each; faults placed at random but seeded.
+
+    ``faults_per_device`` faults of the default length when they fit ``steps``; for a shorter
+    stream they are shrunk or dropped (:func:`plan_faults`), which is logged once as
+    ``simulator_faults_fitted``.
+    """
+    wanted = FaultPlan(faults_per_device if kinds else 0)
+    plan = plan_faults(steps, wanted.count)
+    if plan != wanted:
+        shape = f"fault_steps={plan.min_duration}-{plan.max_duration} margin_steps={plan.margin}" if plan.count else "all dropped"
+        log.warning("simulator_faults_fitted steps=%d requested=%d faults=%d %s (%d default faults need %d steps per device: "
+                    "%d-%d steps each after %d clean ones)", steps, wanted.count, plan.count, shape, wanted.count,
+                    wanted.count * (wanted.max_duration + wanted.margin), wanted.min_duration, wanted.max_duration, wanted.margin)
     fleet = []
     for i in range(devices):
         device = f"{prefix}-{i:03d}"
         faults: list[Fault] = []
-        if kinds and faults_per_device:
-            faults = random_faults(steps, seed=seed * 1000 + i + 7, count=faults_per_device, kinds=kinds)
+        if plan.count:
+            faults = random_faults(steps, seed=seed * 1000 + i + 7, count=plan.count, kinds=kinds, min_duration=plan.min_duration,
+                                   max_duration=plan.max_duration, margin=plan.margin)
         values, _labels = simulate(steps, seed=seed * 1000 + i, faults=faults)
         ts = start_ts + sample_period_s * np.arange(steps)
         truth = [InjectedFault(device, f.kind, f.channel, float(ts[f.start]),
@@ -79,17 +124,50 @@ def synthetic_fleet(devices: int, steps: int, *, seed: int = 0, start_ts: float 
 def replay_csv(path: Path, *, device_id: str | None = None, time_column: str = "datetime",
                skip: Sequence[str] = ("anomaly", "changepoint")) -> DeviceStream:
     """One device's readings from a CSV (``,`` or ``;``) with a time column (ISO datetime or
-    epoch seconds) and one column per channel; columns in ``skip`` are left out."""
-    text = path.read_text().replace("\r\n", "\n").replace("\r", "\n")
-    dialect = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;")
-    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
-    if not rows or time_column not in rows[0]:
-        raise ValueError(f"{path}: needs a {time_column!r} column, has {list(rows[0]) if rows else 'no rows'}")
-    channels = tuple(c for c in rows[0] if c not in (time_column, *skip))
-    ts = np.array([_parse_time(r[time_column]) for r in rows])
-    values = np.array([[float(r[c]) for c in channels] for r in rows])
+    epoch seconds, increasing) and one column per channel; columns in ``skip`` are left out.
+
+    Raises :class:`OSError` when the file cannot be read and :class:`ValueError` naming the file
+    (and the row and column) when its content is not such a CSV.
+    """
+    lines = path.read_text().replace("\r\n", "\n").replace("\r", "\n").splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty file, expected a header with a {time_column!r} column")
+    try:
+        dialect = csv.Sniffer().sniff(lines[0], delimiters=",;")
+    except csv.Error:
+        dialect = csv.excel  # one column, or no delimiter in the header: the checks below say what is missing
+    reader = csv.DictReader(lines, dialect=dialect)
+    header = list(reader.fieldnames or ())
+    if time_column not in header:
+        raise ValueError(f"{path}: needs a {time_column!r} column, has {header}")
+    channels = tuple(c for c in header if c not in (time_column, *skip))
+    if not channels:
+        raise ValueError(f"{path}: needs at least one channel column beside {time_column!r}, has {header}")
+    rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path}: has a header but no rows")
+    ts = np.array([_cell(r, time_column, n, path, _parse_time) for n, r in enumerate(rows, start=2)])
+    values = np.array([[_cell(r, c, n, path, float) for c in channels] for n, r in enumerate(rows, start=2)])
+    back = np.flatnonzero(np.diff(ts) <= 0)
+    if back.size:
+        raise ValueError(f"{path}: line {int(back[0]) + 3}: {time_column} {rows[int(back[0]) + 1][time_column]!r} "
+                         "is not after the line before; times must increase")
     safe = tuple(c.replace(" ", "_") for c in channels)
     return DeviceStream(device_id or path.stem.replace(" ", "_"), ts, values, safe)
+
+
+def _cell(row: dict[str, str], column: str, line: int, path: Path, parse: Callable[[str], float]) -> float:
+    text = row.get(column)
+    if text is None:
+        raise ValueError(f"{path}: line {line} has no {column!r} field (too few fields)")
+    try:
+        value = parse(text)
+    except ValueError:
+        what = "a number or an ISO datetime" if parse is _parse_time else "a number"
+        raise ValueError(f"{path}: line {line}: {column} {text!r} is not {what}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{path}: line {line}: {column} {text!r} is not finite")
+    return value
 
 
 def _parse_time(text: str) -> float:
@@ -117,6 +195,8 @@ class Publisher:
 
     def __init__(self, host: str, port: int, *, client_id: str = "edgewatch-sim", max_unacked: int = 1000,
                  prefix: str = "edgewatch", username: str | None = None, password: str | None = None) -> None:
+        """Connect and start paho's network thread; raises :class:`ConnectionError` saying why when
+        the broker cannot be reached or refuses the connection within 10 s."""
         self.prefix = prefix
         self._max_unacked = max_unacked
         self._unacked = 0
@@ -127,11 +207,22 @@ class Publisher:
         self._client.max_inflight_messages_set(min(max_unacked, 1000))
         self._client.on_publish = self._on_publish
         self._connected = threading.Event()
-        self._client.on_connect = lambda *a: self._connected.set()
-        self._client.connect(host, port)
+        self._refused = ""
+        self._client.on_connect = self._on_connect
+        try:
+            self._client.connect(host, port)
+        except OSError as exc:
+            raise ConnectionError(f"cannot connect to MQTT {host}:{port} ({exc.strerror or exc})") from exc
         self._client.loop_start()
-        if not self._connected.wait(10):
-            raise ConnectionError(f"simulator could not connect to MQTT {host}:{port} within 10 s")
+        if not self._connected.wait(10) or self._refused:
+            self._client.loop_stop()
+            raise ConnectionError(f"MQTT {host}:{port} refused the connection ({self._refused})" if self._refused
+                                  else f"cannot connect to MQTT {host}:{port} within 10 s")
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, props: object) -> None:
+        if reason.is_failure:
+            self._refused = str(reason)
+        self._connected.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
         with self._acked:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import simulator
@@ -77,3 +79,21 @@ def test_cli_refuses_unknown_fault_kind(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--faults", "meteor", "--port", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "meteor" in out.stderr
+
+
+def test_faults_fit_any_length_by_shrinking_then_dropping(caplog: pytest.LogCaptureFixture) -> None:
+    assert simulator.plan_faults(2000, 2) == simulator.FaultPlan(2)  # the defaults where they fit: same seeded fleet
+    readme = simulator.plan_faults(600, 2)  # --rate 10 --duration 60
+    assert readme.count == 2 and readme.max_duration < 120 and readme.margin < 200
+    assert simulator.plan_faults(100, 2).count == 1 and simulator.plan_faults(10, 2).count == 0
+    for steps in (1, 50, 100, 333, 600, 639, 640, 5000):
+        for count in range(6):
+            plan = simulator.plan_faults(steps, count)
+            assert plan.count <= count and 1 <= plan.min_duration <= plan.max_duration
+            fleet = simulator.synthetic_fleet(1, steps, seed=steps, faults_per_device=count)  # never raises
+            assert len(fleet[0].faults) == plan.count
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge.simulator"):
+        simulator.synthetic_fleet(10, 600, seed=0)
+        simulator.synthetic_fleet(10, 2000, seed=0)
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["simulator_faults_fitted"]  # once, for the short fleet
