@@ -1,12 +1,12 @@
 """Publishing a registry version to devices over MQTT (retained announce + retained chunks).
 
 See :mod:`edge.contract.update` for the protocol. Chunks go first, the announce last, so a
-device never sees an announce whose chunks are not on the broker yet.
+device never sees an announce whose chunks are not on the broker yet. The chunk size is the one
+the manifest was signed with (:func:`cloud.keys.sign_model_dir`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -14,30 +14,42 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import BrokerUnavailable
-from edge.contract.update import MAX_CHUNK_BYTES, ModelAnnounce, announce_topic, chunk_topic, encode_announce
+from edge.contract import BrokerUnavailable, ConfigError
+from edge.contract.update import ModelAnnounce, announce_topic, chunk_hashes, chunk_topic, encode_announce, transfer_of
 from edge.detector import load_manifest
 
 log = logging.getLogger(__name__)
 
 
-def build_announce(model_dir: Path, chunk_size: int = MAX_CHUNK_BYTES) -> tuple[ModelAnnounce, list[bytes]]:
+def build_announce(model_dir: Path) -> tuple[ModelAnnounce, list[bytes]]:
+    """The announce and the chunks of a signed model folder, cut as its signed ``transfer`` says.
+
+    Raises :class:`ConfigError` for what devices would refuse: an unsigned manifest, one without
+    ``transfer`` (signed by an older edgewatch: sign it again), or a ``model.onnx`` that is not
+    the artifact it describes.
+    """
+    manifest = load_manifest(model_dir)
     data = (Path(model_dir) / "model.onnx").read_bytes()
-    chunks = [data[i: i + chunk_size] for i in range(0, len(data), chunk_size)]
-    announce = ModelAnnounce(load_manifest(model_dir), len(data), chunk_size,
-                             tuple(hashlib.sha256(c).hexdigest() for c in chunks))
-    return announce, chunks
+    t = manifest.transfer
+    if manifest.signature is None:
+        raise ConfigError(f"{model_dir}: refusing to publish an unsigned model (edgewatch keys sign)")
+    if t is None:
+        raise ConfigError(f"{model_dir}: the manifest does not sign the artifact's size and chunk list, so devices would "
+                          "refuse it; sign it again (edgewatch keys sign, or registry publish --key)")
+    if transfer_of(data, t.chunk_size) != t:
+        raise ConfigError(f"{model_dir}: model.onnx ({len(data)} bytes) is not the artifact the signed manifest describes "
+                          f"({t.size} bytes in {t.chunk_size}-byte chunks)")
+    chunks = [data[i: i + t.chunk_size] for i in range(0, len(data), t.chunk_size)]
+    return ModelAnnounce(manifest, len(data), t.chunk_size, chunk_hashes(data, t.chunk_size)), chunks
 
 
-def publish_model(model_dir: Path, *, host: str, port: int, group: str, prefix: str = "edgewatch",
-                  chunk_size: int = MAX_CHUNK_BYTES, timeout_s: float = 30.0,
+def publish_model(model_dir: Path, *, host: str, port: int, group: str, prefix: str = "edgewatch", timeout_s: float = 30.0,
                   username: str | None = None, password: str | None = None) -> ModelAnnounce:
     """Publish the artifact's chunks and then its announce, retained at QoS 1; raises
-    :class:`BrokerUnavailable` if the broker does not acknowledge every message in time."""
-    announce, chunks = build_announce(model_dir, chunk_size)
+    :class:`BrokerUnavailable` if the broker does not acknowledge every message in time, and
+    :class:`ConfigError` (before connecting) for a model devices would refuse (:func:`build_announce`)."""
+    announce, chunks = build_announce(model_dir)
     m = announce.manifest
-    if m.signature is None:
-        raise BrokerUnavailable(f"{model_dir}: refusing to publish an unsigned model (edgewatch keys sign)")
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgewatch-registry-{m.name}-{m.version}")
     if username:
         client.username_pw_set(username, password)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.contract import ConfigError, ModelManifest, Signature, canonical_bytes, encode_manifest
+from edge.contract.update import MAX_CHUNK_BYTES, transfer_of
 from edge.detector import load_manifest
 from edge.signing import key_id  # re-exported for the CLI
 
@@ -51,8 +53,17 @@ def sign_manifest(manifest: ModelManifest, private_key: Ed25519PrivateKey) -> Mo
     return dataclasses.replace(unsigned, signature=Signature(key_id(private_key.public_key()), value))
 
 
-def sign_model_dir(model_dir: Path, private_key: Ed25519PrivateKey) -> ModelManifest:
-    """Sign ``model_dir/manifest.json`` in place (the file hash inside it must already be right)."""
-    signed = sign_manifest(load_manifest(model_dir), private_key)
+def sign_model_dir(model_dir: Path, private_key: Ed25519PrivateKey, *, chunk_size: int = MAX_CHUNK_BYTES) -> ModelManifest:
+    """Sign ``model_dir/manifest.json`` in place, with ``transfer`` (size and chunk list of
+    ``model.onnx`` in ``chunk_size`` chunks) filled in so devices can check an announce against
+    it. Raises :class:`ConfigError` if ``model.onnx`` does not match the manifest's sha256."""
+    manifest = load_manifest(model_dir)
+    try:
+        data = (Path(model_dir) / "model.onnx").read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{model_dir}: cannot read model.onnx ({exc.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != manifest.sha256:
+        raise ConfigError(f"{model_dir}: model.onnx does not match the manifest's sha256; refusing to sign")
+    signed = sign_manifest(dataclasses.replace(manifest, transfer=transfer_of(data, chunk_size)), private_key)
     (Path(model_dir) / "manifest.json").write_bytes(encode_manifest(signed))
     return signed

@@ -3,7 +3,8 @@
 Layout::
 
     <root>/<name>/<version>/model.onnx       the artifact the edge runs
-    <root>/<name>/<version>/manifest.json    signed by `edgewatch registry publish` or `keys sign`
+    <root>/<name>/<version>/manifest.json    signed by `edgewatch registry publish` or `keys sign`,
+                                             with the artifact's size and chunk list (``transfer``)
     <root>/<name>/<version>/weights.pt       torch weights, for fine-tuning (optional)
     <root>/<name>/<version>/model_card.json  data, metrics, lineage
     <root>/<name>/stages.json                production version, candidates, archived, history
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.contract import ConfigError, ModelManifest
+from edge.contract.update import transfer_of
 from edge.detector import file_sha256, load_manifest
 
 
@@ -64,10 +66,14 @@ class Registry:
         return sorted((p.name for p in base.iterdir() if (p / "manifest.json").exists()), key=_version_key) if base.exists() else []
 
     def register(self, model_dir: Path, *, weights: Path | None = None, card: dict[str, Any] | None = None) -> ModelManifest:
-        """Copy a model folder in as a candidate; refuses a version that exists or a broken hash."""
+        """Copy a model folder in as a candidate; refuses a version that exists, a broken hash, or a
+        signed ``transfer`` that does not describe ``model.onnx`` (it could never be published)."""
         manifest = load_manifest(model_dir)
         if file_sha256(Path(model_dir) / "model.onnx") != manifest.sha256:
             raise ConfigError(f"{model_dir}: model.onnx does not match the manifest's sha256")
+        t = manifest.transfer
+        if t is not None and transfer_of((Path(model_dir) / "model.onnx").read_bytes(), t.chunk_size) != t:
+            raise ConfigError(f"{model_dir}: model.onnx does not match the manifest's transfer (size and chunk list)")
         target = self.root / manifest.name / manifest.version
         if target.exists():
             raise ConfigError(f"registry {self.root}: {manifest.name} {manifest.version} already exists")

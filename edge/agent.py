@@ -159,7 +159,8 @@ class Agent:
             host=cfg.mqtt.host, port=cfg.mqtt.port, group=u.group, state_dir=Path(u.state_dir), trusted_keys=keys,
             on_ready=self.updates.on_ready, on_refused=self.updates.on_refused, compatible=self.updates.compatible,
             prefix=cfg.mqtt.topic_prefix, client_id=f"{cfg.mqtt.client_id}-updates", username=cfg.mqtt.username or None,
-            password=cfg.mqtt.password or None, tls_ca_file=cfg.mqtt.tls_ca_file or None)
+            password=cfg.mqtt.password or None, tls_ca_file=cfg.mqtt.tls_ca_file or None,
+            max_artifact_bytes=u.max_artifact_bytes, max_download_bytes=u.max_download_bytes)
         m = live.manifest
         self.downloader.skip.add((m.name, m.version))
         self.downloader.start()

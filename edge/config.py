@@ -147,6 +147,8 @@ class UpdatesSection:
     shadow_rate_factor: float = 3.0   # reject above this many times the live (or expected) alert rate
     shadow_rate_floor: float = 0.02
     shadow_latency_factor: float = 5.0
+    max_artifact_bytes: int = 64 * 1024 * 1024   # announces of a larger model.onnx are refused before download
+    max_download_bytes: int = 128 * 1024 * 1024  # bound on the bytes held under <state_dir>/downloads
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,8 @@ def _validate(c: Config) -> None:
         (c.updates.shadow_min_windows >= 1, "updates.shadow_min_windows", c.updates.shadow_min_windows, "must be >= 1"),
         (c.updates.shadow_rate_factor >= 1, "updates.shadow_rate_factor", c.updates.shadow_rate_factor, "must be >= 1"),
         (c.updates.shadow_latency_factor >= 1, "updates.shadow_latency_factor", c.updates.shadow_latency_factor, "must be >= 1"),
+        (c.updates.max_artifact_bytes >= 1, "updates.max_artifact_bytes", c.updates.max_artifact_bytes, "must be >= 1"),
+        (c.updates.max_download_bytes >= 1, "updates.max_download_bytes", c.updates.max_download_bytes, "must be >= 1"),
     ]
     for ok, key, value, rule in checks:
         if not ok:

@@ -3,8 +3,9 @@ hands the edge.
 
 The signature covers :func:`canonical_bytes` (the manifest without its ``signature`` field),
 and the manifest carries the sha256 of ``model.onnx``; so one Ed25519 signature binds both
-files. Verification lives with the code that loads models; this module only defines and
-validates the document.
+files. ``transfer`` (written when a model folder is signed) also binds how ``model.onnx``
+travels to devices: its size and its chunks (:mod:`edge.contract.update`). Verification lives
+with the code that loads models; this module only defines and validates the document.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ class Signature:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """How ``model.onnx`` is sent to devices, under the signature: its size in bytes, the chunk
+    size, and :func:`edge.contract.update.chunk_list_sha256` of its chunks. An announce must
+    repeat these exactly, so its size and chunk list cannot be forged."""
+
+    size: int
+    chunk_size: int
+    chunk_list_sha256: str
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     name: str
     family: str
@@ -62,6 +74,7 @@ class ModelManifest:
     training_data_fingerprint: str
     metrics: Mapping[str, float]
     created_at: str
+    transfer: Transfer | None = None  # None: never signed, or signed before transfers were; refused over MQTT
     signature: Signature | None = None
     schema: int = MANIFEST_SCHEMA
 
@@ -78,8 +91,9 @@ def manifest_to_dict(manifest: ModelManifest) -> dict[str, Any]:
     data["channels"] = [asdict(c) for c in manifest.channels]
     data["calibration"] = {"method": manifest.calibration.method, "params": dict(manifest.calibration.params)}
     data["metrics"] = dict(manifest.metrics)
-    if manifest.signature is None:
-        del data["signature"]
+    for optional in ("transfer", "signature"):  # absent, not null: older signatures stay valid
+        if data[optional] is None:
+            del data[optional]
     return data
 
 
@@ -126,6 +140,7 @@ def decode_manifest(payload: bytes | str) -> ModelManifest:
         training_data_fingerprint=f.text(f.req(data, "training_data_fingerprint", ""), "training_data_fingerprint"),
         metrics=f.number_map(metrics, "metrics", allow_empty=True),
         created_at=f.text(f.req(data, "created_at", ""), "created_at", max_len=64),
+        transfer=_transfer(data.get("transfer")),
         signature=_signature(data.get("signature")),
     )
 
@@ -161,6 +176,17 @@ def _calibration(value: Any) -> Calibration:
     return Calibration(method=f.name(f.req(value, "method", "calibration"), "calibration.method"), params=checked)
 
 
+def _transfer(value: Any) -> Transfer | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ContractError("transfer", value, "must be an object with size, chunk_size and chunk_list_sha256")
+    f.no_extra(value, {"size", "chunk_size", "chunk_list_sha256"}, "transfer")
+    return Transfer(size=f.integer(f.req(value, "size", "transfer"), "transfer.size", min_value=1),
+                    chunk_size=f.integer(f.req(value, "chunk_size", "transfer"), "transfer.chunk_size", min_value=1),
+                    chunk_list_sha256=f.sha256(f.req(value, "chunk_list_sha256", "transfer"), "transfer.chunk_list_sha256"))
+
+
 def _signature(value: Any) -> Signature | None:
     if value is None:
         return None
@@ -174,5 +200,5 @@ def _signature(value: Any) -> Signature | None:
 _FIELDS = {
     "schema", "name", "family", "version", "sha256", "channels", "window_length", "stride",
     "sample_period_s", "threshold", "calibration", "opset", "min_onnxruntime",
-    "training_data_fingerprint", "metrics", "created_at", "signature",
+    "training_data_fingerprint", "metrics", "created_at", "transfer", "signature",
 }

@@ -12,18 +12,25 @@ the announce and the chunks again on (re)subscribing; it keeps the chunks it has
 disk, so a dropped transfer resumes instead of restarting. The assembled file must match the
 manifest's sha256, and the manifest its signature, before anything is loaded.
 
+The announce's size, chunk size and chunk hashes are signed too: the manifest's ``transfer``
+holds the size, the chunk size and :func:`chunk_list_sha256` of the chunk hashes, and a device
+refuses an announce that differs from them, or whose manifest has no ``transfer``, before it
+writes anything. So a replayed trusted manifest cannot declare another size or other chunks.
+
 Every decision an agent makes about a model (``downloaded``, ``refused``, ``shadow_started``,
 ``promoted``, ``rejected``, ``rolled_back``) is a :class:`ModelStatus` on ``edgewatch.status``.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from edge.contract import _fields as f
 from edge.contract.errors import ContractError
-from edge.contract.manifest import ModelManifest, decode_manifest, manifest_to_dict
+from edge.contract.manifest import ModelManifest, Transfer, decode_manifest, manifest_to_dict
 
 ANNOUNCE_SCHEMA = 1
 STATUS_SCHEMA = 1
@@ -39,6 +46,23 @@ def announce_topic(group: str, prefix: str = "edgewatch") -> str:
 
 def chunk_topic(name: str, version: str, index: int, prefix: str = "edgewatch") -> str:
     return f"{prefix}/models/{name}/{version}/chunks/{index}"
+
+
+def chunk_hashes(data: bytes, chunk_size: int) -> tuple[str, ...]:
+    """The sha256 of each ``chunk_size`` slice of ``data``, in order (the last may be shorter)."""
+    return tuple(hashlib.sha256(data[i: i + chunk_size]).hexdigest() for i in range(0, len(data), chunk_size))
+
+
+def chunk_list_sha256(hashes: Sequence[str]) -> str:
+    """The sha256 over a chunk list: each chunk's hex sha256 followed by a newline, in order."""
+    return hashlib.sha256("".join(h + "\n" for h in hashes).encode("ascii")).hexdigest()
+
+
+def transfer_of(data: bytes, chunk_size: int = MAX_CHUNK_BYTES) -> Transfer:
+    """What a signed manifest says about sending ``data`` (``model.onnx``) in ``chunk_size`` chunks."""
+    if not 1 <= chunk_size <= MAX_CHUNK_BYTES:
+        raise ContractError("chunk_size", chunk_size, f"must be 1-{MAX_CHUNK_BYTES}")
+    return Transfer(len(data), chunk_size, chunk_list_sha256(chunk_hashes(data, chunk_size)))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from cloud.keys import generate_keypair, load_private_key, sign_model_dir
 from edge.agent import Agent
 from edge.config import load_config
 from edge.contract import encode_manifest
-from edge.contract.update import announce_topic, chunk_topic, decode_status, encode_announce
+from edge.contract.update import MAX_CHUNK_BYTES, ModelAnnounce, announce_topic, chunk_topic, decode_status, encode_announce
 from edge.detector import load_manifest
 from tests.edge.agent_util import TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, toml_config, wait_for
 
@@ -65,6 +65,18 @@ def _constant_model(dest: Path, version: str, key: Path, value: float) -> Path:
     return dest
 
 
+def _junk_model(dest: Path, version: str, key: Path, size: int) -> Path:
+    """A signed artifact of ``size`` bytes that is not a model (refused before download, or it would fail to load)."""
+    dest.mkdir(parents=True)
+    data = bytes(range(256)) * (size // 256)
+    (dest / "model.onnx").write_bytes(data)
+    manifest = dataclasses.replace(load_manifest(TINY_MODEL), version=version, sha256=hashlib.sha256(data).hexdigest(),
+                                   signature=None)
+    (dest / "manifest.json").write_bytes(encode_manifest(manifest))
+    sign_model_dir(dest, load_private_key(key))
+    return dest
+
+
 class Fleet(threading.Thread):
     """Publishes fault-free readings of a few devices until stopped; counts what it sent."""
 
@@ -99,6 +111,8 @@ trusted_keys_dir = "{tmp_path / 'keys'}"
 state_dir = "{tmp_path / 'models'}"
 shadow_min_windows = 40
 shadow_min_seconds = 1.0
+max_artifact_bytes = 1000000
+max_download_bytes = 600000
 """
     cfg_path = toml_config(tmp_path, agent_id=f"a{unique}", mqtt_port=mqtt_port, kafka_bootstrap=kafka_bootstrap, prefix=prefix,
                            topics=topics, extra=extra)
@@ -149,7 +163,7 @@ def test_refusals_keep_the_live_model_scoring(rig: dict[str, object]) -> None:
     announce, chunks = build_announce(_copy_model(TINY_MODEL, tmp / "m3", "2.0.2", key))
     forged = dataclasses.replace(announce, manifest=dataclasses.replace(announce.manifest, threshold=1e9))
     _raw(port, [(announce_topic(group, prefix), encode_announce(forged))])
-    # 4. tampered model.onnx: other bytes under the signed manifest (chunk hashes fitted to them)
+    # 4. tampered model.onnx: other bytes under the signed manifest (chunk hashes fitted to them, unlike the signed ones)
     announce, chunks = build_announce(_copy_model(TINY_MODEL, tmp / "m4", "2.0.3", key))
     evil = [chunks[0][:-8] + b"\x00" * 8] + chunks[1:]
     evil_announce = dataclasses.replace(announce, chunk_sha256=tuple(hashlib.sha256(c).hexdigest() for c in evil))
@@ -164,7 +178,7 @@ def test_refusals_keep_the_live_model_scoring(rig: dict[str, object]) -> None:
     assert "unknown key" in reasons["2.0.0"]
     assert "window_length" in reasons["2.0.1"]
     assert "does not match the manifest" in reasons["2.0.2"]
-    assert "signed sha256" in reasons["2.0.3"]
+    assert "differs from the signed chunk list" in reasons["2.0.3"]
     assert _metric(agent, "refused") == 4
     wait_for(lambda: _scored(agent) > before + 50, 30, "the live model to keep scoring")
     assert agent.pipeline is not None and agent.pipeline.manifest.sha256 == live_sha
@@ -210,6 +224,48 @@ def test_swap_under_load_scores_every_window(rig: dict[str, object]) -> None:
     wait_for(lambda: _scored(agent) == expected_windows, 30, f"{expected_windows} windows scored")
     assert agent.pipeline is not None and agent.pipeline.manifest.version == "4.0.0"
     assert np.isclose(_scored(agent), expected_windows)
+
+
+def test_hostile_announces_refused_before_anything_is_written(rig: dict[str, object]) -> None:
+    """Forged size, forged chunk list, over the size cap, over the downloads bound, no free disk:
+    each refused before a byte of it reaches the models folder, while the live model scores."""
+    agent, tmp, key, group, port, prefix = (rig[k] for k in ("agent", "tmp", "key", "group", "port", "prefix"))
+    assert isinstance(agent, Agent) and isinstance(tmp, Path) and isinstance(key, Path) and isinstance(group, str)
+    assert isinstance(port, int) and isinstance(prefix, str) and agent.downloader is not None
+    live_sha = agent.pipeline.manifest.sha256 if agent.pipeline else ""
+    agent.downloader.free_bytes = lambda folder: 1000  # room for nothing over 500 bytes (the tiny model is 588)
+    before = _scored(agent)
+    # 1. a replayed trusted manifest declaring 3.2 GiB in 13,108 chunks, junk for four of them on the broker
+    announce, _ = build_announce(_copy_model(TINY_MODEL, tmp / "h1", "5.0.0", key))
+    size = 3_435_973_836
+    name = announce.manifest.name
+    junk = [(chunk_topic(name, "5.0.0", i, prefix), b"junk %d " % i * 2000) for i in range(4)]
+    hashes = [hashlib.sha256(b"filler %d" % i).hexdigest() for i in range(-(-size // MAX_CHUNK_BYTES))]
+    hashes[:4] = [hashlib.sha256(p).hexdigest() for _, p in junk]
+    _raw(port, junk + [(announce_topic(group, prefix), encode_announce(ModelAnnounce(announce.manifest, size, MAX_CHUNK_BYTES,
+                                                                                     tuple(hashes))))])
+    # 2. the same size, a chunk list of junk
+    announce, _ = build_announce(_copy_model(TINY_MODEL, tmp / "h2", "5.0.1", key))
+    junk = [(chunk_topic(name, "5.0.1", 0, prefix), b"j" * announce.size)]
+    forged = dataclasses.replace(announce, chunk_sha256=(hashlib.sha256(junk[0][1]).hexdigest(),))
+    _raw(port, junk + [(announce_topic(group, prefix), encode_announce(forged))])
+    # 3.-5. genuine and signed, but over updates.max_artifact_bytes, updates.max_download_bytes, the free disk
+    publish_model(_junk_model(tmp / "h3", "5.0.2", key, 1_200_000), host="127.0.0.1", port=port, group=group, prefix=prefix)
+    publish_model(_junk_model(tmp / "h4", "5.0.3", key, 800_000), host="127.0.0.1", port=port, group=group, prefix=prefix)
+    publish_model(_copy_model(TINY_MODEL, tmp / "h5", "5.0.4", key), host="127.0.0.1", port=port, group=group, prefix=prefix)
+
+    got = _statuses(rig, 5, "five refusals")
+    reasons = {version: reason for action, version, reason in got if action == "refused"}
+    assert set(reasons) == {"5.0.0", "5.0.1", "5.0.2", "5.0.3", "5.0.4"}, got
+    assert "size 3435973836 differs from the signed size 588" in reasons["5.0.0"]
+    assert "differs from the signed chunk list" in reasons["5.0.1"]
+    assert "over updates.max_artifact_bytes (1000000)" in reasons["5.0.2"]
+    assert "over updates.max_download_bytes (600000)" in reasons["5.0.3"]
+    assert "not enough free disk: 1176 bytes needed" in reasons["5.0.4"]
+    assert _metric(agent, "refused") == 5 and agent.downloader.chunks_written == 0
+    assert [p for p in (tmp / "models").rglob("*") if p.is_file()] == []
+    wait_for(lambda: _scored(agent) > before + 50, 30, "the live model to keep scoring")
+    assert agent.pipeline is not None and agent.pipeline.manifest.sha256 == live_sha
 
 
 def _raw(port: int, messages: list[tuple[str, bytes]]) -> None:

@@ -78,6 +78,8 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path: Path, text: str, key: s
     ("[mqtt]\nport = 70000\n", "'mqtt.port' = 70000 must be 1-65535"),
     ("[decision]\ndevice_thresholds = { 'p1' = 'high' }\n", "'decision.device_thresholds.p1': expected a number"),
     ("[mqtt\n", "invalid TOML"),
+    ("[updates]\nmax_artifact_bytes = 0\n", "'updates.max_artifact_bytes' = 0 must be >= 1"),
+    ("[updates]\nmax_download_bytes = -1\n", "'updates.max_download_bytes' = -1 must be >= 1"),
 ])
 def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
     path = write(tmp_path, text)
@@ -127,6 +129,7 @@ def test_defaults_need_no_file() -> None:
     c = load_config(None, env={"EDGEWATCH_AGENT__ID": "edge-1"})
     assert isinstance(c, Config) and c.agent.id == "edge-1" and c.mqtt.port == 1883
     assert c.kafka.anomalies_topic == "edgewatch.anomalies"
+    assert (c.updates.max_artifact_bytes, c.updates.max_download_bytes) == (64 << 20, 128 << 20)
 
 
 def test_the_example_config_loads_and_states_the_defaults() -> None:
