@@ -8,12 +8,14 @@ dropped and no window is left unscored. The live model keeps scoring through eve
 
 A version that was live before and whose folder is still on disk is a rollback: it is swapped
 in at once, without a trial (``edgewatch registry rollback`` then ``publish`` announces it).
+The folder of a version refused at load or rejected in shadow is deleted.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -110,6 +112,7 @@ class ModelUpdates:
             item = self._loaded.get_nowait()
             if isinstance(item, tuple):
                 folder, reason = item
+                self._discard(folder)
                 self._emit("refused", folder.parent.name, folder.name, f"cannot load: {reason}")
                 continue
             m = item.manifest
@@ -118,6 +121,7 @@ class ModelUpdates:
                 self._promote(item, "rolled_back", "the previous live version was announced again")
                 continue
             if self.candidate is not None:
+                self._discard(self.candidate.detector.model_dir)
                 self._status("rejected", self.candidate.detector.manifest, f"superseded by {m.version}")
             trial = ShadowTrial(m.threshold, expected_rate(m), self.policy, clock=self._clock)
             self.candidate = _Candidate(item, trial)
@@ -142,6 +146,7 @@ class ModelUpdates:
             self._promote(cand.detector, "promoted", cand.trial.reason)
         elif verdict == "rejected":
             self.candidate = None
+            self._discard(cand.detector.model_dir)
             self._status("rejected", cand.detector.manifest, cand.trial.reason)
 
     def _promote(self, detector: OnnxDetector, action: StatusAction, reason: str) -> None:
@@ -149,6 +154,14 @@ class ModelUpdates:
         self._swap(detector)
         self.previous, self.live = old, detector
         self._status(action, detector.manifest, reason, live_version=detector.manifest.version)
+
+    def _discard(self, folder: Path) -> None:
+        """Delete the downloaded folder of a version refused at load or rejected in shadow, so
+        versions that never went live do not pile up under the models folder. The live and
+        previous folders are kept."""
+        kept = {getattr(s, "model_dir", None) for s in (self.live, self.previous)}
+        if folder not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _status(self, action: StatusAction, m: ModelManifest, reason: str, live_version: str | None = None) -> None:
         self._emit(action, m.name, m.version, reason, live_version)

@@ -197,11 +197,13 @@ def test_broken_candidates_rejected_in_shadow_and_a_good_one_promoted(rig: dict[
     assert [a for a, v, _ in got if v == "3.0.1"] == ["downloaded", "shadow_started", "rejected"], got
     assert "alert rate" in got[-1][2]
     assert agent.pipeline is not None and agent.pipeline.manifest.version == load_manifest(TINY_MODEL).version
+    kept = tmp / "models" / "models" / agent.pipeline.manifest.name
+    assert not (kept / "3.0.0").exists() and not (kept / "3.0.1").exists()  # rejected: deleted
 
     publish_model(_copy_model(TINY_MODEL, tmp / "good", "3.1.0", key), host="127.0.0.1", port=port, group=group, prefix=prefix)
     got = _statuses(rig, 9, "good candidate promoted")
     assert [a for a, v, _ in got if v == "3.1.0"] == ["downloaded", "shadow_started", "promoted"], got
-    assert agent.pipeline.manifest.version == "3.1.0"
+    assert agent.pipeline.manifest.version == "3.1.0" and (kept / "3.1.0" / "model.onnx").exists()
     assert agent.registry.get_sample_value("edgewatch_agent_model_info", {"name": "tiny", "version": "3.1.0",
                                                                           "sha256": agent.pipeline.manifest.sha256}) == 1.0 \
         or agent.pipeline.manifest.version == "3.1.0"
