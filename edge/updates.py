@@ -44,6 +44,7 @@ MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # defaults of updates.max_artifact_bytes 
 MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024
 _REFUSED_REMEMBERED = 64  # refused announce payloads not looked at again (a retained one comes back on reconnect)
 ANNOUNCE_FILE = "announce.json"
+_MAX_ANNOUNCE_BYTES = 1 << 20  # what decode_announce takes; a larger announce.json is not read
 
 
 def free_disk_bytes(folder: Path) -> int:
@@ -104,7 +105,7 @@ class ModelDownloader:
         signed hashes. Everything else (other versions, files of older edgewatch versions, bad or
         unfinished chunk files) is deleted. Called by :meth:`start` before the client connects;
         reads each kept chunk once."""
-        if not self.downloads.is_dir():
+        if not self.downloads.is_dir() or self.downloads.is_symlink():
             _remove(self.downloads)
             return
         kept = [work for work in self._partials() if self._resumable(work)]
@@ -117,8 +118,11 @@ class ModelDownloader:
                 for work in name.iterdir() if work.is_dir() and not work.is_symlink()]
 
     def _resumable(self, work: Path) -> bool:
+        path = work / ANNOUNCE_FILE
         try:
-            announce = decode_announce((work / ANNOUNCE_FILE).read_bytes())
+            if path.is_symlink() or path.stat().st_size > _MAX_ANNOUNCE_BYTES:
+                return False
+            announce = decode_announce(path.read_bytes())
         except (OSError, ContractError):
             return False
         m = announce.manifest
@@ -130,6 +134,7 @@ class ModelDownloader:
             if item.name == ANNOUNCE_FILE:
                 continue
             if not (item.is_file() and not item.is_symlink() and item.name in expected
+                    and item.stat().st_size <= announce.chunk_size
                     and hashlib.sha256(item.read_bytes()).hexdigest() == expected[item.name]):
                 _remove(item)
         return True
