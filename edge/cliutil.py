@@ -23,11 +23,13 @@ EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, default: Any = None, env_prefix: str = "",
              **kw: Any) -> None:
-    """Add ``--flag`` whose default comes from ``EDGEWATCH_<ENV_PREFIX><FLAG>`` when that is set."""
+    """Add ``--flag`` whose default comes from ``EDGEWATCH_<ENV_PREFIX><FLAG>`` when that is set.
+
+    The variable's text is converted by ``type`` when the command is parsed (argparse converts a
+    string default), so a bad value is that command's usage error (exit 2), not a traceback while
+    every command's parser is built."""
     env = "EDGEWATCH_" + env_prefix + flag.lstrip("-").replace("-", "_").upper()
     value = os.environ.get(env, default)
-    if value is not None and kw.get("type") is not None and isinstance(value, str):
-        value = kw["type"](value)
     shown = f" (default: {default})" if default is not None else ""
     parser.add_argument(flag, default=value, help=f"{help}{shown} [env: {env}]", **kw)
 

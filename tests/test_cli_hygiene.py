@@ -120,3 +120,14 @@ def test_simulate_to_an_unreachable_broker_is_one_line_and_exit_1(tmp_path: Path
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     said = [line for line in out.stderr.splitlines() if line.startswith("edgewatch-agent simulate:")]
     assert len(said) == 1 and "cannot connect to MQTT 127.0.0.1:" in said[0]
+
+
+def test_a_bad_environment_twin_is_a_usage_error_of_its_own_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _clean_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGEWATCH_REGISTRY_MQTT_PORT", "abc")
+    with pytest.raises(SystemExit) as exit_:
+        main(["registry", "list", "--root", str(tmp_path)])
+    assert exit_.value.code == 2 and "--mqtt-port" in capsys.readouterr().err
+    assert main(["incidents", "list"]) == 2  # every parser is built; the other commands are not affected
