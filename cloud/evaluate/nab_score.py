@@ -1,19 +1,31 @@
-"""The NAB scoring function (Lavin & Ahmad, ICMLA 2015), written from the published description.
+"""The NAB scoring function (Lavin & Ahmad, ICMLA 2015), with the rules of NAB's own code.
 
-A detection is a row flagged anomalous. Each labelled window rewards only its *first* detection,
-weighted by a scaled sigmoid of where it falls: ``sigma(y) = 2 / (1 + exp(5 y)) - 1`` with ``y``
-the position relative to the window's right end in window lengths, ``y = (i - end - 1) / length``
-(so ``y = -1`` on the first row of the window, ``sigma`` about 0.987, and ``y -> 0`` at its end).
-Detections outside windows are false positives: after a window they cost ``A_FP * sigma(y)``
-with ``y = (i - end) / length > 0`` (``sigma`` in (-1, 0): small just after the window, -1 once ``y > 3``);
-before the first window they cost ``-A_FP`` in full. A window without a detection costs ``A_FN``.
-Detections inside the probationary period are ignored.
+The rules are those of NAB v1.1 (github.com/numenta/NAB, master): ``nab/sweeper.py``
+(``calcSweepScore``, ``calcScoreByThreshold``), the optimiser ``nab/optimizer.py`` that sweeps
+with them, and ``Runner.normalize`` in ``nab/runner.py`` (``run.py --optimize --score --normalize``).
 
-Normalised score: ``100 (S - S_null) / (S_perfect - S_null)``, the null detector never fires
-(``S_null = -A_FN x windows``), the perfect one fires exactly on the first row of each window,
-so a perfect detector scores 100 and the null detector 0. Over several files the raw, null
-and perfect scores are summed before normalising. Where there are no windows at all (perfect
-equals null), the normalised score is NaN; the raw score (0 at best) and FP count still inform.
+A detection is a row flagged anomalous. Rows inside the probationary period (the caller gives
+its length; NAB's is ``min(floor(0.15 n), 750)``) count for nothing, flagged or not. Each
+labelled window rewards only its *first* detection, ``A_TP * sigma(y) / sigma(-1)``, with
+``sigma(y) = 2 / (1 + exp(5 y)) - 1`` and ``y = (i - end - 1) / width`` the position relative to
+the window's right end (``y = -1`` on the first row of the window: exactly ``A_TP``; ``y -> 0``
+at its end). Later detections in the same window neither add nor cost. Detections outside windows
+are false positives: after a window they cost ``A_FP * sigma(y)`` with ``y = (i - end) / (width - 1)``
+(``sigma`` in (-1, 0): small just after the window, -1 once ``y > 3``); before the first window
+they cost ``-A_FP`` in full. A window counts as "after" even when it ended inside the
+probationary period. A window without a detection costs ``A_FN``.
+
+Normalised score: ``100 (S - S_null) / (S_perfect - S_null)``. The null detector never fires
+(``S_null = -A_FN x scored windows``); ``S_perfect = A_TP x windows``, what a detector firing on the
+first row of each window earns. A window that ends inside the probationary period is not scored,
+yet NAB counts it in ``S_perfect`` (its corpus has none). Over several files the raw, null and
+perfect scores are summed before normalising. Where there are no windows at all (perfect equals
+null), the normalised score is NaN; the raw score (0 at best) and FP count still inform.
+
+NAB's threshold optimisation tries every distinct score value ``t`` of the corpus (rows flagged
+where ``score >= t``) and flagging nothing, and keeps the best corpus score, the highest threshold
+among equals. Where NAB divides by zero (a false positive after a one-row window), the false
+positive here costs ``A_FP`` in full.
 """
 
 from __future__ import annotations
@@ -47,36 +59,49 @@ def scaled_sigmoid(y: np.ndarray | float) -> np.ndarray:
     return np.where(y > 3.0, -1.0, 2.0 / (1.0 + np.exp(np.clip(5.0 * y, -50, 50))) - 1.0)
 
 
+MAX_TP = float(scaled_sigmoid(-1.0))  # sigma on a window's first row, 0.98661...: NAB divides every reward by it
+
+
 @dataclass(frozen=True)
 class Layout:
     """One file's windows as inclusive row ranges, with each row's weights precomputed."""
 
     n_rows: int
-    windows: tuple[tuple[int, int], ...]
+    windows: tuple[tuple[int, int], ...]  # the scored ones: ending at or after the probationary period
     probation: int
-    tp_factor: np.ndarray  # sigma(y) of each row (meaningful inside windows)
+    tp_factor: np.ndarray  # sigma(y) / MAX_TP of each row (meaningful inside windows)
     fp_factor: np.ndarray  # sigma(y) after the previous window, -1 before any window; 0 inside windows
+    labelled: int  # every window given, scored or not: NAB's perfect score counts them all
 
     @classmethod
     def build(cls, n_rows: int, windows: Sequence[tuple[int, int]], *, probation: int = 0) -> Layout:
         """``windows``: sorted, non-overlapping inclusive ``(start, end)`` row ranges; those ending
-        inside the probationary period cannot be scored and are dropped."""
-        kept = tuple((int(s), int(e)) for s, e in windows if e >= probation)
-        for (s0, e0), (s1, _) in zip(kept, kept[1:], strict=False):
+        inside the probationary period cannot be scored (they still set the false-positive decay)."""
+        given = tuple((int(s), int(e)) for s, e in windows)
+        for (s0, e0), (s1, _) in zip(given, given[1:], strict=False):
             if s1 <= e0:
                 raise ValueError(f"windows overlap: ({s0}, {e0}) and ({s1}, ...)")
-        if any(s > e or s < 0 or e >= n_rows for s, e in kept):
-            raise ValueError(f"windows {kept} do not fit {n_rows} rows")
+        if any(s > e or s < 0 or e >= n_rows for s, e in given):
+            raise ValueError(f"windows {given} do not fit {n_rows} rows")
         rows = np.arange(n_rows)
         tp = np.zeros(n_rows)
         fp = np.full(n_rows, -1.0)
-        for k, (s, e) in enumerate(kept):
-            length = e - s + 1
-            stop = kept[k + 1][0] if k + 1 < len(kept) else n_rows
-            tp[s:e + 1] = scaled_sigmoid((rows[s:e + 1] - e - 1) / length)
+        for k, (s, e) in enumerate(given):
+            width = e - s + 1
+            stop = given[k + 1][0] if k + 1 < len(given) else n_rows
+            tp[s:e + 1] = scaled_sigmoid((rows[s:e + 1] - e - 1) / width) / MAX_TP
             fp[s:e + 1] = 0.0
-            fp[e + 1:stop] = scaled_sigmoid((rows[e + 1:stop] - e) / length)
-        return cls(n_rows, kept, probation, tp, fp)
+            if width > 1:
+                fp[e + 1:stop] = scaled_sigmoid((rows[e + 1:stop] - e) / (width - 1))
+        kept = tuple((s, e) for s, e in given if e >= probation)
+        return cls(n_rows, kept, probation, tp, fp, len(given))
+
+    def window_of_rows(self) -> np.ndarray:
+        """Each row's index in :attr:`windows`, -1 outside them."""
+        out = np.full(self.n_rows, -1, dtype=np.int64)
+        for k, (s, e) in enumerate(self.windows):
+            out[s:e + 1] = k
+        return out
 
 
 @dataclass(frozen=True)
@@ -115,7 +140,7 @@ def score_file(layout: Layout, detections: np.ndarray, profile: Profile) -> File
     raw += profile.a_fp * float(layout.fp_factor[false].sum())
     fn = len(layout.windows) - tp
     raw -= profile.a_fn * fn
-    perfect = profile.a_tp * float(scaled_sigmoid(-1.0)) * len(layout.windows)
+    perfect = profile.a_tp * layout.labelled
     return FileScore(raw, -profile.a_fn * len(layout.windows), perfect, tp, int(false.sum()), fn)
 
 
@@ -127,20 +152,60 @@ def score_corpus(layouts: Sequence[Layout], detections: Iterable[np.ndarray], pr
     return total
 
 
-def best_threshold(layouts: Sequence[Layout], scores: Sequence[np.ndarray], profile: Profile,
-                   *, candidates: int = 300) -> tuple[float, FileScore]:
-    """NAB's optimisation step: the threshold on ``scores`` (rows flagged where ``score >= t``)
-    that maximises the corpus score for ``profile``, searched over score quantiles spaced
-    logarithmically towards the top (where a good threshold lies: 1e-5 of the rows flagged and up)."""
-    pooled = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores])
-    levels = np.concatenate([1.0 - np.logspace(-5, 0, candidates), np.linspace(0.0, 1.0, 21)])
-    grid = np.unique(np.concatenate([np.quantile(pooled, np.clip(levels, 0.0, 1.0)), [np.inf]]))
-    best_t, best = float(grid[-1]), score_corpus(layouts, [s >= grid[-1] for s in scores], profile)
-    for t in grid[:-1]:
-        result = score_corpus(layouts, [s >= t for s in scores], profile)
-        if result.raw > best.raw:
-            best_t, best = float(t), result
-    return best_t, best
+def best_threshold(layouts: Sequence[Layout], scores: Sequence[np.ndarray], profile: Profile) -> tuple[float, FileScore]:
+    """NAB's optimisation step: the threshold on ``scores`` (rows flagged where ``score >= t``) that
+    maximises the corpus score for ``profile``, among every distinct score value outside the
+    probationary periods, and ``inf`` (flag nothing). Ties go to the highest threshold, as in NAB.
+
+    One sort of all rows and one pass over them, highest score first: a false positive adds its
+    cost as it is reached, a window row adds the gain of becoming its window's earliest detection.
+    NaN scores are never flagged."""
+    parts: list[tuple[np.ndarray, ...]] = []
+    n_windows = 0
+    for layout, file_scores in zip(layouts, scores, strict=True):
+        s = np.asarray(file_scores, dtype=np.float64)
+        if s.shape != (layout.n_rows,):
+            raise ValueError(f"{s.shape} scores for {layout.n_rows} rows")
+        rows = np.arange(layout.probation, layout.n_rows)
+        rows = rows[~np.isnan(s[rows])]
+        window = layout.window_of_rows()[rows]
+        inside = window >= 0
+        weight = np.where(inside, profile.a_tp * layout.tp_factor[rows], profile.a_fp * layout.fp_factor[rows])
+        parts.append((s[rows], weight, np.where(inside, window + n_windows, -1), rows))
+        n_windows += len(layout.windows)
+    if not any(len(part[0]) for part in parts):
+        return float("inf"), score_corpus(layouts, [np.zeros(lay.n_rows, dtype=bool) for lay in layouts], profile)
+    value, weight, window, row = (np.concatenate(col) for col in zip(*parts, strict=True))
+    order = np.argsort(-value, kind="stable")
+    value, weight, window, row = value[order], weight[order], window[order], row[order]
+    gain = np.where(window < 0, weight, 0.0)
+    gain[window >= 0] = _window_gains(window, row, weight, profile.a_fn)
+    total = -profile.a_fn * n_windows + np.cumsum(gain)
+    last = np.flatnonzero(np.append(value[1:] != value[:-1], True))  # the last row of each distinct value
+    thresholds = np.concatenate([[np.inf], value[last]])
+    results = np.concatenate([[-profile.a_fn * n_windows], total[last]])
+    best = float(thresholds[int(np.argmax(results))])  # argmax: the first, highest, of equal scores
+    return best, score_corpus(layouts, [np.asarray(s) >= best for s in scores], profile)
+
+
+def _window_gains(window: np.ndarray, row: np.ndarray, weight: np.ndarray, a_fn: float) -> np.ndarray:
+    """For the window rows of a sweep (highest score first): how much each raises its window's part,
+    from ``-a_fn`` to the reward of the earliest row detected so far (a later row adds 0)."""
+    at = np.flatnonzero(window >= 0)
+    if not len(at):
+        return np.empty(0)
+    by_window = np.argsort(window[at], kind="stable")
+    grouped = at[by_window]  # window by window, sweep order kept within each
+    w, r = window[grouped], row[grouped]
+    key = w * (int(r.max()) + 1) - r  # unique; grows with the window and with earliness in it
+    pos = np.arange(len(grouped))
+    improved = key == np.maximum.accumulate(key)  # the earliest of its window so far
+    current = weight[grouped][np.maximum.accumulate(np.where(improved, pos, 0))]
+    first = np.append(True, w[1:] != w[:-1])
+    previous = np.where(first, -a_fn, np.append(0.0, current[:-1]))
+    gains = np.empty(len(at))
+    gains[by_window] = current - previous  # back to sweep order
+    return gains
 
 
 def windows_from_times(times: np.ndarray, spans: Sequence[tuple[np.datetime64, np.datetime64]]) -> list[tuple[int, int]]:

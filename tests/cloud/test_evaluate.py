@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cloud.cli import main
+from cloud.evaluate.agent_path import agent_config
 from cloud.evaluate.metrics import Counts, confusion, micro, rising_edges
 from cloud.evaluate.nab import hold_off
 from cloud.evaluate.nab_score import PROFILES, Layout, best_threshold, scaled_sigmoid, score_corpus, score_file
@@ -85,13 +86,13 @@ def test_perfect_detector_scores_100_and_null_scores_0() -> None:
 
 
 def test_nab_score_of_a_known_case() -> None:
-    # first window hit in its middle (row 25, y = (25 - 29 - 1) / 10), second window missed,
-    # (row 27 is a second detection in the same window: ignored), one false positive before any
-    # window (-A_FP) and one after the last window at y = (99 - 69) / 10 = 3.0
+    # first window hit in its middle (row 25, y = (25 - 29 - 1) / 10, reward divided by sigma(-1)), second
+    # window missed, (row 27 is a second detection in the same window: ignored), one false positive before
+    # any window (-A_FP) and one after the last window at y = (99 - 69) / 9 > 3 (-A_FP)
     result = score_file(_layout(), _detect(5, 25, 27, 99), STANDARD)
     assert (result.tp, result.fp, result.fn) == (1, 2, 1)
-    assert result.raw == pytest.approx(_sigma(-0.5) - 1.0 - 0.11 + 0.11 * _sigma(3.0))
-    perfect, null = 2 * _sigma(-1.0), -2.0
+    assert result.raw == pytest.approx(_sigma(-0.5) / _sigma(-1.0) - 1.0 - 0.11 - 0.11)
+    perfect, null = 2.0, -2.0
     assert result.normalised == pytest.approx(100 * (result.raw - null) / (perfect - null))
 
 
@@ -102,7 +103,7 @@ def test_earlier_detection_scores_higher_and_false_positive_just_after_a_window_
     clean = score_file(layout, _detect(20, 60), STANDARD).raw
     just_after = score_file(layout, _detect(20, 60, 30), STANDARD).raw - clean
     long_after = score_file(layout, _detect(20, 60, 55), STANDARD).raw - clean
-    assert just_after == pytest.approx(0.11 * _sigma(0.1))
+    assert just_after == pytest.approx(0.11 * _sigma(1 / 9))  # y = (30 - 29) / (10 - 1)
     assert 0 > just_after > long_after == pytest.approx(-0.11, abs=1e-5)
 
 
@@ -218,8 +219,10 @@ def test_normal_chunks_and_threshold_scale(tmp_path: Path) -> None:
     assert [len(c.rows) for c in chunks] == [520, 520]  # the 110-row tail is dropped
     assert chunks[1].times[0] == chunks[0].times[0] + np.timedelta64(520, "s")
     config = family_config("dense_ae", 0, {"window_length": 8, "epochs": 2})
-    ratios = normal_ratios(chunks, config, n_train=400, progress=False)
+    run = normal_ratios(chunks, config, agent_config(), n_train=400, progress=False)
+    ratios = run.ratios
     assert ratios.shape == (240,) and np.all(ratios >= 0)
+    assert run.agent_fires.shape == (240,) and 0.0 <= run.agent_far <= 1.0
     strict, loose = scale_for_far(ratios, 0.02), scale_for_far(ratios, 0.5)
     assert strict > loose > 0
     assert np.mean(ratios > loose) == pytest.approx(0.5, abs=0.01)
