@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
     nab = bench.add_parser("nab", help="NAB streaming protocol: normalised NAB scores per category")
     _common(nab, "EVALUATE_NAB_", default_out="edgewatch-nab")
     add_flag(nab, "--holdoff", type=int, default=64, env_prefix="EVALUATE_NAB_",
-             help="rows the detector stays quiet after an alarm-level score (causal; 0 = off)")
+             help="static column only: rows it stays quiet after an alarm-level score (causal; 0 = off)")
     nab.set_defaults(func=_run_nab)
 
 
@@ -51,6 +51,8 @@ def _common(p: argparse.ArgumentParser, prefix: str, *, default_out: str | None)
     add_flag(p, "--epochs", type=int, env_prefix=prefix, help="maximum epochs (overrides the config)")
     add_flag(p, "--quantile", type=float, env_prefix=prefix, help="threshold quantile of training scores (overrides the config)")
     add_flag(p, "--margin", type=float, env_prefix=prefix, help="threshold margin factor (overrides the config)")
+    add_flag(p, "--agent-config", env_prefix=prefix,
+             help="agent TOML whose decision path ([adaptive], [decision]) is scored; default: the agent's own defaults")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -127,16 +129,21 @@ def _run_skab(args: argparse.Namespace) -> int:
         normal = normal_chunks(args.normal, length=length, min_rows=args.n_train + 100)
     payload = run_skab(files, families, seeds, out, overrides=overrides, n_train=args.n_train,
                        nab_window_s=args.nab_window_s, normal=normal, far_targets=_far_targets(args.far_target),
-                       progress=not args.no_progress)
-    print(f"SKAB, {len(files)} files, seeds {seeds[0]}..{seeds[-1]} (mean ± sd), {payload['wall_seconds']:.0f} s wall")
-    print(f"{'family':<14} {'F1':>15} {'FAR %':>13} {'MAR %':>13} {'NAB std':>15} {'fit s/file':>10}")
-    rows = [(f, v["mean"], v["sd"]) for f, v in payload["families"].items()]
-    rows.append(("all-anomaly", payload["baseline_all_anomaly"], {k: 0.0 for k in payload["baseline_all_anomaly"]}))
-    for name, mean, sd in rows:
-        fit_s = f"{mean['fit_seconds_per_file']:.1f}" if "fit_seconds_per_file" in mean else "-"
-        print(f"{name:<14} {format_pm(mean['f1'], sd['f1']):>15} {format_pm(mean['far'], sd['far'], percent=True):>13} "
-              f"{format_pm(mean['mar'], sd['mar'], percent=True):>13} "
-              f"{format_pm(mean['nab_standard'] / 100, sd['nab_standard'] / 100, percent=True):>15} {fit_s:>10}")
+                       agent_toml=args.agent_config, progress=not args.no_progress)
+    print(f"SKAB, {len(files)} files, seeds {seeds[0]}..{seeds[-1]} (mean ± sd), {payload['wall_seconds']:.0f} s wall; "
+          "'agent': the agent's decisions, 'static': per-file thresholds" + (" x the anomaly-free scale" if normal else ""))
+    print(f"{'family':<14} {'path':<7} {'F1':>15} {'FAR %':>13} {'MAR %':>13} {'NAB std':>15} {'normal FAR %':>13} {'fit s/file':>10}")
+    rows = [(f, path, v["mean"], v["sd"], prefix) for f, v in payload["families"].items()
+            for path, prefix in (("agent", ""), ("static", "static_"))]
+    rows.append(("all-anomaly", "", payload["baseline_all_anomaly"], {k: 0.0 for k in payload["baseline_all_anomaly"]}, ""))
+    for name, path, mean, sd, p in rows:
+        fit_s = f"{mean['fit_seconds_per_file']:.1f}" if "fit_seconds_per_file" in mean and not p else "-"
+        normal_key = "normal_far_agent" if not p else "threshold_scale"
+        normal_far = format_pm(mean[normal_key], sd[normal_key], percent=True) if normal_key in mean and not p else "-"
+        print(f"{name:<14} {path:<7} {format_pm(mean[p + 'f1'], sd[p + 'f1']):>15} "
+              f"{format_pm(mean[p + 'far'], sd[p + 'far'], percent=True):>13} "
+              f"{format_pm(mean[p + 'mar'], sd[p + 'mar'], percent=True):>13} "
+              f"{format_pm(mean[p + 'nab_standard'] / 100, sd[p + 'nab_standard'] / 100, percent=True):>15} {normal_far:>13} {fit_s:>10}")
     print(f"wrote {out / 'metrics.json'}")
     return EXIT_OK
 
@@ -152,12 +159,13 @@ def _run_nab(args: argparse.Namespace) -> int:
     if args.holdoff < 0:
         raise ConfigError(f"--holdoff {args.holdoff}: must be 0 or more")
     payload = run_nab(args.data, _families(args), _seeds(args), Path(args.out), overrides=_overrides(args),
-                      holdoff=args.holdoff, progress=not args.no_progress)
-    print(f"NAB, {payload['files']} files, standard profile, normalised score (corpus-optimised threshold / calibrated 0.5)")
+                      holdoff=args.holdoff, agent_toml=args.agent_config, progress=not args.no_progress)
+    print(f"NAB, {payload['files']} files, standard profile, normalised score (corpus-optimised threshold / label-free default)")
     for family, result in payload["families"].items():
         standard = result["mean"]
-        cells = "  ".join(f"{cat} {_num(standard[f'{cat}_optimised'])} / {_num(standard[f'{cat}_calibrated'])}"
-                          for cat in payload["categories"] + ["corpus"])
-        print(f"{family:<14} {cells}")
+        for label, prefix in (("agent", ""), ("every window", "every_window_"), ("static", "static_")):
+            cells = "  ".join(f"{cat} {_num(standard[f'{prefix}{cat}_optimised'])} / {_num(standard[f'{prefix}{cat}_calibrated'])}"
+                              for cat in payload["categories"] + ["corpus"])
+            print(f"{family:<14} {label:<13} {cells}")
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return EXIT_OK

@@ -16,11 +16,15 @@ What moves a threshold and what never does:
   untouched: a fault that lasts keeps firing instead of becoming the new normal (River's
   ``QuantileFilter(protect_anomaly_detector=True)``).
 - **Cold start.** A device never seen starts from the fleet prior the manifest carries (the
-  calibrated threshold and the training-score quantiles ``train_p90`` / ``train_p99``). Until it
-  has learned ``warmup_windows`` normal windows it fires only above ``warmup_factor`` x the
-  manifest's threshold; then its own estimate, computed from those windows, decides.
+  calibrated threshold and the training-score quantiles ``train_p90`` / ``train_p99``). For its
+  first ``warmup_windows`` windows it fires only above ``warmup_factor`` x the manifest's
+  threshold, and every window teaches, one over that threshold counted *at* it (so a fault's
+  size never enters the tail); then its own estimate, computed from those windows, decides. If
+  more than half its tail share (5 %) of those windows were over, the tail cannot be told from
+  them: the warm-up threshold grows by ``warmup_factor`` and the warm-up starts again.
 - **A new normal.** A run that lasts ``absorb_after_s`` of the device's own time (0: never) is
-  taken as the new normal: the estimate restarts from the run's own scores. An operator's
+  taken as the new normal: the estimate restarts from the run's own windows (over the threshold
+  or not). An operator's
   ``--new-normal`` (:meth:`AdaptiveLayer.rebaseline`) restarts the device's warm-up. A new model
   restarts every device from the new manifest's prior (:meth:`AdaptiveLayer.reset_prior`).
 - **Smoothing.** With ``smooth_windows`` > 1 the layer decides on the mean score of the last
@@ -64,6 +68,11 @@ class AdaptiveSettings:
     tail_level: float = 0.9             # the running quantile the tail is measured from
     min_excess: float = 0.01            # floor of the tail's scale, as a share of the manifest threshold
 
+    @property
+    def surprise_limit(self) -> float:
+        """The surprise above which a window is over: ``-log10(target_rate)``."""
+        return -math.log10(self.target_rate)
+
     def problems(self) -> list[tuple[str, object, str]]:
         """``(key, value, rule)`` for every value out of range (the config loader names the key)."""
         checks = [
@@ -91,15 +100,17 @@ class Prior:
 
     @classmethod
     def from_manifest(cls, manifest: ModelManifest, threshold: float | None = None) -> Prior:
-        """From ``train_p90`` and ``train_p99`` of the calibration record (an exponential tail
-        through both) where present; else a tail that puts the 1e-3 point at the threshold.
-        ``threshold`` overrides the manifest's (``decision.threshold`` in the agent's config)."""
-        thr = float(manifest.threshold if threshold is None else threshold)
-        params = manifest.calibration.params
+        """The prior of a manifest; ``threshold`` overrides its threshold (``decision.threshold``)."""
+        return cls.from_calibration(float(manifest.threshold if threshold is None else threshold), manifest.calibration.params)
+
+    @classmethod
+    def from_calibration(cls, threshold: float, params: Mapping[str, float | str]) -> Prior:
+        """From ``train_p90`` and ``train_p99`` of a calibration record (an exponential tail
+        through both) where present; else a tail that puts the 1e-3 point at the threshold."""
         p90, p99 = params.get("train_p90"), params.get("train_p99")
         if isinstance(p90, float | int) and isinstance(p99, float | int) and 0 <= p90 < p99:
-            return cls(thr, float(p90), (float(p99) - float(p90)) / math.log(10.0))
-        return cls(thr, thr / 2.0, thr / 2.0 / math.log(100.0))
+            return cls(threshold, float(p90), (float(p99) - float(p90)) / math.log(10.0))
+        return cls(threshold, threshold / 2.0, threshold / 2.0 / math.log(100.0))
 
 
 @dataclass
@@ -113,7 +124,9 @@ class DeviceState:
     since_over: int = 1 << 30         # windows since the last one over the threshold
     run_start: float = math.nan       # device time of the open run's first window
     run: list[float] = field(default_factory=list)       # scores of the open run (bounded)
-    warmup: list[float] = field(default_factory=list)    # normal scores seen during warm-up
+    warmup: list[float] = field(default_factory=list)    # scores seen during warm-up
+    warm_thr: float = math.nan        # the warm-up threshold (raised while warm-up windows exceed it too often)
+    warm_over: int = 0                # warm-up windows over it
     recent: deque[float] = field(default_factory=deque)  # last scores, for smoothing
     windows: int = 0                  # windows decided (alert-budget burn: over / windows)
     over: int = 0
@@ -121,6 +134,7 @@ class DeviceState:
     def as_row(self) -> dict[str, object]:
         return {"quantile": self.quantile, "excess": self.excess, "warm": self.warm, "learned": self.learned,
                 "since_over": self.since_over, "run_start": self.run_start, "run": self.run, "warmup": self.warmup,
+                "warm_thr": self.warm_thr, "warm_over": self.warm_over,
                 "recent": list(self.recent), "windows": self.windows, "over": self.over}
 
     @classmethod
@@ -139,7 +153,18 @@ class DeviceState:
 
         return cls(quantile=num("quantile"), excess=num("excess"), warm=bool(row["warm"]), learned=int(num("learned")),
                    since_over=int(num("since_over")), run_start=num("run_start"), run=floats("run"), warmup=floats("warmup"),
+                   warm_thr=num("warm_thr"), warm_over=int(num("warm_over")),
                    recent=deque(floats("recent"), maxlen=smooth_windows), windows=int(num("windows")), over=int(num("over")))
+
+
+def run_openings(fire: np.ndarray, guard_windows: int) -> np.ndarray:
+    """The firing windows that open an anomaly run: no window fired in the ``guard_windows``
+    before them (the rest continue a run the layer still holds open, the same anomaly)."""
+    fired = np.flatnonzero(np.asarray(fire, dtype=bool))
+    opens = np.zeros(len(fire), dtype=bool)
+    if len(fired):
+        opens[fired[np.concatenate(([True], np.diff(fired) > guard_windows))]] = True
+    return opens
 
 
 def likelihood(surprise: np.ndarray | float) -> np.ndarray:
@@ -151,23 +176,18 @@ class AdaptiveLayer:
     """Per-device thresholds for one model. Not thread-safe: the agent's worker thread owns it."""
 
     MAX_RUN = 4096
-    """Scores of an open run kept for absorbing it (the first ones; enough for any estimate)."""
+    """Scores of an open run kept for absorbing it (the latest 2048 to 4096 of them)."""
 
     def __init__(self, settings: AdaptiveSettings, prior: Prior) -> None:
         self.settings = settings
         self.devices: dict[str, DeviceState] = {}
         self._tail = 1.0 - settings.tail_level
-        self._limit = -math.log10(settings.target_rate)            # surprise at the threshold
+        self._limit = settings.surprise_limit
         self._span = math.log(self._tail / settings.target_rate)   # threshold = q + span * e
         alpha = 1.0 - 0.5 ** (1.0 / settings.half_life_windows)
         self._alpha_q = alpha
         self._alpha_e = min(alpha / self._tail, 1.0)  # the excess learns from a tenth of the windows
         self.reset_prior(prior)
-
-    @property
-    def limit(self) -> float:
-        """The surprise at which a window is over: ``-log10(target_rate)``."""
-        return self._limit
 
     def reset_prior(self, prior: Prior) -> None:
         """A new model: every device starts again from ``prior``."""
@@ -178,14 +198,16 @@ class AdaptiveLayer:
         self.devices.clear()
 
     def _new_state(self) -> DeviceState:
-        return DeviceState(quantile=self.prior.quantile, excess=self._warm_excess,
+        return DeviceState(quantile=self.prior.quantile, excess=self._warm_excess, warm_thr=self._warm_thr,
                            recent=deque(maxlen=self.settings.smooth_windows))
 
     def threshold(self, device_id: str) -> float:
         """The device's threshold now, in score units (the manifest's unit)."""
         s = self.devices.get(device_id)
-        if s is None or not s.warm:
+        if s is None:
             return self._warm_thr
+        if not s.warm:
+            return s.warm_thr
         return s.quantile + self._span * max(s.excess, self._floor)
 
     def warming(self, device_id: str) -> bool:
@@ -221,28 +243,36 @@ class AdaptiveLayer:
                 u = base + (x - s.quantile) / (e * _LN10)
             else:  # warm-up: the prior's tail, shifted so that its limit is the warm-up threshold
                 e = self._warm_excess
-                thr = self._warm_thr
+                thr = s.warm_thr
                 u = limit + (x - thr) / (e * _LN10)
             surprise[i] = u
             thresholds[i] = thr
             s.windows += 1
-            if x > thr:
+            is_over = x > thr
+            if is_over:
                 over[i] = True
                 s.over += 1
+            if not s.warm:  # every warm-up window teaches; one over the threshold counts at it
+                s.warm_over += is_over
+                self._learn(s, thr if is_over else x)
+                continue
+            if is_over:
                 s.since_over = 0
                 if not s.run:
                     s.run_start = end_list[i]
-                if len(s.run) < self.MAX_RUN:
-                    s.run.append(x)
-                if absorb > 0 and end_list[i] - s.run_start >= absorb:
-                    self._absorb_run(s)
-                continue
-            s.since_over += 1
-            if s.since_over <= guard:
-                continue  # inside an open run: neither teach nor close it
-            if s.run:
-                s.run = []
-            self._learn(s, x)
+            else:
+                s.since_over += 1
+                if s.since_over > guard:  # quiet for long enough: the run (if any) is over
+                    if s.run:
+                        s.run = []
+                    self._learn(s, x)
+                    continue
+            # inside an open run: it does not teach the estimate, but is kept to absorb it
+            if len(s.run) >= self.MAX_RUN:
+                del s.run[:self.MAX_RUN // 2]
+            s.run.append(x)
+            if absorb > 0 and end_list[i] - s.run_start >= absorb:
+                self._absorb_run(s)
         return over, surprise, thresholds
 
     def _learn(self, s: DeviceState, x: float) -> None:
@@ -254,7 +284,11 @@ class AdaptiveLayer:
         if not s.warm:
             s.warmup.append(x)
             if s.learned >= self.settings.warmup_windows:
-                self._estimate(s, s.warmup)
+                if s.warm_over > self._tail / 2 * s.learned:  # its tail lies above the warm-up threshold
+                    s.warm_thr *= self.settings.warmup_factor
+                    s.learned, s.warm_over = 0, 0
+                else:
+                    self._estimate(s, s.warmup)
                 s.warmup = []
             return
         e = max(s.excess, self._floor)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from edge.adaptive import AdaptiveSettings
 from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
@@ -36,7 +37,7 @@ MASK = "***"
 
 @dataclass(frozen=True)
 class AgentSection:
-    """``[agent]``: identity, the intake queue, payload limits and the shutdown bound."""
+    """``[agent]``: identity, the intake queue, payload limits, the shutdown bound and the bound on devices."""
 
     id: str = ""  # empty: "agent-<hostname>"
     tick_s: float = 0.05
@@ -47,6 +48,8 @@ class AgentSection:
     deadletter_max_bytes: int = 4096
     max_batch_windows: int = 4096
     shutdown_timeout_s: float = 10.0
+    max_devices: int = 10_000  # devices with windows held; readings of new ids beyond it are dead-lettered
+    device_idle_evict_s: float = 3600.0  # a device without a reading this long is forgotten (its partial window lost)
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,11 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class WindowsSection:
-    """``[windows]``: a gap longer than ``gap_periods`` sample periods starts a new window."""
+    """``[windows]``: a gap longer than ``gap_periods`` sample periods starts a new window; a
+    reading stamped more than ``max_clock_skew_s`` after the agent's clock is dropped."""
 
     gap_periods: float = 5.0
+    max_clock_skew_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     windows: WindowsSection = field(default_factory=WindowsSection)
     decision: DecisionSection = field(default_factory=DecisionSection)
+    adaptive: AdaptiveSettings = field(default_factory=AdaptiveSettings)
     outbox: OutboxSection = field(default_factory=OutboxSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -249,6 +255,8 @@ def _validate(c: Config) -> None:
         (c.agent.deadletter_max_bytes >= 0, "agent.deadletter_max_bytes", c.agent.deadletter_max_bytes, "must be >= 0"),
         (c.agent.max_batch_windows >= 1, "agent.max_batch_windows", c.agent.max_batch_windows, "must be >= 1"),
         (c.agent.shutdown_timeout_s >= 0, "agent.shutdown_timeout_s", c.agent.shutdown_timeout_s, "must be >= 0"),
+        (c.agent.max_devices >= 1, "agent.max_devices", c.agent.max_devices, "must be >= 1"),
+        (c.agent.device_idle_evict_s > 0, "agent.device_idle_evict_s", c.agent.device_idle_evict_s, "must be > 0"),
         (0 < c.mqtt.port < 65536, "mqtt.port", c.mqtt.port, "must be 1-65535"),
         (c.mqtt.keepalive_s >= 1, "mqtt.keepalive_s", c.mqtt.keepalive_s, "must be >= 1"),
         (0 < c.mqtt.reconnect_min_s <= c.mqtt.reconnect_max_s, "mqtt.reconnect_min_s", c.mqtt.reconnect_min_s,
@@ -261,6 +269,7 @@ def _validate(c: Config) -> None:
          f"must be > 0 and <= kafka.backoff_max_s ({c.kafka.backoff_max_s})"),
         (c.model.threads >= 1, "model.threads", c.model.threads, "must be >= 1"),
         (c.windows.gap_periods >= 1, "windows.gap_periods", c.windows.gap_periods, "must be >= 1"),
+        (c.windows.max_clock_skew_s >= 0, "windows.max_clock_skew_s", c.windows.max_clock_skew_s, "must be >= 0"),
         (1 <= c.decision.k <= c.decision.n, "decision.k", c.decision.k, f"must be 1 <= k <= n ({c.decision.n})"),
         (c.outbox.max_bytes >= 4096, "outbox.max_bytes", c.outbox.max_bytes, "must be >= 4096"),
         (c.telemetry.every_n_windows >= 0, "telemetry.every_n_windows", c.telemetry.every_n_windows, "must be >= 0 (0: off)"),
@@ -275,6 +284,7 @@ def _validate(c: Config) -> None:
         (c.updates.max_artifact_bytes >= 1, "updates.max_artifact_bytes", c.updates.max_artifact_bytes, "must be >= 1"),
         (c.updates.max_download_bytes >= 1, "updates.max_download_bytes", c.updates.max_download_bytes, "must be >= 1"),
     ]
+    checks += [(False, f"adaptive.{key}", value, rule) for key, value, rule in c.adaptive.problems()]
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{c.source}: '{key}' = {value!r} {rule}")

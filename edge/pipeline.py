@@ -1,7 +1,7 @@
 """From MQTT messages to outbox records: decode, window, score, decide, sample.
 
-Pure logic with injected time (``clock`` stamps events and dead letters); no threads, so a test
-drives it message by message. The agent calls :meth:`Pipeline.process` from its worker thread.
+Pure logic with injected time (``clock`` stamps events and dead letters, bounds how far ahead a
+reading's ``ts`` may be, and times idle devices); no threads, so a test drives it message by message. The agent calls :meth:`Pipeline.process` from its worker thread.
 Nothing raises on input: every refused payload becomes a dead-letter record and a count by
 reason. Only a failing model (onnxruntime error) raises.
 """
@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.adaptive import AdaptiveLayer, Prior
 from edge.config import Config
 from edge.contract import (
     ContractError,
@@ -83,6 +84,8 @@ class Pipeline:
         threshold = config.decision.threshold if config.decision.threshold is not None else m.threshold
         self.decider = Decider(threshold, k=config.decision.k, n=config.decision.n,
                                device_thresholds=config.decision.device_thresholds)
+        self.adaptive = AdaptiveLayer(config.adaptive, Prior.from_manifest(m, config.decision.threshold)) \
+            if config.adaptive.enabled else None
         self.sampler = TelemetrySampler(config.telemetry.every_n_windows, config.telemetry.anomaly_context_windows)
         self._clock = clock
         self._timer = timer
@@ -91,7 +94,15 @@ class Pipeline:
         self._agent_id = config.agent.id
         self._kafka = config.kafka
         self._fast = FastReadingDecoder(self.channels)
-        self._devices: dict[str, str] = {}  # topic -> device id, a cache of device_from_topic
+        self._devices: dict[str, str] = {}  # topic -> device id of the tracked devices, a cache of device_from_topic
+        self._max_devices = config.agent.max_devices
+        self._idle_evict_s = config.agent.device_idle_evict_s
+        self._max_skew_s = config.windows.max_clock_skew_s
+        self._now = clock()  # the clock at the start of the current process() round
+        self._seen: dict[str, float] = {}  # tracked device -> the clock when its last valid payload came
+        self._sweep_s = min(60.0, self._idle_evict_s / 10)  # idle devices are looked for this often (clock seconds)
+        self._next_sweep = self._now + self._sweep_s
+        metrics.devices_tracked.set_function(lambda: float(len(self._seen)))
         self._accepted = 0
         self._pending: dict[str, tuple[list[float], list[tuple[float, ...]]]] = {}  # device -> readings not yet in the windows
         self._pending_rows = 0
@@ -106,17 +117,50 @@ class Pipeline:
         self.manifest = m
         if self.config.decision.threshold is None:
             self.decider.threshold = m.threshold
+        if self.adaptive is not None:
+            self.adaptive.reset_prior(Prior.from_manifest(m, self.config.decision.threshold))
         self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
 
     def process(self, messages: Sequence[Message]) -> list[Record]:
-        """Ingest messages, then score every window that became ready; returns the records to store."""
+        """Ingest messages, then score every window that became ready; returns the records to store.
+        Every ``min(60, agent.device_idle_evict_s / 10)`` seconds of the clock it also forgets the
+        devices idle for longer than ``agent.device_idle_evict_s``."""
+        self._now = now = self._clock()
         self._accepted = 0
         records = [r for msg in messages if (r := self.ingest(msg)) is not None]
         self.flush()
         self.metrics.messages_received.inc(len(messages))
         self.metrics.readings_received.inc(self._accepted)
         records.extend(self.score_ready())
+        if now >= self._next_sweep:
+            self._evict_idle(now)
         return records
+
+    def forget_device(self, device_id: str) -> None:
+        """Drop everything held for ``device_id``: its windows (partial and ready), debounce history,
+        telemetry sampler state, readings gathered this round and its topic. Every owner of
+        per-device state is called from here. The device's next valid payload admits it afresh."""
+        self.windows.forget(device_id)
+        self.decider.reset(device_id)
+        if self.adaptive is not None:
+            self.adaptive.forget(device_id)
+        self.sampler.forget(device_id)
+        pending = self._pending.pop(device_id, None)
+        if pending is not None:
+            self._pending_rows -= len(pending[0])
+        self._seen.pop(device_id, None)
+        self._devices.pop(f"{self._prefix}/{device_id}/readings", None)
+
+    def _evict_idle(self, now: float) -> None:
+        """Forget the devices without a valid payload for longer than ``agent.device_idle_evict_s``."""
+        self._next_sweep = now + self._sweep_s
+        cutoff = now - self._idle_evict_s
+        idle = [device for device, last in self._seen.items() if last < cutoff]
+        for device in idle:
+            self.forget_device(device)
+        if idle:
+            self.metrics.devices_evicted.inc(len(idle))
+            log.info("devices_evicted count=%d idle_s=%g tracked=%d", len(idle), self._idle_evict_s, len(self._seen))
 
     def ingest(self, msg: Message) -> Record | None:
         """Decode one message into the windows; returns a dead-letter record if it was refused.
@@ -132,8 +176,6 @@ class Pipeline:
                 device = device_from_topic(msg.topic, self._prefix)
             except ContractError as exc:
                 return self._reject("bad_topic", str(exc), msg, None)
-            if len(self._devices) < 100_000:
-                self._devices[msg.topic] = device
         if len(msg.payload) > self._max_payload:
             return self._reject("too_large", f"payload of {len(msg.payload)} bytes exceeds {self._max_payload}", msg, device)
         decoded = self._fast.decode_lists(msg.payload, device)
@@ -149,6 +191,13 @@ class Pipeline:
                 got = sorted(next(r for r in readings if r.values.keys() != set(self.channels)).values)
                 return self._reject(problem, f"channels {got} do not match the model's {list(self.channels)}", msg, device)
             decoded = ([r.ts for r in readings], [tuple(r.values[c] for c in self.channels) for r in readings])
+        seen = self._seen
+        if device not in seen:  # a new device: admitted while fewer than agent.max_devices are tracked
+            if len(seen) >= self._max_devices:
+                return self._reject("too_many_devices", f"{len(seen)} devices tracked, agent.max_devices is {self._max_devices}",
+                                    msg, device)
+            self._devices[msg.topic] = device
+        seen[device] = self._now
         stamps, rows = decoded
         self._accepted += len(stamps)
         pending = self._pending.get(device)
@@ -175,15 +224,19 @@ class Pipeline:
             self._place(device, stamps, rows)
 
     def _place(self, device: str, stamps: list[float], rows: list[tuple[float, ...]]) -> None:
-        """Put readings in the device's windows; counts late and duplicate readings and gap resets."""
+        """Put readings in the device's windows; counts late, duplicate, future and past readings and
+        gap resets. A reading stamped more than ``windows.max_clock_skew_s`` after the clock is future."""
         outcomes = self.windows.add_rows(device, np.array(stamps, dtype=np.float64),
-                                         np.array(rows, dtype=np.float64).reshape(len(stamps), len(self.channels)))
+                                         np.array(rows, dtype=np.float64).reshape(len(stamps), len(self.channels)),
+                                         self._now + self._max_skew_s)
         if len(outcomes) > 1 or Added.OK not in outcomes:
             for added, n in outcomes.items():
                 if added is Added.RESET:
                     self.metrics.window_resets.inc(n)
                 elif added is not Added.OK:
                     self.metrics.readings_dropped.labels(added.value).inc(n)
+                    if added is Added.FUTURE or added is Added.PAST:
+                        log.debug("readings_dropped reason=%s device_id=%s count=%d clock=%.3f", added.value, device, n, self._now)
 
     def _reject(self, reason: str, detail: str, msg: Message, device: str | None) -> Record:
         self.metrics.rejected.labels(reason).inc()
@@ -227,28 +280,38 @@ class Pipeline:
                 if not len(idx):
                     continue
             device_scores = scores[idx]
-            fire, _over, threshold = self.decider.decide_many(device, device_scores, batch.segment[idx])
-            if threshold > 0:
-                ratios.append(device_scores / threshold)
+            fire, thresholds = self._fire(batch, device, idx, device_scores)
+            ratios.append((device_scores / thresholds)[thresholds > 0])
             key = device.encode()
             fired = np.flatnonzero(fire).tolist()
             j = 0
             for f in [*fired, len(idx)]:  # stretches of quiet windows in whole, firing ones one by one
                 while j < f and not self.sampler.quiet(device):  # anomaly context still to send
-                    records.extend(self._observe(batch, device, int(idx[j]), float(device_scores[j]), threshold, None, key))
+                    records.extend(self._observe(batch, device, int(idx[j]), float(device_scores[j]), float(thresholds[j]), None, key))
                     j += 1
                 if j < f:
-                    def scored(m: int, idx: np.ndarray = idx[j:f], device: str = device, threshold: float = threshold) -> Scored:
-                        return Scored(batch.window(int(idx[m]), device), float(scores[idx[m]]), threshold, False)
+                    def scored(m: int, lo: int = j, idx: np.ndarray = idx, device: str = device,
+                               thresholds: np.ndarray = thresholds) -> Scored:
+                        return Scored(batch.window(int(idx[lo + m]), device), float(scores[idx[lo + m]]), float(thresholds[lo + m]), False)
 
                     records.extend(self._telemetry(sample, key) for sample in self.sampler.observe_quiet(device, f - j, scored))
                 if f < len(idx):
                     i = int(idx[f])
-                    records.extend(self._observe(batch, device, i, float(device_scores[f]), threshold, channel_scores[i], key))
+                    records.extend(self._observe(batch, device, i, float(device_scores[f]), float(thresholds[f]), channel_scores[i], key))
                 j = f + 1
         if ratios:
             self.metrics.score_ratio.observe_many(np.concatenate(ratios))
         return records
+
+    def _fire(self, batch: WindowBatch, device: str, idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of a device's scored windows fire, and each one's threshold: the adaptive layer's
+        (per device, moving) unless it is off or the device has a fixed ``decision.device_thresholds``
+        entry; then the decider's fixed threshold. k-of-n debounce in both cases."""
+        if self.adaptive is None or device in self.decider.device_thresholds:
+            fire, _over, threshold = self.decider.decide_many(device, scores, batch.segment[idx])
+            return fire, np.full(len(scores), threshold)
+        over, _surprise, thresholds = self.adaptive.decide_many(device, scores, batch.ts[idx, -1])
+        return self.decider.debounce(device, over, batch.segment[idx]), thresholds
 
     def _observe(self, batch: WindowBatch, device: str, i: int, score: float, threshold: float,
                  fired_channel_scores: Sequence[float] | None, key: bytes) -> list[Record]:

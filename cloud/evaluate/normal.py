@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from cloud.evaluate.agent_path import agent_decisions
 from cloud.evaluate.protocol import fit_and_score
 from cloud.evaluate.skab import SkabFile, read_skab
+from edge.config import Config
 from edge.contract.errors import ConfigError
 from models.config import TrainConfig
 
@@ -51,16 +53,33 @@ def normal_chunks(path: Path | str, *, length: int, min_rows: int) -> list[SkabF
     return chunks
 
 
-def normal_ratios(chunks: Sequence[SkabFile], config: TrainConfig, *, n_train: int, progress: bool = True) -> np.ndarray:
-    """``score / threshold`` of every test row of every piece, each fitted and calibrated as in the protocol."""
-    ratios = []
+@dataclass(frozen=True)
+class NormalRun:
+    """Every test row of every anomaly-free piece: ``score / threshold`` (static path) and whether
+    the agent fired (its false alarms; pieces decided as in the protocol, each one device)."""
+
+    ratios: np.ndarray
+    agent_fires: np.ndarray
+
+    @property
+    def agent_far(self) -> float:
+        return float(np.mean(self.agent_fires))
+
+
+def normal_ratios(chunks: Sequence[SkabFile], config: TrainConfig, agent: Config, *, n_train: int,
+                  progress: bool = True) -> NormalRun:
+    """Each piece fitted, calibrated and decided as in the protocol; see :class:`NormalRun`."""
+    ratios, fires = [], []
     for f in tqdm(chunks, desc=f"normal {config.family} seed {config.seed}", unit="file", disable=not progress):
         run = fit_and_score(f.rows, n_train, config, channels=f.channels)
         ratios.append(run.scores[n_train:] / run.threshold)
-    pooled = np.concatenate(ratios)
-    log.info("normal_ratios_measured family=%s seed=%d rows=%d unscaled_far=%.3f", config.family, config.seed, len(pooled),
-             float(np.mean(pooled > 1.0)))
-    return pooled
+        decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=n_train, window_length=config.window_length,
+                                    threshold=run.threshold, calibration=run.calibration, config=agent)
+        fires.append(decisions.fire[n_train:])
+    result = NormalRun(np.concatenate(ratios), np.concatenate(fires))
+    log.info("normal_ratios_measured family=%s seed=%d rows=%d unscaled_far=%.3f agent_far=%.3f", config.family, config.seed,
+             len(result.ratios), float(np.mean(result.ratios > 1.0)), result.agent_far)
+    return result
 
 
 def scale_for_far(ratios: np.ndarray, far_target: float) -> float:

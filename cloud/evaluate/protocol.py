@@ -12,7 +12,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,11 +32,13 @@ _CREATED_AT = "2026-01-01T00:00:00Z"  # evaluation artifacts are throw-away; a f
 
 @dataclass(frozen=True)
 class FileRun:
-    """Scores of every row (from onnxruntime), the threshold calibrated on the training rows only,
-    and the seconds spent fitting (training + head) and exporting."""
+    """Scores of every row (from onnxruntime), the threshold calibrated on the training rows only
+    with its calibration record (what the artifact's manifest would carry), and the seconds spent
+    fitting (training + head) and exporting."""
 
     scores: np.ndarray
     threshold: float
+    calibration: Mapping[str, float | str]
     fit_seconds: float
     export_seconds: float
 
@@ -76,6 +78,6 @@ def fit_and_score(rows: np.ndarray, n_train: int, config: TrainConfig, *, channe
         detector = OnnxDetector.load(tmp, threads=1)
         export_seconds = time.perf_counter() - started
         scores = row_scores(detector.score, rows, config.window_length)
-    threshold, _ = calibrate(scores[config.window_length - 1:n_train], config)
+    threshold, calibration = calibrate(scores[config.window_length - 1:n_train], config)
     log.debug("file_scored family=%s rows=%d threshold=%.4g fit_s=%.2f", config.family, len(rows), threshold, fit_seconds)
-    return FileRun(scores, float(threshold), fit_seconds, export_seconds)
+    return FileRun(scores, float(threshold), calibration.params, fit_seconds, export_seconds)

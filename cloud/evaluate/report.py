@@ -41,9 +41,10 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(_clean(dict(payload)), indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def plot_scores(path: Path, *, times: np.ndarray, scores: np.ndarray, threshold: float, labels: np.ndarray,
+def plot_scores(path: Path, *, times: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray, labels: np.ndarray,
                 prediction: np.ndarray, title: str) -> None:
-    """Score (log scale) over time with the threshold, the true anomaly span shaded and the prediction below."""
+    """Score (log scale) over time with the threshold (one value, or one per row as the adaptive
+    layer moves it), the true anomaly span shaded and the prediction below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,10 @@ def plot_scores(path: Path, *, times: np.ndarray, scores: np.ndarray, threshold:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     x = np.arange(len(scores)) if times is None else times.astype("datetime64[s]").astype(object)
     top.plot(x, np.maximum(scores, 1e-6), lw=0.9, label="score (onnxruntime)")
-    top.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+    if np.ndim(threshold) == 0:
+        top.axhline(float(threshold), color="tab:red", ls="--", lw=1, label=f"threshold {float(threshold):.3g}")
+    else:
+        top.plot(x, threshold, color="tab:red", ls="--", lw=1, label="threshold (per row)")
     top.fill_between(x, 0, 1, where=np.asarray(labels) > 0, color="tab:orange", alpha=0.2,
                      transform=top.get_xaxis_transform(), label="labelled anomaly")
     top.set_yscale("log")

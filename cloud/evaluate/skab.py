@@ -1,7 +1,10 @@
-"""The SKAB leaderboard protocol, scored from onnxruntime outputs.
+"""The SKAB leaderboard protocol, scored from onnxruntime outputs through the agent's decision path.
 
 For every labelled file: fit a fresh preprocessing and model on the first 400 rows, calibrate
-the threshold on those rows only, predict the remaining rows. Outlier metrics (F1, FAR, MAR)
+the threshold on those rows only, predict the remaining rows. The prediction for a row is the
+agent's decision on the window ending there (:mod:`cloud.evaluate.agent_path`: the adaptive
+layer and debounce with the agent's config, the file one device seen from its first row); the
+static prediction (the file's calibrated threshold x a scale) is kept beside it. Outlier metrics (F1, FAR, MAR)
 are micro-averaged over all files; changepoint detection is scored with NAB (predicted
 changepoints = rising edges of the binary prediction, a window of ``nab_window_s`` to the right
 of every true changepoint, cut short where the next true changepoint starts).
@@ -19,9 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cloud.evaluate.agent_path import agent_decisions
 from cloud.evaluate.metrics import Counts, confusion, micro, rising_edges
 from cloud.evaluate.nab_score import PROFILES, FileScore, Layout, score_file
 from cloud.evaluate.protocol import fit_and_score
+from edge.config import Config
 from edge.contract.errors import ConfigError
 from models.config import TrainConfig
 
@@ -61,16 +66,21 @@ class SkabFile:
 
 @dataclass
 class FileResult:
-    """One file's test-row scores (onnxruntime) and its per-file threshold; decisions at any
-    threshold scale are derived from them."""
+    """One file's test-row scores (onnxruntime), its per-file threshold, and the agent's decisions
+    and thresholds on its test rows; static decisions at any threshold scale derive from the scores."""
 
     file: SkabFile
     scores: np.ndarray  # test rows
     base_threshold: float  # calibrated on the file's training rows
     fit_seconds: float
     layout: Layout  # changepoint NAB windows over the test rows
+    agent: np.ndarray  # the agent fires on the window ending on each test row
+    agent_thresholds: np.ndarray
 
-    def prediction(self, scale: float = 1.0) -> np.ndarray:
+    def prediction(self, scale: float | None = None) -> np.ndarray:
+        """The agent's decisions (``scale`` None), or the static threshold x ``scale``."""
+        if scale is None:
+            return self.agent.astype(np.int8)
         return (self.scores > self.base_threshold * scale).astype(np.int8)
 
 
@@ -83,11 +93,12 @@ class RunResult:
     files: list[FileResult] = field(default_factory=list)
     n_train: int = N_TRAIN
 
-    def counts(self, scale: float = 1.0) -> Counts:
+    def counts(self, scale: float | None = None) -> Counts:
         return micro(confusion(r.file.anomaly[self.n_train:], r.prediction(scale)) for r in self.files)
 
-    def metrics(self, scale: float = 1.0) -> dict[str, float]:
-        """Micro F1/FAR/MAR and counts, changepoint NAB scores per profile, median fit seconds."""
+    def metrics(self, scale: float | None = None) -> dict[str, float]:
+        """Micro F1/FAR/MAR and counts, changepoint NAB scores per profile, median fit seconds; of
+        the agent's decisions (``scale`` None) or of the static threshold x ``scale``."""
         out = self.counts(scale).as_dict()
         for name, profile in PROFILES.items():
             total = FileScore(0.0, 0.0, 0.0, 0, 0, 0)
@@ -151,13 +162,17 @@ def changepoint_layout(times: np.ndarray, changepoints: np.ndarray, window_s: fl
     return Layout.build(len(times), spans)
 
 
-def evaluate_file(f: SkabFile, config: TrainConfig, *, n_train: int = N_TRAIN, nab_window_s: float = 60.0) -> FileResult:
+def evaluate_file(f: SkabFile, config: TrainConfig, agent: Config, *, n_train: int = N_TRAIN,
+                  nab_window_s: float = 60.0) -> FileResult:
     """The protocol on one file (blocks while it trains)."""
     if len(f.rows) <= n_train:
         raise ConfigError(f"{f.path}: {len(f.rows)} rows, the protocol needs more than {n_train}")
     run = fit_and_score(f.rows, n_train, config, channels=f.channels)
+    decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=n_train, window_length=config.window_length,
+                                threshold=run.threshold, calibration=run.calibration, config=agent)
     layout = changepoint_layout(f.times[n_train:], f.changepoint[n_train:], nab_window_s)
-    return FileResult(f, run.scores[n_train:], run.threshold, run.fit_seconds, layout)
+    return FileResult(f, run.scores[n_train:], run.threshold, run.fit_seconds, layout, decisions.fire[n_train:],
+                      decisions.thresholds[n_train:])
 
 
 def _edges(prediction: np.ndarray) -> np.ndarray:
@@ -166,13 +181,13 @@ def _edges(prediction: np.ndarray) -> np.ndarray:
     return detections
 
 
-def evaluate_run(files: Sequence[SkabFile], config: TrainConfig, *, n_train: int = N_TRAIN, nab_window_s: float = 60.0,
-                 progress: bool = True) -> RunResult:
+def evaluate_run(files: Sequence[SkabFile], config: TrainConfig, agent: Config, *, n_train: int = N_TRAIN,
+                 nab_window_s: float = 60.0, progress: bool = True) -> RunResult:
     """The protocol on every file for one family and seed (``config.family``, ``config.seed``)."""
     result = RunResult(config.family, config.seed, n_train=n_train)
     bar = tqdm(files, desc=f"skab {config.family} seed {config.seed}", unit="file", disable=not progress)
     for f in bar:
-        r = evaluate_file(f, config, n_train=n_train, nab_window_s=nab_window_s)
+        r = evaluate_file(f, config, agent, n_train=n_train, nab_window_s=nab_window_s)
         result.files.append(r)
         total = result.counts()
         bar.set_postfix(f1=f"{total.f1:.3f}", far=f"{total.far:.3f}")
@@ -195,9 +210,9 @@ def all_anomaly_baseline(files: Sequence[SkabFile], *, n_train: int = N_TRAIN, n
     return out
 
 
-def write_predictions(result: RunResult, out_dir: Path, *, scale: float = 1.0) -> None:
+def write_predictions(result: RunResult, out_dir: Path, *, scale: float | None = None) -> None:
     """``out_dir/<subfolder>/<file>.csv`` with ``datetime,score,anomaly`` for the test rows
-    (``anomaly`` is the prediction at ``scale`` x the file's threshold)."""
+    (``anomaly``: the agent's decision, or with ``scale`` the static threshold x ``scale``)."""
     n_train = result.n_train
     for r in result.files:
         target = out_dir / r.file.subfolder / f"{r.file.path.stem}.csv"

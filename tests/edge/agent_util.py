@@ -35,7 +35,10 @@ def payloads(readings: Sequence[Reading], batch: int = 1, prefix: str = "edgewat
 
 def toml_config(tmp: Path, *, agent_id: str, mqtt_port: int, kafka_bootstrap: str, prefix: str, topics: dict[str, str],
                 metrics_port: int = 0, extra: str = "", model: Path = TINY_MODEL, name: str | None = None,
-                outbox: Path | None = None) -> Path:
+                outbox: Path | None = None, adaptive: bool = False) -> Path:
+    """An agent config on the test's brokers. The adaptive layer is off unless asked for: these
+    agents see short streams (inside a new device's warm-up), and the delivery tests compute the
+    events they expect with the manifest's fixed threshold; the layer has tests of its own."""
     path = tmp / f"{name or agent_id}.toml"
     outbox = outbox or tmp / f"{agent_id}-outbox.sqlite"
     path.write_text(f"""
@@ -59,6 +62,8 @@ backoff_max_s = 2
 request_timeout_ms = 5000
 delivery_timeout_ms = 10000
 bootstrap_timeout_ms = 2000
+[adaptive]
+enabled = {str(adaptive).lower()}
 [model]
 path = "{model}"
 [outbox]

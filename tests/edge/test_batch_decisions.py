@@ -23,7 +23,7 @@ from edge.telemetry import Scored, TelemetrySampler
 from edge.windows import Window, Windows
 from tests.edge.agent_util import TINY_MODEL, fleet_readings, payloads
 
-CLOCK = 1234.0
+CLOCK = 2_000_000_000.0  # after every reading: none is ahead of the clock
 
 
 class HashScorer:
@@ -85,7 +85,7 @@ def test_batched_decisions_equal_window_by_window(k: int, n: int, every_n: int, 
     config = load_config(None, env={"EDGEWATCH_AGENT__ID": "gw-1", "EDGEWATCH_DECISION__K": str(k), "EDGEWATCH_DECISION__N": str(n),
                                     "EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": str(every_n),
                                     "EDGEWATCH_TELEMETRY__ANOMALY_CONTEXT_WINDOWS": str(context),
-                                    "EDGEWATCH_AGENT__MAX_BATCH_WINDOWS": str(max_batch)})
+                                    "EDGEWATCH_AGENT__MAX_BATCH_WINDOWS": str(max_batch), "EDGEWATCH_ADAPTIVE__ENABLED": "false"})
     scorer = HashScorer(manifest, nan_every)
     metrics = AgentMetrics(CollectorRegistry())
     pipe = Pipeline(config, scorer, metrics, clock=lambda: CLOCK)

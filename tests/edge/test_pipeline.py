@@ -18,6 +18,8 @@ from edge.pipeline import Pipeline
 from edge.synth import CHANNEL_NAMES, Fault
 from tests.edge.agent_util import TINY_MODEL, fleet_readings, fuzz_cases, payloads
 
+CLOCK = 2_000_000_000.0  # the agent's clock: after every reading, so none is ahead of it
+
 
 @pytest.fixture(scope="module")
 def detector() -> OnnxDetector:
@@ -36,11 +38,14 @@ class CountingScorer:
 
 
 def make(detector: OnnxDetector, env: dict[str, str] | None = None) -> tuple[Pipeline, AgentMetrics, CountingScorer]:
+    """A pipeline deciding with the manifest's fixed threshold (the adaptive layer is off: these
+    tests check windows, debounce and records; tests/edge/test_adaptive.py checks the layer)."""
     config = load_config(None, env={"EDGEWATCH_AGENT__ID": "gw-1", "EDGEWATCH_AGENT__MAX_PAYLOAD_BYTES": "16384",
-                                    "EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": "0", **(env or {})})
+                                    "EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": "0", "EDGEWATCH_ADAPTIVE__ENABLED": "false",
+                                    **(env or {})})
     metrics = AgentMetrics(CollectorRegistry())
     scorer = CountingScorer(detector)
-    return Pipeline(config, scorer, metrics, clock=lambda: 1234.0), metrics, scorer
+    return Pipeline(config, scorer, metrics, clock=lambda: CLOCK), metrics, scorer
 
 
 def msgs(items: list[tuple[str, bytes]]) -> list[Message]:
@@ -67,7 +72,7 @@ def test_injected_fault_becomes_events_inside_the_fault_only(detector: OnnxDetec
         # every firing window overlaps the fault
         assert e.window_end >= t0 + fault.start and e.window_start < t0 + fault.start + fault.duration
         assert max(e.channel_scores, key=lambda c: e.channel_scores[c]) == "pressure"
-        assert e.detected_at == 1234.0
+        assert e.detected_at == CLOCK
     assert value(metrics, "edgewatch_agent_anomalies_total") == len(events)
     assert value(metrics, "edgewatch_agent_readings_received_total") == 600
     m = detector.manifest
@@ -159,7 +164,7 @@ def test_no_model_configured_loads_the_default_model_and_it_detects_a_fault() ->
     scorer = Agent(config).load_scorer()
     m = scorer.manifest
     assert m.channel_names == CHANNEL_NAMES
-    pipe = Pipeline(config, scorer, AgentMetrics(CollectorRegistry()), clock=lambda: 1.0)
+    pipe = Pipeline(config, scorer, AgentMetrics(CollectorRegistry()), clock=lambda: CLOCK)
     fault = Fault("spike", "pressure", start=900, duration=120, magnitude=1.0)
     readings = fleet_readings("pump-1", 1500, seed=12, faults=[fault])
     events = [decode_event(r.value) for r in pipe.process(msgs(payloads(readings, batch=20))) if r.kind == "anomaly"]

@@ -1,0 +1,72 @@
+"""The agent's decision path on a benchmark file: the same classes, the same defaults.
+
+A benchmark file is one device. Its row scores (onnxruntime, the window ending on each row)
+go, in time order, through :class:`edge.adaptive.AdaptiveLayer` and the k-of-n
+:class:`edge.decision.Decider`, configured from the agent's own config (``load_config``: the
+defaults the agent ships with, or a given agent TOML file). The layer starts from the prior the
+file's artifact would carry (its threshold and training-score quantiles) and meets the device at
+the first row after the training rows, as an agent that gets the model once it is trained: it
+never sees the training rows, whose in-sample scores are lower than any live device's would be.
+Nothing here looks at labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.adaptive import AdaptiveLayer, Prior, likelihood, run_openings
+from edge.config import Config, load_config
+from edge.decision import Decider
+
+
+@dataclass(frozen=True)
+class AgentDecisions:
+    """Per row: whether the agent fires an event for the window ending there, whether that event
+    opens an anomaly run, the window's surprise (``-log10`` tail probability) and its threshold."""
+
+    fire: np.ndarray
+    opens: np.ndarray
+    surprise: np.ndarray
+    thresholds: np.ndarray
+
+    @property
+    def likelihood(self) -> np.ndarray:
+        return likelihood(self.surprise)
+
+
+def agent_config(path: Path | str | None = None) -> Config:
+    """The agent's config: its shipped defaults, or a TOML file (for a tuning candidate); the
+    environment is not read, so a run is reproducible."""
+    return load_config(path, env={})
+
+
+def agent_decisions(scores: np.ndarray, times_s: np.ndarray, *, start: int, window_length: int, threshold: float,
+                    calibration: Mapping[str, float | str], config: Config) -> AgentDecisions:
+    """Decide the rows from ``start`` (the first after the training rows) as the agent would (see
+    the module docstring); earlier rows never fire, nor do rows before the first full window.
+    With ``adaptive.enabled = false`` the decider's fixed threshold decides (the manifest's, or
+    ``decision.threshold``)."""
+    n = len(scores)
+    first = max(start, window_length - 1)
+    fixed = config.decision.threshold if config.decision.threshold is not None else threshold
+    decider = Decider(fixed, k=config.decision.k, n=config.decision.n)
+    segments = np.zeros(n - first, dtype=np.int64)
+    window_scores = np.asarray(scores[first:], dtype=np.float64)
+    fire = np.zeros(n, dtype=bool)
+    surprise = np.zeros(n, dtype=np.float64)
+    thresholds = np.full(n, np.nan)
+    if config.adaptive.enabled:
+        layer = AdaptiveLayer(config.adaptive, Prior.from_calibration(fixed, calibration))
+        over, surprise[first:], thresholds[first:] = layer.decide_many("file", window_scores, np.asarray(times_s[first:], dtype=np.float64))
+        fire[first:] = decider.debounce("file", over, segments)
+        guard = config.adaptive.guard_windows
+    else:
+        fire[first:], _over, _t = decider.decide_many("file", window_scores, segments)
+        thresholds[first:] = fixed
+        surprise[first:] = window_scores / fixed if fixed > 0 else 0.0
+        guard = 0
+    return AgentDecisions(fire, run_openings(fire, guard), surprise, thresholds)
