@@ -151,6 +151,15 @@ class Pipeline:
         self._seen.pop(device_id, None)
         self._devices.pop(f"{self._prefix}/{device_id}/readings", None)
 
+    def rebaseline(self, device_id: str) -> bool:
+        """A new normal by decision (``--new-normal``): the device's adaptive state restarts its
+        warm-up from its next windows. Worker thread only. False when the layer is off."""
+        if self.adaptive is None:
+            return False
+        self.adaptive.rebaseline(device_id)
+        log.info("device_rebaselined device_id=%s", device_id)
+        return True
+
     def _evict_idle(self, now: float) -> None:
         """Forget the devices without a valid payload for longer than ``agent.device_idle_evict_s``."""
         self._next_sweep = now + self._sweep_s
