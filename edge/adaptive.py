@@ -41,6 +41,7 @@ runs per window in plain floats (about a microsecond a window).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -50,7 +51,11 @@ import numpy as np
 
 from edge.contract import ModelManifest
 
+log = logging.getLogger(__name__)
 _LN10 = math.log(10.0)
+BURN_HALF_LIFE = 1000
+"""Windows over which a device's recent over-threshold share (its alert-budget burn) is averaged."""
+_BURN_ALPHA = 1.0 - 0.5 ** (1.0 / BURN_HALF_LIFE)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class AdaptiveSettings:
     absorb_after_s: float = 6 * 3600.0  # an anomaly run longer than this becomes the new normal (0: never)
     tail_level: float = 0.9             # the running quantile the tail is measured from
     min_excess: float = 0.01            # floor of the tail's scale, as a share of the manifest threshold
+    save_interval_s: float = 60.0       # the state is saved beside the outbox this often (and at stop)
 
     @property
     def surprise_limit(self) -> float:
@@ -85,6 +91,7 @@ class AdaptiveSettings:
             (self.absorb_after_s >= 0, "absorb_after_s", self.absorb_after_s, "must be >= 0 (0: never)"),
             (0.5 <= self.tail_level < 1.0, "tail_level", self.tail_level, "must be in [0.5, 1)"),
             (self.min_excess > 0, "min_excess", self.min_excess, "must be > 0"),
+            (self.save_interval_s > 0, "save_interval_s", self.save_interval_s, "must be > 0"),
         ]
         return [(key, value, rule) for ok, key, value, rule in checks if not ok]
 
@@ -128,14 +135,15 @@ class DeviceState:
     warm_thr: float = math.nan        # the warm-up threshold (raised while warm-up windows exceed it too often)
     warm_over: int = 0                # warm-up windows over it
     recent: deque[float] = field(default_factory=deque)  # last scores, for smoothing
-    windows: int = 0                  # windows decided (alert-budget burn: over / windows)
-    over: int = 0
+    windows: int = 0                  # windows decided
+    over: int = 0                     # of them over the threshold
+    over_rate: float = 0.0            # recent share of windows over (half-life BURN_HALF_LIFE windows)
 
     def as_row(self) -> dict[str, object]:
         return {"quantile": self.quantile, "excess": self.excess, "warm": self.warm, "learned": self.learned,
                 "since_over": self.since_over, "run_start": self.run_start, "run": self.run, "warmup": self.warmup,
                 "warm_thr": self.warm_thr, "warm_over": self.warm_over,
-                "recent": list(self.recent), "windows": self.windows, "over": self.over}
+                "recent": list(self.recent), "windows": self.windows, "over": self.over, "over_rate": self.over_rate}
 
     @classmethod
     def from_row(cls, row: Mapping[str, object], smooth_windows: int) -> DeviceState:
@@ -154,7 +162,8 @@ class DeviceState:
         return cls(quantile=num("quantile"), excess=num("excess"), warm=bool(row["warm"]), learned=int(num("learned")),
                    since_over=int(num("since_over")), run_start=num("run_start"), run=floats("run"), warmup=floats("warmup"),
                    warm_thr=num("warm_thr"), warm_over=int(num("warm_over")),
-                   recent=deque(floats("recent"), maxlen=smooth_windows), windows=int(num("windows")), over=int(num("over")))
+                   recent=deque(floats("recent"), maxlen=smooth_windows), windows=int(num("windows")), over=int(num("over")),
+                   over_rate=num("over_rate"))
 
 
 def run_openings(fire: np.ndarray, guard_windows: int) -> np.ndarray:
@@ -181,6 +190,8 @@ class AdaptiveLayer:
     def __init__(self, settings: AdaptiveSettings, prior: Prior) -> None:
         self.settings = settings
         self.devices: dict[str, DeviceState] = {}
+        self.dirty: set[str] = set()  # devices changed since take_changes (to be saved)
+        self.gone: set[str] = set()   # devices forgotten since take_changes (rows to delete)
         self._tail = 1.0 - settings.tail_level
         self._limit = settings.surprise_limit
         self._span = math.log(self._tail / settings.target_rate)   # threshold = q + span * e
@@ -196,6 +207,8 @@ class AdaptiveLayer:
         self._warm_thr = prior.threshold * self.settings.warmup_factor
         self._warm_excess = max(prior.excess, self._floor)
         self.devices.clear()
+        self.dirty.clear()
+        self.gone.clear()
 
     def _new_state(self) -> DeviceState:
         return DeviceState(quantile=self.prior.quantile, excess=self._warm_excess, warm_thr=self._warm_thr,
@@ -222,6 +235,7 @@ class AdaptiveLayer:
         s = self.devices.get(device_id)
         if s is None:
             s = self.devices[device_id] = self._new_state()
+        self.dirty.add(device_id)
         limit, span, floor = self._limit, self._span, self._floor
         smooth, guard, absorb = st.smooth_windows, st.guard_windows, st.absorb_after_s
         n = len(scores)
@@ -249,6 +263,7 @@ class AdaptiveLayer:
             thresholds[i] = thr
             s.windows += 1
             is_over = x > thr
+            s.over_rate += _BURN_ALPHA * (is_over - s.over_rate)
             if is_over:
                 over[i] = True
                 s.over += 1
@@ -317,6 +332,34 @@ class AdaptiveLayer:
     def rebaseline(self, device_id: str) -> None:
         """A new normal by decision: the device warms up afresh from its next windows."""
         self.devices[device_id] = self._new_state()
+        self.dirty.add(device_id)
 
     def forget(self, device_id: str) -> None:
-        self.devices.pop(device_id, None)
+        if self.devices.pop(device_id, None) is not None:
+            self.gone.add(device_id)
+        self.dirty.discard(device_id)
+
+    def restore(self, rows: Mapping[str, Mapping[str, object]]) -> int:
+        """Devices' states from stored rows (:meth:`DeviceState.as_row`) of the same model;
+        returns how many were taken. A row that does not read is skipped and logged."""
+        taken = 0
+        for device_id, row in rows.items():
+            try:
+                self.devices[device_id] = DeviceState.from_row(row, self.settings.smooth_windows)
+                taken += 1
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("adaptive_state_skipped device_id=%s error=%s", device_id, exc)
+        return taken
+
+    def take_changes(self) -> tuple[dict[str, dict[str, object]], set[str]]:
+        """Rows of the devices changed and the ids of those forgotten since the last call."""
+        rows = {d: self.devices[d].as_row() for d in self.dirty if d in self.devices}
+        gone, self.gone = self.gone, set()
+        self.dirty = set()
+        return rows, gone
+
+    def burn(self, device_id: str) -> float:
+        """The device's alert-budget burn: its recent share of windows over the threshold
+        divided by ``target_rate`` (1: on budget)."""
+        s = self.devices.get(device_id)
+        return 0.0 if s is None else s.over_rate / self.settings.target_rate

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from edge.adaptive_store import AdaptiveStore, state_path
 from edge.config import Config
 from edge.contract import ConfigError
 from edge.forwarder import Forwarder, ProducerFactory, make_producer
@@ -69,6 +70,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.forwarder: Forwarder | None = None
         self.pipeline: Pipeline | None = None
+        self.state: AdaptiveStore | None = None
         self.metrics_port: int | None = None
         self._http: object | None = None
         self._worker: threading.Thread | None = None
@@ -104,7 +106,8 @@ class Agent:
         log.info("agent_starting agent_id=%s config=%s settings=%s", cfg.agent.id, cfg.source, cfg.describe())
         scorer = self._scorer or self.load_scorer()
         m = scorer.manifest
-        self.pipeline = Pipeline(cfg, scorer, self.metrics, clock=self._clock)
+        self.state = AdaptiveStore(state_path(cfg.outbox.path)) if cfg.adaptive.enabled else None
+        self.pipeline = Pipeline(cfg, scorer, self.metrics, clock=self._clock, state=self.state)
         self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
         self.outbox = Outbox(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes, synchronous=cfg.outbox.synchronous, clock=self._clock)
         self.metrics.track_outbox(lambda: self.outbox.rows if self.outbox else 0, lambda: self.outbox.bytes if self.outbox else 0)
@@ -202,6 +205,9 @@ class Agent:
         self._draining.set()
         if self._worker is not None:
             self._worker.join(max(0.0, deadline - time.monotonic()))
+        if self.pipeline is not None and self.state is not None and not (self._worker and self._worker.is_alive()):
+            self.pipeline.save_state()  # the worker is done: each device resumes here after a restart
+            self.state.close()
         left = 0
         if self.forwarder is not None and self._forward_thread is not None:
             self.forwarder.stop(deadline)

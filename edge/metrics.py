@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -24,8 +24,8 @@ from edge.outbox import KINDS
 _go_float: Callable[[float], str] = floatToGoString  # the "le" label as prometheus-client's own histograms spell it
 
 REJECT_REASONS = ("too_large", "not_json", "non_finite", "wrong_type", "invalid", "unknown_channel", "missing_channel",
-                  "bad_topic")
-DROP_REASONS = ("late", "duplicate")
+                  "bad_topic", "too_many_devices")
+DROP_REASONS = ("late", "duplicate", "future", "past")
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -67,6 +67,30 @@ class BatchHistogram(Collector):
         return [HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)]
 
 
+class _AdaptiveCollector(Collector):
+    """``edgewatch_agent_device_threshold``, ``_device_warming`` and ``_device_alert_budget_burn``
+    per device; the worker thread owns the state, the HTTP thread reads a snapshot."""
+
+    def __init__(self, devices: Callable[[], Iterable[tuple[str, float, bool, float]]]) -> None:
+        self._devices = devices
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []  # dynamic labels: nothing to check at registration
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        p = "edgewatch_agent_device_"
+        threshold = GaugeMetricFamily(p + "threshold", "The device's current threshold (adaptive layer), in score units",
+                                      labels=["device_id"])
+        warming = GaugeMetricFamily(p + "warming", "1 while the device warms up from the model's prior", labels=["device_id"])
+        burn = GaugeMetricFamily(p + "alert_budget_burn", "Recent share of the device's windows over its threshold divided by "
+                                 "adaptive.target_rate (1: on budget)", labels=["device_id"])
+        for device_id, thr, warm, rate in list(self._devices()):
+            threshold.add_metric([device_id], thr)
+            warming.add_metric([device_id], 1.0 if warm else 0.0)
+            burn.add_metric([device_id], rate)
+        return [threshold, warming, burn]
+
+
 class AgentMetrics:
     """Every metric the agent exports. Thread-safe (prometheus-client metrics are)."""
 
@@ -77,9 +101,14 @@ class AgentMetrics:
         self.readings_received = Counter(p + "readings_received", "Readings decoded from accepted payloads", registry=registry)
         self.rejected = Counter(p + "payloads_rejected", "Payloads refused and dead-lettered, by reason", ["reason"],
                                 registry=registry)
-        self.readings_dropped = Counter(p + "readings_dropped", "Readings dropped by the windows (late or duplicate)",
+        self.readings_dropped = Counter(p + "readings_dropped",
+                                        "Readings dropped by the windows (late, duplicate, future or past)",
                                         ["reason"], registry=registry)
         self.window_resets = Counter(p + "window_resets", "Windows restarted after a gap in a device's readings", registry=registry)
+        self.devices_tracked = Gauge(p + "devices_tracked", "Devices whose windows the agent holds (at most agent.max_devices)",
+                                     registry=registry)
+        self.devices_evicted = Counter(p + "devices_evicted", "Devices forgotten after agent.device_idle_evict_s without a "
+                                       "reading (their partial window lost)", registry=registry)
         self.windows_scored = Counter(p + "windows_scored", "Windows scored by the model", registry=registry)
         self.inference_seconds = Histogram(p + "inference_seconds", "Wall time of one batched inference call",
                                            buckets=INFERENCE_BUCKETS, registry=registry)
@@ -119,6 +148,12 @@ class AgentMetrics:
             self.shed_rows.labels(kind)
             self.shed_bytes.labels(kind)
             self.forwarded.labels(kind)
+
+    def track_adaptive(self, devices: Callable[[], Iterable[tuple[str, float, bool, float]]]) -> None:
+        """Per-device gauges of the adaptive layer, read at scrape time from ``devices()``:
+        ``(device_id, threshold, warming, burn)`` for every device the agent holds (bounded by
+        ``agent.max_devices``)."""
+        self.registry.register(_AdaptiveCollector(devices))
 
     def track_queue(self, depth: Callable[[], int], size: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))

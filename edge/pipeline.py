@@ -9,6 +9,7 @@ reason. Only a failing model (onnxruntime error) raises.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -16,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from edge.adaptive import AdaptiveLayer, Prior
+from edge.adaptive_store import AdaptiveStore
 from edge.config import Config
 from edge.contract import (
     ContractError,
@@ -73,7 +75,7 @@ class Pipeline:
     """One model's view of the fleet: windows per device, a decider, a telemetry sampler."""
 
     def __init__(self, config: Config, scorer: Scorer, metrics: AgentMetrics, *, clock: Callable[[], float] = time.time,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
+                 timer: Callable[[], float] = time.perf_counter, state: AdaptiveStore | None = None) -> None:
         m = scorer.manifest
         self.config = config
         self.scorer = scorer
@@ -86,6 +88,14 @@ class Pipeline:
                                device_thresholds=config.decision.device_thresholds)
         self.adaptive = AdaptiveLayer(config.adaptive, Prior.from_manifest(m, config.decision.threshold)) \
             if config.adaptive.enabled else None
+        self.state = state if self.adaptive is not None else None
+        if self.adaptive is not None:
+            layer = self.adaptive
+            metrics.track_adaptive(lambda: [(d, layer.threshold(d), layer.warming(d), layer.burn(d)) for d in list(layer.devices)])
+            if self.state is not None:
+                restored = layer.restore(self.state.load(m.sha256))
+                log.info("adaptive_state_restored devices=%d model_sha256=%s path=%s", restored, m.sha256[:12], self.state.path)
+        self._next_save = clock() + config.adaptive.save_interval_s
         self.sampler = TelemetrySampler(config.telemetry.every_n_windows, config.telemetry.anomaly_context_windows)
         self._clock = clock
         self._timer = timer
@@ -119,6 +129,7 @@ class Pipeline:
             self.decider.threshold = m.threshold
         if self.adaptive is not None:
             self.adaptive.reset_prior(Prior.from_manifest(m, self.config.decision.threshold))
+            self.save_state()  # the old model's rows go now: a restart must not resume them on the new model
         self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
 
     def process(self, messages: Sequence[Message]) -> list[Record]:
@@ -134,7 +145,24 @@ class Pipeline:
         records.extend(self.score_ready())
         if now >= self._next_sweep:
             self._evict_idle(now)
+        if now >= self._next_save:
+            self.save_state()
         return records
+
+    def save_state(self) -> None:
+        """Write the adaptive state of the devices changed since the last save (and delete the
+        forgotten ones) beside the outbox. Worker thread, or after it stopped. A disk error is
+        logged, not raised: the state is kept in memory and saved with the next one."""
+        self._next_save = self._clock() + self.config.adaptive.save_interval_s
+        if self.state is None or self.adaptive is None:
+            return
+        rows, gone = self.adaptive.take_changes()
+        try:
+            self.state.save(self.manifest.sha256, rows, gone)
+        except sqlite3.Error as exc:
+            self.adaptive.dirty.update(rows)
+            self.adaptive.gone.update(gone)
+            log.error("adaptive_state_save_failed devices=%d error=%s", len(rows), exc)
 
     def forget_device(self, device_id: str) -> None:
         """Drop everything held for ``device_id``: its windows (partial and ready), debounce history,
