@@ -16,15 +16,18 @@ What moves a threshold and what never does:
   untouched: a fault that lasts keeps firing instead of becoming the new normal (River's
   ``QuantileFilter(protect_anomaly_detector=True)``).
 - **Cold start.** A device never seen starts from the fleet prior the manifest carries (the
-  calibrated threshold and the training-score quantiles ``train_p90`` / ``train_p99``). For its
-  first ``warmup_windows`` windows it fires only above ``warmup_factor`` x the manifest's
-  threshold, and every window teaches, one over that threshold counted *at* it (so a fault's
-  size never enters the tail); then its own estimate, computed from those windows, decides. If
-  more than half its tail share (5 %) of those windows were over, the tail cannot be told from
-  them: the warm-up threshold grows by ``warmup_factor`` and the warm-up starts again.
-- **A new normal.** A run that lasts ``absorb_after_s`` of the device's own time (0: never) is
-  taken as the new normal: the estimate restarts from the run's own windows (over the threshold
-  or not). An operator's
+  calibrated threshold and the training-score quantiles ``train_p90`` / ``train_p99``). During
+  its first ``warmup_windows`` windows every window teaches, one over the warm-up threshold
+  counted *at* it (so a fault's size never enters the tail). For the first tenth of them it fires
+  only above ``warmup_factor`` x the manifest's threshold; at each further tenth the warm-up
+  threshold becomes the larger of the manifest's and the provisional own one; at the end its
+  own estimate decides. If in a tenth more than half its tail share (5 %) of the windows were
+  over, its tail lies above the warm-up threshold: that grows by ``warmup_factor`` and the
+  warm-up starts again.
+- **A new normal.** A device whose recent share of windows over its threshold stays above half
+  its tail share (5 %, fifty times the default budget; averaged over ``BURN_HALF_LIFE`` windows)
+  for ``absorb_after_s`` of its own time (0: never) has a new normal, or an estimate that was too
+  low (a storm): the estimate restarts from its windows of that time, over the threshold or not. An operator's
   ``--new-normal`` (:meth:`AdaptiveLayer.rebaseline`) restarts the device's warm-up. A new model
   restarts every device from the new manifest's prior (:meth:`AdaptiveLayer.reset_prior`).
 - **Smoothing.** With ``smooth_windows`` > 1 the layer decides on the mean score of the last
@@ -64,7 +67,7 @@ class AdaptiveSettings:
 
     enabled: bool = True
     target_rate: float = 1e-3           # share of a device's normal windows allowed over its threshold
-    half_life_windows: float = 5000.0   # memory of the running estimate, in the device's windows
+    half_life_windows: float = 500.0    # memory of the running estimate, in the device's windows
     warmup_windows: int = 300           # normal windows learned before a device's own threshold is used
     warmup_factor: float = 2.0          # during warm-up: fire only above the manifest threshold x this
     smooth_windows: int = 1             # decide on the mean score of this many windows (1: off)
@@ -129,11 +132,10 @@ class DeviceState:
     warm: bool = False                # past warm-up: the own estimate decides
     learned: int = 0                  # normal windows learned since the last (re)start
     since_over: int = 1 << 30         # windows since the last one over the threshold
-    run_start: float = math.nan       # device time of the open run's first window
-    run: list[float] = field(default_factory=list)       # scores of the open run (bounded)
+    run_start: float = math.nan       # device time since which it alarms beyond its budget
+    run: list[float] = field(default_factory=list)       # its scores since then (bounded)
     warmup: list[float] = field(default_factory=list)    # scores seen during warm-up
-    warm_thr: float = math.nan        # the warm-up threshold (raised while warm-up windows exceed it too often)
-    warm_over: int = 0                # warm-up windows over it
+    warm_thr: float = math.nan        # the warm-up threshold
     recent: deque[float] = field(default_factory=deque)  # last scores, for smoothing
     windows: int = 0                  # windows decided
     over: int = 0                     # of them over the threshold
@@ -142,7 +144,7 @@ class DeviceState:
     def as_row(self) -> dict[str, object]:
         return {"quantile": self.quantile, "excess": self.excess, "warm": self.warm, "learned": self.learned,
                 "since_over": self.since_over, "run_start": self.run_start, "run": self.run, "warmup": self.warmup,
-                "warm_thr": self.warm_thr, "warm_over": self.warm_over,
+                "warm_thr": self.warm_thr,
                 "recent": list(self.recent), "windows": self.windows, "over": self.over, "over_rate": self.over_rate}
 
     @classmethod
@@ -161,7 +163,7 @@ class DeviceState:
 
         return cls(quantile=num("quantile"), excess=num("excess"), warm=bool(row["warm"]), learned=int(num("learned")),
                    since_over=int(num("since_over")), run_start=num("run_start"), run=floats("run"), warmup=floats("warmup"),
-                   warm_thr=num("warm_thr"), warm_over=int(num("warm_over")),
+                   warm_thr=num("warm_thr"),
                    recent=deque(floats("recent"), maxlen=smooth_windows), windows=int(num("windows")), over=int(num("over")),
                    over_rate=num("over_rate"))
 
@@ -198,6 +200,7 @@ class AdaptiveLayer:
         alpha = 1.0 - 0.5 ** (1.0 / settings.half_life_windows)
         self._alpha_q = alpha
         self._alpha_e = min(alpha / self._tail, 1.0)  # the excess learns from a tenth of the windows
+        self._step = max(10, settings.warmup_windows // 10)  # warm-up checkpoints
         self.reset_prior(prior)
 
     def reset_prior(self, prior: Prior) -> None:
@@ -238,6 +241,7 @@ class AdaptiveLayer:
         self.dirty.add(device_id)
         limit, span, floor = self._limit, self._span, self._floor
         smooth, guard, absorb = st.smooth_windows, st.guard_windows, st.absorb_after_s
+        burning = self._tail / 2  # an over-threshold share no normal device reaches
         n = len(scores)
         over = np.zeros(n, dtype=bool)
         surprise = np.empty(n, dtype=np.float64)
@@ -268,26 +272,25 @@ class AdaptiveLayer:
                 over[i] = True
                 s.over += 1
             if not s.warm:  # every warm-up window teaches; one over the threshold counts at it
-                s.warm_over += is_over
                 self._learn(s, thr if is_over else x)
                 continue
-            if is_over:
-                s.since_over = 0
+            if s.over_rate > burning:  # alarming far beyond the budget: keep the windows to absorb
                 if not s.run:
                     s.run_start = end_list[i]
+                if len(s.run) >= self.MAX_RUN:
+                    del s.run[:self.MAX_RUN // 2]
+                s.run.append(x)
+                if absorb > 0 and end_list[i] - s.run_start >= absorb:
+                    self._absorb_run(s)
+                    continue
+            elif s.run:
+                s.run = []
+            if is_over:
+                s.since_over = 0
             else:
                 s.since_over += 1
-                if s.since_over > guard:  # quiet for long enough: the run (if any) is over
-                    if s.run:
-                        s.run = []
+                if s.since_over > guard:  # not inside an open anomaly run: teaches
                     self._learn(s, x)
-                    continue
-            # inside an open run: it does not teach the estimate, but is kept to absorb it
-            if len(s.run) >= self.MAX_RUN:
-                del s.run[:self.MAX_RUN // 2]
-            s.run.append(x)
-            if absorb > 0 and end_list[i] - s.run_start >= absorb:
-                self._absorb_run(s)
         return over, surprise, thresholds
 
     def _learn(self, s: DeviceState, x: float) -> None:
@@ -298,13 +301,8 @@ class AdaptiveLayer:
         s.learned += 1
         if not s.warm:
             s.warmup.append(x)
-            if s.learned >= self.settings.warmup_windows:
-                if s.warm_over > self._tail / 2 * s.learned:  # its tail lies above the warm-up threshold
-                    s.warm_thr *= self.settings.warmup_factor
-                    s.learned, s.warm_over = 0, 0
-                else:
-                    self._estimate(s, s.warmup)
-                s.warmup = []
+            if s.learned % self._step == 0:
+                self._checkpoint(s)
             return
         e = max(s.excess, self._floor)
         if x > s.quantile:
@@ -313,21 +311,36 @@ class AdaptiveLayer:
         else:
             s.quantile -= self._alpha_q * e * self._tail
 
-    def _estimate(self, s: DeviceState, scores: list[float]) -> None:
-        """The tail of a batch of normal scores: the ``tail_level`` quantile and the mean excess."""
+    def _checkpoint(self, s: DeviceState) -> None:
+        """Every tenth of the warm-up: at the end, the device's own estimate takes over; before
+        it, the warm-up threshold becomes the larger of the prior's and the provisional own one
+        (so it never fires below either while it learns)."""
+        if s.learned >= self.settings.warmup_windows:
+            self._estimate(s, s.warmup)
+            s.warmup = []
+        else:
+            q, e = self._tail_of(s.warmup)
+            s.warm_thr = max(self.prior.threshold, q + self._span * max(e, self._floor))
+
+    def _tail_of(self, scores: list[float]) -> tuple[float, float]:
+        """The ``tail_level`` quantile of ``scores`` and the mean excess above it."""
         arr = np.asarray(scores, dtype=np.float64)
         q = float(np.quantile(arr, self.settings.tail_level))
         above = arr[arr > q]
-        s.quantile = q
-        s.excess = float(np.mean(above - q)) if len(above) else self._floor
+        return q, float(np.mean(above - q)) if len(above) else self._floor
+
+    def _estimate(self, s: DeviceState, scores: list[float]) -> None:
+        """The device's own estimate from a batch of normal scores; warm-up is over."""
+        s.quantile, s.excess = self._tail_of(scores)
         s.warm = True
 
     def _absorb_run(self, s: DeviceState) -> None:
-        """The open run has lasted ``absorb_after_s``: its own windows become the estimate."""
+        """It has alarmed beyond its budget for ``absorb_after_s``: those windows become the estimate."""
         self._estimate(s, s.run)
         s.learned = len(s.run)
         s.run = []
         s.since_over = 1 << 30
+        s.over_rate = 0.0
 
     def rebaseline(self, device_id: str) -> None:
         """A new normal by decision: the device warms up afresh from its next windows."""

@@ -36,7 +36,7 @@ def test_each_device_gets_its_own_threshold_at_the_target_rate() -> None:
     for over in (over_q, over_l):
         assert over[1000:].mean() < 5 * SETTINGS.target_rate
     assert thr_l[-1] > 3 * thr_q[-1]
-    assert layer.threshold("loud") == pytest.approx(thr_l[-1], rel=0.01)  # after learning the last window
+    assert layer.threshold("loud") == pytest.approx(thr_l[-1], rel=0.02)  # after learning the last window
     # a fixed threshold (the prior's) storms on the loud device and is blind on the quiet one
     assert (loud > PRIOR.threshold).mean() > 0.1 and (quiet > PRIOR.threshold).mean() == 0
 
@@ -60,7 +60,9 @@ def test_a_run_longer_than_absorb_after_s_becomes_the_new_normal() -> None:
     shifted = normal_scores(2000, level=60.0, seed=6, shape=50.0)
     over, _, _ = layer.decide_many("d", shifted, times(2000, start=8000.0, period=8.0))
     fired_for_s = 8.0 * np.flatnonzero(~over)[0]
-    assert 3600.0 <= fired_for_s <= 3600.0 + 8.0  # fired until the run was an hour long, then absorbed
+    # it fired until its recent over-threshold share had been above 5 % for an hour (that share
+    # passes 5 % after 74 windows of a half-life of 1000), then the shift was its new normal
+    assert 3600.0 + 8.0 * 70 <= fired_for_s <= 3600.0 + 8.0 * 80
     assert over[len(over) // 2:].mean() < 0.01
 
 
