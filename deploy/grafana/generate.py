@@ -18,12 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from grafana_foundation_sdk.builders import bargauge, dashboard, heatmap, prometheus, stat, table, timeseries
-from grafana_foundation_sdk.builders.common import ReduceDataOptions, StackingConfig, VizLegendOptions
+from grafana_foundation_sdk.builders.common import (
+    GraphThresholdsStyleConfig,
+    ReduceDataOptions,
+    StackingConfig,
+    VizLegendOptions,
+)
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import (
     BigValueColorMode,
     BigValueGraphMode,
     BigValueTextMode,
+    GraphTresholdsStyleMode,
     LegendDisplayMode,
     LegendPlacement,
     StackingMode,
@@ -65,6 +71,8 @@ def _panel(p: P, panel_id: int) -> object:
                            .placement(LegendPlacement.BOTTOM).calcs([])))
         if p.stack:
             builder = builder.stacking(StackingConfig().mode(StackingMode.NORMAL))
+        if p.threshold_lines:
+            builder = builder.thresholds_style(GraphThresholdsStyleConfig().mode(GraphTresholdsStyleMode.DASHED))
     elif p.kind == "table":
         builder = table.Panel()
     elif p.kind == "heatmap":
@@ -90,12 +98,14 @@ def _variables(*names: str) -> list[object]:
         "site": ("Site", 'label_values(up{job="edgewatch-agent"}, site)'),
         "instance": ("Agent", 'label_values(up{job="edgewatch-agent", site=~"$site"}, instance)'),
         "processor": ("Processor", 'label_values(up{job="edgewatch-processor"}, instance)'),
+        "device": ("Device", 'label_values(edgewatch_agent_device_threshold{job="edgewatch-agent", instance=~"$instance"}, '
+                             'device_id)'),
     }
     for name in names:
         label, query = queries[name]
         v = (dashboard.QueryVariable(name).label(label).datasource(DS).query(query)
              .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC))
-        v = v.include_all(True).all_value(".*").multi(True) if name in ("site", "processor") else v
+        v = v.include_all(True).all_value(".*").multi(True) if name in ("site", "processor", "device") else v
         out.append(v)
     return out
 
@@ -124,7 +134,7 @@ def dashboards() -> dict[str, dict]:
                                       ["site"], fleet_rows()),
         "edgewatch-device.json": build("edgewatch-device", "edgewatch / Device",
                                        "One agent (device): intake, windows, inference, decisions, outbox and forwarding.",
-                                       ["site", "instance"], device_rows()),
+                                       ["site", "instance", "device"], device_rows()),
         "edgewatch-stream.json": build("edgewatch-stream", "edgewatch / Stream processing",
                                        "Kafka path from agents to the processor: forwarding, consumption, lag, incidents, dead letters.",
                                        ["site", "processor"], stream_rows()),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 AGENT = 'job="edgewatch-agent", site=~"$site"'
 ONE = 'job="edgewatch-agent", instance=~"$instance"'
 PROC = 'job="edgewatch-processor", instance=~"$processor"'
+DEV = f'{ONE}, device_id=~"$device"'
 RI = "$__rate_interval"
 
 
@@ -42,10 +43,14 @@ class P:
     thresholds: Sequence[tuple[float | None, str]] = field(default_factory=lambda: [(None, "green")])
     decimals: int | None = None
     show_name: bool = False  # stat: show the series name (legend) instead of its value
+    threshold_lines: bool = False  # timeseries: draw the thresholds as dashed lines
 
 
 Rows = list[tuple[str, list[P]]]
 RED_AT_1 = [(None, "green"), (1, "red")]
+BURN = [(None, "green"), (1, "orange"), (10, "red")]  # alert-budget burn: on budget, 10x (EdgewatchDeviceBurningAlertBudget)
+BURN_HELP = ("Each device's recent share of windows over its own threshold (last ~1000 windows) divided by "
+             "adaptive.target_rate: 1 is on budget, above 10 for 30 m fires EdgewatchDeviceBurningAlertBudget")
 
 
 def _per_model(metric: str) -> str:
@@ -75,6 +80,16 @@ def fleet_rows() -> Rows:
                                                      "{{instance}}")], unit="ops"),
             P("timeseries", "Anomalies by site", [Q(f"sum by (site) (rate(edgewatch_agent_anomalies_total{{{AGENT}}}[{RI}]))",
                                                     "{{site}}")], unit="ops", stack=True),
+        ]),
+        ("Adaptive thresholds", [
+            P("stat", "Devices warming up", [Q(f"sum(edgewatch_agent_device_warming{{{AGENT}}})")], width=4, decimals=0,
+              description="Devices still learning their own threshold (adaptive.warmup_windows); meanwhile they fire only "
+                          "far above the model's threshold"),
+            P("stat", "Devices over 10x budget", [Q(f"count(edgewatch_agent_device_alert_budget_burn{{{AGENT}}} > 10) or vector(0)")],
+              width=4, decimals=0, thresholds=RED_AT_1, description=BURN_HELP),
+            P("bargauge", "Alert-budget burn, top 10 devices", [
+                Q(f"topk(10, edgewatch_agent_device_alert_budget_burn{{{AGENT}}})", "{{device_id}} on {{instance}}", instant=True)],
+              width=16, thresholds=BURN, description=BURN_HELP),
         ]),
         ("Health", [
             P("table", "Agents and their models", [Q(f"edgewatch_agent_model_info{{{AGENT}}}", fmt="table")], width=12),
@@ -136,6 +151,24 @@ def device_rows() -> Rows:
                 Q(f"sum by (le) (increase(edgewatch_agent_score_threshold_ratio_bucket{{{ONE}}}[{RI}]))", "{{le}}",
                   fmt="heatmap")], width=6,
               description="Above 1: over the threshold (before k-of-n debounce)"),
+        ]),
+        ("Adaptive thresholds", [
+            P("timeseries", "Device thresholds (10 highest burn)", [
+                Q(f"edgewatch_agent_device_threshold{{{DEV}}} and topk(10, edgewatch_agent_device_alert_budget_burn{{{DEV}}})",
+                  "{{device_id}}")], width=8,
+              description="Each device's threshold from the adaptive layer, in score units, for the 10 devices burning most of "
+                          "their alert budget among those chosen in the device variable"),
+            P("timeseries", "Alert-budget burn (10 highest)", [
+                Q(f"topk(10, edgewatch_agent_device_alert_budget_burn{{{DEV}}})", "{{device_id}}")], width=8, thresholds=BURN,
+              threshold_lines=True, description=BURN_HELP),
+            P("bargauge", "Alert-budget burn by device", [
+                Q(f"topk(20, edgewatch_agent_device_alert_budget_burn{{{DEV}}})", "{{device_id}}", instant=True)], width=8,
+              thresholds=BURN, description=BURN_HELP + " (the 20 highest now)"),
+            P("stat", "Devices warming up", [Q(f"sum(edgewatch_agent_device_warming{{{DEV}}})")], width=4, height=6, decimals=0,
+              description="Devices still learning their own threshold; a warm-up that lasts 6 h fires EdgewatchDeviceStuckWarmingUp"),
+            P("table", "Devices in warm-up", [Q(f"edgewatch_agent_device_warming{{{DEV}}} == 1", fmt="table")], width=20, height=6,
+              description="They fire only above adaptive.warmup_factor x the model's threshold until adaptive.warmup_windows "
+                          "of their windows have taught their own"),
         ]),
         ("Outbox and forwarding", [
             P("timeseries", "Outbox", [Q(f"sum(edgewatch_agent_outbox_rows{{{ONE}}})", "rows")], width=6),

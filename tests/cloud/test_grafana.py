@@ -4,7 +4,8 @@ returns data from a real Prometheus (Debian's package) scraping a running agent 
 The Prometheus configuration is deploy/prometheus/prometheus.yml itself, with 1 s intervals, the
 file-SD target lists in a temporary folder, and deploy/prometheus/edgewatch.rules.yml loaded (the
 dashboards read its recording rules). The agent and the processor are the real commands
-(``edgewatch-agent run``, ``edgewatch process``) on the local stack, fed by the simulator.
+(``edgewatch-agent run``, ``edgewatch process``) on the local stack, fed by the simulator; the
+agent runs its adaptive layer, whose per-device gauges the threshold and alert-budget panels read.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import yaml
 
 from cloud.stack import free_port
 from edge.contract import AnomalyEvent, encode_event
+from tests.edge.agent_util import toml_config
 from tests.kafka_util import create_topic
 from tests.tools import unavailable
 
@@ -122,7 +124,7 @@ def api(port: int, path: str, **params: str) -> Any:
 def concrete(expr: str, instance: str) -> str:
     """The query as Grafana sends it: template variables replaced with the values the test selects."""
     return (expr.replace("$__rate_interval", RATE_INTERVAL).replace("$instance", instance)
-            .replace("$site", ".*").replace("$processor", ".*"))
+            .replace("$site", ".*").replace("$processor", ".*").replace("$device", ".*"))
 
 
 def prometheus_config(tmp: Path, agent_port: int, processor_port: int) -> Path:
@@ -197,29 +199,9 @@ def test_every_panel_query_returns_data(tmp_path: Path, mqtt_port: int, kafka_bo
         create_topic(kafka_bootstrap, name)
     agent_port, processor_port, prom_port = free_port(), free_port(), free_port()
     prefix = f"grafana-{unique}"
-    agent_toml = tmp_path / "agent.toml"
-    agent_toml.write_text(f"""
-[agent]
-id = "agent-{unique}"
-[mqtt]
-port = {mqtt_port}
-topic_prefix = "{prefix}"
-[kafka]
-bootstrap_servers = "{kafka_bootstrap}"
-anomalies_topic = "{topics['anomalies']}"
-telemetry_topic = "{topics['telemetry']}"
-deadletter_topic = "{topics['deadletter']}"
-backoff_min_s = 0.2
-backoff_max_s = 2
-[model]
-path = "{MODEL}"
-[outbox]
-path = "{tmp_path / 'outbox.sqlite'}"
-[telemetry]
-every_n_windows = 10
-[metrics]
-port = {agent_port}
-""")
+    agent_toml = toml_config(tmp_path, agent_id=f"agent-{unique}", mqtt_port=mqtt_port, kafka_bootstrap=kafka_bootstrap,
+                             prefix=prefix, topics=topics, metrics_port=agent_port, model=MODEL, name="agent",
+                             extra="[telemetry]\nevery_n_windows = 10", adaptive=True)
     cloud_toml = tmp_path / "cloud.toml"
     cloud_toml.write_text(f"""
 [kafka]
@@ -259,7 +241,7 @@ lag_interval_s = 1.0
         produce_bad_and_late(kafka_bootstrap, topics["anomalies"])
         instance = f"127.0.0.1:{agent_port}"
         every = {(name, title, concrete(expr, instance)) for name, d in committed().items() for title, expr in targets(d)}
-        assert len(every) >= 60
+        assert len(every) >= 75
         pending = {q for q in every if any(m in q[2] for m in PENDING_METRICS)}
         queries = every - pending
 
@@ -283,6 +265,9 @@ lag_interval_s = 1.0
         assert api(prom_port, "label/site/values", **{"match[]": 'up{job="edgewatch-agent"}'}) == ["lab"]
         assert api(prom_port, "label/instance/values", **{"match[]": 'up{job="edgewatch-agent"}'}) == [instance]
         assert api(prom_port, "label/instance/values", **{"match[]": 'up{job="edgewatch-processor"}'}) == [f"127.0.0.1:{processor_port}"]
+        devices = api(prom_port, "label/device_id/values",
+                      **{"match[]": f'edgewatch_agent_device_threshold{{job="edgewatch-agent", instance=~"{instance}"}}'})
+        assert devices == ["pump-000", "pump-001", "pump-002"]
     finally:
         stop(procs)
     for name in ("agent", "processor"):
