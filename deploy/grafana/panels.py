@@ -83,8 +83,8 @@ def fleet_rows() -> Rows:
         ]),
         ("Adaptive thresholds", [
             P("stat", "Devices warming up", [Q(f"sum(edgewatch_agent_device_warming{{{AGENT}}})")], width=4, decimals=0,
-              description="Devices still learning their own threshold (adaptive.warmup_windows); meanwhile they fire only "
-                          "far above the model's threshold"),
+              description="Devices still learning their own threshold (adaptive.warmup_windows); meanwhile they decide on "
+                          "a warm-up threshold, at least the model's"),
             P("stat", "Devices over 10x budget", [Q(f"count(edgewatch_agent_device_alert_budget_burn{{{AGENT}}} > 10) or vector(0)")],
               width=4, decimals=0, thresholds=RED_AT_1, description=BURN_HELP),
             P("bargauge", "Alert-budget burn, top 10 devices", [
@@ -167,8 +167,8 @@ def device_rows() -> Rows:
             P("stat", "Devices warming up", [Q(f"sum(edgewatch_agent_device_warming{{{DEV}}})")], width=4, height=6, decimals=0,
               description="Devices still learning their own threshold; a warm-up that lasts 6 h fires EdgewatchDeviceStuckWarmingUp"),
             P("table", "Devices in warm-up", [Q(f"edgewatch_agent_device_warming{{{DEV}}} == 1", fmt="table")], width=20, height=6,
-              description="They fire only above adaptive.warmup_factor x the model's threshold until adaptive.warmup_windows "
-                          "of their windows have taught their own"),
+              description="Until adaptive.warmup_windows of their windows have taught their own threshold they decide on a "
+                          "warm-up one: first adaptive.warmup_factor x the model's, then at least the model's"),
         ]),
         ("Outbox and forwarding", [
             P("timeseries", "Outbox", [Q(f"sum(edgewatch_agent_outbox_rows{{{ONE}}})", "rows")], width=6),
