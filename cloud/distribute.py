@@ -1,4 +1,5 @@
-"""Publishing a registry version to devices over MQTT (retained announce + retained chunks).
+"""Publishing a registry version to devices over MQTT (retained announce + retained chunks), and
+the one publishing path the signed operator commands share (:func:`publish_messages`).
 
 See :mod:`edge.contract.update` for the protocol. Chunks go first, the announce last, so a
 device never sees an announce whose chunks are not on the broker yet. The chunk size is the one
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -50,9 +52,25 @@ def publish_model(model_dir: Path, *, host: str, port: int, group: str, prefix: 
     :class:`ConfigError` (before connecting) for a model devices would refuse (:func:`build_announce`)."""
     announce, chunks = build_announce(model_dir)
     m = announce.manifest
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgewatch-registry-{m.name}-{m.version}")
+    messages = [(chunk_topic(m.name, m.version, i, prefix), c) for i, c in enumerate(chunks)]
+    messages.append((announce_topic(group, prefix), encode_announce(announce)))
+    publish_messages(messages, host=host, port=port, client_id=f"edgewatch-registry-{m.name}-{m.version}", retain=True,
+                     timeout_s=timeout_s, username=username, password=password)
+    log.info("model_published name=%s version=%s group=%s chunks=%d bytes=%d", m.name, m.version, group, len(chunks), announce.size)
+    return announce
+
+
+def publish_messages(messages: Sequence[tuple[str, bytes]], *, host: str, port: int, client_id: str, retain: bool,
+                     timeout_s: float = 30.0, username: str | None = None, password: str | None = None,
+                     tls_ca_file: str | None = None) -> None:
+    """Publish ``(topic, payload)`` pairs in order at QoS 1 on a fresh connection, each acknowledged
+    by the broker before the next; raises :class:`BrokerUnavailable` when the broker cannot be
+    reached or does not acknowledge in ``timeout_s``."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     if username:
         client.username_pw_set(username, password)
+    if tls_ca_file:
+        client.tls_set(ca_certs=tls_ca_file)
     connected = threading.Event()
     client.on_connect = lambda *a: connected.set()
     try:
@@ -63,15 +81,11 @@ def publish_model(model_dir: Path, *, host: str, port: int, group: str, prefix: 
     try:
         if not connected.wait(timeout_s):
             raise BrokerUnavailable(f"MQTT broker {host}:{port} did not accept the connection in {timeout_s} s")
-        messages = [(chunk_topic(m.name, m.version, i, prefix), c) for i, c in enumerate(chunks)]
-        messages.append((announce_topic(group, prefix), encode_announce(announce)))
         for topic, payload in messages:
-            info = client.publish(topic, payload, qos=1, retain=True)
+            info = client.publish(topic, payload, qos=1, retain=retain)
             info.wait_for_publish(timeout_s)
             if not info.is_published():
                 raise BrokerUnavailable(f"MQTT broker did not acknowledge {topic} within {timeout_s} s")
-        log.info("model_published name=%s version=%s group=%s chunks=%d bytes=%d", m.name, m.version, group, len(chunks), announce.size)
     finally:
         client.disconnect()
         client.loop_stop()
-    return announce

@@ -34,6 +34,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from edge.adaptive_store import AdaptiveStore, state_path
+from edge.commands import CommandReceiver
 from edge.config import Config
 from edge.contract import ConfigError
 from edge.forwarder import Forwarder, ProducerFactory, make_producer
@@ -82,6 +83,7 @@ class Agent:
         self.worker_errors = 0
         self.updates: ModelUpdates | None = None
         self.downloader: ModelDownloader | None = None
+        self.commands: CommandReceiver | None = None
         self._status_records: queue.SimpleQueue[Record] = queue.SimpleQueue()
 
     def load_scorer(self) -> Scorer:
@@ -167,6 +169,11 @@ class Agent:
         m = live.manifest
         self.downloader.skip.add((m.name, m.version))
         self.downloader.start()
+        self.commands = CommandReceiver(  # signed operator commands (--new-normal), same keys, applied by the worker
+            cfg.mqtt, agent_id=cfg.agent.id, trusted_keys=keys, rebaseline=pipeline.rebaseline, report=report,
+            live=lambda: pipeline.manifest, max_age_s=u.command_max_age_s, max_skew_s=cfg.windows.max_clock_skew_s,
+            clock=self._clock, on_action=lambda action: self.metrics.model_updates.labels(action).inc())
+        self.commands.start()
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return; safe to call from a signal handler."""
@@ -199,6 +206,8 @@ class Agent:
             self.intake.stop()
         if self.downloader is not None:
             self.downloader.stop()
+        if self.commands is not None:
+            self.commands.stop()
         if self.updates is not None:
             self.updates.close()
         self._drain_deadline = deadline
@@ -247,6 +256,8 @@ class Agent:
             try:
                 if self.updates is not None:
                     self.updates.poll()
+                if self.commands is not None:
+                    self.commands.poll()
                 pending.extend(self.pipeline.process(batch))
             except Exception:  # noqa: BLE001 - a failing model call must not end the agent; input never raises
                 self.worker_errors += 1

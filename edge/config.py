@@ -154,6 +154,7 @@ class UpdatesSection:
     shadow_latency_factor: float = 5.0
     max_artifact_bytes: int = 64 * 1024 * 1024   # announces of a larger model.onnx are refused before download
     max_download_bytes: int = 128 * 1024 * 1024  # bound on the bytes held under <state_dir>/downloads
+    command_max_age_s: float = 600.0  # a signed command (--new-normal) issued longer ago than this is refused
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ def _validate(c: Config) -> None:
         (c.updates.shadow_latency_factor >= 1, "updates.shadow_latency_factor", c.updates.shadow_latency_factor, "must be >= 1"),
         (c.updates.max_artifact_bytes >= 1, "updates.max_artifact_bytes", c.updates.max_artifact_bytes, "must be >= 1"),
         (c.updates.max_download_bytes >= 1, "updates.max_download_bytes", c.updates.max_download_bytes, "must be >= 1"),
+        (c.updates.command_max_age_s > 0, "updates.command_max_age_s", c.updates.command_max_age_s, "must be > 0"),
     ]
     checks += [(False, f"adaptive.{key}", value, rule) for key, value, rule in c.adaptive.problems()]
     for ok, key, value, rule in checks:

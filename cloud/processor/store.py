@@ -33,7 +33,7 @@ INCIDENT_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id", "device_id", "window_end", "score", "payload", "topic", "kafka_partition", "kafka_offset", "late", "ingested_at",
 )
-LABELS = ("true_positive", "false_positive")
+LABELS = ("true_positive", "false_positive", "new_normal")  # new_normal: real, and accepted as the device's normal from then on
 PG_INCIDENT_TYPES = {c: "float8" for c in ("opened_at", "closed_at", "last_event_at", "max_score", "observed", "expected", "updated_at")}
 PG_INCIDENT_TYPES["event_count"] = "integer"
 # PostgreSQL types of EVENT_COLUMNS, for binary COPY (no text formatting and escaping of every value)

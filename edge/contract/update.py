@@ -18,7 +18,9 @@ refuses an announce that differs from them, or whose manifest has no ``transfer`
 writes anything. So a replayed trusted manifest cannot declare another size or other chunks.
 
 Every decision an agent makes about a model (``downloaded``, ``refused``, ``shadow_started``,
-``promoted``, ``rejected``, ``rolled_back``) is a :class:`ModelStatus` on ``edgewatch.status``.
+``promoted``, ``rejected``, ``rolled_back``) is a :class:`ModelStatus` on ``edgewatch.status``;
+so is what it does with an operator's command (``rebaselined``, ``command_refused``; see
+:mod:`edge.contract.command`), which also names the ``device_id`` and the ``command_id``.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from edge.contract.manifest import ModelManifest, Transfer, decode_manifest, man
 ANNOUNCE_SCHEMA = 1
 STATUS_SCHEMA = 1
 MAX_CHUNK_BYTES = 256 * 1024
-StatusAction = Literal["downloaded", "refused", "shadow_started", "promoted", "rejected", "rolled_back", "loaded"]
+StatusAction = Literal["downloaded", "refused", "shadow_started", "promoted", "rejected", "rolled_back", "loaded",
+                       "rebaselined", "command_refused"]
 STATUS_ACTIONS: tuple[StatusAction, ...] = ("downloaded", "refused", "shadow_started", "promoted", "rejected",
-                                            "rolled_back", "loaded")
+                                            "rolled_back", "loaded", "rebaselined", "command_refused")
 
 
 def announce_topic(group: str, prefix: str = "edgewatch") -> str:
@@ -110,18 +113,24 @@ class ModelStatus:
     at: float
     live_version: str = ""
     schema: int = STATUS_SCHEMA
+    device_id: str = ""   # set for a command's status only (absent from a model's: its bytes stay as before)
+    command_id: str = ""
 
 
 def encode_status(status: ModelStatus) -> bytes:
-    return f.dump_json({"schema": status.schema, "agent_id": status.agent_id, "action": status.action,
-                        "model_name": status.model_name, "model_version": status.model_version, "reason": status.reason,
-                        "at": status.at, "live_version": status.live_version})
+    data = {"schema": status.schema, "agent_id": status.agent_id, "action": status.action, "model_name": status.model_name,
+            "model_version": status.model_version, "reason": status.reason, "at": status.at, "live_version": status.live_version}
+    for optional in ("device_id", "command_id"):
+        if getattr(status, optional):
+            data[optional] = getattr(status, optional)
+    return f.dump_json(data)
 
 
 def decode_status(payload: bytes | str) -> ModelStatus:
     data: dict[str, Any] = f.parse_json(payload)
     f.schema(data, STATUS_SCHEMA)
-    f.no_extra(data, {"schema", "agent_id", "action", "model_name", "model_version", "reason", "at", "live_version"}, "")
+    f.no_extra(data, {"schema", "agent_id", "action", "model_name", "model_version", "reason", "at", "live_version",
+                      "device_id", "command_id"}, "")
     action = f.req(data, "action", "")
     if action not in STATUS_ACTIONS:
         raise ContractError("action", action, f"must be one of {', '.join(STATUS_ACTIONS)}")
@@ -132,4 +141,6 @@ def decode_status(payload: bytes | str) -> ModelStatus:
         reason=f.text(f.req(data, "reason", ""), "reason", max_len=1000, empty=True),
         at=f.number(f.req(data, "at", ""), "at", min_value=0.0),
         live_version=f.text(data.get("live_version", ""), "live_version", max_len=128, empty=True),
+        device_id=f.name(data["device_id"], "device_id") if "device_id" in data else "",
+        command_id=f.text(data.get("command_id", ""), "command_id", max_len=64, empty=True),
     )
