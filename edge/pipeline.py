@@ -347,7 +347,7 @@ class Pipeline:
         if self.adaptive is None or device in self.decider.device_thresholds:
             fire, _over, threshold = self.decider.decide_many(device, scores, batch.segment[idx])
             return fire, np.full(len(scores), threshold)
-        over, _surprise, thresholds = self.adaptive.decide_many(device, scores, batch.ts[idx, -1])
+        over, _surprise, thresholds = self.adaptive.decide_many(device, scores, batch.ts[idx, -1], batch.values[idx, -1, :])
         return self.decider.debounce(device, over, batch.segment[idx]), thresholds
 
     def _observe(self, batch: WindowBatch, device: str, i: int, score: float, threshold: float,

@@ -1,7 +1,7 @@
 """The agent's decision path on a benchmark file: the same classes, the same defaults.
 
-A benchmark file is one device. Its row scores (onnxruntime, the window ending on each row)
-go, in time order, through :class:`edge.adaptive.AdaptiveLayer` and the k-of-n
+A benchmark file is one device. Its row scores (onnxruntime, the window ending on each row),
+with the rows themselves for the layer's seasonal channel, go, in time order, through :class:`edge.adaptive.AdaptiveLayer` and the k-of-n
 :class:`edge.decision.Decider`, configured from the agent's own config (``load_config``: the
 defaults the agent ships with, or a given agent TOML file). The layer starts from the prior the
 file's artifact would carry (its threshold and training-score quantiles) and meets the device at
@@ -45,11 +45,12 @@ def agent_config(path: Path | str | None = None) -> Config:
 
 
 def agent_decisions(scores: np.ndarray, times_s: np.ndarray, *, start: int, window_length: int, threshold: float,
-                    calibration: Mapping[str, float | str], config: Config) -> AgentDecisions:
+                    calibration: Mapping[str, float | str], config: Config, values: np.ndarray | None = None) -> AgentDecisions:
     """Decide the rows from ``start`` (the first after the training rows) as the agent would (see
     the module docstring); earlier rows never fire, nor do rows before the first full window.
     With ``adaptive.enabled = false`` the decider's fixed threshold decides (the manifest's, or
-    ``decision.threshold``)."""
+    ``decision.threshold``). ``values`` (rows, channels): the file's rows, the last row of each
+    window, for the layer's seasonal channel (None: without it)."""
     n = len(scores)
     first = max(start, window_length - 1)
     fixed = config.decision.threshold if config.decision.threshold is not None else threshold
@@ -61,7 +62,9 @@ def agent_decisions(scores: np.ndarray, times_s: np.ndarray, *, start: int, wind
     thresholds = np.full(n, np.nan)
     if config.adaptive.enabled:
         layer = AdaptiveLayer(config.adaptive, Prior.from_calibration(fixed, calibration))
-        over, surprise[first:], thresholds[first:] = layer.decide_many("file", window_scores, np.asarray(times_s[first:], dtype=np.float64))
+        rows = None if values is None else np.asarray(values, dtype=np.float64)[first:]
+        over, surprise[first:], thresholds[first:] = layer.decide_many("file", window_scores, np.asarray(times_s[first:], dtype=np.float64),
+                                                                       rows)
         fire[first:] = decider.debounce("file", over, segments)
         guard = config.adaptive.guard_windows
     else:

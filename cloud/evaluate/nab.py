@@ -148,7 +148,7 @@ def score_files(files: Sequence[NabFile], config: TrainConfig, agent: Config, *,
     for f in tqdm(files, desc=f"nab {config.family}", unit="file", disable=not progress):
         run = fit_and_score(f.values, f.layout.probation, config, channels=["value"])
         decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=f.layout.probation, window_length=config.window_length,
-                                    threshold=run.threshold, calibration=run.calibration, config=agent)
+                                    threshold=run.threshold, calibration=run.calibration, config=agent, values=f.values)
         runs.append(NabRun(decisions, hold_off(unit_scores(run.scores, run.threshold), holdoff), run.fit_seconds))
     return runs
 

@@ -74,7 +74,8 @@ def normal_ratios(chunks: Sequence[SkabFile], config: TrainConfig, agent: Config
         run = fit_and_score(f.rows, n_train, config, channels=f.channels)
         ratios.append(run.scores[n_train:] / run.threshold)
         decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=n_train, window_length=config.window_length,
-                                    threshold=run.threshold, calibration=run.calibration, config=agent)
+                                    threshold=run.threshold, calibration=run.calibration, config=agent,
+                                    values=f.rows)
         fires.append(decisions.fire[n_train:])
     result = NormalRun(np.concatenate(ratios), np.concatenate(fires))
     log.info("normal_ratios_measured family=%s seed=%d rows=%d unscaled_far=%.3f agent_far=%.3f", config.family, config.seed,

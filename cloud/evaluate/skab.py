@@ -169,7 +169,7 @@ def evaluate_file(f: SkabFile, config: TrainConfig, agent: Config, *, n_train: i
         raise ConfigError(f"{f.path}: {len(f.rows)} rows, the protocol needs more than {n_train}")
     run = fit_and_score(f.rows, n_train, config, channels=f.channels)
     decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=n_train, window_length=config.window_length,
-                                threshold=run.threshold, calibration=run.calibration, config=agent)
+                                threshold=run.threshold, calibration=run.calibration, config=agent, values=f.rows)
     layout = changepoint_layout(f.times[n_train:], f.changepoint[n_train:], nab_window_s)
     return FileResult(f, run.scores[n_train:], run.threshold, run.fit_seconds, layout, decisions.fire[n_train:],
                       decisions.thresholds[n_train:])
