@@ -1,7 +1,8 @@
 """From MQTT messages to outbox records: decode, window, score, decide, sample.
 
 Pure logic with injected time (``clock`` stamps events and dead letters, bounds how far ahead a
-reading's ``ts`` may be, and times idle devices); no threads, so a test drives it message by message. The agent calls :meth:`Pipeline.process` from its worker thread.
+reading's ``ts`` may be, and times idle devices); no threads, so a test drives it message by
+message. The agent calls :meth:`Pipeline.process` from its worker thread.
 Nothing raises on input: every refused payload becomes a dead-letter record and a count by
 reason. Only a failing model (onnxruntime error) raises.
 """
