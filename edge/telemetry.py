@@ -72,6 +72,10 @@ class TelemetrySampler:
             dev.recent.append(_detached(item))
         return out
 
+    def forget(self, device_id: str) -> None:
+        """Drop ``device_id``'s state (every-Nth count, context kept, context still to send)."""
+        self._devices.pop(device_id, None)
+
     def quiet(self, device_id: str) -> bool:
         """No anomaly context still to send for ``device_id``: :meth:`observe_quiet` may be used."""
         dev = self._devices.get(device_id)

@@ -7,10 +7,22 @@ payload's rows) places it; every ``stride`` readings after the first ``window_le
 is ready. :meth:`Windows.take_batch` hands the ready windows out as one :class:`WindowBatch` of
 arrays (what the pipeline scores and decides in whole-array passes); :meth:`Windows.take_ready`
 as :class:`Window` objects.
+
+Two bounds keep hostile timestamps from blinding a device. ``add_rows`` takes ``latest``, the
+newest ``ts`` the caller's clock allows (the agent's clock plus ``windows.max_clock_skew_s``):
+a reading after it is dropped as ``FUTURE``, so no reading moves a device's last ``ts`` past
+the clock. A reading older than the device's last reading by more than a window's span
+(``window_length`` sample periods, or the gap bound if that is longer) is dropped as ``PAST``
+(the sensor's clock went back, or a replay); a closer older one is ``LATE`` (reordered on the
+way). Neither ever moves the device's last ``ts``.
+
+A device's buffer starts small and doubles up to its full size as readings come, so an id
+that sends one reading costs a few hundred bytes; :meth:`Windows.forget` drops a device.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +42,8 @@ class Added(Enum):
     RESET = "reset"          # accepted, after a gap that started a new window
     LATE = "late"            # ts before the device's last reading: dropped
     DUPLICATE = "duplicate"  # ts equal to the device's last reading: dropped
+    FUTURE = "future"        # ts after the latest the clock allows: dropped
+    PAST = "past"            # ts before the device's last reading by more than a window's span: dropped
 
 
 @dataclass(frozen=True)
@@ -84,7 +98,11 @@ class WindowBatch:
         return [self.window(i, device) for device, lo, hi in self.runs for i in range(lo, hi)]
 
 
-@dataclass
+_FIRST_ROWS = 8  # a new device's buffer, in rows; doubled when full, up to Windows._capacity
+_NO_VIEW = np.empty((0, 0))  # win and win_ts of a buffer shorter than a window (no window can end in it yet)
+
+
+@dataclass(slots=True)
 class _Device:
     buf: np.ndarray
     ts: np.ndarray
@@ -119,6 +137,7 @@ class Windows:
         self.window_length = window_length
         self.stride = stride
         self.max_gap_s = gap_periods * sample_period_s
+        self.max_late_s = max(window_length * sample_period_s, self.max_gap_s)  # older than this behind the last: PAST
         self._capacity = max(4 * window_length, window_length + stride, 256)  # rows per device; fewer compactions
         self._devices: dict[str, _Device] = {}
         self._ready_count = 0
@@ -134,43 +153,72 @@ class Windows:
     def _device(self, device_id: str) -> _Device:
         dev = self._devices.get(device_id)
         if dev is None:
-            buf = np.empty((self._capacity, len(self.channels)), dtype=np.float64)
-            ts = np.empty(self._capacity, dtype=np.float64)
-            length = self.window_length
-            dev = _Device(buf, ts, sliding_window_view(buf, length, axis=0).transpose(0, 2, 1), sliding_window_view(ts, length))
-            self._devices[device_id] = dev
+            dev = self._devices[device_id] = _Device(*self._buffers(min(_FIRST_ROWS, self._capacity)))
         return dev
+
+    def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(buf, ts, win, win_ts)`` of ``rows`` rows; the window views only once a window fits."""
+        buf = np.empty((rows, len(self.channels)), dtype=np.float64)
+        ts = np.empty(rows, dtype=np.float64)
+        length = self.window_length
+        if rows < length:
+            return buf, ts, _NO_VIEW, _NO_VIEW
+        return buf, ts, sliding_window_view(buf, length, axis=0).transpose(0, 2, 1), sliding_window_view(ts, length)
 
     def register(self, device_id: str) -> None:
         """Track ``device_id`` from now on (its place among the devices :meth:`take_batch` visits)."""
         self._device(device_id)
 
-    def add(self, reading: Reading) -> Added:
-        """Place one reading; never raises for late, duplicate or gapped input."""
+    def forget(self, device_id: str) -> bool:
+        """Drop everything held for ``device_id``: its partial window and its ready windows not yet
+        taken. Returns whether it was tracked. Its next reading starts it afresh (``seq`` from 0)."""
+        dev = self._devices.pop(device_id, None)
+        if dev is None:
+            return False
+        self._ready_count -= sum(len(chunk.ts) for chunk in dev.ready)
+        return True
+
+    def add(self, reading: Reading, latest: float = math.inf) -> Added:
+        """Place one reading; never raises for late, duplicate, gapped or future input."""
+        if reading.ts > latest:
+            return Added.FUTURE
         values = reading.values
         return self._add_one(reading.device_id, self._device(reading.device_id), reading.ts,
                              [values[c] for c in self.channels])
 
-    def add_rows(self, device_id: str, ts: np.ndarray, rows: np.ndarray) -> dict[Added, int]:
+    def add_rows(self, device_id: str, ts: np.ndarray, rows: np.ndarray, latest: float = math.inf) -> dict[Added, int]:
         """Place ``rows (n, channels)`` in channel order, stamped ``ts (n,)``, for one device.
 
         The same as :meth:`add` row by row, but a run of in-order rows without gaps is copied in
-        bulk. Returns how many rows had each outcome (outcomes of no row left out).
+        bulk. Rows stamped after ``latest`` are dropped as ``FUTURE`` (one array comparison, and
+        none on the bulk path, whose last row is its newest). Returns how many rows had each
+        outcome (outcomes of no row left out).
         """
-        dev = self._device(device_id)
         n = len(ts)
         if n == 1:
-            return {self._add_one(device_id, dev, float(ts[0]), rows[0]): 1}  # a dict literal: a Counter costs more than the row
+            t = float(ts[0])
+            if t > latest:
+                return {Added.FUTURE: 1}
+            return {self._add_one(device_id, self._device(device_id), t, rows[0]): 1}  # a dict literal: a Counter costs more than the row
         if n == 0:
             return {}
-        first = float(ts[0])
-        fits = not dev.since_reset or (dev.last_ts < first and first - dev.last_ts <= self.max_gap_s)
-        steps = np.diff(ts)
-        if fits and 0 < steps.min() and steps.max() <= self.max_gap_s:
-            self._append_run(device_id, dev, ts, rows)
-            return {Added.OK: n}
+        if float(ts[-1]) <= latest:  # in order, the last row is the newest: no future row
+            dev = self._device(device_id)
+            first = float(ts[0])
+            fits = not dev.since_reset or (dev.last_ts < first and first - dev.last_ts <= self.max_gap_s)
+            steps = np.diff(ts)
+            if fits and 0 < steps.min() and steps.max() <= self.max_gap_s:
+                self._append_run(device_id, dev, ts, rows)
+                return {Added.OK: n}
         out: Counter[Added] = Counter()
-        for i in range(n):
+        future = ts > latest
+        if future.any():
+            out[Added.FUTURE] = int(future.sum())
+            ts, rows = ts[~future], rows[~future]
+            if not len(ts):
+                return out
+        dev = self._device(device_id)
+        for i in range(len(ts)):
             out[self._add_one(device_id, dev, float(ts[i]), rows[i])] += 1
         return out
 
@@ -178,9 +226,9 @@ class Windows:
         """Bulk copy in-order, gap-free rows, emitting windows exactly where :meth:`_add_one` would."""
         length, stride, done = self.window_length, self.stride, 0
         while done < len(ts):
-            if dev.size == self._capacity:
-                self._compact(dev)
-            m = min(self._capacity - dev.size, len(ts) - done)
+            if dev.size == len(dev.ts):
+                self._make_room(dev)
+            m = min(len(dev.ts) - dev.size, len(ts) - done)
             lo = dev.size
             dev.buf[lo: lo + m] = rows[done: done + m]
             dev.ts[lo: lo + m] = ts[done: done + m]
@@ -200,6 +248,17 @@ class Windows:
             done += m
         dev.last_ts = float(ts[-1])
 
+    def _make_room(self, dev: _Device) -> None:
+        """A full buffer: doubled while below the full size, else compacted."""
+        rows = len(dev.ts)
+        if rows >= self._capacity:
+            self._compact(dev)
+            return
+        buf, ts, dev.win, dev.win_ts = self._buffers(min(2 * rows, self._capacity))
+        buf[:rows] = dev.buf
+        ts[:rows] = dev.ts
+        dev.buf, dev.ts = buf, ts
+
     def _compact(self, dev: _Device) -> None:
         keep = self.window_length - 1
         dev.buf[:keep] = dev.buf[dev.size - keep: dev.size]
@@ -212,14 +271,14 @@ class Windows:
             if ts == dev.last_ts:
                 return Added.DUPLICATE
             if ts < dev.last_ts:
-                return Added.LATE
+                return Added.PAST if dev.last_ts - ts > self.max_late_s else Added.LATE
             if ts - dev.last_ts > self.max_gap_s:
                 dev.size = 0
                 dev.since_reset = 0
                 dev.segment += 1
                 outcome = Added.RESET
-        if dev.size == self._capacity:
-            self._compact(dev)
+        if dev.size == len(dev.ts):
+            self._make_room(dev)
         dev.buf[dev.size] = row
         dev.ts[dev.size] = ts
         dev.size += 1

@@ -139,3 +139,48 @@ def test_add_rows_bulk_path_across_many_compactions() -> None:
     for wa, wb in zip(a, b, strict=True):
         np.testing.assert_array_equal(wa.values, wb.values)
         np.testing.assert_array_equal(wa.ts, wb.ts)
+
+
+def test_a_reading_after_latest_is_future_and_never_moves_the_device_on() -> None:
+    w = Windows(CH, window_length=3, stride=1, sample_period_s=1.0, gap_periods=5)
+    rows = np.ones((1, 3))
+    assert w.add_rows("d", np.array([10.0]), rows, latest=15.0) == {Added.OK: 1}
+    assert w.add_rows("d", np.array([1e12]), rows, latest=15.0) == {Added.FUTURE: 1}
+    assert w.add(reading("d", 16.0), latest=15.0) is Added.FUTURE
+    # a batch: its future rows dropped, the rest placed as if they came alone
+    got = w.add_rows("d", np.array([11.0, 1e12, 12.0, 13.0, 99.0]), np.ones((5, 3)), latest=15.0)
+    assert got == {Added.OK: 3, Added.FUTURE: 2}
+    assert [x.ts.tolist() for x in w.take_ready()] == [[10.0, 11.0, 12.0], [11.0, 12.0, 13.0]]
+    assert w.add_rows("d", np.array([14.0, 15.0]), np.ones((2, 3)), latest=15.0) == {Added.OK: 2}
+    assert [x.end for x in w.take_ready()] == [14.0, 15.0]
+    assert w.add_rows("nobody", np.array([1e12, 2e12]), np.ones((2, 3)), latest=15.0) == {Added.FUTURE: 2}
+    assert w.devices == 1  # a device whose readings were all future holds nothing
+
+
+def test_a_reading_older_than_a_window_span_is_past_and_a_closer_one_late() -> None:
+    w = Windows(CH, window_length=4, stride=1, sample_period_s=2.0, gap_periods=3)  # span 8 s, gap 6 s
+    feed(w, "d", [100.0, 102.0, 104.0, 106.0])
+    assert w.add(reading("d", 98.0)) is Added.LATE     # 8 s behind
+    assert w.add(reading("d", 97.9)) is Added.PAST     # more than a window's span behind
+    assert w.add_rows("d", np.array([0.0, -1e12, 108.0]), np.ones((3, 3))) == {Added.PAST: 2, Added.OK: 1}
+    assert [x.end for x in w.take_ready()] == [106.0, 108.0]
+
+
+def test_forget_drops_the_device_and_its_ready_windows() -> None:
+    w = Windows(CH, window_length=2, stride=1, sample_period_s=1.0, gap_periods=5)
+    feed(w, "x", [1.0, 2.0, 3.0])
+    feed(w, "y", [1.0, 2.0])
+    assert w.ready_count == 3 and w.forget("x") and not w.forget("x")
+    assert w.devices == 1 and w.ready_count == 1
+    assert [(x.device_id, x.end) for x in w.take_ready()] == [("y", 2.0)]
+    feed(w, "x", [50.0, 51.0])  # starts afresh
+    assert [(x.device_id, x.seq, x.start) for x in w.take_ready()] == [("x", 0, 50.0)]
+
+
+def test_a_device_with_one_reading_holds_a_small_buffer_that_grows_with_its_readings() -> None:
+    w = Windows(CH, window_length=32, stride=4, sample_period_s=1.0, gap_periods=5)
+    w.add(reading("d", 0.0))
+    assert w._devices["d"].buf.nbytes <= 8 * 3 * 8
+    feed(w, "d", [float(t) for t in range(1, 1000)])
+    assert w._devices["d"].buf.shape[0] == w._capacity
+    assert [x.end for x in w.take_ready()] == [float(t) for t in range(31, 1000, 4)]
