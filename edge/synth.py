@@ -73,18 +73,29 @@ def load_profile(n_steps: int, rng: np.random.Generator) -> np.ndarray:
     return load
 
 
-def simulate(n_steps: int, *, seed: int, faults: Sequence[Fault] = ()) -> tuple[np.ndarray, np.ndarray]:
+def simulate(n_steps: int, *, seed: int, faults: Sequence[Fault] = (), load_offset: float = 0.0, noise_scale: float = 1.0,
+             drift_per_h: float | Sequence[float] = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Readings ``(n_steps, 6)`` float64 in :data:`CHANNEL_NAMES` order and a bool label per step.
 
-    A step is labelled anomalous while any fault is active on it.
+    A step is labelled anomalous while any fault is active on it. A machine of its own:
+    ``load_offset`` moves its operating point (the load, 0-1 for the default machines, is offset
+    by it and may leave that range; every channel follows along its own load line),
+    ``noise_scale`` multiplies every channel's noise, and ``drift_per_h`` moves each channel's
+    level slowly (one number for every channel or one per channel, in the channel's load gains per
+    hour of samples). Faults are injected after all three. The defaults draw the same random
+    numbers as without them: the same seed gives the same array as before they existed.
     """
     rng = np.random.default_rng(seed)
-    load = load_profile(n_steps, rng)
+    load = load_profile(n_steps, rng) + load_offset
     lagged = _lag(load, 0.02)
     values = np.empty((n_steps, len(_CHANNELS)))
     for j, (name, _unit, offset, gain, sd) in enumerate(_CHANNELS):
         drive = lagged if name == "temperature" else load
-        values[:, j] = offset + gain * drive + rng.normal(0, sd, n_steps)
+        values[:, j] = offset + gain * drive + rng.normal(0, sd * noise_scale, n_steps)
+    drift = np.broadcast_to(np.asarray(drift_per_h, dtype=np.float64), (len(_CHANNELS),))
+    if drift.any():
+        hours = np.arange(n_steps) * (SAMPLE_PERIOD_S / 3600.0)
+        values += np.outer(hours, drift * np.abs([gain for *_, gain, _sd in _CHANNELS]))
     labels = np.zeros(n_steps, dtype=bool)
     for fault in faults:
         _inject(values, fault, rng, n_steps)
