@@ -21,14 +21,14 @@ What moves a threshold and what never does:
   counted *at* it (so a fault's size never enters the tail). For the first tenth of them it fires
   only above ``warmup_factor`` x the manifest's threshold; at each further tenth the warm-up
   threshold becomes the larger of the manifest's and the provisional own one; at the end its
-  own estimate decides. If in a tenth more than half its tail share (5 %) of the windows were
-  over, its tail lies above the warm-up threshold: that grows by ``warmup_factor`` and the
-  warm-up starts again.
+  own estimate decides. A device whose normal lies far above the prior (more than 5 % of its
+  windows over the warm-up threshold) learns too low a tail this way and storms until the next
+  rule absorbs it: a fault inside the warm-up looks the same, and must not raise the threshold.
 - **A new normal.** A device whose recent share of windows over its threshold stays above half
   its tail share (5 %, fifty times the default budget; averaged over ``BURN_HALF_LIFE`` windows)
   for ``absorb_after_s`` of its own time (0: never) has a new normal, or an estimate that was too
-  low (a storm): the estimate restarts from its windows of that time, over the threshold or not. An operator's
-  ``--new-normal`` (:meth:`AdaptiveLayer.rebaseline`) restarts the device's warm-up. A new model
+  low (a storm): the estimate restarts from its windows of that time, over the threshold or not.
+  An operator's ``--new-normal`` (:meth:`AdaptiveLayer.rebaseline`) restarts the device's warm-up. A new model
   restarts every device from the new manifest's prior (:meth:`AdaptiveLayer.reset_prior`).
 - **Smoothing.** With ``smooth_windows`` > 1 the layer decides on the mean score of the last
   windows (the short-term average of the NAB anomaly likelihood) and learns the tail of that mean.
