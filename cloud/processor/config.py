@@ -59,6 +59,7 @@ class IncidentsSection:
     quiet_s: float = 300.0
     allowed_lateness_s: float = 30.0
     idle_advance_s: float = 0.0  # 0: watermarks move only with events; >0 see docs/processor.md
+    max_clock_skew_s: float = 300.0  # an event whose window_end is further ahead of the processor's clock is dead-lettered
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def _validate(c: ProcessorConfig, where: str) -> None:
         (c.incidents.window_s >= 0, "incidents.window_s", c.incidents.window_s, "must be >= 0"),
         (c.incidents.quiet_s > 0, "incidents.quiet_s", c.incidents.quiet_s, "must be > 0"),
         (c.incidents.allowed_lateness_s >= 0, "incidents.allowed_lateness_s", c.incidents.allowed_lateness_s, "must be >= 0"),
+        (c.incidents.max_clock_skew_s >= 0, "incidents.max_clock_skew_s", c.incidents.max_clock_skew_s, "must be >= 0"),
         (c.fleet.min_devices >= 2, "fleet.min_devices", c.fleet.min_devices, "must be >= 2"),
         (c.fleet.quiet_s >= 0, "fleet.quiet_s", c.fleet.quiet_s, "must be >= 0"),
         (c.fleet.evaluate_interval_s >= 0, "fleet.evaluate_interval_s", c.fleet.evaluate_interval_s, "must be >= 0"),

@@ -22,7 +22,9 @@ class ProcessorMetrics:
                                           registry=registry)
         self.late_events = Counter(p + "late_events_total", "Events older than the partition watermark",
                                    ["applied"], registry=registry)
-        self.deadletters = Counter(p + "deadletters_total", "Records that failed the contract", ["cause"], registry=registry)
+        self.deadletters = Counter(p + "deadletters_total",
+                                   "Records that failed the contract, or whose window_end is ahead of the clock (cause future)",
+                                   ["cause"], registry=registry)
         self.deadletters_published = Counter(p + "deadletters_published_total", "Dead letters produced to the dead-letter topic",
                                              registry=registry)
         self.alerts_emitted = Counter(p + "alerts_emitted_total", "Alerts produced to the alerts topic", ["kind", "action"],

@@ -92,6 +92,7 @@ class Pipeline:
         self.tracker = IncidentTracker(config.incidents, site_of)
         self.drift = DriftMonitor(config.drift, expectations or {}, site_of)
         self.lateness = config.incidents.allowed_lateness_s
+        self.max_skew_s = config.incidents.max_clock_skew_s
         self.contexts: dict[int, PartitionContext] = {}
         self.fast = FastEventDecoder()
         self._lookup: set[int] = set()  # partitions whose last batch held duplicates: look ids up first
@@ -151,20 +152,32 @@ class Pipeline:
         return out
 
     def _decode(self, topic: str, partition: int, records: Sequence[Record], now: float) -> tuple[list[Decoded], list[DeadRow]]:
-        """Valid events as (offset, payload, fields) and dead-letter rows, in record order."""
+        """Valid events as (offset, payload, fields) and dead-letter rows, in record order.
+
+        An event whose ``window_end`` is more than ``incidents.max_clock_skew_s`` ahead of ``now``
+        is a dead letter (cause ``future``): applied, it would move the partition's watermark so
+        far that every later event of the partition were late beyond lateness."""
         decoded: list[Decoded] = []
         dead: list[DeadRow] = []
         fields = self.fast.fields
+        latest = now + self.max_skew_s
         for offset, value in records:
             if value is not None:
                 f = fields(value)
                 if f is not None:
-                    decoded.append((offset, value, f))
+                    if f[4] <= latest:
+                        decoded.append((offset, value, f))
+                    else:
+                        dead.append(self._future(topic, partition, offset, value, f[4], now))
                     continue
             try:  # the fast path declined: the contract decides, and names the problem
                 if value is None:
                     raise ContractError("$", None, "a record without a value is not an anomaly event")
-                decoded.append((offset, value, event_fields(decode_event(value))))
+                f = event_fields(decode_event(value))
+                if f[4] <= latest:
+                    decoded.append((offset, value, f))
+                else:
+                    dead.append(self._future(topic, partition, offset, value, f[4], now))
             except ContractError as exc:
                 dead.append((topic, partition, offset, exc.field, str(exc), value or b"", now))
                 self.metrics.deadletters.labels(cause="json" if exc.field == "$" else "contract").inc()
@@ -176,6 +189,11 @@ class Pipeline:
         if dead:
             log.info("events_deadlettered topic=%s partition=%d count=%d first_reason=%r", topic, partition, len(dead), dead[0][4])
         return decoded, dead
+
+    def _future(self, topic: str, partition: int, offset: int, value: bytes, window_end: float, now: float) -> DeadRow:
+        self.metrics.deadletters.labels(cause="future").inc()
+        reason = f"window_end: {window_end!r} is more than {self.max_skew_s:g} s ahead of the processor's clock ({now:.3f})"
+        return (topic, partition, offset, "window_end", reason, value, now)
 
     def _store(self, work: list[tuple[str, int, Sequence[Record], list[Decoded], list[DeadRow]]], now: float,
                lookup: bool) -> list[BatchResult]:

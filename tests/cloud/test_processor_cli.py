@@ -23,7 +23,7 @@ def cfg_path(tmp_path: Path) -> Path:
     cfg = config(path, bootstrap="127.0.0.1:1", topic="t", group="g", sqlite_path=tmp_path / "s.db")
     store = open_store(cfg.store)
     recs = [Rec(i, encode_event(e)) for i, e in enumerate(fleet_stream(4, partitions=1, duration_s=1200))]
-    Pipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0).process("t", 0, recs)
+    Pipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 86_400).process("t", 0, recs)
     store.close()
     return path
 

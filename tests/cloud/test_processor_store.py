@@ -47,7 +47,7 @@ def store(empty_store: Store) -> Store:
 
 def pipeline(store: Store, tmp_path: Path) -> Pipeline:
     cfg = config(tmp_path / "cloud.toml", bootstrap="127.0.0.1:1", topic=TOPIC, group="g", sqlite_path=tmp_path / "unused.db")
-    return Pipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0)
+    return Pipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 86_400)  # no event ahead of it
 
 
 def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
