@@ -78,6 +78,10 @@ def test_unknown_key_names_file_and_dotted_key(tmp_path: Path, text: str, key: s
     ("[mqtt]\nport = 70000\n", "'mqtt.port' = 70000 must be 1-65535"),
     ("[decision]\ndevice_thresholds = { 'p1' = 'high' }\n", "'decision.device_thresholds.p1': expected a number"),
     ("[mqtt\n", "invalid TOML"),
+    ("[agent]\nmax_devices = 0\n", "'agent.max_devices' = 0 must be >= 1"),
+    ("[agent]\nmax_devices = 1.5\n", "'agent.max_devices': expected an integer"),
+    ("[agent]\ndevice_idle_evict_s = 0\n", "'agent.device_idle_evict_s' = 0.0 must be > 0"),
+    ("[windows]\nmax_clock_skew_s = -1\n", "'windows.max_clock_skew_s' = -1.0 must be >= 0"),
     ("[updates]\nmax_artifact_bytes = 0\n", "'updates.max_artifact_bytes' = 0 must be >= 1"),
     ("[updates]\nmax_download_bytes = -1\n", "'updates.max_download_bytes' = -1 must be >= 1"),
 ])
@@ -86,6 +90,15 @@ def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, 
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
     assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_bounds_on_hostile_input_have_defaults_and_a_bad_one_exits_2(tmp_path: Path) -> None:
+    d = load_config(None, env={})
+    assert (d.agent.max_devices, d.agent.device_idle_evict_s, d.windows.max_clock_skew_s) == (10_000, 3600.0, 5.0)
+    path = write(tmp_path, "[agent]\nid = 'a'\nmax_devices = 0\n")
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "'agent.max_devices' = 0" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_environment_twins_override_the_file(tmp_path: Path) -> None:
