@@ -94,7 +94,7 @@ def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, text: str, 
 
 def test_bounds_on_hostile_input_have_defaults_and_a_bad_one_exits_2(tmp_path: Path) -> None:
     d = load_config(None, env={})
-    assert (d.agent.max_devices, d.agent.device_idle_evict_s, d.windows.max_clock_skew_s) == (10_000, 3600.0, 5.0)
+    assert (d.agent.max_devices, d.agent.device_idle_evict_s, d.windows.max_clock_skew_s) == (2_000, 3600.0, 5.0)
     path = write(tmp_path, "[agent]\nid = 'a'\nmax_devices = 0\n")
     out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], capture_output=True, text=True,
                          timeout=60)
