@@ -48,7 +48,7 @@ class AgentSection:
     deadletter_max_bytes: int = 4096
     max_batch_windows: int = 4096
     shutdown_timeout_s: float = 10.0
-    max_devices: int = 2_000  # devices with windows held (2,000 streaming ones fit the shipped unit's 256 MB); new ids beyond it are dead-lettered
+    max_devices: int = 2_000  # devices with windows held (2,000 streaming fit the unit's 256 MB); new ids beyond: dead-lettered
     device_idle_evict_s: float = 3600.0  # a device without a reading this long is forgotten (its partial window lost)
 
 
