@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cloud.evaluate.protocol import FileRun
 from edge.adaptive import AdaptiveLayer, Prior, likelihood, run_openings
 from edge.config import Config, load_config
 from edge.decision import Decider
@@ -73,3 +74,11 @@ def agent_decisions(scores: np.ndarray, times_s: np.ndarray, *, start: int, wind
         surprise[first:] = window_scores / fixed if fixed > 0 else 0.0
         guard = 0
     return AgentDecisions(fire, run_openings(fire, guard), surprise, thresholds)
+
+
+def decide_run(run: FileRun, times: np.ndarray, rows: np.ndarray, *, start: int, window_length: int,
+               config: Config) -> AgentDecisions:
+    """:func:`agent_decisions` on a fitted file (:func:`cloud.evaluate.protocol.fit_and_score`):
+    its scores, threshold and calibration, the file's times (datetime64) and raw rows."""
+    return agent_decisions(run.scores, times.astype(np.float64), start=start, window_length=window_length,
+                           threshold=run.threshold, calibration=run.calibration, config=config, values=rows)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cloud.evaluate.agent_path import AgentDecisions, agent_decisions
+from cloud.evaluate.agent_path import AgentDecisions, decide_run
 from cloud.evaluate.nab_score import PROFILES, FileScore, Layout, best_threshold, score_corpus, windows_from_times
 from cloud.evaluate.protocol import fit_and_score
 from edge.config import Config
@@ -147,8 +147,7 @@ def score_files(files: Sequence[NabFile], config: TrainConfig, agent: Config, *,
     runs = []
     for f in tqdm(files, desc=f"nab {config.family}", unit="file", disable=not progress):
         run = fit_and_score(f.values, f.layout.probation, config, channels=["value"])
-        decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=f.layout.probation, window_length=config.window_length,
-                                    threshold=run.threshold, calibration=run.calibration, config=agent, values=f.values)
+        decisions = decide_run(run, f.times, f.values, start=f.layout.probation, window_length=config.window_length, config=agent)
         runs.append(NabRun(decisions, hold_off(unit_scores(run.scores, run.threshold), holdoff), run.fit_seconds))
     return runs
 

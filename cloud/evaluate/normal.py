@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cloud.evaluate.agent_path import agent_decisions
+from cloud.evaluate.agent_path import decide_run
 from cloud.evaluate.protocol import fit_and_score
 from cloud.evaluate.skab import SkabFile, read_skab
 from edge.config import Config
@@ -73,9 +73,7 @@ def normal_ratios(chunks: Sequence[SkabFile], config: TrainConfig, agent: Config
     for f in tqdm(chunks, desc=f"normal {config.family} seed {config.seed}", unit="file", disable=not progress):
         run = fit_and_score(f.rows, n_train, config, channels=f.channels)
         ratios.append(run.scores[n_train:] / run.threshold)
-        decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=n_train, window_length=config.window_length,
-                                    threshold=run.threshold, calibration=run.calibration, config=agent,
-                                    values=f.rows)
+        decisions = decide_run(run, f.times, f.rows, start=n_train, window_length=config.window_length, config=agent)
         fires.append(decisions.fire[n_train:])
     result = NormalRun(np.concatenate(ratios), np.concatenate(fires))
     log.info("normal_ratios_measured family=%s seed=%d rows=%d unscaled_far=%.3f agent_far=%.3f", config.family, config.seed,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cloud.evaluate.agent_path import agent_decisions
+from cloud.evaluate.agent_path import decide_run
 from cloud.evaluate.metrics import Counts, confusion, micro, rising_edges
 from cloud.evaluate.nab_score import PROFILES, FileScore, Layout, score_file
 from cloud.evaluate.protocol import fit_and_score
@@ -168,8 +168,7 @@ def evaluate_file(f: SkabFile, config: TrainConfig, agent: Config, *, n_train: i
     if len(f.rows) <= n_train:
         raise ConfigError(f"{f.path}: {len(f.rows)} rows, the protocol needs more than {n_train}")
     run = fit_and_score(f.rows, n_train, config, channels=f.channels)
-    decisions = agent_decisions(run.scores, f.times.astype(np.float64), start=n_train, window_length=config.window_length,
-                                threshold=run.threshold, calibration=run.calibration, config=agent, values=f.rows)
+    decisions = decide_run(run, f.times, f.rows, start=n_train, window_length=config.window_length, config=agent)
     layout = changepoint_layout(f.times[n_train:], f.changepoint[n_train:], nab_window_s)
     return FileResult(f, run.scores[n_train:], run.threshold, run.fit_seconds, layout, decisions.fire[n_train:],
                       decisions.thresholds[n_train:])

@@ -6,18 +6,21 @@ import json
 import random
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from edge.config import Config
+from cloud.stack import LocalStack, free_port
+from edge.config import Config, load_config
 from edge.contract import Reading, decode_event, encode_readings, readings_topic
 from edge.detector import OnnxDetector
 from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.pipeline import Pipeline
 from edge.synth import CHANNEL_NAMES, Fault, simulate
+from tests.kafka_util import create_topic
 
 TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny_model"
 T0 = 1_764_000_000.0
@@ -211,3 +214,25 @@ def fuzz_cases(n: int, seed: int = 0) -> list[tuple[str, bytes, str | None]]:
             junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
             out.append((topic, b"\xff" + junk, None))
     return out
+
+
+@dataclass
+class Setup:
+    """An agent's config on the local stack with its own topics (created) and MQTT prefix."""
+
+    config: Config
+    prefix: str
+    topics: dict[str, str]
+    bootstrap: str
+    unique: str
+
+
+def agent_setup(stack: LocalStack, tmp_path: Path, unique: str, env: Mapping[str, str] | None = None) -> Setup:
+    """:func:`toml_config` for an agent on ``stack``, its topics created, loaded with ``env``."""
+    topics = {k: f"test.{unique}.{k}" for k in ("anomalies", "telemetry", "deadletter")}
+    for t in topics.values():
+        create_topic(stack.kafka_bootstrap, t)
+    prefix = f"t{unique}"
+    path = toml_config(tmp_path, agent_id=f"agent-{unique}", mqtt_port=stack.mqtt_port,
+                       kafka_bootstrap=stack.kafka_bootstrap, prefix=prefix, topics=topics, metrics_port=free_port())
+    return Setup(load_config(path, env=dict(env or {})), prefix, topics, stack.kafka_bootstrap, unique)

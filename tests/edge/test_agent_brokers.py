@@ -6,40 +6,33 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from cloud.stack import LocalStack, free_port
+from cloud.stack import LocalStack
 from edge.agent import Agent
-from edge.config import Config, load_config
 from edge.contract import decode_deadletter, decode_event, decode_telemetry
 from edge.metrics import REJECT_REASONS
-from tests.edge.agent_util import Publisher, TopicReader, expected_event_ids, fleet, fuzz_cases, scrape, toml_config, wait_for
-from tests.kafka_util import create_topic
+from tests.edge.agent_util import (
+    Publisher,
+    Setup,
+    TopicReader,
+    agent_setup,
+    expected_event_ids,
+    fleet,
+    fuzz_cases,
+    scrape,
+    wait_for,
+)
 
 pytestmark = pytest.mark.brokers
 
 
-@dataclass
-class Setup:
-    config: Config
-    prefix: str
-    topics: dict[str, str]
-    bootstrap: str
-    unique: str
-
-
 @pytest.fixture
 def setup(local_stack: LocalStack, tmp_path: Path, unique: str) -> Setup:
-    topics = {k: f"test.{unique}.{k}" for k in ("anomalies", "telemetry", "deadletter")}
-    for t in topics.values():
-        create_topic(local_stack.kafka_bootstrap, t)
-    prefix = f"t{unique}"
-    path = toml_config(tmp_path, agent_id=f"agent-{unique}", mqtt_port=local_stack.mqtt_port,
-                       kafka_bootstrap=local_stack.kafka_bootstrap, prefix=prefix, topics=topics, metrics_port=free_port())
-    return Setup(load_config(path, env={}), prefix, topics, local_stack.kafka_bootstrap, unique)
+    return agent_setup(local_stack, tmp_path, unique)
 
 
 @pytest.fixture

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.stack import LocalStack, free_port
+from cloud.stack import LocalStack
 from edge.agent import Agent
-from edge.config import load_config
 from edge.contract import Reading, decode_deadletter, decode_event, encode_readings, readings_topic
-from tests.edge.agent_util import Publisher, TopicReader, expected_event_ids, fleet, toml_config, wait_for
-from tests.kafka_util import create_topic
+from tests.edge.agent_util import Publisher, TopicReader, agent_setup, expected_event_ids, fleet, wait_for
 
 pytestmark = pytest.mark.brokers
 
@@ -25,13 +23,8 @@ DEVICES, STEPS, NEW_PER_PAYLOAD = 3, 200, 5
 
 def test_hostile_payloads_mixed_into_a_fleet_leave_every_known_window_scored(local_stack: LocalStack, tmp_path: Path,
                                                                              unique: str) -> None:
-    topics = {k: f"test.{unique}.{k}" for k in ("anomalies", "telemetry", "deadletter")}
-    for t in topics.values():
-        create_topic(local_stack.kafka_bootstrap, t)
-    prefix = f"t{unique}"
-    path = toml_config(tmp_path, agent_id=f"agent-{unique}", mqtt_port=local_stack.mqtt_port,
-                       kafka_bootstrap=local_stack.kafka_bootstrap, prefix=prefix, topics=topics, metrics_port=free_port())
-    config = load_config(path, env={"EDGEWATCH_AGENT__MAX_DEVICES": str(DEVICES + 2)})
+    s = agent_setup(local_stack, tmp_path, unique, env={"EDGEWATCH_AGENT__MAX_DEVICES": str(DEVICES + 2)})
+    config, prefix, topics = s.config, s.prefix, s.topics
     valid = fleet(prefix, devices=DEVICES, steps=STEPS, seed=41)
     expected = expected_event_ids(config, valid)
     assert expected, "the fixture faults should fire"
