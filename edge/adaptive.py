@@ -149,6 +149,8 @@ class DeviceState:
     warmup: list[float] = field(default_factory=list)    # scores seen during warm-up
     warm_thr: float = math.nan        # the warm-up threshold
     recent: deque[float] = field(default_factory=deque)  # last scores, for smoothing
+    windows: int = 0                  # windows decided (how far a device has got; the broker tests wait on it)
+    over: int = 0                     # of them over the threshold
     over_rate: float = 0.0            # recent share of windows over (half-life BURN_HALF_LIFE windows)
     seasonal: SeasonalState | None = None   # its seasonal channel (edge.seasonal), once values came
     seasonal_tail: DeviceState | None = None  # the tail deciding that channel's score, once it scores
@@ -157,7 +159,7 @@ class DeviceState:
         return {"quantile": self.quantile, "excess": self.excess, "warm": self.warm, "learned": self.learned,
                 "since_over": self.since_over, "run_start": self.run_start, "run": self.run, "warmup": self.warmup,
                 "warm_thr": self.warm_thr,
-                "recent": list(self.recent), "over_rate": self.over_rate,
+                "recent": list(self.recent), "windows": self.windows, "over": self.over, "over_rate": self.over_rate,
                 "seasonal": None if self.seasonal is None else {
                     **self.seasonal.as_row(), "tail": None if self.seasonal_tail is None else self.seasonal_tail.as_row()}}
 
@@ -178,7 +180,8 @@ class DeviceState:
         seasonal, seasonal_tail = cls._seasonal_from_row(row.get("seasonal"), smooth_windows)
         return cls(quantile=num("quantile"), excess=num("excess"), warm=bool(row["warm"]), learned=int(num("learned")),
                    since_over=int(num("since_over")), run_start=num("run_start"), run=floats("run"), warmup=floats("warmup"),
-                   warm_thr=num("warm_thr"), recent=deque(floats("recent"), maxlen=smooth_windows),
+                   warm_thr=num("warm_thr"),
+                   recent=deque(floats("recent"), maxlen=smooth_windows), windows=int(num("windows")), over=int(num("over")),
                    over_rate=num("over_rate"), seasonal=seasonal, seasonal_tail=seasonal_tail)
 
     @classmethod
@@ -303,10 +306,12 @@ class AdaptiveLayer:
                 u = limit + (x - thr) / (e * _LN10)
             surprise[i] = u
             thresholds[i] = thr
+            s.windows += 1
             is_over = x > thr
             s.over_rate += _BURN_ALPHA * (is_over - s.over_rate)
             if is_over:
                 over[i] = True
+                s.over += 1
             if not s.warm:  # every warm-up window teaches; one over the threshold counts at it
                 self._learn(s, thr if is_over else x)
                 continue
