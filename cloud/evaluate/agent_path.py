@@ -15,13 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloud.evaluate.protocol import FileRun
 from edge.adaptive import AdaptiveLayer, Prior, likelihood, run_openings
 from edge.config import Config, load_config
 from edge.decision import Decider
+
+if TYPE_CHECKING:  # the edge-only install runs this module's agent_decisions without torch or onnx
+    from cloud.evaluate.protocol import FileRun
 
 
 @dataclass(frozen=True)
