@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import get_args
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
@@ -18,13 +19,13 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from edge.contract.errors import ErrorKind
 from edge.contract.update import STATUS_ACTIONS
 from edge.outbox import KINDS
 
 _go_float: Callable[[float], str] = floatToGoString  # the "le" label as prometheus-client's own histograms spell it
 
-REJECT_REASONS = ("too_large", "not_json", "non_finite", "wrong_type", "invalid", "unknown_channel", "missing_channel",
-                  "bad_topic", "too_many_devices")
+REJECT_REASONS = (*get_args(ErrorKind), "unknown_channel", "missing_channel", "bad_topic", "too_many_devices")
 DROP_REASONS = ("late", "duplicate", "future", "past")
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)

@@ -54,24 +54,6 @@ class Scorer(Protocol):
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-_WRONG_TYPE_RULES = ("must be a number", "must be an integer", "must be a JSON object", "must be a non-empty object",
-                     "must be a list", "must be 1-128 characters", "must be a non-empty string")
-
-
-def reject_reason(exc: ContractError) -> str:
-    """Map a decoding error onto the bounded reason labels of the rejected-payload counter."""
-    rule = exc.rule
-    if "payload must be at most" in rule:
-        return "too_large"
-    if "must be UTF-8 JSON" in rule:
-        return "not_json"
-    if "NaN and Infinity" in rule or "must be finite" in rule:
-        return "non_finite"
-    if rule.startswith(_WRONG_TYPE_RULES):
-        return "wrong_type"
-    return "invalid"
-
-
 class Pipeline:
     """One model's view of the fleet: windows per device, a decider, a telemetry sampler."""
 
@@ -221,7 +203,7 @@ class Pipeline:
             try:
                 readings = decode_readings(msg.payload, topic_device=device, max_bytes=self._max_payload)
             except ContractError as exc:
-                return self._reject(reject_reason(exc), str(exc), msg, device)
+                return self._reject(exc.kind, str(exc), msg, device)
             except Exception as exc:  # noqa: BLE001 - the decoder must not stop the agent, whatever it raises
                 return self._reject("invalid", f"{exc.__class__.__name__}: {exc}", msg, device)
             problem = channel_problem(readings, self.channels)

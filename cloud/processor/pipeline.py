@@ -180,7 +180,7 @@ class Pipeline:
                     dead.append(self._future(topic, partition, offset, value, f[4], now))
             except ContractError as exc:
                 dead.append((topic, partition, offset, exc.field, str(exc), value or b"", now))
-                self.metrics.deadletters.labels(cause="json" if exc.field == "$" else "contract").inc()
+                self.metrics.deadletters.labels(cause="json" if exc.kind == "not_json" else "contract").inc()
             except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
                 # the contract promises ContractError only; anything else is its bug, and still bad input here
                 log.error("event_decoder_failed offset=%d error=%r", offset, exc)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from edge.contract.errors import ContractError
+from edge.contract.errors import ContractError, ErrorKind
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 """Device ids, channel names, model names and agent ids: 1-128 characters, MQTT-topic safe."""
@@ -24,20 +24,20 @@ def parse_json(data: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict
     """Parse a JSON object; any failure (size, encoding, syntax, NaN, nesting) is a ContractError."""
     size = len(data)
     if size > max_bytes:
-        raise ContractError("$", f"<{size} bytes>", f"payload must be at most {max_bytes} bytes")
+        raise ContractError("$", f"<{size} bytes>", f"payload must be at most {max_bytes} bytes", "too_large")
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except ContractError:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError, TypeError) as exc:
-        raise ContractError("$", data[:40], f"must be UTF-8 JSON ({exc.__class__.__name__})") from None
+        raise ContractError("$", data[:40], f"must be UTF-8 JSON ({exc.__class__.__name__})", "not_json") from None
     if not isinstance(obj, dict):
-        raise ContractError("$", obj, "must be a JSON object")
+        raise ContractError("$", obj, "must be a JSON object", "wrong_type")
     return obj
 
 
 def _reject_constant(name: str) -> None:
-    raise ContractError("$", name, "NaN and Infinity are not valid JSON numbers")
+    raise ContractError("$", name, "NaN and Infinity are not valid JSON numbers", "non_finite")
 
 
 def dump_json(obj: Mapping[str, Any]) -> bytes:
@@ -48,7 +48,7 @@ def dump_json(obj: Mapping[str, Any]) -> bytes:
 def obj(data: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
     value = data.get(key)
     if not isinstance(value, Mapping):
-        raise ContractError(_join(path, key), value, "must be a JSON object")
+        raise ContractError(_join(path, key), value, "must be a JSON object", "wrong_type")
     return value
 
 
@@ -73,25 +73,27 @@ def schema(data: Mapping[str, Any], expected: int, path: str = "") -> int:
 
 def name(value: Any, field: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ContractError(field, value, "must be 1-128 characters of A-Z a-z 0-9 _ . : - not starting with a symbol")
+        raise ContractError(field, value, "must be 1-128 characters of A-Z a-z 0-9 _ . : - not starting with a symbol",
+                            type_kind(value, str))
     return value
 
 
 def text(value: Any, field: str, *, max_len: int = 256, empty: bool = False) -> str:
     if not isinstance(value, str) or len(value) > max_len or (not empty and not value):
-        raise ContractError(field, value, f"must be a {'possibly empty ' if empty else 'non-empty '}string of at most {max_len} characters")
+        raise ContractError(field, value, f"must be a {'possibly empty ' if empty else 'non-empty '}string of at most {max_len} characters",
+                            type_kind(value, str))
     return value
 
 
 def number(value: Any, field: str, *, min_value: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ContractError(field, value, "must be a number")
+        raise ContractError(field, value, "must be a number", "wrong_type")
     try:
         out = float(value)
     except OverflowError:  # an integer too large for a double
-        raise ContractError(field, value, "must be finite") from None
+        raise ContractError(field, value, "must be finite", "non_finite") from None
     if not math.isfinite(out):
-        raise ContractError(field, value, "must be finite")
+        raise ContractError(field, value, "must be finite", "non_finite")
     if min_value is not None and out < min_value:
         raise ContractError(field, value, f"must be >= {min_value}")
     return out
@@ -99,20 +101,25 @@ def number(value: Any, field: str, *, min_value: float | None = None) -> float:
 
 def integer(value: Any, field: str, *, min_value: int = 0) -> int:
     if type(value) is not int or value < min_value:
-        raise ContractError(field, value, f"must be an integer >= {min_value}")
+        raise ContractError(field, value, f"must be an integer >= {min_value}", "invalid" if type(value) is int else "wrong_type")
     return value
 
 
 def sha256(value: Any, field: str) -> str:
     if not isinstance(value, str) or not SHA256_RE.match(value):
-        raise ContractError(field, value, "must be 64 lowercase hex digits (sha256)")
+        raise ContractError(field, value, "must be 64 lowercase hex digits (sha256)", type_kind(value, str))
     return value
 
 
 def number_map(value: Any, field: str, *, allow_empty: bool = False) -> dict[str, float]:
     if not isinstance(value, Mapping) or (not value and not allow_empty):
-        raise ContractError(field, value, "must be a non-empty object of channel name to number")
+        raise ContractError(field, value, "must be a non-empty object of channel name to number", type_kind(value, Mapping))
     return {name(k, f"{field}.{k}"): number(v, f"{field}.{k}") for k, v in value.items()}
+
+
+def type_kind(value: Any, expected: type) -> ErrorKind:
+    """``invalid`` when ``value`` has the expected type (its value broke the rule), else ``wrong_type``."""
+    return "invalid" if isinstance(value, expected) else "wrong_type"
 
 
 def _join(path: str, key: str) -> str:

@@ -6,7 +6,11 @@ the offending value and where it came from, so a log line alone says what to fix
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+ErrorKind = Literal["too_large", "not_json", "non_finite", "wrong_type", "invalid"]
+"""What kind of rule a payload broke: the reason label of the agent's rejected-payload counter and
+dead letters (``invalid`` for any rule about values rather than size, syntax or type)."""
 
 
 class EdgewatchError(Exception):
@@ -17,13 +21,15 @@ class ContractError(EdgewatchError, ValueError):
     """A message or manifest broke the wire contract.
 
     ``field`` is the dotted path of the offending field (``readings[3].values.pressure``),
-    ``value`` a short repr of what was found and ``rule`` what was expected.
+    ``value`` a short repr of what was found, ``rule`` what was expected (for people) and ``kind``
+    the kind of rule (for metric labels and dead letters).
     """
 
-    def __init__(self, field: str, value: Any, rule: str) -> None:
+    def __init__(self, field: str, value: Any, rule: str, kind: ErrorKind = "invalid") -> None:
         self.field = field
         self.value = _short(value)
         self.rule = rule
+        self.kind: ErrorKind = kind
         super().__init__(f"{field}: {self.value} violates rule: {rule}")
 
 

@@ -89,7 +89,7 @@ def decode_readings(
         f.no_extra(data, {"schema", "device_id", "readings"}, "")
         items = data["readings"]
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-            raise ContractError("readings", items, f"must be a list of 1-{MAX_BATCH} readings")
+            raise ContractError("readings", items, f"must be a list of 1-{MAX_BATCH} readings", f.type_kind(items, list))
         return [_reading(device, item, f"readings[{i}]") for i, item in enumerate(items)]
     f.no_extra(data, {"schema", "device_id", "ts", "values"}, "")
     return [_reading(device, data, "")]
@@ -108,7 +108,7 @@ def _device(payload_device: Any, topic_device: str | None) -> str:
 
 def _reading(device: str, item: Any, path: str) -> Reading:
     if not isinstance(item, Mapping):
-        raise ContractError(path, item, "must be a JSON object")
+        raise ContractError(path, item, "must be a JSON object", "wrong_type")
     if path:
         f.no_extra(item, {"ts", "values"}, path)
     prefix = f"{path}." if path else ""

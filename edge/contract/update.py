@@ -91,7 +91,7 @@ def decode_announce(payload: bytes | str) -> ModelAnnounce:
     try:
         manifest = decode_manifest(f.dump_json(manifest_doc))
     except ContractError as exc:
-        raise ContractError(f"manifest.{exc.field}", exc.value, exc.rule) from None
+        raise ContractError(f"manifest.{exc.field}", exc.value, exc.rule, exc.kind) from None
     size = f.integer(f.req(data, "size", ""), "size", min_value=1)
     chunk_size = f.integer(f.req(data, "chunk_size", ""), "chunk_size", min_value=1)
     if chunk_size > MAX_CHUNK_BYTES:

@@ -126,23 +126,30 @@ GOOD_READING = {"schema": 1, "device_id": "pump-1", "ts": 10.0, "values": {"a": 
 
 
 @pytest.mark.parametrize(
-    ("patch", "field"),
+    ("patch", "field", "kind"),
     [
-        ({"schema": 2}, "schema"),
-        ({"ts": "soon"}, "ts"),
-        ({"ts": -1}, "ts"),
-        ({"values": {"a": "1"}}, "values.a"),
-        ({"values": {"a": True}}, "values.a"),
-        ({"values": {}}, "values"),
-        ({"values": {"bad name!": 1.0}}, "values.bad name!"),
-        ({"device_id": ""}, "device_id"),
-        ({"extra": 1}, "extra"),
+        ({"schema": 2}, "schema", "invalid"),
+        ({"ts": "soon"}, "ts", "wrong_type"),
+        ({"ts": -1}, "ts", "invalid"),
+        ({"values": {"a": "1"}}, "values.a", "wrong_type"),
+        ({"values": {"a": True}}, "values.a", "wrong_type"),
+        ({"values": {}}, "values", "invalid"),
+        ({"values": [1.0]}, "values", "wrong_type"),
+        ({"values": {"bad name!": 1.0}}, "values.bad name!", "invalid"),
+        ({"device_id": ""}, "device_id", "invalid"),
+        ({"device_id": 7}, "device_id", "wrong_type"),
+        ({"extra": 1}, "extra", "invalid"),
+        ({"readings": "many"}, "readings", "wrong_type"),
+        ({"readings": []}, "readings", "invalid"),
     ],
 )
-def test_malformed_reading_names_field(patch: dict[str, object], field: str) -> None:
+def test_malformed_reading_names_field_and_kind(patch: dict[str, object], field: str, kind: str) -> None:
+    doc = {**GOOD_READING, **patch}
+    if "readings" in patch:
+        doc = {"schema": 1, "device_id": "pump-1", "readings": patch["readings"]}
     with pytest.raises(ContractError) as err:
-        decode_readings(json.dumps({**GOOD_READING, **patch}))
-    assert err.value.field == field
+        decode_readings(json.dumps(doc))
+    assert err.value.field == field and err.value.kind == kind
     assert field in str(err.value)
 
 
@@ -151,7 +158,7 @@ def test_reading_nan_and_infinity_refused() -> None:
         payload = '{"schema":1,"device_id":"d","ts":1,"values":{"a":' + token + "}}"
         with pytest.raises(ContractError) as err:
             decode_readings(payload)
-        assert err.value.field in ("$", "values.a")
+        assert err.value.field in ("$", "values.a") and err.value.kind == "non_finite"
 
 
 def test_batch_errors_name_the_item() -> None:
@@ -169,9 +176,14 @@ def test_topic_and_payload_device_must_agree() -> None:
     assert decode_readings(json.dumps(no_device), topic_device="pump-2")[0].device_id == "pump-2"
 
 
-def test_oversized_payload_refused() -> None:
-    with pytest.raises(ContractError, match="at most 100 bytes"):
+def test_oversized_and_unparsable_payloads_refused() -> None:
+    with pytest.raises(ContractError, match="at most 100 bytes") as err:
         decode_readings(json.dumps(GOOD_READING) + " " * 100, max_bytes=100)
+    assert err.value.kind == "too_large"
+    for payload in (b"\xff{", b'{"schema":', b"[1, 2]"):
+        with pytest.raises(ContractError) as err:
+            decode_readings(payload)
+        assert err.value.kind == ("wrong_type" if payload == b"[1, 2]" else "not_json")
 
 
 def _event() -> AnomalyEvent:
