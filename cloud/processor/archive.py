@@ -12,6 +12,12 @@ crash between the two leaves files whose first offset is at or after the committ
 they are deleted when the partition is assigned again, before anything is re-read, so every
 window is archived exactly once. Windows that fail the contract go to the dead-letter topic
 with the reason. :func:`run_archive` blocks until ``stop`` is set, then flushes and commits.
+
+An archive that fails (a full disk, a broker that refuses it) is not left dead behind a healthy
+processor: :func:`run_archive` starts it again after a backoff (1 s doubling to 60 s), counted in
+``edgewatch_processor_archive_restarts_total``; ``edgewatch_processor_archive_last_write_timestamp_seconds``
+is the time of its last commit, watched by the alert ``EdgewatchArchiveStalled``. A restart
+re-reads from the committed offsets, so every window is still archived once.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud.processor.alerts import deadletter_headers
 from cloud.processor.config import ProcessorConfig
@@ -90,10 +96,24 @@ def remove_uncommitted(root: Path, topic: str, partition: int, committed: int) -
     return removed
 
 
+class ArchiveMetrics:
+    """The archive's metrics, registered once per registry and kept across restarts."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "edgewatch_processor_archive_"
+        self.windows = Counter(p + "windows_total", "Telemetry windows archived", registry=registry)
+        self.files = Counter(p + "files_total", "Parquet files written", registry=registry)
+        self.deadletters = Counter(p + "deadletters_total", "Telemetry records that failed the contract", registry=registry)
+        self.restarts = Counter(p + "restarts_total", "Times the archive failed and was started again", registry=registry)
+        self.last_write = Gauge(p + "last_write_timestamp_seconds",
+                                "Unix time of the archive's last commit (its start until the first)", registry=registry)
+        self.last_write.set_to_current_time()
+
+
 class Archive:
     """The archive consumer; see the module docstring. Runs on the calling thread."""
 
-    def __init__(self, config: ProcessorConfig, registry: CollectorRegistry, stop: threading.Event,
+    def __init__(self, config: ProcessorConfig, metrics: ArchiveMetrics, stop: threading.Event,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.root = Path(config.archive.dir)
@@ -105,10 +125,7 @@ class Archive:
         self.last_flush: dict[int, float] = {}
         self.next_offsets: dict[int, int] = {}
         self.to_clean: set[TopicPartition] = set()
-        p = "edgewatch_processor_archive_"
-        self.windows = Counter(p + "windows_total", "Telemetry windows archived", registry=registry)
-        self.files = Counter(p + "files_total", "Parquet files written", registry=registry)
-        self.deadletters = Counter(p + "deadletters_total", "Telemetry records that failed the contract", registry=registry)
+        self.metrics = metrics
 
     def run(self) -> None:
         k, a = self.config.kafka, self.config.archive
@@ -166,9 +183,11 @@ class Archive:
         if dead:
             producer.flush(30)
         consumer.commit({TopicPartition(self.topic, partition): OffsetAndMetadata(nxt, "", -1)})
-        self.windows.inc(len(rows))
-        self.files.inc(len(files))
-        self.deadletters.inc(len(dead))
+        m = self.metrics
+        m.windows.inc(len(rows))
+        m.files.inc(len(files))
+        m.deadletters.inc(len(dead))
+        m.last_write.set_to_current_time()
         log.info("archive_flushed partition=%d windows=%d files=%d deadletters=%d next_offset=%d", partition, len(rows),
                  len(files), len(dead), nxt)
 
@@ -191,10 +210,22 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.archive.to_clean.update(assigned)
 
 
-def run_archive(config: ProcessorConfig, stop: threading.Event, registry: CollectorRegistry) -> None:
-    """Thread entry used by ``edgewatch process`` when ``[archive] enabled = true``."""
-    try:
-        Archive(config, registry, stop).run()
-    except Exception:
-        log.exception("archive_failed")
-        raise
+def run_archive(config: ProcessorConfig, stop: threading.Event, registry: CollectorRegistry, *,
+                backoff_s: tuple[float, float] = (1.0, 60.0)) -> None:
+    """Thread entry used by ``edgewatch process`` when ``[archive] enabled = true``: the archive
+    until ``stop`` is set, started again after each failure (``backoff_s``: first and longest wait;
+    the wait doubles while failures follow each other within a minute)."""
+    metrics = ArchiveMetrics(registry)
+    first, longest = backoff_s
+    delay = first
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            Archive(config, metrics, stop).run()
+            return
+        except Exception:
+            metrics.restarts.inc()
+            delay = first if time.monotonic() - started > 60 else delay
+            log.exception("archive_failed restart_in_s=%.1f", delay)
+            stop.wait(delay)
+            delay = min(delay * 2, longest)
