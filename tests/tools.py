@@ -1,8 +1,11 @@
-"""What a test does when a real broker or tool it needs is missing."""
+"""Small tools every test module shares: what a test does when a real broker or tool it needs is
+missing, and how it waits for something a real process does."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import NoReturn
 
 import pytest
@@ -13,3 +16,14 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: a missing tool is a failure, not a skip)")
     pytest.skip(reason)
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, *, every_s: float = 0.1,
+             state: Callable[[], object] | None = None) -> None:
+    """Poll ``cond`` until true; on timeout, fail naming ``what`` and (if given) what ``state()`` says then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f"; state: {state()}" if state else ""))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from kafka.partitioner.default import murmur2
@@ -141,13 +140,3 @@ def in_thread(cfg: ProcessorConfig,
     return thread, stop, errors
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, state: Callable[[], object] | None = None) -> None:
-    """Poll ``cond`` until true; on timeout, fail naming ``what`` and (if given) what ``state()`` says then."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f"; state: {state()}" if state else ""))

@@ -49,8 +49,9 @@ from models.config import TrainConfig
 from models.export import write_artifact
 from models.fit import fit, save_checkpoint
 from tests.cloud.processor_streams import in_thread
-from tests.edge.agent_util import TopicReader, toml_config, wait_for
+from tests.edge.agent_util import TopicReader, toml_config
 from tests.kafka_util import create_topic
+from tests.tools import wait_for
 
 pytestmark = pytest.mark.brokers
 

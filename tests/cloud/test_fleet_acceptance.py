@@ -39,8 +39,9 @@ from edge.detector import OnnxDetector
 from edge.pipeline import Scorer
 from edge.synth import CHANNEL_NAMES, simulate
 from tests.cloud import fleet_util as fu
-from tests.edge.agent_util import Publisher, TopicReader, toml_config, wait_for
+from tests.edge.agent_util import Publisher, TopicReader, toml_config
 from tests.kafka_util import create_topic
+from tests.tools import wait_for
 
 HOURS = 6
 END_S = HOURS * fu.HOUR_S
@@ -178,7 +179,7 @@ def wait_decided(agent: Agent, expected: dict[str, int], what: str) -> None:
         return {d: (now[d][2] if d in now else None, n) for d, n in expected.items() if d not in now or now[d][2] < n}
 
     try:
-        wait_for(lambda: not short(), 180, what, 0.2)
+        wait_for(lambda: not short(), 180, what, every_s=0.2)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: worker errors {agent.worker_errors}, readings dropped "
                              f"{sample(agent, 'readings_dropped')}, (decided, expected) {short()}") from None
@@ -235,7 +236,7 @@ def drive(rig: Rig, run: FleetRun) -> None:
         ends[nn.device_id] = nn.windows_between(RESTART_S, END_S) - nn.windows_between(RESTART_S, NEW_NORMAL_S)
         wait_decided(second, ends, "the second adaptive agent's windows")
         expected = sum(d.windows_between(0, END_S) for d in run.fleet)
-        wait_for(lambda: sample(static, "windows_scored") >= expected, 180, "the static agent's windows", 0.2)
+        wait_for(lambda: sample(static, "windows_scored") >= expected, 180, "the static agent's windows", every_s=0.2)
     finally:
         gate.set()
         left = sum(a.stop() for a in agents)

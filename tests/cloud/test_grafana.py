@@ -18,11 +18,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from cloud.stack import free_port
 from edge.contract import AnomalyEvent, encode_event
 from tests.edge.agent_util import toml_config
 from tests.kafka_util import create_topic
-from tests.tools import unavailable
+from tests.tools import unavailable, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
@@ -146,18 +145,19 @@ def prometheus_config(tmp: Path, agent_port: int, processor_port: int) -> Path:
     return path
 
 
-def wait_for(cond: Any, timeout_s: float, what: str, procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def serving(cond: Callable[[], bool], procs: dict[str, subprocess.Popen[bytes]]) -> Callable[[], bool]:
+    """``cond`` for :func:`wait_for` while every process in ``procs`` runs (a dead one fails at once);
+    a refused connection counts as not yet."""
+
+    def check() -> bool:
         for name, proc in procs.items():
             assert proc.poll() is None, f"{name} exited with {proc.returncode}"
         try:
-            if cond():
-                return
+            return bool(cond())
         except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            return False
+
+    return check
 
 
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -230,9 +230,10 @@ lag_interval_s = 1.0
         procs["prometheus"] = start([prom, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                      f"--web.listen-address=127.0.0.1:{prom_port}", "--storage.tsdb.retention.time=1h"],
                                     tmp_path / "prometheus.log")
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=5).status == 200, 90,
-                 "Prometheus ready", procs)  # it answers 503 while its storage starts
-        wait_for(lambda: len(api(prom_port, "query", query="up == 1")["result"]) == 2, 60, "both targets up", procs)
+        wait_for(serving(lambda: urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/-/ready", timeout=5).status == 200, procs),
+                 90, "Prometheus ready", every_s=0.5)  # it answers 503 while its storage starts
+        wait_for(serving(lambda: len(api(prom_port, "query", query="up == 1")["result"]) == 2, procs), 60, "both targets up",
+                 every_s=0.5)
         sim = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--port", str(mqtt_port), "--topic-prefix", prefix,
                               "--devices", "3", "--rate", "25", "--duration", "16", "--faults-per-device", "1", "--seed", "3",
                               "--batch", "5", "--truth", str(tmp_path / "truth.json")],
@@ -256,7 +257,7 @@ lag_interval_s = 1.0
             return not missing
 
         try:
-            wait_for(all_have_data, 60, "every panel query to return data", procs)
+            wait_for(serving(all_have_data, procs), 60, "every panel query to return data", every_s=0.5)
         except AssertionError as exc:
             pytest.fail(f"{exc}; queries without data:\n" + "\n".join(f"  {n} / {t}: {q}" for n, t, q in missing))
         for name, title, q in sorted(pending):

@@ -30,10 +30,10 @@ from edge.forwarder import Forwarder
 from edge.kafka_security import KafkaSecurity, client_kwargs
 from edge.metrics import AgentMetrics
 from edge.outbox import Outbox, Record
-from tests.cloud.processor_streams import event, in_thread, wait_for, write_config
+from tests.cloud.processor_streams import event, in_thread, write_config
 from tests.cloud.test_processor_archive import windows
 from tests.tls_util import Pki, make_pki
-from tests.tools import unavailable
+from tests.tools import unavailable, wait_for
 
 PASSWORDS = {"agent-gw1": "agent-pw-1", "processor": "processor-pw-1"}
 BOOTSTRAP_TIMEOUT_MS = 3000

@@ -22,7 +22,8 @@ from edge.config import load_config
 from edge.contract import encode_manifest
 from edge.contract.update import MAX_CHUNK_BYTES, ModelAnnounce, announce_topic, chunk_topic, decode_status, encode_announce
 from edge.detector import load_manifest
-from tests.edge.agent_util import TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, toml_config, wait_for
+from tests.edge.agent_util import TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, toml_config
+from tests.tools import wait_for
 
 DEVICES = 4
 

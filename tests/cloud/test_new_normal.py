@@ -27,7 +27,8 @@ from edge.contract.command import command_topic, encode_command
 from edge.contract.update import ModelStatus, decode_status
 from tests.cloud.processor_streams import T0, burst, config, event, write_config
 from tests.cloud.test_processor_store import Rec
-from tests.edge.agent_util import Publisher, TopicReader, fleet_readings, payloads, toml_config, wait_for
+from tests.edge.agent_util import Publisher, TopicReader, fleet_readings, payloads, toml_config
+from tests.tools import wait_for
 
 DEVICES = ("pump-0", "pump-1", "pump-2")
 STEPS = 200  # per round and device: 43 windows of 32 readings at stride 4, over the warm-up of 10

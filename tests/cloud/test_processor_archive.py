@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry
 import cloud.processor.archive as archive_module
 from cloud.processor.archive import Archive, ArchiveMetrics, remove_uncommitted, run_archive, write_flush
 from edge.contract import encode_telemetry, telemetry_from_window
-from tests.cloud.processor_streams import config, wait_for
+from tests.cloud.processor_streams import config
 from tests.cloud.test_processor_kafka import caught_up, read_all
 from tests.kafka_util import create_topic
+from tests.tools import wait_for
 
 DAY = 86_400.0
 T0 = 1_764_201_600.0  # midnight UTC

@@ -21,8 +21,9 @@ from cloud.processor.backends import open_postgres, open_sqlite
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.store import Store
 from edge.contract import Alert, AnomalyEvent, decode_alert, encode_event
-from tests.cloud.processor_streams import T0, background_devices, burst, config, event, fleet_stream, in_thread, wait_for, write_config
+from tests.cloud.processor_streams import T0, background_devices, burst, config, event, fleet_stream, in_thread, write_config
 from tests.kafka_util import create_topic
+from tests.tools import wait_for
 
 pytestmark = pytest.mark.brokers
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +135,7 @@ def test_sigkill_mid_stream_then_restart_matches_a_single_process_run_and_replay
         # stored-but-unpublished ones by the orphan sweep of the others)
         wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, group, topic)
                  and store.unpublished("alerts") == [], 120, "the group to process the whole stream",
-                 lambda: {"events": (store.count("events"), len(stream)), "caught_up": caught_up(kafka_bootstrap, group, topic),
+                 state=lambda: {"events": (store.count("events"), len(stream)), "caught_up": caught_up(kafka_bootstrap, group, topic),
                           "unpublished_alerts": len(store.unpublished("alerts"))})
         # the restarted process may still be starting when the first one has finished the stream alone
         wait_for(lambda: logs[1].read_text().count("processor_started") >= 2, 60, "the restarted processor to start")
@@ -207,7 +208,7 @@ def test_a_store_that_refuses_writes_loses_nothing_and_the_result_equals_an_undi
         assert store.count("events") == head and thread.is_alive()
         store.execute("DROP TRIGGER refuse")
         wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, f"g-{unique}", topic)
-                 and not store.unpublished("alerts"), 120, "the processor to catch up", lambda: store.count("events"))
+                 and not store.unpublished("alerts"), 120, "the processor to catch up", state=lambda: store.count("events"))
     finally:
         stop.set()
         thread.join(30)
@@ -252,7 +253,7 @@ def test_postgresql_connections_that_drop_are_opened_again_and_nothing_is_lost(
         produce(kafka_bootstrap, topic, items[head:])
         wait_for(lambda: store.count("events") == len(stream) and caught_up(kafka_bootstrap, f"g-{unique}", topic)
                  and not store.unpublished("alerts"), 120, "the processor to store the rest",
-                 lambda: (store.count("events"), len(stream), errors))
+                 state=lambda: (store.count("events"), len(stream), errors))
         assert thread.is_alive()
     finally:
         stop.set()

@@ -18,7 +18,7 @@ from edge.contract.update import MAX_CHUNK_BYTES, ModelAnnounce, announce_topic,
 from edge.detector import load_manifest
 from edge.signing import load_trusted_keys
 from edge.updates import ModelDownloader
-from tests.edge.agent_util import wait_for
+from tests.tools import wait_for
 
 ONNX = bytes(range(256)) * 3 + b"tail"
 CHUNK = 100  # 8 chunks of the test artifact

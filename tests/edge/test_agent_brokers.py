@@ -24,8 +24,8 @@ from tests.edge.agent_util import (
     fleet,
     fuzz_cases,
     scrape,
-    wait_for,
 )
+from tests.tools import wait_for
 
 pytestmark = pytest.mark.brokers
 

@@ -28,8 +28,9 @@ from edge.config import load_config
 from edge.contract import AnomalyEvent, ModelManifest, decode_event
 from edge.detector import OnnxDetector
 from edge.simulator import DeviceStream, Publisher, run, synthetic_fleet
-from tests.edge.agent_util import TopicReader, toml_config, wait_for
+from tests.edge.agent_util import TopicReader, toml_config
 from tests.kafka_util import create_topic
+from tests.tools import wait_for
 
 pytestmark = pytest.mark.brokers
 

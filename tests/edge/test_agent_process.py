@@ -16,8 +16,9 @@ import pytest
 from cloud.stack import LocalStack, free_port
 from edge.config import load_config
 from edge.contract import decode_event
-from tests.edge.agent_util import Publisher, TopicReader, expected_event_ids, fleet, scrape, toml_config, wait_for
+from tests.edge.agent_util import Publisher, TopicReader, expected_event_ids, fleet, scrape, toml_config
 from tests.kafka_util import create_topic
+from tests.tools import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
