@@ -67,8 +67,9 @@ def make_payloads(devices: int, steps: int, batch: int, *, faults_per_device: in
                   seed: int = 21) -> tuple[list[tuple[str, bytes]], Any]:
     """Interleaved ``(device, payload)`` of a synthetic fleet, ``batch`` readings per payload."""
     from edge.simulator import paced_steps, synthetic_fleet
+    from edge.synth import FaultKind
 
-    kinds = ("spike", "drift", "noise", "decorrelate") if faults_per_device else ()
+    kinds: tuple[FaultKind, ...] = ("spike", "drift", "noise", "decorrelate") if faults_per_device else ()
     fleet = synthetic_fleet(devices, steps, seed=seed, faults_per_device=faults_per_device, kinds=kinds)
     return [m for _step, messages in paced_steps(fleet, 0, batch) for m in messages], fleet
 
@@ -348,7 +349,7 @@ port = 0
 
 
 def median(rounds: list[dict[str, dict[str, Any]]], kind: str, key: str) -> float:
-    return statistics.median(r[kind][key] for r in rounds)
+    return float(statistics.median(r[kind][key] for r in rounds))
 
 
 def report(b: Bench, thr: dict[str, list[dict[str, dict[str, Any]]]], live: list[dict[str, dict[str, Any]]] | None,

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.contract import ConfigError, ModelManifest, Signature, canonical_bytes, encode_manifest
 from edge.contract.update import MAX_CHUNK_BYTES, transfer_of
 from edge.detector import load_manifest
-from edge.signing import key_id  # re-exported for the CLI
+from edge.signing import key_id
 
 
 def generate_keypair(folder: Path, name: str = "signing") -> tuple[Path, Path]:

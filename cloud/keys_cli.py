@@ -8,6 +8,8 @@ from typing import Any
 
 from cloud import keys
 from edge.cliutil import EXIT_OK, add_flag
+from edge.contract import ConfigError
+from edge.signing import key_id
 
 
 def register(sub: Any) -> None:
@@ -29,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "generate":
         private, public = keys.generate_keypair(Path(args.keys_dir), args.name)
         print(f"private key {private} (keep it on the signing host)\npublic key  {public} (copy to devices)")
-        print(f"key id      {keys.key_id(keys.load_private_key(private).public_key())}")
+        print(f"key id      {key_id(keys.load_private_key(private).public_key())}")
         return EXIT_OK
     if not args.model_dir or not args.key:
-        raise keys.ConfigError("keys sign needs MODEL_DIR and --key PRIVATE_KEY_FILE")
+        raise ConfigError("keys sign needs MODEL_DIR and --key PRIVATE_KEY_FILE")
     signed = keys.sign_model_dir(Path(args.model_dir), keys.load_private_key(Path(args.key)))
     assert signed.signature is not None
     print(f"signed {signed.name} {signed.version} with key {signed.signature.key_id}")

@@ -27,8 +27,7 @@ def load_rows(path: Path | str, *, channels: Sequence[str] | None = None) -> tup
         array = array.reshape(-1, 1) if array.ndim == 1 else array
         if array.ndim != 2:
             raise ConfigError(f"{path}: expected a 1-D or 2-D array, got shape {array.shape}")
-        names = tuple(f"ch{i}" for i in range(array.shape[1]))
-        return _select(np.asarray(array, dtype=np.float64), names, channels, path)
+        return _select(np.asarray(array, dtype=np.float64), tuple(f"ch{i}" for i in range(array.shape[1])), channels, path)
     with path.open(newline="", encoding="utf-8") as fh:
         header_line = fh.readline()
         delimiter = ";" if header_line.count(";") > header_line.count(",") else ","

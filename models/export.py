@@ -35,14 +35,16 @@ def onnx_bytes(detector: Detector, *, window_length: int, channels: int, opset: 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-        torch.onnx.export(detector, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+        torch.onnx.export(detector, (example,), buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes any binary file; its annotation names paths only
+                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     model = onnx.load_from_string(buffer.getvalue())
     model.producer_name = "edgewatch"
     model.doc_string = "edgewatch detector: raw windows -> score, channel_scores"
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def created_at_now() -> str:

@@ -25,7 +25,8 @@ def _gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor)
     alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)))
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-    return _GP_WEIGHT * ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+    penalty: torch.Tensor = _GP_WEIGHT * ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+    return penalty
 
 
 class TadGan(Family):
@@ -58,15 +59,15 @@ class TadGan(Family):
         with torch.no_grad():
             fake = self.generator(prior)
             code = self.encoder(real)
-        loss_x = self.critic_x(fake).mean() - self.critic_x(real).mean() + _gradient_penalty(self.critic_x, real, fake)
-        loss_z = self.critic_z(code).mean() - self.critic_z(prior).mean() + _gradient_penalty(self.critic_z, prior, code)
+        loss_x: torch.Tensor = self.critic_x(fake).mean() - self.critic_x(real).mean() + _gradient_penalty(self.critic_x, real, fake)
+        loss_z: torch.Tensor = self.critic_z(code).mean() - self.critic_z(prior).mean() + _gradient_penalty(self.critic_z, prior, code)
         return loss_x + loss_z
 
     def generator_loss(self, z: torch.Tensor) -> torch.Tensor:
         real = z.flatten(1)
         prior = torch.randn(real.shape[0], self.latent)
         code = self.encoder(real)
-        adversarial = -self.critic_x(self.generator(prior)).mean() - self.critic_z(code).mean()
+        adversarial: torch.Tensor = -self.critic_x(self.generator(prior)).mean() - self.critic_z(code).mean()
         cycle = torch.mean((self.generator(code) - real) ** 2)
         return adversarial + _CYCLE_WEIGHT * cycle
 
