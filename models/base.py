@@ -4,7 +4,9 @@ A family sees windows in model space ``z`` ``(batch, time, k)`` and returns an
 :class:`Estimate` of ``z[:, start:]`` (a reconstruction, or a forecast of the next steps) plus an
 optional per-window extra term (the TadGAN critic, the VAE KL divergence). :class:`Detector`
 measures the error per original channel in the scaled space and turns it into ``score`` and
-``channel_scores``; its statistics are fitted after training by :func:`fit_head`.
+``channel_scores``; its statistics are fitted after training by :func:`fit_head`. An
+energy-based family (``rbm``) returns its free energy as the extra term and its visible bias as
+the estimate: the score is then the energy itself (see :class:`Detector`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.config import ScoreMode
+from models.config import ScoreMode, TrainConfig
 from models.preprocess import Preprocessor
 
 _LOG_EPS = 1e-6
@@ -32,6 +34,9 @@ class Family(nn.Module):
     also set ``adversarial = True`` and implement the critic/generator methods."""
 
     adversarial: ClassVar[bool] = False
+    energy_based: ClassVar[bool] = False  # score = the extra term (a free energy), see Detector
+    objective: ClassVar[str] = "loss"  # what :meth:`loss` is, for error messages
+    monitor_name: ClassVar[str] = "loss"  # what :meth:`monitor` is, for the training report
 
     def estimate(self, z: torch.Tensor) -> Estimate:
         raise NotImplementedError
@@ -40,6 +45,17 @@ class Family(nn.Module):
         """Training/validation loss on a model-space batch (mean squared error by default)."""
         est = self.estimate(z)
         return torch.mean((est.values - z[:, est.start:]) ** 2)
+
+    def monitor(self, z: torch.Tensor) -> torch.Tensor:
+        """Validation figure (lower is better; early stopping watches it): the loss by default,
+        the reconstruction error where the loss is a sampled objective (contrastive divergence)."""
+        return self.loss(z)
+
+    def pretrain(self, z: torch.Tensor, cfg: TrainConfig) -> list[list[float]]:
+        """Unsupervised pretraining on flattened-or-not training windows before the epochs start
+        (greedy RBM layers for ``dbn_ae`` and ``dense_ae`` with ``init = "dbn"``); returns each
+        layer's per-epoch monitor. Nothing by default."""
+        return []
 
     def critic_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
@@ -64,12 +80,18 @@ class Detector(nn.Module):
     :meth:`Preprocessor.level`), so a level far from training still counts, down-weighted. The
     extra term enters as ``w * ((x - mu) / sd)^2``. Channel scores are each channel's share of the
     channel part (non-negative, summing to 1). Never mutates input.
+
+    An energy-based family ignores ``score_mode`` and the extra weight: the score is its free
+    energy minus the lowest free energy of the training windows, floored at 0 (nats above the
+    most probable training window), and channel scores are each channel's share of the error
+    against the family's estimate (for ``rbm``: of the visible term).
     """
 
     err_mu: torch.Tensor
     err_sd: torch.Tensor
     extra_mu: torch.Tensor
     extra_sd: torch.Tensor
+    energy_floor: torch.Tensor  # energy-based families only
 
     def __init__(self, pre: Preprocessor, net: Family, *, channels: int, score_mode: ScoreMode, extra_weight: float,
                  level_weight: float = 0.0) -> None:
@@ -83,6 +105,8 @@ class Detector(nn.Module):
         self.register_buffer("err_sd", torch.ones(channels))
         self.register_buffer("extra_mu", torch.zeros(1))
         self.register_buffer("extra_sd", torch.ones(1))
+        if net.energy_based:  # only then: other families keep their checkpoint keys
+            self.register_buffer("energy_floor", torch.zeros(1))
 
     def parts(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-channel mean squared error ``(batch, channels)`` and the raw extra term."""
@@ -95,6 +119,8 @@ class Detector(nn.Module):
 
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         err, extra = self.parts(windows)
+        if self.net.energy_based and extra is not None:
+            return torch.clamp(extra - self.energy_floor, min=0.0), err / (err.sum(dim=1, keepdim=True) + 1e-12)
         if self.score_mode == "log_z":
             d = ((torch.log(err + _LOG_EPS) - self.err_mu) / self.err_sd) ** 2
         else:
@@ -123,3 +149,5 @@ def fit_head(detector: Detector, windows: np.ndarray, batch: int = 4096) -> None
         extra = torch.cat(extras)
         detector.extra_mu.copy_(extra.mean().reshape(1))
         detector.extra_sd.copy_(extra.std().clamp_min(1e-6).reshape(1))
+        if detector.net.energy_based:
+            detector.energy_floor.copy_(extra.min().reshape(1))

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from edge.contract.errors import ConfigError
 
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "maxout"]
-Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
+Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "dbn"]
 Optimizer = Literal["sgd", "momentum", "nesterov", "adam"]
 LrDecay = Literal["constant", "step", "exponential", "inverse_time"]
 Scaling = Literal["none", "center", "zscore", "minmax"]
@@ -37,7 +37,7 @@ class TrainConfig:
     """Everything that decides a trained model, apart from the data. Same config + data + seed
     gives the same weights (single thread, deterministic algorithms)."""
 
-    family: str = _f("dense_ae", "model family (dense_ae, conv_ae, lstm_ae, lstm_forecast, tadgan, vae)")
+    family: str = _f("dense_ae", "model family (dense_ae, conv_ae, lstm_ae, lstm_forecast, tadgan, vae, rbm, dbn_ae)")
     window_length: int = _f(32, "samples per window (the model input length)")
     stride: int = _f(8, "samples between two windows on the edge (written to the manifest)")
     train_stride: int = _f(2, "samples between two training windows (denser than stride gives more data)")
@@ -48,7 +48,8 @@ class TrainConfig:
     kernel_size: int = _f(5, "convolution kernel size, odd (conv_ae only)")
     activation: Activation = _f("relu", "activation of feed-forward and conv layers: relu, leaky_relu, elu, tanh, sigmoid, maxout")
     maxout_pieces: int = _f(2, "linear pieces per maxout unit")
-    init: Init = _f("xavier_uniform", "weight initialisation: xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal")
+    init: Init = _f("xavier_uniform", "weight initialisation: xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal, "
+                                      "dbn (greedy RBM pretraining of the dense layers; dense_ae and dbn_ae only)")
     batch_norm: bool = _f(False, "batch normalisation after each hidden layer")
     dropout: float = _f(0.0, "dropout probability after each hidden layer (and between LSTM layers)")
     l1: float = _f(0.0, "L1 penalty on weights, added to the loss")
@@ -78,6 +79,9 @@ class TrainConfig:
     extra_score_weight: float = _f(1.0, "weight of the family's extra score term (tadgan critic, vae KL)")
     beta: float = _f(1.0, "KL weight in the VAE loss")
     n_critic: int = _f(1, "critic updates per generator update (tadgan)")
+    k: int = _f(1, "Gibbs steps per contrastive-divergence update, CD-k (rbm, dbn pretraining)")
+    persistent_cd: bool = _f(False, "persistent contrastive divergence: negative chains carried across updates (rbm, dbn pretraining)")
+    pretrain_epochs: int = _f(5, "epochs of greedy RBM pretraining per layer (dbn_ae, and dense_ae with init = dbn)")
     calibration: CalibrationMethod = _f("quantile", "threshold method: quantile (with margin) or pot (peaks over threshold)")
     quantile: float = _f(0.999, "training-score quantile for the quantile method")
     margin: float = _f(1.1, "threshold = calibrated value x margin")
@@ -105,6 +109,8 @@ class TrainConfig:
             (self.scale_floor >= 0.0, "scale_floor", self.scale_floor),
             (self.level_weight >= 0.0, "level_weight", self.level_weight),
             (self.n_critic >= 1, "n_critic", self.n_critic),
+            (self.k >= 1, "k", self.k),
+            (self.pretrain_epochs >= 1, "pretrain_epochs", self.pretrain_epochs),
             (0.5 < self.quantile < 1.0, "quantile", self.quantile),
             (self.margin > 0, "margin", self.margin),
             (0.5 < self.pot_level < 1.0 and 0.0 < self.risk < 1.0 - self.pot_level, "pot_level/risk", (self.pot_level, self.risk)),
@@ -114,6 +120,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}: {value!r} is out of range (see edgewatch train --help)")
         if self.early_stopping and self.validation_split <= 0:
             raise ConfigError("train.early_stopping needs train.validation_split > 0")
+        if self.init == "dbn" and self.family not in {"dense_ae", "dbn_ae"}:
+            raise ConfigError(f"train.init = 'dbn' pretrains dense layers: dense_ae or dbn_ae only, not {self.family!r}")
         if self.level_weight > 0 and self.window_transform == "none":
             raise ConfigError("train.level_weight needs train.window_transform center or diff (without it levels are already scored)")
 

@@ -106,7 +106,7 @@ def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channel
         detector = build_detector(pre, config, n_channels)
         if init_from is not None:
             _load_initial(detector, init_from)
-        history = train_family(detector, windows, config, progress=progress)
+        history = train_family(detector, windows, config, progress=progress, pretrain=init_from is None)
         fit_head(detector, windows)
     fitted = FittedModel(detector, config, chans, sample_period_s, 0.0, Calibration("none"), history,
                          np.empty(0), fingerprint(segments))

@@ -83,7 +83,7 @@ def init_weights(module: nn.Module, cfg: TrainConfig) -> None:
             continue
         if isinstance(_owner(module, name), nn.modules.batchnorm._BatchNorm):
             continue
-        if cfg.init == "xavier_uniform":
+        if cfg.init in ("xavier_uniform", "dbn"):  # dbn: pretraining later overwrites what it covers
             nn.init.xavier_uniform_(p)
         elif cfg.init == "xavier_normal":
             nn.init.xavier_normal_(p)

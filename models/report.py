@@ -1,4 +1,5 @@
-"""The training report: ``report.json`` (config, history, calibration, figures) and
+"""The training report: ``report.json`` (config, history with the validation monitor's name and any
+pretraining curves, calibration, figures) and
 ``report.png`` (loss curves; training-score distribution with the threshold), via matplotlib's
 Agg backend. Written beside the artifact in ``training/``, never part of what the edge loads."""
 
@@ -28,8 +29,9 @@ def write_report(fitted: FittedModel, out_dir: Path | str, *, extra: Mapping[str
     report = {
         "config": asdict(fitted.config), "channels": [asdict(c) for c in fitted.channels],
         "threshold": fitted.threshold, "calibration": {"method": fitted.calibration.method, "params": dict(fitted.calibration.params)},
-        "history": {"train_loss": h.train_loss, "val_loss": h.val_loss, "lr": h.lr, "best_epoch": h.best_epoch,
-                    "stopped_early": h.stopped_early, "seconds": h.seconds},
+        "history": {"train_loss": h.train_loss, "val_loss": h.val_loss, "monitor": h.monitor, "lr": h.lr,
+                    "best_epoch": h.best_epoch, "stopped_early": h.stopped_early, "seconds": h.seconds,
+                    "pretrain_loss": h.pretrain_loss},
         "training_data_fingerprint": fitted.fingerprint, "n_train_windows": len(fitted.train_scores),
         **dict(extra or {}),
     }
@@ -38,7 +40,7 @@ def write_report(fitted: FittedModel, out_dir: Path | str, *, extra: Mapping[str
     epochs = np.arange(1, len(h.train_loss) + 1)
     ax_loss.plot(epochs, h.train_loss, label="train")
     if h.val_loss:
-        ax_loss.plot(epochs, h.val_loss, label="validation")
+        ax_loss.plot(epochs, h.val_loss, label="validation" if h.monitor == "loss" else f"validation {h.monitor}")
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{fitted.config.family}: loss", yscale="log")
     ax_loss.legend()
     scores = fitted.train_scores

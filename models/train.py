@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from edge.contract.errors import EdgewatchError
 from models.base import Detector, Family
 from models.config import TrainConfig
 from models.layers import apply_max_norm, penalty, weight_matrices
@@ -20,12 +22,21 @@ from models.layers import apply_max_norm, penalty, weight_matrices
 log = logging.getLogger(__name__)
 
 
+class TrainingDiverged(EdgewatchError):
+    """A training objective or monitor became NaN or infinite (e.g. an RBM's free energy): training
+    stops at once, so nothing is calibrated, exported or written."""
+
+
 @dataclass
 class History:
-    """Per-epoch losses (validation is the family's reconstruction/forecast loss) and learning rates."""
+    """Per-epoch losses (validation is the family's monitor: its reconstruction/forecast loss, or
+    for ``rbm`` the mean-field reconstruction error ``monitor``) and learning rates; ``pretrain_loss``
+    holds each pretrained layer's per-epoch reconstruction error (DBN pretraining)."""
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    monitor: str = "loss"
+    pretrain_loss: list[list[float]] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
@@ -72,10 +83,21 @@ class _Group:
         return float(total.detach())
 
 
-def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, progress: bool = False) -> History:
-    """Train ``detector.net`` on raw ``windows`` (preprocessing already fitted). Validation is
-    the last ``validation_split`` share of windows; with early stopping the best epoch's weights
-    are restored. Leaves the detector in eval mode."""
+def check_finite(value: float, what: str, *, family: str, epoch: int) -> float:
+    """``value`` if finite, else raise :class:`TrainingDiverged` naming the family, epoch and value."""
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{family} training diverged in epoch {epoch + 1}: {what} is {value} "
+                               "(lower train.lr, raise train.l2 or use train.optimizer = adam)")
+    return value
+
+
+def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, progress: bool = False,
+                 pretrain: bool = True) -> History:
+    """Train ``detector.net`` on raw ``windows`` (preprocessing already fitted), after the
+    family's own pretraining when ``pretrain`` (off when fine-tuning from earlier weights).
+    Validation is the last ``validation_split`` share of windows, measured by the family's
+    monitor; with early stopping the best epoch's weights are restored. A non-finite loss or
+    monitor raises :class:`TrainingDiverged` at once. Leaves the detector in eval mode."""
     started = time.perf_counter()
     net: Family = detector.net
     with torch.no_grad():
@@ -89,7 +111,9 @@ def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, p
     else:
         groups = {"net": _Group(list(net.parameters()), cfg)}
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    history = History()
+    history = History(monitor=net.monitor_name)
+    if pretrain:
+        history.pretrain_loss = net.pretrain(z_train, cfg)
     best_loss, best_state, waited = float("inf"), None, 0
     bar = tqdm(range(cfg.epochs), desc=f"train {cfg.family}", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
@@ -106,15 +130,18 @@ def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, p
                     groups["critic"].step(net.critic_loss(batch))
                 losses.append(groups["generator"].step(net.generator_loss(batch)))
             else:
-                losses.append(groups["net"].step(net.loss(batch)))
+                losses.append(check_finite(groups["net"].step(net.loss(batch)), net.objective, family=cfg.family, epoch=epoch))
         for group in groups.values():
             group.sched.step()
         history.train_loss.append(float(np.mean(losses)))
         net.eval()
         monitored = history.train_loss[-1]
         if n_val:
-            monitored = _evaluate(net, z_val, cfg.batch_size)
+            monitored = check_finite(_evaluate(net, z_val, cfg.batch_size), f"the validation {net.monitor_name}",
+                                     family=cfg.family, epoch=epoch)
             history.val_loss.append(monitored)
+        elif net.monitor_name != "loss":  # a sampled objective is no stopping criterion: monitor the training windows
+            monitored = check_finite(_evaluate(net, z_train, cfg.batch_size), net.monitor_name, family=cfg.family, epoch=epoch)
         bar.set_postfix(loss=f"{history.train_loss[-1]:.4g}", val=f"{monitored:.4g}")
         if monitored < best_loss - cfg.min_delta:
             best_loss, waited, history.best_epoch = monitored, 0, epoch
@@ -139,7 +166,7 @@ def _evaluate(net: Family, z: torch.Tensor, batch_size: int) -> float:
     total = 0.0
     for i in range(0, len(z), batch_size):
         chunk = z[i:i + batch_size]
-        total += float(net.loss(chunk)) * len(chunk)
+        total += float(net.monitor(chunk)) * len(chunk)
     return total / len(z)
 
 
