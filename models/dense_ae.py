@@ -1,4 +1,5 @@
-"""``dense_ae``: a fully connected autoencoder over the flattened window."""
+"""``dense_ae``: a fully connected autoencoder over the flattened window. With ``init = "dbn"``
+its layers are first pretrained greedily as a stack of RBMs (:mod:`models.dbn`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ class DenseAE(Family):
     def estimate(self, z: torch.Tensor) -> Estimate:
         out = self.decoder(self.encoder(z.flatten(1)))
         return Estimate(out.reshape(z.shape), 0, None)
+
+    def pretrain(self, z: torch.Tensor, cfg: TrainConfig) -> list[list[float]]:
+        if cfg.init != "dbn":
+            return []
+        from models.dbn import pretrain_unrolled  # only when asked: it pulls in the training loop
+
+        return pretrain_unrolled(self.encoder, self.decoder, z.flatten(1), cfg)
 
 
 def build(*, channels: int, window_length: int, config: TrainConfig) -> DenseAE:

@@ -16,6 +16,8 @@ _FAMILIES: dict[str, str] = {
     "lstm_forecast": "models.lstm_forecast",
     "tadgan": "models.tadgan",
     "vae": "models.vae",
+    "rbm": "models.rbm",
+    "dbn_ae": "models.dbn_ae",
 }
 
 
