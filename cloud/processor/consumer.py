@@ -4,8 +4,8 @@ Each poll's records go to the store side (:mod:`cloud.processor.storeside`, in a
 own by default), which stores the batches of all its partitions in one transaction. When it answers
 that a poll is stored, the alerts and dead letters stored with it are produced (the outbox; their
 acks are collected later) and only then are the poll's offsets committed, per partition
-(``commit_async``, one commit in flight at a time: offsets stored meanwhile, or refused, go with the
-next; the drain commits synchronously). Fleet incidents are brought up to the global final time at
+(:class:`cloud.processor.offsets.OffsetBook`: one ``commit_async`` in flight at a time, offsets
+stored meanwhile, or refused, go with the next; the drain commits synchronously). Fleet incidents are brought up to the global final time at
 most every ``fleet.evaluate_interval_s``. A crash anywhere in between re-delivers records that the
 store de-duplicates: at-least-once delivery, exactly-once effect. A store error rewinds the
 partitions of the polls in flight to their first records not stored and retries after a pause; bad
@@ -20,50 +20,42 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
-from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
 from cloud.kafka_groups import subscribe
 from cloud.processor.alerts import Outbox
 from cloud.processor.config import KafkaSection, ProcessorConfig
 from cloud.processor.metrics import ProcessorMetrics
+from cloud.processor.offsets import OffsetBook, Polled
 from cloud.processor.pipeline import paused_gc
 from cloud.processor.store import Store
-from cloud.processor.storeside import ChildSide, LocalSide, OutboxRows, store_errors, store_failed
+from cloud.processor.storeside import ChildChannel, LocalChannel, OutboxRows, Reply, StoreClient, store_errors, store_failed
 from edge.contract import BrokerUnavailable
 from edge.kafka_security import client_kwargs, diagnose
 
 log = logging.getLogger(__name__)
 
 STORE_RETRY_S = 1.0
-COMMIT_LOST_S = 60.0  # an async commit unanswered this long is taken as lost, and sent again
 IN_FLIGHT_POLL_S = 0.05  # the longest poll while a poll is with the store side: its answer should not wait for records
+R = TypeVar("R")
 
-Polled = dict[TopicPartition, tuple[int, int]]  # a poll sent to the store side: first and next offset per partition
 
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        self.processor.rebalanced([tp.partition for tp in revoked])
-        for tp in revoked:  # a later owner commits them; ours would be stale if the partition came back
-            self.processor._offsets.pop(tp, None)
+        self.processor.rebalanced(revoked=list(revoked))
         log.info("partitions_revoked partitions=%s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self.processor.rebalanced([tp.partition for tp in assigned])
-        now = time.monotonic()
-        for tp in assigned:
-            self.processor.last_seen[tp.partition] = now
+        self.processor.rebalanced(assigned=list(assigned))
         log.info("partitions_assigned partitions=%s", sorted(tp.partition for tp in assigned))
 
 
@@ -74,10 +66,10 @@ class _OutboxRows:
         self.processor, self.consumer = processor, consumer
 
     def unpublished(self, table: str, *, created_before: float) -> list[tuple[Any, ...]]:
-        return self.processor._ask(self.consumer, "unpublished", table, created_before)  # type: ignore[no-any-return]
+        return self.processor.wait(self.consumer, self.processor.side.unpublished(table, created_before))
 
     def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
-        self.processor._send("mark_published", table, keys, now)
+        self.processor.side.mark_published(table, keys, now)
 
 
 class Processor:
@@ -97,31 +89,26 @@ class Processor:
         self._swept = -math.inf
         self._fleet_at = -math.inf
         self._fleet_pending = False  # polls stored since the last fleet evaluation
-        self._offsets: dict[TopicPartition, OffsetAndMetadata] = {}  # of the last stored poll of each partition
-        self._commit_due = False  # offsets stored since the last commit that was sent (or that failed)
-        self._commit_sent: float | None = None  # monotonic time of the async commit in flight
-        self._side: LocalSide | ChildSide | None = None
+        self.offsets = OffsetBook()
+        self._side: StoreClient | None = None
         self._outbox: Outbox | None = None
-        self._asked: deque[tuple[Callable[[Any], None] | None, bool]] = deque()  # unanswered: (what to do with it, a poll?)
-        self._polls = 0  # polls among them
-        self._epoch = 0  # rebalances so far: a poll's offsets are noted only if none came between poll and answer
-        self._rewind: dict[TopicPartition, int] = {}  # first offsets of polls the store side did not store
-        self._forget: set[int] = set()  # partitions revoked or assigned since the last poll
+        self._forget: set[int] = set()  # partitions revoked or assigned since the last poll: the store side drops their state
 
     def run(self) -> None:
         k = self.config.kafka
         with contextlib.ExitStack() as stack:
             # the child starts first: its imports and store connection overlap the group join
-            side = self._side = ChildSide(self.config, self.clock, self.metrics) if self.config.store.own_process else \
-                LocalSide(self.config, self.store, self.metrics, self.clock)
-            stack.callback(side.close)
+            channel = ChildChannel(self.config, self.clock, self.metrics) if self.config.store.own_process else \
+                LocalChannel(self.config, self.store, self.metrics, self.clock)
+            stack.callback(channel.close)
+            self._side = StoreClient(channel)
             producer = kafka_producer(k, k.client_id + "-outbox", linger_ms=5)
             stack.callback(producer.close, timeout=10)
             consumer = group_consumer(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id)
             stack.callback(consumer.close, autocommit=False)
             self._outbox = Outbox(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,
                                   deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock)
-            side.started()
+            channel.started()
             log.info("processor_started topic=%s group=%s bootstrap=%s store_process=%s", self.topic, k.group_id,
                      k.bootstrap, "own" if self.config.store.own_process else "shared")
             while not self.stop.is_set():
@@ -138,115 +125,97 @@ class Processor:
             self._commit_offsets(consumer)
         log.info("processor_stopped")
 
-    def rebalanced(self, partitions: list[int]) -> None:
-        """From the listener (inside a poll): in-flight polls' offsets are not noted, and the store side is told
-        after the poll to drop the partitions' state (the listener itself asks nothing of it)."""
-        self._epoch += 1
-        self._forget.update(partitions)
-
-    def _send(self, name: str, *args: Any, then: Callable[[Any], None] | None = None, poll: bool = False) -> None:
-        """A request to the store side; ``then`` gets its answer, when read (in order)."""
+    @property
+    def side(self) -> StoreClient:
+        """The store side (while :meth:`run` runs)."""
         assert self._side is not None
-        self._side.submit(name, *args)
-        self._asked.append((then, poll))
-        self._polls += poll
+        return self._side
+
+    def rebalanced(self, *, revoked: Sequence[TopicPartition] = (), assigned: Sequence[TopicPartition] = ()) -> None:
+        """From the listener (inside a poll): in-flight polls' offsets are not noted, revoked partitions' offsets
+        are dropped, and the store side is told after the poll to drop the partitions' state (the listener itself
+        asks nothing of it)."""
+        self.offsets.rebalanced(revoked)
+        now = time.monotonic()
+        for tp in assigned:
+            self.last_seen[tp.partition] = now
+        self._forget.update(tp.partition for tp in [*revoked, *assigned])
 
     def _answers(self, consumer: KafkaConsumer, keep: int) -> None:
         """Read answers until at most ``keep`` polls (and nothing before them) are unanswered; after a poll that was
         not stored, until none is, then rewind."""
-        assert self._side is not None
-        while self._asked and (self._rewind or self._polls > keep or not self._asked[0][1]):
-            then, poll = self._asked.popleft()
-            self._polls -= poll
-            answer = self._side.receive()
-            if then is not None:
-                then(answer)
-        if self._rewind and not self._asked:
+        side, offsets = self.side, self.offsets
+        while side.unanswered and (offsets.rewind_due or side.polls > keep or not side.unanswered[0].poll):
+            side.read_answer()
+        if offsets.rewind_due and not side.unanswered:
+            rewind = offsets.take_rewind()
             assigned = consumer.assignment()
-            for tp, first in self._rewind.items():
+            for tp, first in rewind.items():
                 if tp in assigned:
                     consumer.seek(tp, first)
-            log.info("partitions_rewound offsets=%s", {tp.partition: o for tp, o in self._rewind.items()})
-            self._rewind = {}
-            self._send("resume")
+            log.info("partitions_rewound offsets=%s", {tp.partition: o for tp, o in rewind.items()})
+            side.resume()
             self.stop.wait(STORE_RETRY_S)
 
-    def _ask(self, consumer: KafkaConsumer, name: str, *args: Any) -> Any:
-        """A request whose answer is needed now (after those in flight)."""
-        box: list[Any] = []
-        self._send(name, *args, then=box.append)
+    def wait(self, consumer: KafkaConsumer, reply: Reply[R]) -> R:
+        """The answer of a request that is needed now (read after those in flight)."""
         self._answers(consumer, keep=0)
-        return box[0]
+        return reply.value
 
     def _stored(self, consumer: KafkaConsumer, epoch: int, poll: Polled, rows: OutboxRows | None) -> None:
         """The store side's answer to a poll: publish its outbox rows, then note its offsets; or rewind it."""
         if rows is None:
-            for tp, (first, _) in poll.items():
-                self._rewind[tp] = min(first, self._rewind.get(tp, first))
+            self.offsets.not_stored(poll)
             return
         self._publish_rows(rows)
         self._fleet_pending = True
-        if epoch == self._epoch:
-            self._commit_async(consumer, {tp: OffsetAndMetadata(end, "", -1) for tp, (_, end) in poll.items()})
+        self.offsets.stored(poll, epoch)
+        self._commit_async(consumer)
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         assert self._side is not None
         k = self.config.kafka
-        timeout_s = min(k.poll_timeout_s, IN_FLIGHT_POLL_S) if self._polls else k.poll_timeout_s
+        timeout_s = min(k.poll_timeout_s, IN_FLIGHT_POLL_S) if self.side.polls else k.poll_timeout_s
         polled = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=k.max_poll_records)
         batches = [(tp, records) for tp, records in polled.items() if records]
         mono = time.monotonic()
+        side = self.side
         if self._forget:
-            self._send("forget", sorted(self._forget))
+            side.forget(sorted(self._forget))
             self._forget.clear()
         for tp, _ in batches:
             self.last_seen[tp.partition] = mono
         if batches:
-            offsets = {tp: (records[0].offset, records[-1].offset + 1) for tp, records in batches}
-            self._send("process", [(tp.topic, tp.partition, [r.offset for r in records], [r.value for r in records])
-                                   for tp, records in batches],
-                       then=partial(self._stored, consumer, self._epoch, offsets), poll=True)
+            poll = {tp: (records[0].offset, records[-1].offset + 1) for tp, records in batches}
+            side.process([(tp.topic, tp.partition, [r.offset for r in records], [r.value for r in records])
+                          for tp, records in batches]).then(partial(self._stored, consumer, self.offsets.epoch, poll))
         else:
             self._publish([], [])  # collects the acks that came meanwhile
         # in its own process, the store side works on this poll while the next one is fetched (none came: wait for it)
-        self._answers(consumer, keep=self._side.depth - 1 if batches else 0)
+        self._answers(consumer, keep=side.depth - 1 if batches else 0)
         self._advance_idle(consumer)
         if self._fleet_pending and mono - self._fleet_at >= self.config.fleet.evaluate_interval_s:
             self._evaluate_fleet(consumer)
-        self._commit_async(consumer, {})
+        self._commit_async(consumer)
         self._update_gauges(consumer)
 
-    def _commit_async(self, consumer: KafkaConsumer, stored: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        """Note the offsets of a stored poll (``stored``, may be empty) and send those of the partitions still ours,
-        unless a commit is in flight (then they go with the next one, after its answer): no pile-up of commits on
-        small polls, and a refused one is sent again."""
-        if stored:
-            self._offsets.update(stored)
-            self._commit_due = True
-        sent = self._commit_sent
-        if not self._commit_due or (sent is not None and time.monotonic() - sent < COMMIT_LOST_S):
-            return
-        offsets = self._owned_offsets(consumer)
-        self._commit_due = False
+    def _commit_async(self, consumer: KafkaConsumer) -> None:
+        """Send the offsets the book says are due (none while a commit is in flight)."""
+        offsets = self.offsets.next_commit(consumer.assignment())
         if offsets:
-            self._commit_sent = time.monotonic()
             consumer.commit_async(offsets, callback=self._committed)
 
     def _committed(self, offsets: Any, response: Any) -> None:
         """``commit_async`` callback (on kafka-python's IO thread)."""
-        if isinstance(response, Exception):
-            self._commit_due = True
+        failed = isinstance(response, Exception)
+        if failed:
             log.warning("offsets_commit_failed partitions=%s reason=%r; sent again after the next poll",
                         sorted(tp.partition for tp in offsets), response)
-        self._commit_sent = None
-
-    def _owned_offsets(self, consumer: KafkaConsumer) -> dict[TopicPartition, OffsetAndMetadata]:
-        assigned = consumer.assignment()
-        return {tp: o for tp, o in self._offsets.items() if tp in assigned}
+        self.offsets.committed(response if failed else None)
 
     def _commit_offsets(self, consumer: KafkaConsumer) -> None:
         """Commit the stored polls' offsets of the partitions still ours and wait for the ack (on drain)."""
-        offsets = self._owned_offsets(consumer)
+        offsets = self.offsets.owned(consumer.assignment())
         try:
             if offsets:
                 consumer.commit(offsets)
@@ -268,7 +237,7 @@ class Processor:
         self._fleet_pending, self._fleet_at = False, time.monotonic()
         final = self.global_final(consumer)
         if final is not None:
-            self._send("fleet", final, then=self._publish_rows)
+            self.side.fleet(final).then(self._publish_rows)
 
     def _sweep(self) -> None:
         assert self._outbox is not None
@@ -308,7 +277,7 @@ class Processor:
         for tp in consumer.assignment():
             if mono - self.last_seen.get(tp.partition, mono) >= idle_s:
                 self.last_seen[tp.partition] = mono
-                self._send("advance_idle", tp.topic, tp.partition, self.clock() - idle_s, then=self._publish_rows)
+                self.side.advance_idle(tp.topic, tp.partition, self.clock() - idle_s).then(self._publish_rows)
 
     def _update_gauges(self, consumer: KafkaConsumer) -> None:
         mono = time.monotonic()
@@ -319,7 +288,7 @@ class Processor:
             high = consumer.highwater(tp)
             if high is not None:
                 self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, high - consumer.position(tp)))
-        self._send("open_incidents", then=self._set_incidents_open)  # answered in turn: the polls in flight keep going
+        self.side.open_incidents().then(self._set_incidents_open)  # answered in turn: the polls in flight keep going
 
     def _set_incidents_open(self, counts: dict[str, int]) -> None:
         for kind, n in counts.items():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.processor.config import DriftSection
+from cloud.processor.fastevent import EventFields
 from cloud.processor.incidents import Changes, DeviceState
 from cloud.processor.store import IncidentRow
 from edge.contract import Alert, ContractError, ModelManifest, decode_manifest, make_incident_id
@@ -75,10 +76,12 @@ class DriftMonitor:
         self.default = Expectation(section.expected_rate_per_hour, section.expected_score_ratio)
         self.site_of = site_of
 
-    def apply(self, device: str, state: DeviceState, t: float, score: float, threshold: float, model_name: str,
-              model_version: str, sha256: str, final: float, out: Changes) -> None:
+    def apply(self, state: DeviceState, event: EventFields, final: float, out: Changes) -> None:
+        """Count one new (not duplicate, not late) anomaly of its device in its model version's bucket."""
         if not self.s.enabled:
             return
+        device, t, score, threshold = event.device_id, event.window_end, event.score, event.threshold
+        model_name, model_version, sha256 = event.model_name, event.model_version, event.model_sha256
         b = int(math.floor(t / self.s.window_s))
         st = state["drift"].get(model_version)
         if st is None:

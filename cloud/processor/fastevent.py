@@ -4,8 +4,8 @@
 name, a helper call per number, a dataclass per event) and costs about three ``json.loads`` per
 event, which was most of the processor's time per event. :class:`FastEventDecoder` parses with
 orjson, checks the same rules with type tests and a cache of names (device, agent, model,
-channel) and model hashes it has already checked, and gives the fields as a plain tuple
-(:data:`Fields`). It accepts only payloads the contract accepts, with the contract's values;
+channel) and model hashes it has already checked, and gives the fields the processor uses as
+:class:`EventFields`. It accepts only payloads the contract accepts, with the contract's values;
 for anything else it returns ``None`` and the caller asks the contract, which names the problem
 (so a dead letter carries the contract's reason). A property test keeps the two in agreement.
 Not thread-safe (one per consumer thread); pure apart from its caches.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from hashlib import sha256
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,14 +27,27 @@ from edge.contract.event import _FIELDS, EVENT_SCHEMA
 MAX_CACHED_NAMES = 100_000
 N_FIELDS = len(_FIELDS)
 
-# (event_id, device_id, agent_id, window_start, window_end, score, threshold, model_name, model_version, model_sha256, detected_at)
-Fields = tuple[str, str, str, float, float, float, float, str, str, str, float]
+class EventFields(NamedTuple):
+    """An anomaly event's fields as the processor uses them (every :class:`AnomalyEvent` field but the
+    channel scores; numbers as floats)."""
+
+    event_id: str
+    device_id: str
+    agent_id: str
+    window_start: float
+    window_end: float
+    score: float
+    threshold: float
+    model_name: str
+    model_version: str
+    model_sha256: str
+    detected_at: float
 
 
-def event_fields(e: AnomalyEvent) -> Fields:
-    """The :data:`Fields` of an event the contract decoded."""
-    return (e.event_id, e.device_id, e.agent_id, e.window_start, e.window_end, e.score, e.threshold, e.model_name,
-            e.model_version, e.model_sha256, e.detected_at)
+def event_fields(e: AnomalyEvent) -> EventFields:
+    """The :class:`EventFields` of an event the contract decoded."""
+    return EventFields(e.event_id, e.device_id, e.agent_id, e.window_start, e.window_end, e.score, e.threshold, e.model_name,
+                       e.model_version, e.model_sha256, e.detected_at)
 
 
 class FastEventDecoder:
@@ -51,17 +64,18 @@ class FastEventDecoder:
             return None
         f, d = found
         return AnomalyEvent(
-            device_id=f[1], agent_id=f[2], window_start=f[3], window_end=f[4], score=f[5], threshold=f[6],
-            channel_scores={k: float(v) for k, v in d["channel_scores"].items()}, model_name=f[7], model_version=f[8],
-            model_sha256=f[9], detected_at=f[10], event_id=f[0],
+            device_id=f.device_id, agent_id=f.agent_id, window_start=f.window_start, window_end=f.window_end, score=f.score,
+            threshold=f.threshold, channel_scores={k: float(v) for k, v in d["channel_scores"].items()},
+            model_name=f.model_name, model_version=f.model_version, model_sha256=f.model_sha256, detected_at=f.detected_at,
+            event_id=f.event_id,
         )
 
-    def fields(self, payload: bytes) -> Fields | None:
-        """The event's :data:`Fields` (numbers as floats), or ``None``; the per-event path of the processor."""
+    def fields(self, payload: bytes) -> EventFields | None:
+        """The event's :class:`EventFields`, or ``None``; the per-event path of the processor."""
         found = self._check(payload)
         return None if found is None else found[0]
 
-    def _check(self, payload: bytes) -> tuple[Fields, dict[str, Any]] | None:
+    def _check(self, payload: bytes) -> tuple[EventFields, dict[str, Any]] | None:
         if len(payload) > MAX_PAYLOAD_BYTES:
             return None
         try:
@@ -113,7 +127,7 @@ class FastEventDecoder:
                 return None
         except (_Reject, orjson.JSONDecodeError, TypeError, KeyError, OverflowError, ValueError):
             return None
-        return (event_id, device, agent, start, end, score, threshold, model, version, sha, detected), d
+        return EventFields(event_id, device, agent, start, end, score, threshold, model, version, sha, detected), d
 
 class _Reject(Exception):
     pass

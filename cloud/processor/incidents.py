@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.processor.config import IncidentsSection
+from cloud.processor.fastevent import EventFields
 from cloud.processor.store import IncidentRow
 from edge.contract import Alert, make_incident_id
 
@@ -53,9 +54,11 @@ class IncidentTracker:
         """True when ``t`` is older than the watermark by more than the allowed lateness."""
         return watermark is not None and t < watermark - self.s.allowed_lateness_s
 
-    def apply(self, device: str, state: DeviceState, t: float, score: float, model_name: str, model_version: str,
-              final: float, out: Changes) -> None:
-        """Apply one new (not duplicate, not late) anomaly at event time ``t``; ``final`` as in the module doc."""
+    def apply(self, state: DeviceState, event: EventFields, final: float, out: Changes) -> None:
+        """Apply one new (not duplicate, not late) anomaly of its device; its event time is its ``window_end``;
+        ``final`` as in the module doc."""
+        device, t, score = event.device_id, event.window_end, event.score
+        model_name, model_version = event.model_name, event.model_version
         model = state.get("model")
         if model is None or model[0] != model_name or model[1] != model_version:
             state["model"] = [model_name, model_version]

@@ -25,7 +25,7 @@ import orjson
 from cloud.processor.alerts import alert_rows
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.drift import DriftMonitor, Expectation
-from cloud.processor.fastevent import FastEventDecoder, Fields, event_fields
+from cloud.processor.fastevent import EventFields, FastEventDecoder, event_fields
 from cloud.processor.incidents import Changes, DeviceState, IncidentTracker, new_state
 from cloud.processor.store import DuplicateEvents, PartitionRow, Store
 from edge.contract import ContractError, decode_event
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Record = tuple[int, bytes | None]  # (offset, value) of a Kafka record
-Decoded = tuple[int, bytes, Fields]  # (offset, payload, fields) of a valid event
+Decoded = tuple[int, bytes, EventFields]  # (offset, payload, fields) of a valid event
 DeadRow = tuple[str, int, int, str, str, bytes, float]  # (topic, partition, offset, field, reason, payload, created_at)
 
 
@@ -165,19 +165,19 @@ class Pipeline:
             if value is not None:
                 f = fields(value)
                 if f is not None:
-                    if f[4] <= latest:
+                    if f.window_end <= latest:
                         decoded.append((offset, value, f))
                     else:
-                        dead.append(self._future(topic, partition, offset, value, f[4], now))
+                        dead.append(self._future(topic, partition, offset, value, f.window_end, now))
                     continue
             try:  # the fast path declined: the contract decides, and names the problem
                 if value is None:
                     raise ContractError("$", None, "a record without a value is not an anomaly event")
                 f = event_fields(decode_event(value))
-                if f[4] <= latest:
+                if f.window_end <= latest:
                     decoded.append((offset, value, f))
                 else:
-                    dead.append(self._future(topic, partition, offset, value, f[4], now))
+                    dead.append(self._future(topic, partition, offset, value, f.window_end, now))
             except ContractError as exc:
                 dead.append((topic, partition, offset, exc.field, str(exc), value or b"", now))
                 self.metrics.deadletters.labels(cause="json" if exc.kind == "not_json" else "contract").inc()
@@ -204,7 +204,7 @@ class Pipeline:
                 rows = {(t, p): self.store.lock_partition(t, p, now) for t, p in sorted({(t, p) for t, p, *_ in work})}
                 contexts = [self._context(topic, rows[topic, partition]) for topic, partition, *_ in work]
                 # event ids stored or applied so far, across the poll's partitions (as if one by one)
-                seen = self.store.existing_event_ids([f[0] for *_, decoded, _ in work for _, _, f in decoded]) if lookup else set()
+                seen = self.store.existing_event_ids([f.event_id for *_, decoded, _ in work for _, _, f in decoded]) if lookup else set()
                 # events are written while they are applied (PostgreSQL inserts them meanwhile); no other statement
                 # may run until the writer closes
                 with self.store.events_writer(expect_new=not lookup) as write_event:
@@ -283,12 +283,12 @@ class Pipeline:
         wm = ctx.watermark
         stored = late_applied = late_dropped = duplicates = 0
         for offset, value, f in decoded:
-            event_id = f[0]
+            event_id = f.event_id
             if event_id in existing:
                 duplicates += 1
                 continue
             existing.add(event_id)
-            t = f[4]
+            t = f.window_end
             late = wm is not None and t < wm - lateness  # IncidentTracker.is_late
             if late:
                 late_dropped += 1
@@ -300,16 +300,16 @@ class Pipeline:
                 final = wm - lateness
                 if final >= ctx.min_due:
                     self._close_due(ctx, final, changes, touched)
-                device = f[1]
+                device = f.device_id
                 st = states.get(device)
                 if st is None:
                     st = states[device] = new_state()
-                tracker_apply(device, st, t, f[5], f[7], f[8], final, changes)
-                drift_apply(device, st, t, f[5], f[6], f[7], f[8], f[9], final, changes)
+                tracker_apply(st, f, final, changes)
+                drift_apply(st, f, final, changes)
                 set_due(ctx, device, st)
                 touched.add(device)
             stored += 1
-            write((event_id, f[1], t, f[5], value.decode(), topic, partition, offset, int(late), now))  # EVENT_COLUMNS
+            write((event_id, f.device_id, t, f.score, value.decode(), topic, partition, offset, int(late), now))  # EVENT_COLUMNS
         res.stored += stored
         res.duplicates += duplicates
         res.late_applied += late_applied

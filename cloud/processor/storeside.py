@@ -2,21 +2,24 @@
 (``store.own_process``, the default) or in the consumer's.
 
 The consumer side (:class:`cloud.processor.consumer.Processor`) polls Kafka, follows rebalances,
-produces alerts and dead letters and commits offsets. It sends the store side requests, which are
-answered one by one in the order sent: ``process`` a poll's records (decode, de-duplicate, apply and
-store in one transaction; the answer carries the alerts and dead letters stored with them, for the
-outbox), ``fleet`` up to a final time, ``advance_idle``, ``forget`` revoked partitions' state,
-``open_incidents`` (for the gauge), and the outbox's ``unpublished`` and ``mark_published``.
+produces alerts and dead letters and commits offsets. It asks the store side through a
+:class:`StoreClient`, one method per request of :class:`StoreWork`: ``process`` a poll's records
+(decode, de-duplicate, apply and store in one transaction; the answer carries the alerts and dead
+letters stored with them, for the outbox), ``fleet`` up to a final time, ``advance_idle``, ``forget``
+revoked partitions' state, ``open_incidents`` (for the gauge), and the outbox's ``unpublished`` and
+``mark_published``. Each request is sent at once and returns a :class:`Reply`; answers come in the
+order the requests were sent, and :meth:`StoreClient.read_answer` fills in the oldest.
 
-In a process of its own the store side works on poll n while the consumer side fetches and parses
-poll n+1 (kafka-python's record parsing is a third of the CPU time), so two polls are in flight and
-two cores share the work; the child imports neither kafka nor prometheus_client, so it is ready
-about when the consumer has joined its group. A ``process`` that fails (a store error) makes the
-store side answer the ``process`` requests after it with "not stored", untouched, until ``resume``:
-the consumer side, which reads the answers in order, rewinds each partition to its first record
-not stored, then resumes. The child records its metric calls, and each answer carries them to the
-consumer side's registry. It ignores SIGTERM and SIGINT (the consumer side drains it) and exits
-when its pipe closes.
+In a process of its own (:class:`ChildChannel`) the store side works on poll n while the consumer
+side fetches and parses poll n+1 (kafka-python's record parsing is a third of the CPU time), so two
+polls are in flight and two cores share the work; the child imports neither kafka nor
+prometheus_client, so it is ready about when the consumer has joined its group. In the consumer's
+process (:class:`LocalChannel`) a request is done when sent. A ``process`` that fails (a store
+error) makes the store side answer the ``process`` requests after it with "not stored", untouched,
+until ``resume``: the consumer side, which reads the answers in order, rewinds each partition to its
+first record not stored, then resumes. The child records its metric calls, and each answer carries
+them to the consumer side's registry. It ignores SIGTERM and SIGINT (the consumer side drains it)
+and exits when its pipe closes.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import multiprocessing
 import signal
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cloud.processor.alerts import alert_rows
 from cloud.processor.backends import background_checkpoints, open_store
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 
 OutboxRows = tuple[list[tuple[str, str, str]], list[tuple[Any, ...]]]  # alerts (id, incident, payload), dead letters
 Batch = tuple[str, int, list[int], list[bytes | None]]  # a partition's records in a poll: topic, partition, offsets, values
+R = TypeVar("R")
+Request = Callable[["StoreWork"], R]  # a StoreWork method with its arguments bound (a partial: it pickles)
 
 
 def store_errors() -> tuple[type[BaseException], ...]:
@@ -69,7 +75,7 @@ def store_failed(metrics: ProcessorMetrics, store: Store, message: str, *args: A
     store.reconnect_if_lost()
 
 
-class StoreSide:
+class StoreWork:
     """Pipeline and fleet correlator on one store connection; each public method is a request."""
 
     def __init__(self, config: ProcessorConfig, store: Store, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
@@ -124,7 +130,9 @@ class StoreSide:
         return counts
 
     def unpublished(self, table: str, created_before: float) -> list[tuple[Any, ...]]:
-        return self._guarded(lambda: self.store.unpublished(table, created_before=created_before), [], "unpublished")  # type: ignore[no-any-return]
+        rows: list[tuple[Any, ...]] = self._guarded(lambda: self.store.unpublished(table, created_before=created_before), [],
+                                                    "unpublished")
+        return rows
 
     def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None:
         """A failure leaves the rows unpublished: the orphan sweep produces them again (at least once)."""
@@ -167,7 +175,80 @@ def replay(metrics: ProcessorMetrics, calls: list[tuple[Any, ...]]) -> None:
         getattr(metric.labels(**dict(labels)) if labels else metric, method)(amount)
 
 
-class LocalSide:
+class Reply(Generic[R]):
+    """The answer to one request, once :meth:`StoreClient.read_answer` has read it; ``then`` gets it then."""
+
+    __slots__ = ("poll", "_answer", "_then")
+
+    def __init__(self, poll: bool) -> None:
+        self.poll = poll  # the answer to a poll's ``process``
+        self._answer: list[R] = []  # the answer, once read
+        self._then: Callable[[R], None] | None = None
+
+    def then(self, callback: Callable[[R], None]) -> None:
+        self._then = callback
+
+    def answered(self, value: R) -> None:
+        self._answer.append(value)
+        if self._then is not None:
+            self._then(value)
+
+    @property
+    def value(self) -> R:
+        if not self._answer:
+            raise RuntimeError("the store side has not answered this request yet")
+        return self._answer[0]
+
+
+class StoreClient:
+    """The consumer side's end of the store side (:class:`LocalChannel` or :class:`ChildChannel`): one method per
+    request of :class:`StoreWork`. Each sends its request at once and returns its :class:`Reply`."""
+
+    def __init__(self, channel: LocalChannel | ChildChannel) -> None:
+        self.channel = channel
+        self.depth = channel.depth  # polls that may be in flight
+        self.unanswered: deque[Reply[Any]] = deque()
+        self.polls = 0  # polls among them
+
+    def process(self, batches: Sequence[Batch]) -> Reply[OutboxRows | None]:
+        return self._send(partial(StoreWork.process, batches=batches), poll=True)
+
+    def resume(self) -> Reply[None]:
+        return self._send(StoreWork.resume)
+
+    def fleet(self, final: float) -> Reply[OutboxRows]:
+        return self._send(partial(StoreWork.fleet, final=final))
+
+    def advance_idle(self, topic: str, partition: int, watermark: float) -> Reply[OutboxRows]:
+        return self._send(partial(StoreWork.advance_idle, topic=topic, partition=partition, watermark=watermark))
+
+    def forget(self, partitions: Sequence[int]) -> Reply[None]:
+        return self._send(partial(StoreWork.forget, partitions=partitions))
+
+    def open_incidents(self) -> Reply[dict[str, int]]:
+        return self._send(StoreWork.open_incidents)
+
+    def unpublished(self, table: str, created_before: float) -> Reply[list[tuple[Any, ...]]]:
+        return self._send(partial(StoreWork.unpublished, table=table, created_before=created_before))
+
+    def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> Reply[None]:
+        return self._send(partial(StoreWork.mark_published, table=table, keys=keys, now=now))
+
+    def read_answer(self) -> None:
+        """Read the oldest unanswered request's answer (waiting for it) into its reply."""
+        reply = self.unanswered.popleft()
+        self.polls -= reply.poll
+        reply.answered(self.channel.receive())
+
+    def _send(self, request: Request[R], *, poll: bool = False) -> Reply[R]:
+        self.channel.submit(request)
+        reply: Reply[R] = Reply(poll)
+        self.unanswered.append(reply)
+        self.polls += poll
+        return reply
+
+
+class LocalChannel:
     """The store side in the consumer's process: each request is done when sent (one poll in flight)."""
 
     depth = 1
@@ -175,14 +256,14 @@ class LocalSide:
     def __init__(self, config: ProcessorConfig, store: Store, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
         self._exit = contextlib.ExitStack()
         self._exit.enter_context(background_checkpoints(store))
-        self.side = StoreSide(config, store, metrics, clock)
+        self.work = StoreWork(config, store, metrics, clock)
         self._answers: deque[Any] = deque()
 
     def started(self) -> None:
         pass
 
-    def submit(self, name: str, *args: Any) -> None:
-        self._answers.append(getattr(self.side, name)(*args))
+    def submit(self, request: Request[Any]) -> None:
+        self._answers.append(request(self.work))
 
     def receive(self) -> Any:
         return self._answers.popleft()
@@ -191,7 +272,7 @@ class LocalSide:
         self._exit.close()
 
 
-class ChildSide:
+class ChildChannel:
     """The store side in a child process (spawned, so no threads or locks of this one are inherited);
     two polls in flight."""
 
@@ -210,9 +291,9 @@ class ChildSide:
         """Wait until the child has opened its store (it starts while the consumer joins the group)."""
         self.receive()
 
-    def submit(self, name: str, *args: Any) -> None:
+    def submit(self, request: Request[Any]) -> None:
         try:
-            self._conn.send((name, args))
+            self._conn.send(request)
         except OSError:  # a broken pipe
             raise self._gone() from None
 
@@ -249,7 +330,7 @@ def _serve(conn: Connection, config: ProcessorConfig, clock: Callable[[], float]
             store = open_store(config.store)
             stack.callback(store.close)
             stack.enter_context(background_checkpoints(store))
-            side = StoreSide(config, store, metrics, clock)  # type: ignore[arg-type]  # records, for replay()
+            work = StoreWork(config, store, metrics, clock)  # type: ignore[arg-type]  # records, for replay()
         except Exception as exc:  # noqa: BLE001  # sent to the consumer side, which raises it
             conn.send((False, _picklable(exc), metrics.take()))
             return
@@ -257,13 +338,13 @@ def _serve(conn: Connection, config: ProcessorConfig, clock: Callable[[], float]
         while True:
             with paused_gc():  # as in the consumer's loop: the records are dropped at the end of the round
                 try:
-                    name, args = conn.recv()
+                    request: Request[Any] = conn.recv()
                 except (EOFError, OSError):  # the consumer side closed the pipe (or died)
                     return
                 try:
-                    answer = (True, getattr(side, name)(*args), metrics.take())
+                    answer = (True, request(work), metrics.take())
                 except Exception as exc:  # noqa: BLE001  # a bug: the consumer side raises it and stops
-                    log.exception("store_request_failed request=%s", name)
+                    log.exception("store_request_failed request=%s", getattr(request, "func", request))
                     answer = (False, _picklable(exc), metrics.take())
                 try:
                     conn.send(answer)

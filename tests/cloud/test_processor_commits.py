@@ -1,5 +1,5 @@
-"""How the processor schedules its asynchronous offset commits (no broker: the consumer here only records the
-commits it is asked to send; delivery itself is covered against the real Kafka in test_processor_kafka.py).
+"""The processor's offset book (no broker: delivery itself is covered against the real Kafka in
+test_processor_kafka.py).
 
 One commit in flight at a time: offsets stored while it is in flight go with the next one, and a refused one
 is sent again after the next poll. Sending a commit per poll instead piled them up on the coordinator
@@ -9,74 +9,80 @@ sent again, so the group's committed offsets could stay behind what the store ho
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from kafka import TopicPartition
 from kafka.errors import NodeNotReadyError
-from kafka.structs import OffsetAndMetadata
 
-from cloud.processor import consumer as consumer_module
-from cloud.processor.backends import open_sqlite
-from cloud.processor.consumer import Processor
-from tests.cloud.processor_streams import config
+from cloud.processor.offsets import OffsetBook, Polled
 
 T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
-class RecordingConsumer:
-    def __init__(self, assigned: set[TopicPartition]) -> None:
-        self.assigned = assigned
-        self.sent: list[tuple[dict[TopicPartition, int], Any]] = []
-
-    def assignment(self) -> set[TopicPartition]:
-        return self.assigned
-
-    def commit_async(self, offsets: dict[TopicPartition, OffsetAndMetadata], callback: Any) -> None:
-        self.sent.append(({tp: o.offset for tp, o in offsets.items()}, callback))
+def poll(**ends: int) -> Polled:
+    """A poll that read partition ``p0``/``p1`` up to (not including) the given offset, from 0."""
+    return {TopicPartition("t", int(name[1:])): (0, end) for name, end in ends.items()}
 
 
-def stored(processor: Processor, consumer: RecordingConsumer, offsets: dict[TopicPartition, int]) -> None:
-    """A poll whose records were stored up to ``offsets`` (none: a poll without records)."""
-    processor._commit_async(consumer, {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})  # type: ignore[arg-type]
+def offsets(sent: dict[TopicPartition, object]) -> dict[TopicPartition, int]:
+    return {tp: o.offset for tp, o in sent.items()}  # type: ignore[attr-defined]  # OffsetAndMetadata
 
 
-def test_one_commit_in_flight_later_offsets_follow_and_a_refused_one_is_sent_again(tmp_path: Path, monkeypatch: Any) -> None:
-    store = open_sqlite(tmp_path / "p.db")
-    processor = Processor(config(tmp_path / "p.toml", bootstrap="127.0.0.1:9", topic="t", group="g",
-                                 sqlite_path=tmp_path / "p.db"), store)
-    consumer = RecordingConsumer({T0, T1})
-    try:
-        stored(processor, consumer, {T0: 10})
-        assert [o for o, _ in consumer.sent] == [{T0: 10}]
-        stored(processor, consumer, {T0: 20, T1: 5})  # the first is unanswered: nothing more is sent
-        stored(processor, consumer, {T1: 7})
-        assert len(consumer.sent) == 1
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
 
-        consumer.sent[0][1]({T0: None}, NodeNotReadyError("max_in_flight"))  # refused
-        stored(processor, consumer, {})  # the next poll, with no new records
-        assert [o for o, _ in consumer.sent][1:] == [{T0: 20, T1: 7}]
+    def __call__(self) -> float:
+        return self.now
 
-        consumer.sent[1][1]({T0: None, T1: None}, None)  # acknowledged: nothing is due
-        stored(processor, consumer, {})
-        assert len(consumer.sent) == 2
 
-        consumer.assigned = {T1}  # partition 0 went to another member: only what is still ours
-        stored(processor, consumer, {T1: 9})
-        assert [o for o, _ in consumer.sent][2:] == [{T1: 9}]
+def test_one_commit_in_flight_later_offsets_follow_and_a_refused_one_is_sent_again() -> None:
+    book, both = OffsetBook(), {T0, T1}
+    assert book.next_commit(both) == {}  # nothing stored yet
+    book.stored(poll(p0=10), book.epoch)
+    assert offsets(book.next_commit(both)) == {T0: 10}
+    book.stored(poll(p0=20, p1=5), book.epoch)  # the first is unanswered: nothing more is sent
+    book.stored(poll(p1=7), book.epoch)
+    assert book.next_commit(both) == {}
 
-        # a partition revoked and assigned again (within one poll): its old offset is not ours to commit
-        consumer.sent[2][1]({T1: None}, None)
-        consumer_module._Rebalance(processor).on_partitions_revoked([T0, T1])
-        consumer.assigned = {T0, T1}
-        stored(processor, consumer, {T1: 10})
-        assert [o for o, _ in consumer.sent][3:] == [{T1: 10}]
+    book.committed(NodeNotReadyError("max_in_flight"))  # refused: all noted offsets go with the next
+    assert offsets(book.next_commit(both)) == {T0: 20, T1: 7}
+    book.committed(None)  # acknowledged: nothing is due
+    assert book.next_commit(both) == {}
 
-        # an answer that never comes: after COMMIT_LOST_S the commit is sent again
-        stored(processor, consumer, {T1: 11})
-        assert len(consumer.sent) == 4
-        monkeypatch.setattr(consumer_module, "COMMIT_LOST_S", 0.0)
-        stored(processor, consumer, {})
-        assert [o for o, _ in consumer.sent][4:] == [{T1: 11}]
-    finally:
-        store.close()
+    book.stored(poll(p0=21, p1=9), book.epoch)
+    assert offsets(book.next_commit({T1})) == {T1: 9}  # partition 0 went to another member: only what is still ours
+    assert offsets(book.owned({T0})) == {T0: 21}
+
+
+def test_a_rebalance_drops_revoked_offsets_and_the_polls_made_before_it() -> None:
+    book, both = OffsetBook(), {T0, T1}
+    book.stored(poll(p0=10, p1=10), book.epoch)
+    in_flight = book.epoch  # a poll made now, answered after the rebalance
+    book.rebalanced(revoked=[T0])
+    book.stored(poll(p0=30, p1=30), in_flight)  # its partitions may have moved: not noted
+    assert offsets(book.next_commit(both)) == {T1: 10}  # and the revoked partition's old offset is not ours
+    book.committed(None)
+    book.stored(poll(p0=40), book.epoch)  # partition 0 came back: a poll made after the rebalance counts
+    assert offsets(book.next_commit(both)) == {T0: 40, T1: 10}
+
+
+def test_a_commit_never_answered_is_sent_again_after_lost_after_s() -> None:
+    clock = Clock()
+    book = OffsetBook(lost_after_s=60.0, clock=clock)
+    book.stored(poll(p1=11), book.epoch)
+    assert offsets(book.next_commit({T1})) == {T1: 11}
+    book.stored(poll(p1=12), book.epoch)
+    clock.now = 59.0
+    assert book.next_commit({T1}) == {}
+    clock.now = 60.0
+    assert offsets(book.next_commit({T1})) == {T1: 12}
+
+
+def test_polls_not_stored_rewind_each_partition_to_its_first_record_once() -> None:
+    book = OffsetBook()
+    assert not book.rewind_due
+    book.not_stored({T0: (100, 150), T1: (7, 9)})
+    book.not_stored({T0: (150, 170)})  # a later poll of the same partition: the earlier first record wins
+    assert book.rewind_due
+    assert dict(book.take_rewind()) == {T0: 100, T1: 7}
+    assert not book.rewind_due and dict(book.take_rewind()) == {}
+    assert book.next_commit({T0, T1}) == {}  # nothing of them was noted

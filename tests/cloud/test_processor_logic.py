@@ -9,10 +9,16 @@ from hypothesis import strategies as st
 
 from cloud.processor.config import DriftSection, FleetSection, IncidentsSection
 from cloud.processor.drift import DriftMonitor
+from cloud.processor.fastevent import EventFields
 from cloud.processor.fleet import Span, fleet_episodes
 from cloud.processor.incidents import Changes, IncidentTracker, new_state
 
 SECTION = IncidentsSection(min_events=3, window_s=60.0, quiet_s=120.0, allowed_lateness_s=20.0)
+
+
+def anomaly(t: float, score: float, *, threshold: float = 1.0, model: tuple[str, str] = ("pump", "1.0")) -> EventFields:
+    """Device d1's anomaly whose window ends at ``t`` (the ids are not looked at here)."""
+    return EventFields(f"e{t}", "d1", "agent-1", t - 10.0, t, score, threshold, *model, "ab" * 32, t + 0.5)
 
 
 def run(times: list[float], section: IncidentsSection = SECTION) -> tuple[Changes, list[tuple[float, bool]]]:
@@ -31,7 +37,7 @@ def run(times: list[float], section: IncidentsSection = SECTION) -> tuple[Change
         final = wm - section.allowed_lateness_s
         if tracker.due(state) <= final:
             tracker.advance("d1", state, final, out)
-        tracker.apply("d1", state, t, 1.0 + t / 1000, "m", "1", final, out)
+        tracker.apply(state, anomaly(t, 1.0 + t / 1000, model=("m", "1")), final, out)
         tracker.flush_updated(out)
     return out, applied
 
@@ -145,7 +151,7 @@ def test_drift_opens_after_sustained_high_rate_names_statistic_and_closes_when_n
     # expected 36/h = 1 per 100 s bucket; 5 per bucket is 180/h > 3 x 36
     times = [b * 100 + i * 10 for b in range(3) for i in range(5)] + [450.0, 800.0]
     for t in times:
-        monitor.apply("d1", state, t, 2.0, 1.0, "pump", "1.0", "ab" * 32, final=t - 20, out=out)
+        monitor.apply(state, anomaly(t, 2.0), final=t - 20, out=out)
     assert [(a.kind, a.action, a.statistic) for a in out.alerts] == [("drift", "open", "anomaly_rate"), ("drift", "close", "anomaly_rate")]
     opened = out.alerts[0]
     assert opened.opened_at == 200.0 and opened.device_ids == ("d1",) and opened.model_version == "1.0"
@@ -159,5 +165,5 @@ def test_drift_score_ratio_against_expected() -> None:
     state = new_state()
     out = Changes()
     for t in (10.0, 20.0, 30.0, 130.0):
-        monitor.apply("d1", state, t, 4.0, 1.0, "pump", "1.0", "ab" * 32, final=t - 20, out=out)
+        monitor.apply(state, anomaly(t, 4.0), final=t - 20, out=out)
     assert [(a.action, a.statistic, a.observed) for a in out.alerts] == [("open", "score_ratio", 4.0)]
