@@ -285,42 +285,65 @@ class Pipeline:
         return records
 
     def _decide(self, batch: WindowBatch, scores: np.ndarray, channel_scores: np.ndarray) -> list[Record]:
-        """Decide a scored batch device by device in whole-array passes; only firing windows, and
-        devices still sending anomaly context, are visited one window at a time."""
+        """Decide a scored batch device by device in whole-array passes (:meth:`_fire`); then only
+        firing windows, and windows while a device still owes anomaly context, are visited one by one."""
         records: list[Record] = []
         ratios: list[np.ndarray] = []
-        finite = np.isfinite(scores)
         for device, lo, hi in batch.runs:
-            idx = np.arange(lo, hi)
-            if not finite[lo:hi].all():
-                for i in idx[~finite[lo:hi]].tolist():
-                    self.metrics.invalid_scores.inc()
-                    log.warning("score_invalid device_id=%s window_end=%s score=%s", device, float(batch.ts[i, -1]), scores[i])
-                idx = idx[finite[lo:hi]]
-                if not len(idx):
-                    continue
+            idx = self._finite(batch, device, scores, lo, hi)
+            if not len(idx):
+                continue
             device_scores = scores[idx]
             fire, thresholds = self._fire(batch, device, idx, device_scores)
             ratios.append((device_scores / thresholds)[thresholds > 0])
-            key = device.encode()
-            fired = np.flatnonzero(fire).tolist()
-            j = 0
-            for f in [*fired, len(idx)]:  # stretches of quiet windows in whole, firing ones one by one
-                while j < f and not self.sampler.quiet(device):  # anomaly context still to send
-                    records.extend(self._observe(batch, device, int(idx[j]), float(device_scores[j]), float(thresholds[j]), None, key))
-                    j += 1
-                if j < f:
-                    def scored(m: int, lo: int = j, idx: np.ndarray = idx, device: str = device,
-                               thresholds: np.ndarray = thresholds) -> Scored:
-                        return Scored(batch.window(int(idx[lo + m]), device), float(scores[idx[lo + m]]), float(thresholds[lo + m]), False)
-
-                    records.extend(self._telemetry(sample, key) for sample in self.sampler.observe_quiet(device, f - j, scored))
-                if f < len(idx):
-                    i = int(idx[f])
-                    records.extend(self._observe(batch, device, i, float(device_scores[f]), float(thresholds[f]), channel_scores[i], key))
-                j = f + 1
+            records.extend(self._device_records(batch, device, idx, device_scores, thresholds, fire, channel_scores))
         if ratios:
             self.metrics.score_ratio.observe_many(np.concatenate(ratios))
+        return records
+
+    def _finite(self, batch: WindowBatch, device: str, scores: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """The batch rows ``lo``..``hi`` (one device's windows) with a finite score; the others are counted and logged."""
+        idx = np.arange(lo, hi)
+        finite = np.isfinite(scores[lo:hi])
+        if finite.all():
+            return idx
+        for i in idx[~finite].tolist():
+            self.metrics.invalid_scores.inc()
+            log.warning("score_invalid device_id=%s window_end=%s score=%s", device, float(batch.ts[i, -1]), scores[i])
+        kept: np.ndarray = idx[finite]
+        return kept
+
+    def _device_records(self, batch: WindowBatch, device: str, idx: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
+                        fire: np.ndarray, channel_scores: np.ndarray) -> list[Record]:
+        """One device's records in window order (``idx``: its batch rows; ``scores``, ``thresholds``, ``fire``:
+        per row): the quiet stretch before each firing window, then that window (its event and samples)."""
+        key = device.encode()
+        records: list[Record] = []
+        start = 0
+        for fired in [*np.flatnonzero(fire).tolist(), len(idx)]:  # the last "firing window" is the end
+            records.extend(self._quiet_stretch(batch, device, idx, scores, thresholds, start, fired, key))
+            if fired < len(idx):
+                i = int(idx[fired])
+                records.extend(self._observe(batch, device, i, float(scores[fired]), float(thresholds[fired]), channel_scores[i], key))
+            start = fired + 1
+        return records
+
+    def _quiet_stretch(self, batch: WindowBatch, device: str, idx: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
+                       start: int, end: int, key: bytes) -> list[Record]:
+        """The samples of a device's quiet windows ``start``..``end`` (positions in ``idx``): one by one while it
+        still owes anomaly context, the rest in one call to the sampler."""
+        records: list[Record] = []
+        while start < end and not self.sampler.quiet(device):
+            records.extend(self._observe(batch, device, int(idx[start]), float(scores[start]), float(thresholds[start]), None, key))
+            start += 1
+        if start < end:
+            first = start
+
+            def scored(m: int) -> Scored:
+                at = first + m
+                return Scored(batch.window(int(idx[at]), device), float(scores[at]), float(thresholds[at]), False)
+
+            records.extend(self._telemetry(sample, key) for sample in self.sampler.observe_quiet(device, end - first, scored))
         return records
 
     def _fire(self, batch: WindowBatch, device: str, idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
