@@ -25,6 +25,7 @@ from cloud.kafka_groups import subscribe
 from cloud.stack import LocalStack, create_topics, free_port
 from edge import simulator
 from edge.agent import Agent
+from edge.cliutil import ProgressLine
 from edge.config import default_model_dir, load_config
 from edge.contract import AnomalyEvent, ContractError, decode_event
 from edge.contract.alert import decode_alert
@@ -127,9 +128,10 @@ def plot_device(path: Path, fleet: Sequence[simulator.DeviceStream], events: Seq
 class KafkaPrinter(threading.Thread):
     """Prints anomaly events and alerts as they arrive on Kafka, and keeps the events."""
 
-    def __init__(self, bootstrap: str, result: DemoResult) -> None:
+    def __init__(self, bootstrap: str, result: DemoResult, progress: ProgressLine) -> None:
         super().__init__(name="demo-printer", daemon=True)
         self.result = result
+        self.progress = progress
         self.stop = threading.Event()
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"demo-printer-{os.getpid()}",
                                       auto_offset_reset="earliest")
@@ -148,19 +150,16 @@ class KafkaPrinter(threading.Thread):
                             seen.add(e.event_id)
                             self.result.events.append(e)
                             top = max(e.channel_scores, key=lambda c: e.channel_scores[c])
-                            _line(f"anomaly  {e.device_id}  score {e.score:8.2f} > {e.threshold:.2f}  mostly {top}")
+                            self.progress.line(f"anomaly  {e.device_id}  score {e.score:8.2f} > {e.threshold:.2f}  mostly {top}")
                         else:
                             a = decode_alert(r.value)
                             self.result.alerts.append(f"{a.kind} {a.action}")
                             who = a.site or ",".join(a.device_ids)
-                            _line(f"ALERT    {a.kind} incident {a.action}: {who} ({a.event_count} events, max score {a.max_score:.1f})")
+                            self.progress.line(f"ALERT    {a.kind} incident {a.action}: {who} ({a.event_count} events, "
+                                               f"max score {a.max_score:.1f})")
                     except ContractError as exc:
-                        _line(f"(undecodable record on {tp.topic}: {exc})")
+                        self.progress.line(f"(undecodable record on {tp.topic}: {exc})")
         self.consumer.close()
-
-
-def _line(text: str) -> None:
-    print("\r\033[K" + text, flush=True)
 
 
 def _merge(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -195,7 +194,8 @@ def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s:
                                      stdout=(out / "processor.log").open("wb"), stderr=subprocess.STDOUT)
         agent = Agent(load_config(agent_toml))
         agent.start()
-        printer = KafkaPrinter(stack.kafka_bootstrap, result)
+        progress_line = ProgressLine()  # redrawn on a terminal; plain lines every 10 s in a log
+        printer = KafkaPrinter(stack.kafka_bootstrap, result, progress_line)
         printer.start()
         steps = int(rate_hz * duration_s)
         fleet = simulator.synthetic_fleet(devices, steps, seed=seed, sample_period_s=manifest.sample_period_s)
@@ -209,10 +209,11 @@ def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s:
 
         def progress(stats: simulator.PublishStats, step: int, total: int) -> None:
             windows = agent.registry.get_sample_value("edgewatch_agent_windows_scored_total") if agent else 0
-            print(f"\r\033[Kdemo: {100 * step / total:5.1f}%  sent {stats.readings_sent} readings  scored {windows or 0:.0f} windows  "
-                  f"anomalies {len(result.events)}  alerts {len(result.alerts)}", end="", flush=True)
+            progress_line.update(f"demo: {100 * step / total:5.1f}%  sent {stats.readings_sent} readings  scored {windows or 0:.0f} "
+                                 f"windows  anomalies {len(result.events)}  alerts {len(result.alerts)}", force=step == total)
 
         stats = simulator.run(fleet, publisher, rate_hz=rate_hz, progress=progress)
+        progress_line.close()
         publisher.close()
         result.readings_sent = stats.readings_sent
         _wait_for_quiet(agent, result)

@@ -12,8 +12,10 @@ import logging
 import os
 import select
 import sys
+import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -76,3 +78,60 @@ def _closed_pipe(stream: Any) -> bool:
         return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
     except (OSError, ValueError, AttributeError):  # no descriptor (a test's StringIO) or already closed
         return False
+
+
+class ProgressLine:
+    """A progress line for long work: on a terminal redrawn in place (``\\r``, erase to the end of
+    the line); on anything else (a pipe, a log file, a service's journal) a plain line at most every
+    ``every_s`` seconds, so a log never holds a control code. :meth:`line` prints a line of its own
+    above the progress line. The stream is looked up at each write (``sys.stdout`` by default, so a
+    test's capture works); safe to call from several threads.
+    """
+
+    CLEAR = "\r\x1b[K"
+
+    def __init__(self, stream: Callable[[], TextIO] = lambda: sys.stdout, *, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._stream = stream
+        self._every_s = every_s
+        self._clock = clock
+        self._next = float("-inf")
+        self._drawn = False  # a progress line is on the terminal, without its newline
+        self._lock = threading.Lock()
+
+    def _tty(self, out: TextIO) -> bool:
+        try:
+            return out.isatty()
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            return False
+
+    def update(self, text: str, *, force: bool = False) -> None:
+        """Show ``text`` as the progress: redrawn on a terminal, otherwise printed if ``every_s`` has
+        passed since the last one (or ``force``, for the last update)."""
+        with self._lock:
+            out = self._stream()
+            if self._tty(out):
+                out.write(self.CLEAR + text)
+                self._drawn = True
+            elif force or self._clock() >= self._next:
+                out.write(text + "\n")
+                self._next = self._clock() + self._every_s
+            out.flush()
+
+    def line(self, text: str) -> None:
+        """Print ``text`` on a line of its own (on a terminal, over the progress line, which the next
+        :meth:`update` draws again)."""
+        with self._lock:
+            out = self._stream()
+            out.write((self.CLEAR if self._drawn and self._tty(out) else "") + text + "\n")
+            self._drawn = False
+            out.flush()
+
+    def close(self) -> None:
+        """End a drawn progress line with its newline."""
+        with self._lock:
+            if self._drawn:
+                out = self._stream()
+                out.write("\n")
+                out.flush()
+                self._drawn = False

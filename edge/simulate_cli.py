@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import simulator
-from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_flag
+from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ProgressLine, add_flag
 from edge.synth import FAULT_KINDS, FaultKind
 
 
@@ -89,9 +89,11 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
+    progress_line = ProgressLine(lambda: sys.stderr)  # redrawn on a terminal; plain lines every 10 s in a log
+
     def progress(stats: simulator.PublishStats, step: int, total: int) -> None:
-        print(f"\rsimulate: step {step}/{total}  {stats.readings_sent} readings in {stats.messages_sent} messages  "
-              f"failed {stats.messages_failed}", end="", file=sys.stderr, flush=True)
+        progress_line.update(f"simulate: step {step}/{total}  {stats.readings_sent} readings in {stats.messages_sent} messages  "
+                             f"failed {stats.messages_failed}")
 
     try:
         stats = simulator.run(fleet, publisher, rate_hz=rate, batch=args.batch, progress=progress, stop=stop)
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         stats = simulator.PublishStats()
     unacked = publisher.close()
     stats.messages_failed += unacked
-    print(file=sys.stderr)
+    progress_line.close()
     truth = simulator.truth_document(fleet, stats, period)
     Path(args.truth).write_text(json.dumps(truth, indent=2) + "\n")
     print(f"sent {stats.readings_sent} readings in {stats.messages_sent} messages over {stats.elapsed_s:.1f} s, "

@@ -22,4 +22,6 @@ def test_demo_finds_injected_faults(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert result.found >= 6, out  # the default model's synthetic recall is ~0.9 per fault
     assert result.false_alarms <= 2, out
     assert "=== edgewatch demo summary ===" in out and "faults injected        8" in out
+    assert "\x1b" not in out and "\r" not in out  # captured output is not a terminal: plain progress lines
+    assert any(line.startswith("demo: ") and "% " in line for line in out.splitlines())  # progress, a plain line
     assert result.plot is not None and result.plot.stat().st_size > 10_000
