@@ -47,7 +47,8 @@ class Decider:
         """Record one window's score for ``device_id`` (in window order) and say whether it fires.
 
         A window of a new ``segment`` (the device's windows restarted after a gap) starts the
-        debounce history afresh."""
+        debounce history afresh. The agent decides whole arrays (:meth:`decide_many`); this
+        one-window form is the reference the tests hold it to."""
         threshold = self.threshold_for(device_id)
         over = score > threshold
         history = self._history.get(device_id)

@@ -179,7 +179,9 @@ class Windows:
         return True
 
     def add(self, reading: Reading, latest: float = math.inf) -> Added:
-        """Place one reading; never raises for late, duplicate, gapped or future input."""
+        """Place one reading; never raises for late, duplicate, gapped or future input. The agent
+        places whole batches (:meth:`add_rows`); this one-reading form is the reference the tests
+        hold it to."""
         if reading.ts > latest:
             return Added.FUTURE
         values = reading.values
