@@ -92,22 +92,25 @@ def run(args: argparse.Namespace) -> int:
     config = load_retrain_config(args.config)
     if args.epochs is not None:
         config = dataclasses.replace(config, train={**config.train, "epochs": args.epochs})
-    store = _store(args)
-    common: dict[str, Any] = {
-        "registry": Path(args.registry), "archive": Path(args.archive), "store": store, "config": config,
-        "key": Path(args.key) if args.key else None, "publish": _publish(args), "train_progress": args.progress,
-        "progress": (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None,
-    }
+    from cloud.retrain.job import Release, RetrainInputs, Watch
+
+    inputs = RetrainInputs(archive=Path(args.archive), store=_store(args))
+    release = Release(key=Path(args.key) if args.key else None, publish=_publish(args))
+    watch = Watch(progress=(lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None,
+                  train_progress=args.progress)
     if args.on_drift:
-        return _on_drift(args, config, common)
+        return _on_drift(args, config, registry=Path(args.registry), inputs=inputs, release=release, watch=watch)
     if not args.model:
         raise ConfigError("--model is required (or EDGEWATCH_RETRAIN_MODEL), unless --on-drift")
     now = time.time()
-    return _one(args.model, since=parse_time(args.since, now) if args.since else None,
-                until=parse_time(args.until, now) if args.until else None, version=args.version, **common)
+    inputs = dataclasses.replace(inputs, since=parse_time(args.since, now) if args.since else None,
+                                 until=parse_time(args.until, now) if args.until else None)
+    return _one(args.model, registry=Path(args.registry), inputs=inputs, release=dataclasses.replace(release, version=args.version),
+                config=config, watch=watch)
 
 
 def _one(model: str, **kw: Any) -> int:
+    """:func:`cloud.retrain.job.retrain` of ``model`` (``kw``: its other arguments), its outcome printed; the exit code."""
     from cloud.retrain.job import retrain
 
     try:
@@ -149,7 +152,7 @@ def _publish(args: argparse.Namespace) -> Any:
     return PublishTarget(host=args.mqtt_host, port=args.mqtt_port, group=args.group)
 
 
-def _on_drift(args: argparse.Namespace, config: Any, common: dict[str, Any]) -> int:
+def _on_drift(args: argparse.Namespace, config: Any, **runner: Any) -> int:
     import dataclasses
 
     from prometheus_client import CollectorRegistry, start_http_server
@@ -164,7 +167,7 @@ def _on_drift(args: argparse.Namespace, config: Any, common: dict[str, Any]) -> 
     registry = CollectorRegistry()
     if args.metrics_port:
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
-    trigger = DriftTrigger(section, drift_runner(section, **common), registry=registry)
+    trigger = DriftTrigger(section, drift_runner(section, config=config, **runner), registry=registry)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: trigger.stop.set())
     try:

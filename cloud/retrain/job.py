@@ -73,97 +73,212 @@ class RetrainResult:
         return {"registered": EXIT_REGISTERED, "rejected": EXIT_REJECTED, "no_data": EXIT_NO_DATA}[self.status]
 
 
-def retrain(model: str, *, registry: Path, archive: Path | None = None, since: float | None = None, until: float | None = None,
-            store: StoreSection | None = None, windows: Sequence[ArchivedWindow] | None = None,
-            incidents: Sequence[LabelledIncident] | None = None, key: Path | None = None, publish: PublishTarget | None = None,
-            version: str | None = None, config: RetrainConfig | None = None, trigger: str = "manual",
-            progress: Progress | None = None, train_progress: bool = False,
-            should_stop: Callable[[], bool] | None = None) -> RetrainResult:
-    """Retrain ``model`` from its production version; see the module docstring.
+@dataclass(frozen=True)
+class RetrainInputs:
+    """Where a retraining's data come from: ``windows`` (already loaded) or the Parquet ``archive``
+    between ``since`` and ``until`` (event time, s); labels: ``incidents`` or the processor's ``store``
+    (neither: no incident is excluded or evaluated)."""
 
-    Data: ``windows`` (already loaded) or the Parquet ``archive`` since/until (event time, s);
-    labels: ``incidents`` or the processor's ``store`` (none: no incident is excluded or
-    evaluated). ``key`` signs the candidate (required with ``publish``)."""
-    from cloud.keys import load_private_key
+    archive: Path | None = None
+    since: float | None = None
+    until: float | None = None
+    windows: Sequence[ArchivedWindow] | None = None
+    store: StoreSection | None = None
+    incidents: Sequence[LabelledIncident] | None = None
 
-    cfg = config or RetrainConfig()
-    started = time.monotonic()
-    reg = Registry(Path(registry))
-    private_key = load_private_key(Path(key)) if key is not None else None
-    if publish is not None and private_key is None:
-        raise ConfigError("--publish needs --key: devices refuse unsigned models")
-    if windows is None and archive is None:
-        raise ConfigError("retrain needs --archive (or windows in-process)")
-    stages = _Stages(model, progress, should_stop)
 
-    start = stages.run("production", lambda: load_production(reg, model, cfg.train), lambda s: s.note)
-    run_dir = reg.root / model / "runs" / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}"
-    if incidents is None:
-        from cloud.retrain.sources import labelled_incidents
+@dataclass(frozen=True)
+class Release:
+    """What becomes of a candidate that passes every gate: registered as ``version`` (None: the next
+    one), signed with ``key``, announced to ``publish`` (which needs the key: devices refuse unsigned models)."""
 
-        incidents = stages.run("labels", lambda: labelled_incidents(store) if store is not None else [],
-                               lambda i: f"{len(i)} labelled incidents" + ("" if store is not None else " (no --store)"))
-    if windows is None:
-        assert archive is not None
-        windows = stages.run("archive", lambda: _read(Path(archive), since, until, incidents, cfg.retrain.incident_pad_s),
-                             lambda w: f"{len(w)} windows from {len({x.device_id for x in w})} devices in {archive}")
-    data = stages.run("dataset", lambda: _dataset(windows, incidents, start, cfg), _describe)
-    result = RetrainResult("no_data", model, start.manifest.version, None, run_dir, "", fine_tuned=start.state is not None,
-                           counts=data.counts)
-    short = _too_little(data, cfg)
-    if short:
-        return _finish(result, "no_data", short, started, run_dir, _base_report(result, start, cfg, since, until, trigger))
-    problem = degenerate(data, start.manifest.channel_names, cfg.retrain.max_flat_share)
-    if problem:
-        result.gates = [Gate("training_data", False, True, None, None, problem)]
-        return _finish(result, "rejected", problem, started, run_dir, _base_report(result, start, cfg, since, until, trigger))
+    version: str | None = None
+    key: Path | None = None
+    publish: PublishTarget | None = None
 
-    cand_version = next_version(reg, model, version)
-    result.version = cand_version
-    fitted = stages.run("train", lambda: _train(data, start, cfg, train_progress),
-                        lambda f: f"{len(f.history.train_loss)} epochs on {len(f.train_scores)} windows, threshold {f.threshold:.4g}")
-    stages.run("export", lambda: _export(fitted, run_dir, model, cand_version), lambda _: f"{run_dir}")
-    prod_scores, cand_scores = stages.run(
-        "evaluate", lambda: (score_model(start.model_dir, data, batch=cfg.retrain.batch_size),
-                             score_model(run_dir, data, batch=cfg.retrain.batch_size)),
-        lambda s: f"{len(s[0].holdout)} holdout windows, {len(s[0].incidents)} labelled incidents, both through onnxruntime")
-    result.production_metrics = measure(prod_scores, data.incident_labels)
-    result.candidate_metrics = measure(cand_scores, data.incident_labels)
-    result.gates = apply_gates(result.candidate_metrics, result.production_metrics, cfg.retrain)
-    failed = [g for g in result.gates if not g.passed]
-    reason = ("; ".join(f"{g.name}: candidate {_fmt(g.candidate)} vs production {_fmt(g.production)} ({g.rule})" for g in failed)
-              or "every gate passed")
-    stages.line("gates", ("REJECTED: " if failed else "passed: ") + reason)
-    _annotate_manifest(run_dir, result.candidate_metrics)
-    result.status = "rejected" if failed else "registered"
-    report = _base_report(result, start, cfg, since, until, trigger)
-    report["reason"] = reason
-    report["training"] = {"config": dataclasses.asdict(fitted.config), "epochs": len(fitted.history.train_loss),
-                          "train_loss": fitted.history.train_loss, "val_loss": fitted.history.val_loss,
-                          "threshold": fitted.threshold, "calibration": dict(fitted.calibration.params)}
-    from cloud.retrain.report import write_report
 
-    result.report_json, result.report_png = stages.run(
-        "report", lambda: write_report(run_dir, report, prod_scores, cand_scores, data.incident_labels), lambda p: f"{p[0]}, {p[1]}")
-    if failed:
-        return _finish(result, "rejected", reason, started, run_dir, None)
-    if private_key is not None:
-        from cloud.keys import sign_model_dir
+@dataclass(frozen=True)
+class Watch:
+    """How a caller follows and stops a job: a line per stage, the trainer's own progress, and a
+    check between stages (true: stop, :class:`RetrainCancelled`)."""
 
-        stages.run("sign", lambda: sign_model_dir(run_dir, private_key), lambda m: f"key {m.signature.key_id if m.signature else '?'}")
-        result.signed = True
-    card = {"lineage": report["lineage"], "data": report["data"], "evaluation": report["evaluation"]}
-    stages.run("register", lambda: reg.register(run_dir, card=card), lambda m: f"{m.name} {m.version} registered as candidate")
-    result.registry_dir = reg.version_dir(model, cand_version)
-    result.report_json, result.report_png = result.registry_dir / "report.json", result.registry_dir / "report.png"
-    if publish is not None:
-        from cloud.distribute import publish_model
+    progress: Progress | None = None
+    train_progress: bool = False
+    should_stop: Callable[[], bool] | None = None
 
-        stages.run("publish", lambda: publish_model(result.registry_dir, host=publish.host, port=publish.port,  # type: ignore[arg-type]
-                                                    group=publish.group, prefix=publish.prefix),
-                   lambda a: f"announced to group {publish.group}: {a.size} bytes in {len(a.chunk_sha256)} chunks")
-        result.published = True
-    return _finish(result, "registered", reason, started, run_dir, None)
+
+@dataclass(frozen=True)
+class _Gathered:
+    """Stages production -> dataset: the start point, the labels and the dataset built from them."""
+
+    start: Starting
+    incidents: Sequence[LabelledIncident]
+    data: Dataset
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """Stages train -> export: the fitted candidate, exported to ``run_dir``."""
+
+    fitted: Any
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """Stages evaluate -> report: the gates that failed (none: it passes), why, and the report written."""
+
+    failed: list[Gate]
+    reason: str
+    report: dict[str, Any]
+
+
+def retrain(model: str, *, registry: Path, inputs: RetrainInputs, release: Release = Release(),
+            config: RetrainConfig | None = None, trigger: str = "manual", watch: Watch = Watch()) -> RetrainResult:
+    """Retrain ``model`` from its production version; see the module docstring."""
+    job = _Job(model, Registry(Path(registry)), inputs, release, config or RetrainConfig(), trigger, watch)
+    gathered = job.gather()
+    stopped = job.check(gathered)
+    if stopped is not None:
+        return stopped
+    candidate = job.train(gathered)
+    verdict = job.evaluate(gathered, candidate)
+    if verdict.failed:
+        return job.finish("rejected", verdict.reason)
+    return job.release(candidate, verdict)
+
+
+class _Job:
+    """One retraining's stages, in the order :func:`retrain` runs them; ``result`` fills in as they go."""
+
+    def __init__(self, model: str, reg: Registry, inputs: RetrainInputs, release: Release, cfg: RetrainConfig, trigger: str,
+                 watch: Watch) -> None:
+        from cloud.keys import load_private_key
+
+        if release.publish is not None and release.key is None:
+            raise ConfigError("--publish needs --key: devices refuse unsigned models")
+        if inputs.windows is None and inputs.archive is None:
+            raise ConfigError("retrain needs --archive (or windows in-process)")
+        self.model, self.reg, self.inputs, self.release_to, self.cfg, self.trigger = model, reg, inputs, release, cfg, trigger
+        self.private_key = load_private_key(Path(release.key)) if release.key is not None else None
+        self.train_progress = watch.train_progress
+        self.stages = _Stages(model, watch.progress, watch.should_stop)
+        self.started = time.monotonic()
+        self.run_dir = reg.root / model / "runs" / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}"
+        self.result = RetrainResult("no_data", model, "", None, self.run_dir, "")
+        self.report: dict[str, Any] | None = None  # before any scoring: finish writes the JSON report only
+
+    def gather(self) -> _Gathered:
+        """Stages production, labels, archive, dataset."""
+        inputs, stages, cfg = self.inputs, self.stages, self.cfg
+        start = stages.run("production", lambda: load_production(self.reg, self.model, cfg.train), lambda s: s.note)
+        incidents = inputs.incidents
+        if incidents is None:
+            from cloud.retrain.sources import labelled_incidents
+
+            store = inputs.store
+            incidents = stages.run("labels", lambda: labelled_incidents(store) if store is not None else [],
+                                   lambda i: f"{len(i)} labelled incidents" + ("" if store is not None else " (no --store)"))
+        windows = inputs.windows
+        if windows is None:
+            assert inputs.archive is not None  # checked at the start
+            archive, labels = Path(inputs.archive), incidents
+            windows = stages.run("archive", lambda: _read(archive, inputs.since, inputs.until, labels, cfg.retrain.incident_pad_s),
+                                 lambda w: f"{len(w)} windows from {len({x.device_id for x in w})} devices in {archive}")
+        data = stages.run("dataset", lambda: _dataset(windows, incidents, start, cfg), _describe)
+        r = self.result
+        r.production_version, r.fine_tuned, r.counts = start.manifest.version, start.state is not None, data.counts
+        self.report = _base_report(r, start, cfg, inputs.since, inputs.until, self.trigger)
+        return _Gathered(start, incidents, data)
+
+    def check(self, g: _Gathered) -> RetrainResult | None:
+        """Before training: enough data (else ``no_data``), and data that is not degenerate (else ``rejected``)."""
+        short = _too_little(g.data, self.cfg)
+        if short:
+            return self.finish("no_data", short)
+        problem = degenerate(g.data, g.start.manifest.channel_names, self.cfg.retrain.max_flat_share)
+        if problem:
+            self.result.gates = [Gate("training_data", False, True, None, None, problem)]
+            assert self.report is not None
+            self.report["evaluation"]["gates"] = [g.to_dict() for g in self.result.gates]
+            return self.finish("rejected", problem)
+        return None
+
+    def train(self, g: _Gathered) -> _Candidate:
+        """Stages train (fine-tune from production) and export."""
+        version = self.result.version = next_version(self.reg, self.model, self.release_to.version)
+        fitted = self.stages.run("train", lambda: _train(g.data, g.start, self.cfg, self.train_progress),
+                                 lambda f: f"{len(f.history.train_loss)} epochs on {len(f.train_scores)} windows, "
+                                           f"threshold {f.threshold:.4g}")
+        self.stages.run("export", lambda: _export(fitted, self.run_dir, self.model, version), lambda _: f"{self.run_dir}")
+        return _Candidate(fitted, self.run_dir)
+
+    def evaluate(self, g: _Gathered, c: _Candidate) -> _Verdict:
+        """Stages evaluate (both models through onnxruntime), gates and report."""
+        r, batch = self.result, self.cfg.retrain.batch_size
+        prod_scores, cand_scores = self.stages.run(
+            "evaluate", lambda: (score_model(g.start.model_dir, g.data, batch=batch), score_model(c.run_dir, g.data, batch=batch)),
+            lambda s: f"{len(s[0].holdout)} holdout windows, {len(s[0].incidents)} labelled incidents, both through onnxruntime")
+        r.production_metrics = measure(prod_scores, g.data.incident_labels)
+        r.candidate_metrics = measure(cand_scores, g.data.incident_labels)
+        r.gates = apply_gates(r.candidate_metrics, r.production_metrics, self.cfg.retrain)
+        failed = [gate for gate in r.gates if not gate.passed]
+        reason = ("; ".join(f"{gate.name}: candidate {_fmt(gate.candidate)} vs production {_fmt(gate.production)} ({gate.rule})"
+                            for gate in failed) or "every gate passed")
+        self.stages.line("gates", ("REJECTED: " if failed else "passed: ") + reason)
+        _annotate_manifest(c.run_dir, r.candidate_metrics)
+        r.status = "rejected" if failed else "registered"
+        report = _base_report(r, g.start, self.cfg, self.inputs.since, self.inputs.until, self.trigger)
+        report["reason"] = reason
+        f = c.fitted
+        report["training"] = {"config": dataclasses.asdict(f.config), "epochs": len(f.history.train_loss),
+                              "train_loss": f.history.train_loss, "val_loss": f.history.val_loss,
+                              "threshold": f.threshold, "calibration": dict(f.calibration.params)}
+        from cloud.retrain.report import write_report
+
+        r.report_json, r.report_png = self.stages.run(
+            "report", lambda: write_report(c.run_dir, report, prod_scores, cand_scores, g.data.incident_labels),
+            lambda p: f"{p[0]}, {p[1]}")
+        self.report = None  # written
+        return _Verdict(failed, reason, report)
+
+    def release(self, c: _Candidate, verdict: _Verdict) -> RetrainResult:
+        """Stages sign, register and publish, as :class:`Release` asks."""
+        r, key, publish = self.result, self.private_key, self.release_to.publish
+        if key is not None:
+            from cloud.keys import sign_model_dir
+
+            self.stages.run("sign", lambda: sign_model_dir(c.run_dir, key), lambda m: f"key {m.signature.key_id if m.signature else '?'}")
+            r.signed = True
+        card = {k: verdict.report[k] for k in ("lineage", "data", "evaluation")}
+        self.stages.run("register", lambda: self.reg.register(c.run_dir, card=card),
+                        lambda m: f"{m.name} {m.version} registered as candidate")
+        assert r.version is not None
+        registered = r.registry_dir = self.reg.version_dir(self.model, r.version)
+        r.report_json, r.report_png = registered / "report.json", registered / "report.png"
+        if publish is not None:
+            from cloud.distribute import publish_model
+
+            self.stages.run("publish", lambda: publish_model(registered, host=publish.host, port=publish.port, group=publish.group,
+                                                             prefix=publish.prefix),
+                            lambda a: f"announced to group {publish.group}: {a.size} bytes in {len(a.chunk_sha256)} chunks")
+            r.published = True
+        return self.finish("registered", verdict.reason)
+
+    def finish(self, status: Status, reason: str) -> RetrainResult:
+        """The outcome; before any scoring (no report written yet) with its JSON report."""
+        r = self.result
+        r.status, r.reason, r.seconds = status, reason, time.monotonic() - self.started
+        if self.report is not None:
+            import json
+
+            self.report["decision"], self.report["reason"] = status, reason
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            r.report_json = self.run_dir / "report.json"
+            r.report_json.write_text(json.dumps(self.report, indent=2, default=str) + "\n", encoding="utf-8")
+        log.info("retrain_finished model=%s status=%s version=%s seconds=%.1f reason=%s", r.model, status, r.version, r.seconds,
+                 reason)
+        return r
 
 
 class _Stages:
@@ -274,20 +389,6 @@ def _base_report(r: RetrainResult, start: Starting, cfg: RetrainConfig, since: f
                        "gates": [g.to_dict() for g in r.gates]},
         "config": {"retrain": dataclasses.asdict(cfg.retrain), "train_overrides": dict(cfg.train)},
     }
-
-
-def _finish(r: RetrainResult, status: Status, reason: str, started: float, run_dir: Path,
-            report: dict[str, Any] | None) -> RetrainResult:
-    r.status, r.reason, r.seconds = status, reason, time.monotonic() - started
-    if report is not None:  # outcomes decided before any scoring: the JSON report only
-        import json
-
-        report["decision"], report["reason"] = status, reason
-        run_dir.mkdir(parents=True, exist_ok=True)
-        r.report_json = run_dir / "report.json"
-        r.report_json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    log.info("retrain_finished model=%s status=%s version=%s seconds=%.1f reason=%s", r.model, status, r.version, r.seconds, reason)
-    return r
 
 
 def _fmt(v: float | None) -> str:

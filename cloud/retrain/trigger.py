@@ -27,7 +27,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,6 +38,10 @@ from cloud.retrain.config import TriggerSection
 from edge.config_parse import check_host_ports
 from edge.contract import Alert, ContractError, decode_alert
 from edge.kafka_security import client_kwargs
+
+if TYPE_CHECKING:
+    from cloud.retrain.config import RetrainConfig
+    from cloud.retrain.job import Release, RetrainInputs, Watch
 
 log = logging.getLogger(__name__)
 JobRunner = Callable[[str, Alert, Callable[[], bool]], Any]  # (model, alert, should_stop) -> exit code or RetrainResult
@@ -185,21 +190,24 @@ class DriftTrigger:
         return True
 
 
-def drift_runner(section: TriggerSection, **retrain_kwargs: Any) -> JobRunner:
-    """The trigger's usual job: :func:`cloud.retrain.job.retrain` of the alert's model on the archive
-    since the alert's event time minus ``section.lookback_s``, with ``exclude_flagged`` set from
-    ``section.exclude_flagged`` (after a drift, most windows the live model flags are the new normal,
-    not faults; true-positive incidents stay excluded). ``retrain_kwargs`` as for ``retrain``
-    (registry, archive, store, key, publish, config, progress, ...)."""
+def drift_runner(section: TriggerSection, *, registry: Path, inputs: RetrainInputs, release: Release | None = None,
+                 config: RetrainConfig | None = None, watch: Watch | None = None) -> JobRunner:
+    """The trigger's usual job: :func:`cloud.retrain.job.retrain` of the alert's model on ``inputs``
+    (the archive) since the alert's event time minus ``section.lookback_s``, with ``exclude_flagged``
+    set from ``section.exclude_flagged`` (after a drift, most windows the live model flags are the new
+    normal, not faults; true-positive incidents stay excluded); the trigger's stop check between stages."""
     from cloud.retrain.config import RetrainConfig
+    from cloud.retrain.job import Release, Watch
 
-    base = retrain_kwargs.pop("config", None) or RetrainConfig()
+    base = config or RetrainConfig()
     config = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, exclude_flagged=section.exclude_flagged))
+    release, watch = release or Release(), watch or Watch()
 
     def run(model: str, alert: Alert, should_stop: Callable[[], bool]) -> Any:
         from cloud.retrain.job import retrain
 
-        return retrain(model, since=alert.opened_at - section.lookback_s, should_stop=should_stop, config=config,
-                       trigger=f"drift alert {alert.alert_id}: {alert.statistic} on {','.join(alert.device_ids)}", **retrain_kwargs)
+        return retrain(model, registry=registry, inputs=dataclasses.replace(inputs, since=alert.opened_at - section.lookback_s),
+                       release=release, config=config, watch=dataclasses.replace(watch, should_stop=should_stop),
+                       trigger=f"drift alert {alert.alert_id}: {alert.statistic} on {','.join(alert.device_ids)}")
 
     return run

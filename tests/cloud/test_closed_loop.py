@@ -33,7 +33,7 @@ from cloud.processor.config import ProcessorConfig, StoreSection
 from cloud.processor.config import load_config as load_processor_config
 from cloud.registry import Registry
 from cloud.retrain.config import RetrainConfig, TriggerSection
-from cloud.retrain.job import PublishTarget
+from cloud.retrain.job import PublishTarget, Release, RetrainInputs, Watch
 from cloud.retrain.sources import read_archive
 from cloud.retrain.trigger import DriftTrigger, drift_runner
 from edge.agent import Agent
@@ -194,9 +194,9 @@ shadow_min_seconds = 2.0
                              client_id=f"retrain-{unique}", auto_offset_reset="earliest", cooldown_s=3600.0, lookback_s=3600.0,
                              poll_timeout_s=0.2)
     progress: list[str] = []
-    runner = drift_runner(section, registry=reg.root, archive=Path(proc_cfg.archive.dir), store=StoreSection(sqlite_path=str(
-        tmp_path / "processor.db")), key=key, publish=PublishTarget("127.0.0.1", mqtt_port, group, prefix),
-        config=RetrainConfig(train={"epochs": 3}), progress=progress.append)
+    inputs = RetrainInputs(archive=Path(proc_cfg.archive.dir), store=StoreSection(sqlite_path=str(tmp_path / "processor.db")))
+    runner = drift_runner(section, registry=reg.root, inputs=inputs, release=Release(key=key, publish=PublishTarget(
+        "127.0.0.1", mqtt_port, group, prefix)), config=RetrainConfig(train={"epochs": 3}), watch=Watch(progress=progress.append))
     trigger = DriftTrigger(section, runner, registry=CollectorRegistry())
     sim_stop, archive_stop = threading.Event(), threading.Event()
     status = TopicReader(kafka_bootstrap, topics["status"], f"st-{unique}")

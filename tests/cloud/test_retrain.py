@@ -29,7 +29,7 @@ from cloud.processor.store import IncidentRow
 from cloud.registry import Registry
 from cloud.retrain.config import RetrainConfig, RetrainSection, TriggerSection, load_retrain_config
 from cloud.retrain.dataset import ArchivedWindow, LabelledIncident, build_dataset
-from cloud.retrain.job import retrain
+from cloud.retrain.job import RetrainInputs, Watch, retrain
 from cloud.retrain.trigger import DriftTrigger
 from cloud.retrain_cli import parse_time
 from edge.contract import Alert, Channel, ConfigError, encode_alert, make_incident_id
@@ -220,7 +220,8 @@ def test_without_torch_weights_trains_from_scratch(production: Path, tmp_path: P
                for seed in (21, 22) for w in _telemetry(det, f"d{seed}", simulate(800, seed=seed)[0], T0)]
     lines: list[str] = []
     config = RetrainConfig(retrain=RetrainSection(max_far_increase=0.05), train={"epochs": 3})
-    result = retrain("pump", registry=reg.root, windows=windows, incidents=[], config=config, progress=lines.append)
+    result = retrain("pump", registry=reg.root, inputs=RetrainInputs(windows=windows, incidents=[]), config=config,
+                     watch=Watch(progress=lines.append))
     assert result.status == "registered" and result.exit_code == 0 and not result.fine_tuned and not result.signed
     assert any("has no torch weights" in line and "training from scratch" in line for line in lines)
     assert [line.split()[3] for line in lines] == ["production:", "dataset:", "train:", "export:", "evaluate:", "gates:",
