@@ -103,7 +103,7 @@ def run_agent(spec: dict[str, Any], scorer: object | None = None) -> dict[str, A
     from edge.agent import Agent
     from edge.config import load_config
 
-    agent = Agent(load_config(spec["config"], env={}), scorer=scorer)  # type: ignore[arg-type]
+    agent = Agent(load_config(spec["config"], env={}), scorer=scorer)  # type: ignore[arg-type]  # a Scorer by shape (bench.torch_twin) or None
     agent.start()
     m = agent.metrics
     if spec.get("ready_file"):

@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     for name, (kind, default, text) in field_help().items():
         choices = literal_choices(name)
         flag = _RENAMED.get(name, "--" + name.replace("_", "-"))
-        add_flag(group, flag, dest=name, type=parse_bool if kind is bool else kind, choices=choices,  # type: ignore[arg-type]
+        add_flag(group, flag, dest=name, type=parse_bool if kind is bool else kind, choices=choices,  # type: ignore[arg-type]  # kind: a TrainConfig field's type, called on the text
                  metavar="BOOL" if kind is bool else None, help=f"{text} (default: {default})")
     p.set_defaults(func=run_train)
 

@@ -115,7 +115,7 @@ class CommandReceiver:
             client.username_pw_set(cfg.username, cfg.password or None)
         if cfg.tls_ca_file:
             client.tls_set(ca_certs=cfg.tls_ca_file)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]  # paho annotates int; any seconds work
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     truth = simulator.truth_document(fleet, stats, period)
     Path(args.truth).write_text(json.dumps(truth, indent=2) + "\n")
     print(f"sent {stats.readings_sent} readings in {stats.messages_sent} messages over {stats.elapsed_s:.1f} s, "
-          f"{stats.messages_failed} not acknowledged; {len(truth['faults'])} faults injected; truth in {args.truth}")  # type: ignore[arg-type]
+          f"{stats.messages_failed} not acknowledged; {len(truth['faults'])} faults injected; truth in {args.truth}")  # type: ignore[arg-type]  # the truth document's 'faults' is a list
     return EXIT_OK if stats.messages_failed == 0 else EXIT_FAILURE
 
 

@@ -67,7 +67,7 @@ def train_rbm(layer: RbmLayer, data: torch.Tensor, cfg: TrainConfig, *, name: st
         for i in range(0, len(order), cfg.batch_size):
             loss = cd.loss(data[order[i:i + cfg.batch_size]])
             opt.zero_grad(set_to_none=True)
-            (loss + penalty(weight_matrices(layer), cfg)).backward()
+            torch.autograd.backward(loss + penalty(weight_matrices(layer), cfg))
             opt.step()
             check_finite(float(loss.detach()), "free energy", family=name, epoch=epoch)
         with torch.no_grad():

@@ -3,6 +3,8 @@ optional batch norm and dropout, weight initialisation and the max-norm constrai
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -19,7 +21,8 @@ class Maxout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dim = self.dim % x.dim()
-        return x.unflatten(dim, (-1, self.pieces)).amax(dim + 1)
+        pieces: torch.Tensor = torch.unflatten(x, dim, (-1, self.pieces))
+        return pieces.amax(dim + 1)
 
 
 class SeqBatchNorm(nn.Module):
@@ -30,7 +33,8 @@ class SeqBatchNorm(nn.Module):
         self.norm = nn.BatchNorm1d(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        normed: torch.Tensor = self.norm(x.transpose(1, 2))
+        return normed.transpose(1, 2)
 
 
 def activation(cfg: TrainConfig, *, dim: int = -1) -> nn.Module:
@@ -75,7 +79,7 @@ def init_weights(module: nn.Module, cfg: TrainConfig) -> None:
     """Initialise every weight matrix (Linear, Conv, LSTM) by ``cfg.init``; biases to zero.
 
     Kaiming uses the gain of the configured activation (leaky_relu's slope, relu otherwise)."""
-    nonlinearity = "leaky_relu" if cfg.activation == "leaky_relu" else "relu"
+    nonlinearity: Literal["leaky_relu", "relu"] = "leaky_relu" if cfg.activation == "leaky_relu" else "relu"
     for name, p in module.named_parameters():
         if p.dim() < 2:
             if name.endswith("bias") or "bias" in name.rsplit(".", 1)[-1]:

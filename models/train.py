@@ -76,7 +76,7 @@ class _Group:
     def step(self, loss: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
         total = loss + penalty(self.weights, self.cfg)
-        total.backward()
+        torch.autograd.backward(total)
         self.opt.step()
         if self.cfg.max_norm > 0:
             apply_max_norm(self.weights, self.cfg.max_norm)

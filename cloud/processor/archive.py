@@ -198,7 +198,7 @@ class Archive:
             self.next_offsets.pop(p, None)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cloud.retrain.evaluate import ModelScores
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def write_report(out_dir: Path, report: Mapping[str, Any], production: ModelScores, candidate: ModelScores,
@@ -70,11 +73,11 @@ def _ratio(scores: ModelScores) -> np.ndarray:
     return ratio[np.isfinite(ratio)]
 
 
-def _bins(values: np.ndarray, ax: object) -> np.ndarray:
+def _bins(values: np.ndarray, ax: Axes) -> np.ndarray:
     """60 bins over ``values``; logarithmic (and a log x axis) when they are positive and span over two decades."""
     lo, hi = float(values.min()), float(values.max())
     if lo > 0 and hi / lo > 100:
-        ax.set_xscale("log")  # type: ignore[attr-defined]
+        ax.set_xscale("log")
         return np.geomspace(lo, hi * 1.0001, 60)
     return np.linspace(lo, hi + 1e-9, 60)
 

@@ -114,12 +114,13 @@ def make_deadletter(*, agent_id: str, source: str, reason: str, detail: str, rec
                     max_bytes: int, device_id: str | None = None) -> DeadLetter:
     """Build a dead letter, keeping at most ``max_bytes`` of ``payload``."""
     kept = payload[:max_bytes]
+    encoding: Literal["text", "base64"]
     try:
         text, encoding = kept.decode("utf-8"), "text"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(kept).decode("ascii"), "base64"
     return DeadLetter(agent_id=agent_id, source=source[:256], reason=reason, detail=detail[:512], received_at=received_at,
-                      payload=text, payload_encoding=encoding,  # type: ignore[arg-type]
+                      payload=text, payload_encoding=encoding,
                       payload_bytes=len(payload), truncated=len(kept) < len(payload), device_id=device_id)
 
 
