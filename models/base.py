@@ -31,9 +31,8 @@ class Estimate(NamedTuple):
 
 class Family(nn.Module):
     """Base of every model family. Subclasses implement :meth:`estimate`; adversarial ones
-    also set ``adversarial = True`` and implement the critic/generator methods."""
+    derive from :class:`AdversarialFamily` instead."""
 
-    adversarial: ClassVar[bool] = False
     energy_based: ClassVar[bool] = False  # score = the extra term (a free energy), see Detector
     objective: ClassVar[str] = "loss"  # what :meth:`loss` is, for error messages
     monitor_name: ClassVar[str] = "loss"  # what :meth:`monitor` is, for the training report
@@ -56,6 +55,12 @@ class Family(nn.Module):
         (greedy RBM layers for ``dbn_ae`` and ``dense_ae`` with ``init = "dbn"``); returns each
         layer's per-epoch monitor. Nothing by default."""
         return []
+
+
+
+class AdversarialFamily(Family):
+    """A family trained as a GAN (TadGAN): the trainer steps the critic ``n_critic`` times per
+    generator step, each on its own parameters and loss, instead of minimising :meth:`loss`."""
 
     def critic_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError

@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from models.base import Estimate, Family
+from models.base import AdversarialFamily, Estimate
 from models.config import TrainConfig
 from models.dense_ae import mlp
 
@@ -29,8 +29,7 @@ def _gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor)
     return penalty
 
 
-class TadGan(Family):
-    adversarial = True
+class TadGan(AdversarialFamily):
 
     def __init__(self, *, channels: int, window_length: int, config: TrainConfig) -> None:
         super().__init__()

@@ -15,9 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edge.contract.errors import EdgewatchError
-from models.base import Detector, Family
+from models.base import AdversarialFamily, Detector, Family
 from models.config import TrainConfig
-from models.layers import apply_max_norm, penalty, weight_matrices
+from models.layers import apply_max_norm, penalty
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,9 @@ def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, p
     z_train, z_val = z_all[:len(z_all) - n_val], z_all[len(z_all) - n_val:]
     if len(z_train) < 2:
         raise ValueError(f"need at least 2 training windows, got {len(z_train)}")
-    if net.adversarial:
-        groups = {"critic": _Group(net.critic_parameters(), cfg), "generator": _Group(net.generator_parameters(), cfg)}
+    gan = net if isinstance(net, AdversarialFamily) else None
+    if gan is not None:
+        groups = {"critic": _Group(gan.critic_parameters(), cfg), "generator": _Group(gan.generator_parameters(), cfg)}
     else:
         groups = {"net": _Group(list(net.parameters()), cfg)}
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -118,17 +119,17 @@ def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, p
     bar = tqdm(range(cfg.epochs), desc=f"train {cfg.family}", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         net.train()
-        history.lr.append(groups["generator" if net.adversarial else "net"].opt.param_groups[0]["lr"])
+        history.lr.append(groups["generator" if gan is not None else "net"].opt.param_groups[0]["lr"])
         order = torch.randperm(len(z_train), generator=shuffle)
         losses = []
         for i in range(0, len(order), cfg.batch_size):
             batch = z_train[order[i:i + cfg.batch_size]]
             if len(batch) < 2:
                 continue  # batch norm cannot train on one sample
-            if net.adversarial:
+            if gan is not None:
                 for _ in range(cfg.n_critic):
-                    groups["critic"].step(net.critic_loss(batch))
-                losses.append(groups["generator"].step(net.generator_loss(batch)))
+                    groups["critic"].step(gan.critic_loss(batch))
+                losses.append(groups["generator"].step(gan.generator_loss(batch)))
             else:
                 losses.append(check_finite(groups["net"].step(net.loss(batch)), net.objective, family=cfg.family, epoch=epoch))
         for group in groups.values():
@@ -169,7 +170,3 @@ def _evaluate(net: Family, z: torch.Tensor, batch_size: int) -> float:
         total += float(net.monitor(chunk)) * len(chunk)
     return total / len(z)
 
-
-def weight_norms(module: nn.Module) -> list[float]:
-    """Largest row norm of every weight matrix (for checks and reports)."""
-    return [float(p.detach().flatten(1).norm(dim=1).max()) for p in weight_matrices(module)]
