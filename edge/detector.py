@@ -12,12 +12,15 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from edge.contract import ContractError, ManifestError, ModelLoadError, ModelManifest, decode_manifest
-from edge.signing import TrustedKeys, verify_manifest
+
+if TYPE_CHECKING:  # edge.signing loads cryptography (~6 MiB): only when a signature is checked
+    from edge.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class OnnxDetector:
         model_dir = Path(model_dir)
         manifest = load_manifest(model_dir)
         if trusted_keys is not None:
+            from edge.signing import verify_manifest
+
             verify_manifest(manifest, trusted_keys)
         onnx_path = model_dir / "model.onnx"
         if not onnx_path.exists():
