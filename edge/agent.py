@@ -2,8 +2,14 @@
 
 - paho's network thread: :class:`~edge.intake.MqttIntake` puts messages on the bounded queue.
 - the worker thread: takes messages off the queue, runs the :class:`~edge.pipeline.Pipeline`
-  (decode, windows, one inference call per tick, decide, sample) and commits the resulting
-  records to the outbox at most once per ``agent.tick_s`` (one fsync per tick, not per record).
+  (decode, windows, one inference call per round, decide, sample) and commits the resulting
+  records to the outbox. A round starts once its oldest message has waited ``agent.batch_linger_s``
+  (5 ms), or ``agent.tick_s`` (50 ms) while the process is busy (over 60 % of a core in the last
+  second, until under 30 %): a busy agent batches more readings per device and per inference
+  call, an idle one answers within milliseconds. A round takes everything queued (at most 2,000
+  messages or 2 MiB of payload). A round that decided an anomaly commits at its end; telemetry
+  samples and status records wait up to ``agent.tick_s`` to share a commit (one fsync, not one
+  per record or per round).
 - the forwarder thread: drains the outbox into Kafka (:class:`~edge.forwarder.Forwarder`).
 
 Under systemd (``Type=notify``) it sends ``READY=1`` once started, ``WATCHDOG=1`` from the worker
@@ -17,8 +23,8 @@ In-process use::
     agent.stop()           # graceful: stop intake, score what is queued, flush within the bound
 
 What a ``kill -9`` loses: messages in the intake queue, readings in incomplete windows and
-records not yet committed (at most one tick); paho has already acknowledged those messages to
-the broker. Everything committed to the outbox survives and is sent after the restart.
+records not yet committed (anomalies: the round in progress; other records: at most one tick);
+paho has already acknowledged those messages to the broker. Everything committed to the outbox survives and is sent after the restart.
 """
 
 from __future__ import annotations
@@ -30,26 +36,30 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from edge.adaptive_store import AdaptiveStore, state_path
-from edge.commands import CommandReceiver
 from edge.config import Config
 from edge.contract import ConfigError
 from edge.forwarder import Forwarder, ProducerFactory, make_producer
 from edge.intake import IntakeQueue, MqttIntake
 from edge.metrics import AgentMetrics, serve
-from edge.modelswap import ModelUpdates
 from edge.outbox import Outbox, Record
 from edge.pipeline import Pipeline, Scorer
 from edge.sdnotify import Notifier
-from edge.shadow import ShadowPolicy
-from edge.updates import ModelDownloader
+
+if TYPE_CHECKING:  # imported in _start_updates: with updates off, cryptography is never loaded (~6 MiB)
+    from edge.commands import CommandReceiver
+    from edge.modelswap import ModelUpdates
+    from edge.updates import ModelDownloader
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_TICK = 2000
+MAX_BYTES_PER_TICK = 2 << 20  # payload bytes per round: bounds a round's decoded readings and windows in memory
+BUSY_ENTER, BUSY_LEAVE = 0.6, 0.3  # share of a core the process used in the last second: pace rounds at tick_s above
 MAX_PENDING_RECORDS = 50_000
 
 
@@ -66,7 +76,8 @@ class Agent:
         self._clock = clock
         self._scorer = scorer
         self._producer_factory = producer_factory
-        self.queue = IntakeQueue(config.agent.queue_max_messages, config.agent.overflow, config.agent.queue_max_bytes)
+        self.queue = IntakeQueue(config.agent.queue_max_messages, config.agent.overflow, config.agent.queue_max_bytes,
+                                 config.agent.queue_wait_s)
         self.intake: MqttIntake | None = None
         self.outbox: Outbox | None = None
         self.forwarder: Forwarder | None = None
@@ -135,8 +146,12 @@ class Agent:
 
     def _start_updates(self, live: Scorer) -> None:
         """Model updates: a downloader on its own MQTT session, candidates tried in shadow."""
+        from edge.commands import CommandReceiver
         from edge.contract.update import ModelStatus, encode_status
+        from edge.modelswap import ModelUpdates
+        from edge.shadow import ShadowPolicy
         from edge.signing import load_trusted_keys
+        from edge.updates import ModelDownloader
 
         cfg = self.config
         u = cfg.updates
@@ -212,6 +227,7 @@ class Agent:
             self.updates.close()
         self._drain_deadline = deadline
         self._draining.set()
+        self.queue.wake()
         if self._worker is not None:
             self._worker.join(max(0.0, deadline - time.monotonic()))
         if self.pipeline is not None and self.state is not None and not (self._worker and self._worker.is_alive()):
@@ -237,43 +253,59 @@ class Agent:
     def _work(self) -> None:
         """The worker thread: queue -> pipeline -> outbox, until draining and the queue is empty.
 
-        Rounds are paced to at least ``tick_s`` unless the queue is full, so messages accumulate
-        into micro-batches (more windows per inference call, one outbox commit per round) at the
-        price of up to one tick of latency.
+        A round waits for a message, lets it linger ``batch_linger_s`` so that others arriving
+        with it share the round (``tick_s`` while the process is busy: each round has a fixed cost
+        per device, so small rounds cost CPU that a busy agent lacks), then commits: at once if
+        the round produced an anomaly event, otherwise once the oldest uncommitted record is
+        ``tick_s`` old.
         """
         assert self.pipeline is not None and self.outbox is not None and self.forwarder is not None
         tick = self.config.agent.tick_s
+        linger = self.config.agent.batch_linger_s
         ping_s = self.notifier.ping_interval_s
         last_ping = 0.0
         pending: list[Record] = []
+        commit_by = float("inf")  # when the oldest uncommitted record is due
+        busy = False
+        since, cpu_since = time.monotonic(), time.process_time()
         while True:
             started = time.monotonic()
+            if started - since >= 1.0:
+                share = (time.process_time() - cpu_since) / (started - since)
+                busy = share > (BUSY_LEAVE if busy else BUSY_ENTER)
+                since, cpu_since = started, time.process_time()
             if ping_s is not None and started - last_ping >= ping_s:
                 self.notifier.watchdog()  # systemd restarts the agent if this loop stalls
                 last_ping = started
             draining = self._draining.is_set()
-            batch = self.queue.get_batch(MAX_MESSAGES_PER_TICK, 0 if draining else tick)
+            wait = 0.0 if draining else max(0.0, min(tick, commit_by - started))
+            batch = self.queue.get_batch(MAX_MESSAGES_PER_TICK, wait, linger_s=0.0 if draining else tick if busy else linger,
+                                         max_bytes=MAX_BYTES_PER_TICK)
             try:
                 if self.updates is not None:
                     self.updates.poll()
                 if self.commands is not None:
                     self.commands.poll()
-                pending.extend(self.pipeline.process(batch))
+                records = self.pipeline.process(batch)
             except Exception:  # noqa: BLE001 - a failing model call must not end the agent; input never raises
                 self.worker_errors += 1
                 log.exception("worker_tick_failed messages=%d", len(batch))
+                records = []
             while not self._status_records.empty():
-                pending.append(self._status_records.get_nowait())
-            if pending:
+                records.append(self._status_records.get_nowait())
+            if records and not pending:
+                commit_by = time.monotonic() + tick
+            pending.extend(records)
+            urgent = any(r.kind == "anomaly" for r in records)
+            if pending and (urgent or draining or time.monotonic() >= commit_by):
                 pending = self._commit(pending)
+                commit_by = time.monotonic() + tick if pending else float("inf")
             if draining and (not batch or time.monotonic() >= self._drain_deadline):
                 if batch:
                     log.warning("agent_drain_timeout queue_left=%d", len(self.queue))
                 if pending:
                     self._commit(pending)
                 return
-            if not draining and len(batch) < MAX_MESSAGES_PER_TICK:
-                self._draining.wait(max(0.0, tick - (time.monotonic() - started)))
 
     def _commit(self, records: list[Record]) -> list[Record]:
         """Append to the outbox; on a disk error keep the records for the next tick (bounded)."""

@@ -41,8 +41,10 @@ class AgentSection:
 
     id: str = ""  # empty: "agent-<hostname>"
     tick_s: float = 0.05
+    batch_linger_s: float = 0.005  # the worker takes a message once it has waited this long, with all queued beside it
     queue_max_messages: int = 10_000
-    queue_max_bytes: int = 128 * 1024 * 1024  # payload bytes queued; size both bounds for the device's memory
+    queue_max_bytes: int = 8 * 1024 * 1024  # payload bytes queued; size both bounds for the device's memory
+    queue_wait_s: float = 5.0  # a full queue: paho's thread waits this long for room (the broker keeps the rest), then drops
     overflow: OverflowPolicy = "drop_oldest"
     max_payload_bytes: int = 256 * 1024
     deadletter_max_bytes: int = 4096
@@ -250,8 +252,10 @@ def _hostname_id() -> str:
 def _validate(c: Config) -> None:
     checks: list[tuple[bool, str, Any, str]] = [
         (c.agent.tick_s > 0, "agent.tick_s", c.agent.tick_s, "must be > 0"),
+        (0 <= c.agent.batch_linger_s <= c.agent.tick_s, "agent.batch_linger_s", c.agent.batch_linger_s, "must be 0-agent.tick_s"),
         (c.agent.queue_max_messages >= 1, "agent.queue_max_messages", c.agent.queue_max_messages, "must be >= 1"),
         (c.agent.queue_max_bytes >= 1, "agent.queue_max_bytes", c.agent.queue_max_bytes, "must be >= 1"),
+        (0 <= c.agent.queue_wait_s <= 10, "agent.queue_wait_s", c.agent.queue_wait_s, "must be 0-10"),
         (c.agent.max_payload_bytes >= 64, "agent.max_payload_bytes", c.agent.max_payload_bytes, "must be >= 64"),
         (c.agent.deadletter_max_bytes >= 0, "agent.deadletter_max_bytes", c.agent.deadletter_max_bytes, "must be >= 0"),
         (c.agent.max_batch_windows >= 1, "agent.max_batch_windows", c.agent.max_batch_windows, "must be >= 1"),

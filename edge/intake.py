@@ -4,11 +4,13 @@ QoS 1 subscription on ``<prefix>/+/readings``, a persistent session (MQTT 3.1.1,
 ``clean_session=False``, a fixed client id) so the broker keeps QoS 1 messages for the agent
 while it is away, and paho's automatic reconnect with capped exponential backoff.
 
-``on_message`` runs on paho's network thread and must never block it: it appends
-``(topic, payload, received_at)`` to an :class:`IntakeQueue` and returns. Decoding happens on
-the agent's worker thread. paho acknowledges a QoS 1 message when ``on_message`` returns, so
-a message dropped by the queue's overflow policy (``agent.queue_max_messages``,
-``agent.queue_max_bytes``), or still queued at a crash, is lost to the agent; drops are counted.
+``on_message`` runs on paho's network thread and must not hold it long: it appends
+``(topic, payload, received_at)`` to an :class:`IntakeQueue` and returns; only when the queue is
+full does it wait, at most ``agent.queue_wait_s`` (well under the keepalive), for the worker to
+make room, and meanwhile the broker keeps what it has not sent. Decoding happens on the agent's
+worker thread. paho acknowledges a QoS 1 message when ``on_message`` returns, so a message
+dropped by the queue's overflow policy (``agent.queue_max_messages``, ``agent.queue_max_bytes``,
+after that wait), or still queued at a crash, is lost to the agent; drops are counted.
 """
 
 from __future__ import annotations
@@ -39,20 +41,30 @@ class IntakeQueue:
     """A FIFO between paho's thread (:meth:`put`) and the worker (:meth:`get_batch`), bounded in
     messages and in payload bytes.
 
-    When a new message would exceed either bound, ``drop_newest`` refuses it and ``drop_oldest``
-    evicts the oldest messages until it fits; a message alone in the queue is always taken
-    (payloads are bounded by the broker and refused later if over ``agent.max_payload_bytes``).
-    :meth:`put` never blocks beyond a short lock.
+    When a new message would exceed either bound, :meth:`put` first waits up to ``wait_s`` for
+    the worker to make room (backpressure: paho's thread stops reading, so the broker keeps the
+    backlog, not this process); then ``drop_newest`` refuses it and ``drop_oldest`` evicts the
+    oldest messages until it fits. A message alone in the queue is always taken (payloads are
+    bounded by the broker and refused later if over ``agent.max_payload_bytes``). :meth:`put`
+    wakes a waiting :meth:`get_batch` only when the queue turns non-empty, holds what that call
+    asked for, or is full, not once per message.
     """
 
-    def __init__(self, max_messages: int, policy: Literal["drop_newest", "drop_oldest"], max_bytes: int) -> None:
+    def __init__(self, max_messages: int, policy: Literal["drop_newest", "drop_oldest"], max_bytes: int,
+                 wait_s: float = 0.0) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.policy = policy
+        self.wait_s = wait_s
         self.dropped = 0
         self._bytes = 0
         self._items: collections.deque[Message] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the worker waits for messages
+        self._room = threading.Condition(lock)  # paho's thread waits for room
+        self._full = False  # a put is waiting for room: the worker takes a round at once
+        self._wake_at = 1  # queue length at which put() notifies the waiting get_batch
+        self._first_at = 0.0  # time.monotonic() when the queue last turned non-empty
 
     def __len__(self) -> int:
         return len(self._items)
@@ -63,9 +75,19 @@ class IntakeQueue:
         return self._bytes
 
     def put(self, item: Message) -> int:
-        """Enqueue; returns how many messages the overflow policy dropped (this one or older ones)."""
+        """Enqueue, after waiting up to ``wait_s`` for room if the queue is full; returns how many
+        messages the overflow policy dropped (this one or older ones)."""
         size = len(item.payload)
         with self._cond:
+            if self.wait_s > 0 and not self._fits(size):
+                deadline = time.monotonic() + self.wait_s
+                self._full = True
+                self._cond.notify()
+                try:
+                    while not self._fits(size) and (left := deadline - time.monotonic()) > 0:
+                        self._room.wait(left)
+                finally:
+                    self._full = False
             dropped = 0
             while self._items and (len(self._items) >= self.max_messages or self._bytes + size > self.max_bytes):
                 dropped += 1
@@ -74,19 +96,55 @@ class IntakeQueue:
                     return 1
                 self._bytes -= len(self._items.popleft().payload)
             self.dropped += dropped
+            if not self._items:
+                self._first_at = time.monotonic()
             self._items.append(item)
             self._bytes += size
-            self._cond.notify()
+            if len(self._items) >= self._wake_at or len(self._items) == 1:
+                self._cond.notify()
             return dropped
 
-    def get_batch(self, max_items: int, timeout_s: float) -> list[Message]:
-        """Up to ``max_items`` messages; waits at most ``timeout_s`` for the first one."""
+    def wake(self) -> None:
+        """End a :meth:`get_batch` waiting for a first message now (the agent is stopping)."""
+        with self._cond:
+            self._cond.notify()
+
+    def _fits(self, size: int) -> bool:
+        return not self._items or (len(self._items) < self.max_messages and self._bytes + size <= self.max_bytes)
+
+    def get_batch(self, max_items: int, timeout_s: float, *, linger_s: float = 0.0,
+                  max_bytes: int | None = None) -> list[Message]:
+        """Up to ``max_items`` messages and, past the first, ``max_bytes`` payload bytes.
+
+        Waits at most ``timeout_s`` for the first message; then, unless ``max_items`` are
+        already queued, until the oldest queued message has waited ``linger_s``, so that messages
+        arriving together are taken together (a micro-batch). Called by one consumer thread.
+        """
         with self._cond:
             if not self._items and timeout_s > 0:
                 self._cond.wait(timeout_s)
+            if self._items and linger_s > 0:
+                self._wake_at = max_items
+                try:
+                    while len(self._items) < max_items and not self._full:
+                        left = self._first_at + linger_s - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                finally:
+                    self._wake_at = 1
             n = min(max_items, len(self._items))
-            out = [self._items.popleft() for _ in range(n)]
-            self._bytes -= sum(len(m.payload) for m in out)
+            out: list[Message] = []
+            taken = 0
+            for _ in range(n):
+                if max_bytes is not None and out and taken + len(self._items[0].payload) > max_bytes:
+                    break
+                msg = self._items.popleft()
+                taken += len(msg.payload)
+                out.append(msg)
+            self._bytes -= taken
+            if out:
+                self._room.notify()
             return out
 
 
