@@ -22,7 +22,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def register(sub: Any) -> None:
-    from models.config import parse_bool
+    from edge.config_parse import parse_bool
 
     p: argparse.ArgumentParser = sub.add_parser(
         "retrain", help="retrain a model on archived telemetry, gate it against production, register, sign, publish",

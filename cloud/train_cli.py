@@ -22,7 +22,8 @@ _DEFAULT_ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo" / "default
 
 
 def register(sub: Any) -> None:
-    from models.config import field_help, literal_choices, parse_bool
+    from edge.config_parse import parse_bool
+    from models.config import field_help, literal_choices
 
     p: argparse.ArgumentParser = sub.add_parser(
         "train", help="train a model family and write model.onnx + manifest.json",

@@ -1,7 +1,7 @@
 """Turning TOML values and environment strings into the typed fields of a config section.
 
-Used by every deployable's config (:mod:`edge.config`, the processor's, the retraining job's)
-through :func:`build_section`; every failure is a :class:`ConfigError` that says where the value
+Used by every config (:mod:`edge.config`, the processor's, the retraining job's, the training
+configuration :mod:`models.config`) through :func:`build_section`; every failure is a :class:`ConfigError` that says where the value
 came from (file and dotted key, or the environment variable) and what was expected.
 """
 
@@ -88,9 +88,16 @@ def env_overrides(env: Mapping[str, str], section: str, known: Mapping[str, Fiel
 
 def build_section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str],
                   secrets: frozenset[str] = frozenset(), strict_env: bool = False) -> Any:
-    """One ``[name]`` table as an instance of the frozen dataclass ``cls``: file values checked,
-    then ``EDGEWATCH_<NAME>__<KEY>`` overrides parsed. An unknown key in the file is an error
-    naming the file and the dotted key; keys in ``secrets`` are refused in the file (environment only).
+    """One ``[name]`` table as an instance of the frozen dataclass ``cls``: :func:`section_values`
+    over its defaults."""
+    return cls(**section_values(cls, table, name, where, env, secrets, strict_env))
+
+
+def section_values(cls: type, table: Any, name: str, where: str, env: Mapping[str, str],
+                   secrets: frozenset[str] = frozenset(), strict_env: bool = False) -> dict[str, Any]:
+    """The values one ``[name]`` table sets on the dataclass ``cls``: file values checked, then
+    ``EDGEWATCH_<NAME>__<KEY>`` overrides parsed. An unknown key in the file is an error naming
+    the file and the dotted key; keys in ``secrets`` are refused in the file (environment only).
     An unknown key in the environment is logged, or with ``strict_env`` an error."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: {name} must be a table [{name}], got {type(table).__name__}")
@@ -105,7 +112,7 @@ def build_section(cls: type, table: Any, name: str, where: str, env: Mapping[str
         values[key] = coerce(value, cls, key, f"{where}: '{name}.{key}'", from_env=False)
     for key, (var, text) in env_overrides(env, name, known, strict=strict_env).items():
         values[key] = coerce(text, cls, key, f"environment {var} ('{name}.{key}')", from_env=True)
-    return cls(**values)
+    return values
 
 
 @functools.cache
@@ -147,14 +154,22 @@ def _coerce(value: Any, tp: Any, where: str, from_env: bool) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")  # a bug in a section definition
 
 
+def parse_bool(text: str) -> bool:
+    """``1 true yes on`` / ``0 false no off`` (any case); ValueError otherwise (an argparse ``type``)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
 def _bool(value: Any, where: str, from_env: bool) -> bool:
     if from_env:
-        text = value.strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        try:
+            return parse_bool(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected true or false, got {value!r}") from None
     if not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
     return value

@@ -3,19 +3,21 @@
 Loaded from TOML (``[train]`` table or top level), from a mapping, or built directly; every
 field carries its help text (the ``edgewatch train`` flags are generated from it). Unknown keys
 and out-of-range values raise :class:`ConfigError` naming the file and the dotted key.
-Environment overrides ``EDGEWATCH_TRAIN__<KEY>`` are applied by :func:`load_config`.
+Environment overrides ``EDGEWATCH_TRAIN__<KEY>`` are applied by :func:`load_config`. Reading and
+checking values is :mod:`edge.config_parse`'s, as for every other edgewatch config: one loader,
+one policy (an unknown ``EDGEWATCH_TRAIN__`` variable is logged and ignored).
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from edge.config_parse import coerce, read_toml, section_values
 from edge.contract.errors import ConfigError
 
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "maxout"]
@@ -142,62 +144,36 @@ def literal_choices(name: str) -> tuple[str, ...] | None:
 
 
 def config_from_mapping(data: Mapping[str, Any], *, origin: str = "<mapping>", base: TrainConfig | None = None) -> TrainConfig:
-    """Build a config from plain values; unknown keys raise ConfigError naming ``origin`` and the key."""
+    """Build a config from plain values (``base`` or the defaults for the others); unknown keys and
+    values of the wrong type raise ConfigError naming ``origin`` and the key."""
     known = {f.name for f in fields(TrainConfig)}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{origin}: unknown key train.{key}")
-    return replace(base or TrainConfig(), **{k: _coerce(k, v, origin) for k, v in data.items()})
+            raise ConfigError(f"{origin}: unknown key 'train.{key}'")
+    return replace(base or TrainConfig(),
+                   **{k: coerce(v, TrainConfig, k, f"{origin}: 'train.{k}'", from_env=False) for k, v in data.items()})
 
 
 def load_config(path: Path | str | None = None, *, environ: Mapping[str, str] | None = None) -> TrainConfig:
     """Read a TOML file (``[train]`` table or top level), then apply ``EDGEWATCH_TRAIN__KEY`` overrides."""
-    data: dict[str, Any] = {}
-    origin = "<defaults>"
-    if path is not None:
-        origin = str(path)
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{origin}: cannot read TOML: {exc}") from None
-        extra = set(raw) - {"train"} if "train" in raw else set()
-        if extra:
-            raise ConfigError(f"{origin}: unknown key {sorted(extra)[0]}")
-        data = dict(raw.get("train", raw))
-    env = os.environ if environ is None else environ
-    for key, value in env.items():
-        if key.startswith("EDGEWATCH_TRAIN__"):
-            name = key.removeprefix("EDGEWATCH_TRAIN__").lower()
-            data[name] = value
-            origin = f"{origin} + env {key}"
-    return config_from_mapping(data, origin=origin)
+    where = str(path) if path is not None else "<defaults>"
+    raw = read_toml(Path(path)) if path is not None else {}
+    extra = set(raw) - {"train"} if "train" in raw else set()
+    if extra:
+        raise ConfigError(f"{where}: unknown key {sorted(extra)[0]}")
+    return TrainConfig(**train_overrides(raw.get("train", raw), where, os.environ if environ is None else environ))
+
+
+def train_overrides(table: Any, where: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The typed values a ``[train]`` table and the ``EDGEWATCH_TRAIN__KEY`` variables set, the
+    environment winning; a bad value, or an unknown key in the table, raises ConfigError."""
+    return section_values(TrainConfig, table, "train", where, env)
 
 
 def _base_type(hint: Any) -> type:
     if typing.get_origin(hint) is Literal:
         return str
     return hint if isinstance(hint, type) else str
-
-
-def _coerce(key: str, value: Any, origin: str) -> Any:
-    kind = _base_type(typing.get_type_hints(TrainConfig)[key])
-    if isinstance(value, str) and kind is not str:
-        try:
-            return parse_bool(value) if kind is bool else kind(value)
-        except ValueError:
-            raise ConfigError(f"{origin}: train.{key} = {value!r} is not a {kind.__name__}") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{text!r} is not a boolean (true/false)")
 
 
 def _check_types(cfg: TrainConfig) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.kafka_security import KafkaSecurity, check_security
-from models.config import config_from_mapping
+from models.config import config_from_mapping, train_overrides
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,8 @@ def load_retrain_config(path: Path | str | None = None, env: Mapping[str, str] |
     for key in raw:
         if key not in ("retrain", "train", "trigger"):
             raise ConfigError(f"{where}: unknown key {key!r} (known tables: retrain, train, trigger)")
-    train = raw.get("train", {})
-    if not isinstance(train, Mapping):
-        raise ConfigError(f"{where}: train must be a table")
-    train = dict(train)
-    for var, text in env.items():
-        if var.startswith("EDGEWATCH_TRAIN__"):
-            train[var.removeprefix("EDGEWATCH_TRAIN__").lower()] = text
-    config_from_mapping(train, origin=where)  # unknown keys and bad values fail here, at start
+    train = train_overrides(raw.get("train", {}), where, env)
+    config_from_mapping(train, origin=where)  # out-of-range values fail here, at start
     config = RetrainConfig(retrain=build_section(RetrainSection, raw.get("retrain", {}), "retrain", where, env), train=train,
                            trigger=check_security(build_section(TriggerSection, raw.get("trigger", {}), "trigger", where, env,
                                                                 frozenset({"password"})),

@@ -260,12 +260,12 @@ def test_config_and_times(tmp_path: Path) -> None:
     path.write_text("[retrain]\nholdout_share = 0.3\n[trigger]\ncooldown_s = 5\n[train]\nepochs = 2\n")
     c = load_retrain_config(path, env={"EDGEWATCH_TRIGGER__LOOKBACK_S": "60", "EDGEWATCH_TRAIN__LR": "0.01"})
     assert (c.retrain.holdout_share, c.trigger.cooldown_s, c.trigger.lookback_s) == (0.3, 5.0, 60.0)
-    assert c.train == {"epochs": 2, "lr": "0.01"}
+    assert c.train == {"epochs": 2, "lr": 0.01}  # typed, the environment's too
     path.write_text("[retrain]\nholdout_shar = 0.3\n")
     with pytest.raises(ConfigError, match=r"r.toml: unknown key 'retrain.holdout_shar'"):
         load_retrain_config(path, env={})
     path.write_text("[train]\nepoch = 2\n")
-    with pytest.raises(ConfigError, match=r"unknown key train.epoch"):
+    with pytest.raises(ConfigError, match=r"r.toml: unknown key 'train.epoch'"):
         load_retrain_config(path, env={})
     path.write_text("[trigger]\nbootstrap = 'not a host:port:xx'\n")
     with pytest.raises(ConfigError, match=r"r.toml: 'trigger.bootstrap' = 'not a host:port:xx'"):
