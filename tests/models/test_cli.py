@@ -87,3 +87,11 @@ def test_load_config_rejects_unknown_keys_and_bad_types(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")  # type: ignore[arg-type]
     assert load_config(None, environ={"EDGEWATCH_TRAIN__BATCH_NORM": "true"}).batch_norm is True
+
+
+def test_train_environment_follows_the_one_policy(caplog: pytest.LogCaptureFixture) -> None:
+    # an unknown variable is logged and ignored, as for every section; a bad value names the variable
+    assert load_config(None, environ={"EDGEWATCH_TRAIN__EPOCS": "3"}) == TrainConfig()
+    assert "EDGEWATCH_TRAIN__EPOCS" in caplog.text
+    with pytest.raises(ConfigError, match=r"EDGEWATCH_TRAIN__EPOCHS \('train.epochs'\): expected an integer"):
+        load_config(None, environ={"EDGEWATCH_TRAIN__EPOCHS": "many"})
