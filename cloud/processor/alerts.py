@@ -1,6 +1,6 @@
 """The alert and dead-letter outboxes: rows written with the batch, produced to Kafka afterwards.
 
-A batch's transaction stores its alerts and dead letters; :class:`Outbox` then produces them
+A batch's transaction stores its alerts and dead letters; :class:`OutboxPublisher` then produces them
 (alerts to ``edgewatch.alerts`` keyed by incident id, dead letters to ``edgewatch.deadletter``
 with the original payload and the reason in headers) and marks them published as the broker's
 acks arrive (collected by a later call, so the consumer loop does not wait for them). Rows a
@@ -51,7 +51,7 @@ class OutboxStore(Protocol):
     def mark_published(self, table: str, keys: Sequence[Sequence[Any]], now: float) -> None: ...
 
 
-class Outbox:
+class OutboxPublisher:
     """Publishes the store's unpublished alerts and dead letters; see the module docstring."""
 
     def __init__(self, producer: KafkaProducer, store: OutboxStore, *, alerts_topic: str, deadletter_topic: str,

@@ -25,7 +25,7 @@ SECRETS = {"kafka": frozenset({"password"})}  # kafka.password: EDGEWATCH_KAFKA_
 
 
 @dataclass(frozen=True)
-class KafkaSection(KafkaSecurity):
+class ProcessorKafkaSection(KafkaSecurity):
     """``[kafka]``: topics, groups and polling; TLS and SASL keys (``security_protocol``, ``ssl_cafile``,
     ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``, ``sasl_mechanism``, ``username``, ``password``)
     from :class:`~edge.kafka_security.KafkaSecurity`, for the processor's and the archive's clients alike."""
@@ -110,7 +110,7 @@ class ArchiveSection:
 
 
 @dataclass(frozen=True)
-class MetricsSection:
+class ProcessorMetricsSection:
     port: int = 0  # 0: no HTTP endpoint
     host: str = "127.0.0.1"
     lag_interval_s: float = 5.0
@@ -118,13 +118,13 @@ class MetricsSection:
 
 @dataclass(frozen=True)
 class ProcessorConfig:
-    kafka: KafkaSection = KafkaSection()
+    kafka: ProcessorKafkaSection = ProcessorKafkaSection()
     store: StoreSection = StoreSection()
     incidents: IncidentsSection = IncidentsSection()
     fleet: FleetSection = FleetSection()
     drift: DriftSection = DriftSection()
     archive: ArchiveSection = ArchiveSection()
-    metrics: MetricsSection = MetricsSection()
+    metrics: ProcessorMetricsSection = ProcessorMetricsSection()
 
     def masked(self) -> dict[str, Any]:
         """The config as a dict with secrets masked, for the start-up log line."""

@@ -29,8 +29,8 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from prometheus_client import CollectorRegistry
 
 from cloud.kafka_groups import subscribe
-from cloud.processor.alerts import Outbox
-from cloud.processor.config import KafkaSection, ProcessorConfig
+from cloud.processor.alerts import OutboxPublisher
+from cloud.processor.config import ProcessorConfig, ProcessorKafkaSection
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.offsets import OffsetBook, Polled
 from cloud.processor.pipeline import paused_gc
@@ -91,7 +91,7 @@ class Processor:
         self._fleet_pending = False  # polls stored since the last fleet evaluation
         self.offsets = OffsetBook()
         self._side: StoreClient | None = None
-        self._outbox: Outbox | None = None
+        self._outbox: OutboxPublisher | None = None
         self._forget: set[int] = set()  # partitions revoked or assigned since the last poll: the store side drops their state
 
     def run(self) -> None:
@@ -106,7 +106,7 @@ class Processor:
             stack.callback(producer.close, timeout=10)
             consumer = group_consumer(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id)
             stack.callback(consumer.close, autocommit=False)
-            self._outbox = Outbox(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,
+            self._outbox = OutboxPublisher(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,
                                   deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock)
             channel.started()
             log.info("processor_started topic=%s group=%s bootstrap=%s store_process=%s", self.topic, k.group_id,
@@ -295,7 +295,7 @@ class Processor:
             self.metrics.incidents_open.labels(kind=kind).set(n)
 
 
-def kafka_producer(k: KafkaSection, client_id: str, **settings: Any) -> KafkaProducer:
+def kafka_producer(k: ProcessorKafkaSection, client_id: str, **settings: Any) -> KafkaProducer:
     """An acks=all producer with the section's bootstrap and security; :class:`BrokerUnavailable` saying why."""
     try:
         return KafkaProducer(bootstrap_servers=k.bootstrap, client_id=client_id, acks="all", **settings, **client_kwargs(k))
@@ -303,7 +303,7 @@ def kafka_producer(k: KafkaSection, client_id: str, **settings: Any) -> KafkaPro
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
 
 
-def group_consumer(k: KafkaSection, topic: str, listener: ConsumerRebalanceListener, *, group_id: str,
+def group_consumer(k: ProcessorKafkaSection, topic: str, listener: ConsumerRebalanceListener, *, group_id: str,
                    client_id: str) -> KafkaConsumer:
     """A manual-commit consumer subscribed to ``topic`` in ``group_id``, with the section's bootstrap and security;
     :class:`BrokerUnavailable` saying why."""

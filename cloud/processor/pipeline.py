@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Record = tuple[int, bytes | None]  # (offset, value) of a Kafka record
+OffsetValue = tuple[int, bytes | None]  # (offset, value) of a Kafka record
 Decoded = tuple[int, bytes, EventFields]  # (offset, payload, fields) of a valid event
 DeadRow = tuple[str, int, int, str, str, bytes, float]  # (topic, partition, offset, field, reason, payload, created_at)
 
@@ -79,7 +79,7 @@ class BatchResult:
     dead: list[tuple[Any, ...]] = field(default_factory=list)  # (topic, partition, offset, field, reason, payload)
 
 
-class Pipeline:
+class IncidentPipeline:
     """Applies batches to the store; keeps per-partition contexts between batches."""
 
     def __init__(self, config: ProcessorConfig, store: Store, metrics: ProcessorMetrics, clock: Callable[[], float],
@@ -110,11 +110,11 @@ class Pipeline:
                 counts["drift"] += sum(d["open"] is not None for d in st["drift"].values())
         return counts
 
-    def process(self, topic: str, partition: int, records: Sequence[Record]) -> BatchResult:
+    def process(self, topic: str, partition: int, records: Sequence[OffsetValue]) -> BatchResult:
         """Store one batch of Kafka records, as (offset, value) pairs, of one partition, atomically."""
         return self.process_many([(topic, partition, records)])[0]
 
-    def process_many(self, batches: Sequence[tuple[str, int, Sequence[Record]]]) -> list[BatchResult]:
+    def process_many(self, batches: Sequence[tuple[str, int, Sequence[OffsetValue]]]) -> list[BatchResult]:
         """Store the batches of one poll (one per partition) in one transaction; results in the same order.
 
         Each partition is applied exactly as if alone (its own progress row, context and event-time
@@ -151,7 +151,7 @@ class Pipeline:
         self.metrics.processing_seconds.observe(time.perf_counter() - started)
         return out
 
-    def _decode(self, topic: str, partition: int, records: Sequence[Record], now: float) -> tuple[list[Decoded], list[DeadRow]]:
+    def _decode(self, topic: str, partition: int, records: Sequence[OffsetValue], now: float) -> tuple[list[Decoded], list[DeadRow]]:
         """Valid events as (offset, payload, fields) and dead-letter rows, in record order.
 
         An event whose ``window_end`` is more than ``incidents.max_clock_skew_s`` ahead of ``now``
@@ -195,7 +195,7 @@ class Pipeline:
         reason = f"window_end: {window_end!r} is more than {self.max_skew_s:g} s ahead of the processor's clock ({now:.3f})"
         return (topic, partition, offset, "window_end", reason, value, now)
 
-    def _store(self, work: list[tuple[str, int, Sequence[Record], list[Decoded], list[DeadRow]]], now: float,
+    def _store(self, work: list[tuple[str, int, Sequence[OffsetValue], list[Decoded], list[DeadRow]]], now: float,
                lookup: bool) -> list[BatchResult]:
         done: list[tuple[BatchResult, Changes, set[str]]] = []  # per partition: result, changes, devices touched
         touched_ctx: list[tuple[PartitionContext, PartitionRow]] = []

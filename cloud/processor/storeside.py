@@ -39,7 +39,7 @@ from cloud.processor.backends import background_checkpoints, open_store
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.drift import load_expectations
 from cloud.processor.fleet import FleetCorrelator
-from cloud.processor.pipeline import Pipeline, paused_gc
+from cloud.processor.pipeline import IncidentPipeline, paused_gc
 from cloud.processor.store import Store
 from edge.cliutil import LOG_FORMAT
 
@@ -76,13 +76,13 @@ def store_failed(metrics: ProcessorMetrics, store: Store, message: str, *args: A
 
 
 class StoreWork:
-    """Pipeline and fleet correlator on one store connection; each public method is a request."""
+    """IncidentPipeline and fleet correlator on one store connection; each public method is a request."""
 
     def __init__(self, config: ProcessorConfig, store: Store, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self.pipeline = Pipeline(config, store, metrics, clock, load_expectations(config.drift))
+        self.pipeline = IncidentPipeline(config, store, metrics, clock, load_expectations(config.drift))
         self.fleet_correlator = FleetCorrelator(config.fleet, config.kafka.anomalies_topic)
         self.failed = False  # a process failed: the next ones are not stored until resume
 

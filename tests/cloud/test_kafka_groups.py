@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kafka import ConsumerRebalanceListener
 
-from cloud.processor.config import KafkaSection
+from cloud.processor.config import ProcessorKafkaSection
 from cloud.processor.consumer import group_consumer
 from tests.kafka_util import create_topic
 
@@ -37,7 +37,7 @@ def test_a_new_member_joins_once_with_every_partition(kafka_bootstrap: str, uniq
     topic = f"join.{unique}"
     create_topic(kafka_bootstrap, topic, partitions=4)
     recorder = Recorder()
-    consumer = group_consumer(KafkaSection(bootstrap=kafka_bootstrap, session_timeout_s=10.0), topic, recorder,
+    consumer = group_consumer(ProcessorKafkaSection(bootstrap=kafka_bootstrap, session_timeout_s=10.0), topic, recorder,
                               group_id=f"join-{unique}", client_id=f"join-{unique}")
     try:
         deadline = time.monotonic() + 3.0  # the metadata refresh that follows the leader's assignment lands well inside this

@@ -19,7 +19,7 @@ from cloud.commands import new_normal_command, publish_command, sign_command
 from cloud.keys import generate_keypair, load_private_key
 from cloud.processor.backends import open_store
 from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.pipeline import Pipeline as ProcessorPipeline
+from cloud.processor.pipeline import IncidentPipeline
 from edge.agent import Agent
 from edge.config import load_config
 from edge.contract import encode_event
@@ -165,7 +165,7 @@ def test_incidents_label_new_normal_end_to_end(rig: Rig, tmp_path: Path, kafka_b
     events = [dataclasses.replace(e, agent_id=rig.agent_id) for e in burst("pump-1", T0, count=5)]
     events.append(event("bg-000", T0 + 600))  # moves event time on, so the incident opens
     store = open_store(cfg.store)
-    ProcessorPipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 3600).process(
+    IncidentPipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 3600).process(
         f"anom.{unique}", 0, [Rec(i, encode_event(e)) for i, e in enumerate(events)])
     incident = next(r for r in store.incidents() if r.device_id == "pump-1")
     store.close()

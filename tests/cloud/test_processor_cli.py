@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from cloud.cli import main
 from cloud.processor.backends import open_store
 from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.pipeline import Pipeline
+from cloud.processor.pipeline import IncidentPipeline
 from edge.contract import encode_event
 from tests.cloud.processor_streams import T0, config, fleet_stream, write_config
 from tests.cloud.test_processor_store import Rec
@@ -23,7 +23,7 @@ def cfg_path(tmp_path: Path) -> Path:
     cfg = config(path, bootstrap="127.0.0.1:1", topic="t", group="g", sqlite_path=tmp_path / "s.db")
     store = open_store(cfg.store)
     recs = [Rec(i, encode_event(e)) for i, e in enumerate(fleet_stream(4, partitions=1, duration_s=1200))]
-    Pipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 86_400).process("t", 0, recs)
+    IncidentPipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 86_400).process("t", 0, recs)
     store.close()
     return path
 

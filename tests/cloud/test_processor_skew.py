@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from cloud.processor.backends import open_store
 from cloud.processor.config import load_config
 from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.pipeline import Pipeline
+from cloud.processor.pipeline import IncidentPipeline
 from cloud.processor.store import Store
 from edge.contract import ConfigError, encode_event
 from tests.cloud.processor_streams import T0, burst, config, event
@@ -30,10 +30,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def make(store: Store, tmp_path: Path) -> tuple[Pipeline, ProcessorMetrics]:
+def make(store: Store, tmp_path: Path) -> tuple[IncidentPipeline, ProcessorMetrics]:
     cfg = config(tmp_path / "cloud.toml", bootstrap="127.0.0.1:1", topic="t", group="g", sqlite_path=tmp_path / "s.db")
     metrics = ProcessorMetrics(CollectorRegistry())
-    return Pipeline(cfg, store, metrics, clock=lambda: NOW), metrics
+    return IncidentPipeline(cfg, store, metrics, clock=lambda: NOW), metrics
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast_decoder", "contract_decoder"])

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from cloud.processor import schema
 from cloud.processor.backends import open_postgres, open_sqlite
 from cloud.processor.metrics import ProcessorMetrics
-from cloud.processor.pipeline import Pipeline
+from cloud.processor.pipeline import IncidentPipeline
 from cloud.processor.store import Store
 from edge.contract import encode_event
 from tests.cloud.processor_streams import T0, config, fleet_stream
@@ -45,9 +45,9 @@ def store(empty_store: Store) -> Store:
     return empty_store
 
 
-def pipeline(store: Store, tmp_path: Path) -> Pipeline:
+def pipeline(store: Store, tmp_path: Path) -> IncidentPipeline:
     cfg = config(tmp_path / "cloud.toml", bootstrap="127.0.0.1:1", topic=TOPIC, group="g", sqlite_path=tmp_path / "unused.db")
-    return Pipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 86_400)  # no event ahead of it
+    return IncidentPipeline(cfg, store, ProcessorMetrics(CollectorRegistry()), clock=lambda: T0 + 86_400)  # no event ahead of it
 
 
 def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
