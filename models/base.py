@@ -51,9 +51,9 @@ class Family(nn.Module):
         return self.loss(z)
 
     def pretrain(self, z: torch.Tensor, cfg: TrainConfig) -> list[list[float]]:
-        """Unsupervised pretraining on flattened-or-not training windows before the epochs start
-        (greedy RBM layers for ``dbn_ae`` and ``dense_ae`` with ``init = "dbn"``); returns each
-        layer's per-epoch monitor. Nothing by default."""
+        """Unsupervised pretraining on the model-space training windows ``(batch, time, k)``, called
+        once before the epochs (greedy RBM layers for ``dbn_ae`` and ``dense_ae`` with
+        ``init = "dbn"``); returns each layer's per-epoch reconstruction error. Nothing by default."""
         return []
 
 
