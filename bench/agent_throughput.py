@@ -1,6 +1,6 @@
 """Edge agent throughput, CPU, footprint and latency on one core, against a bare paho subscriber.
 
-Starts its own local stack (Mosquitto + Kafka, ``cloud.stack.LocalStack``) and pins the brokers,
+Starts its own local stack (Mosquitto + Kafka, ``localdev.stack.LocalStack``) and pins the brokers,
 the publisher and this script to the other cores; every measured consumer runs alone in a child
 process under ``taskset -c <core>`` (``bench/agent_bench_child.py``).
 
@@ -12,7 +12,7 @@ processed (the agent: decoded, windowed, scored and decided) per wall second bet
 the first reading seen and the last; its CPU per reading is the process's CPU time (all threads)
 over the same span. Losses are counted against what the publisher got acknowledged by the broker.
 Draining a backlog measures what a consumer can sustain without the publisher's own speed
-capping it; the broker keeps up to a million queued messages per session (``cloud.stack``), in
+capping it; the broker keeps up to a million queued messages per session (``localdev.stack``), in
 memory here (persistence off; otherwise the stack's configuration). A warm-up round comes first.
 
 Live runs (footprint and latency): the agent at ``--latency-rate`` readings/s, one reading per
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.kafka_groups import subscribe
-from cloud.stack import LocalStack, Mosquitto
+from localdev.stack import LocalStack, Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).resolve().parent / "agent_bench_child.py"
@@ -159,7 +159,7 @@ port = 0
         return path
 
     def topics(self, tag: str) -> dict[str, str]:
-        from cloud.stack import create_topics
+        from localdev.stack import create_topics
 
         topics = {k: f"bench.{tag}.{k}" for k in ("anomalies", "telemetry", "deadletter")}
         create_topics(self.stack.kafka_bootstrap, list(topics.values()), 1)

@@ -1,6 +1,6 @@
 """Processor throughput against a bare kafka-python consumer, on the same topic in the same run.
 
-Starts its own local stack (Mosquitto + Kafka, :class:`cloud.stack.LocalStack`) and a throwaway
+Starts its own local stack (Mosquitto + Kafka, :class:`localdev.stack.LocalStack`) and a throwaway
 PostgreSQL, produces ``--events`` anomaly events (``--devices`` devices, keyed by device id)
 to a ``--partitions``-partition topic, reads it ``--warmup`` times with the bare consumer (not
 measured), then consumes the whole topic in ``--repeat`` rounds of these (in reverse order every other round),
@@ -9,7 +9,7 @@ each in a fresh consumer group from offset 0:
 1. bare: a ``KafkaConsumer`` that only ``json.loads`` each value (the baseline);
 2. the same bare consumer with ``orjson.loads`` instead (shown for transparency, not the baseline);
 3. the processor with the SQLite store;
-4. the processor with the PostgreSQL store (``fsync=off``, as :mod:`cloud.processor.pgserver` runs it);
+4. the processor with the PostgreSQL store (``fsync=off``, as :mod:`localdev.pgserver` runs it);
 5. with ``--one-process``: the processor with the SQLite store in the consumer's process (``store.own_process =
    false``), to show what the store process buys.
 
@@ -177,8 +177,8 @@ def main() -> None:
     import kafka.record.util
     import orjson
 
-    from cloud.processor.pgserver import LocalPostgres
-    from cloud.stack import LocalStack
+    from localdev.pgserver import LocalPostgres
+    from localdev.stack import LocalStack
 
     crc = "pure Python" if kafka.record.util.crc32c_c is None else "crc32c (C)"
     print(f"kafka-python record CRC32C: {crc}; load average {os.getloadavg()[0]:.2f} (1 min)")

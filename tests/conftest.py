@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.stack import LocalStack, missing_tools
+from localdev.stack import LocalStack, missing_tools
 from tests.tools import unavailable
 
 

@@ -7,7 +7,7 @@ import time
 from kafka import KafkaConsumer
 
 from cloud.kafka_groups import subscribe
-from cloud.stack import create_topics
+from localdev.stack import create_topics
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from cloud.cli import build_parser as cloud_parser
-from cloud.stack import Mosquitto, free_port, missing_tools
 from edge.cli import build_parser as agent_parser
 from edge.cliutil import EXIT_PIPE_CLOSED
+from localdev.stack import Mosquitto, free_port, missing_tools
 from tests.tools import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]

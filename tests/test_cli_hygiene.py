@@ -113,7 +113,7 @@ def test_simulate_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str]
 
 
 def test_simulate_to_an_unreachable_broker_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    from cloud.stack import free_port
+    from localdev.stack import free_port
 
     out = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--port", str(free_port()), "--duration", "1"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)

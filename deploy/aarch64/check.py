@@ -38,7 +38,7 @@ import rootfs
 
 sys.path.insert(0, str(rootfs.REPO))  # cloud, edge and tests from this checkout
 
-from cloud.stack import LocalStack, free_port  # noqa: E402
+from localdev.stack import LocalStack, free_port  # noqa: E402
 from edge.contract import decode_event  # noqa: E402
 from edge.detector import load_manifest  # noqa: E402
 from edge.synth import random_faults, simulate  # noqa: E402

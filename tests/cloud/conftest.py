@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.processor.pgserver import LocalPostgres, missing
+from localdev.pgserver import LocalPostgres, missing
 from tests.tools import unavailable
 
 

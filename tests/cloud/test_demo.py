@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from cloud.stack import missing_tools
+from localdev.stack import missing_tools
 from tests.tools import unavailable
 
 
 def test_demo_finds_injected_faults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if missing_tools():
         unavailable(f"demo needs {missing_tools()}")
-    from cloud.demo import run_demo
+    from localdev.demo import run_demo
 
     result = run_demo(tmp_path, devices=4, rate_hz=40, duration_s=20, seed=3)
     out = capsys.readouterr().out

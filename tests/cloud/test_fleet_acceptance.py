@@ -30,7 +30,6 @@ from prometheus_client import CollectorRegistry
 
 from cloud.commands import new_normal_command, publish_command, sign_command
 from cloud.keys import generate_keypair, load_private_key
-from cloud.stack import LocalStack
 from edge.adaptive import AdaptiveSettings
 from edge.agent import Agent
 from edge.config import Config, default_model_dir, load_config
@@ -38,6 +37,7 @@ from edge.contract.update import decode_status
 from edge.detector import OnnxDetector
 from edge.pipeline import Scorer
 from edge.synth import CHANNEL_NAMES, simulate
+from localdev.stack import LocalStack
 from tests.cloud import fleet_util as fu
 from tests.edge.agent_util import Publisher, TopicReader, toml_config
 from tests.kafka_util import create_topic

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cloud.stack import free_port
 from edge.contract import AnomalyEvent, encode_event
+from localdev.stack import free_port
 from tests.edge.agent_util import toml_config
 from tests.kafka_util import create_topic
 from tests.tools import unavailable, wait_for

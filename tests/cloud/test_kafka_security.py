@@ -1,4 +1,4 @@
-"""Kafka over TLS on a real broker (cloud/stack_secure.py: SASL_SSL with SCRAM-SHA-512, and mutual
+"""Kafka over TLS on a real broker (localdev/stack_secure.py: SASL_SSL with SCRAM-SHA-512, and mutual
 TLS): the agent's forwarder delivers, a wrong password, a missing CA and a missing client
 certificate are refused with a reason within the bootstrap timeout, and the processor and the
 archive consume what the agent sent. Plus the processor's and the retraining trigger's config keys.
@@ -22,14 +22,14 @@ from cloud.processor.archive import run_archive
 from cloud.processor.backends import open_sqlite
 from cloud.processor.config import load_config as load_processor_config
 from cloud.retrain.config import load_retrain_config
-from cloud.stack import create_topics, missing_tools
-from cloud.stack_secure import SecureKafka
 from edge.config import Config, load_config
 from edge.contract import BrokerUnavailable, ConfigError, encode_event
 from edge.forwarder import Forwarder
 from edge.kafka_security import KafkaSecurity, client_kwargs
 from edge.metrics import AgentMetrics
 from edge.outbox import Outbox, Record
+from localdev.stack import create_topics, missing_tools
+from localdev.stack_secure import SecureKafka
 from tests.cloud.processor_streams import event, in_thread, write_config
 from tests.cloud.test_processor_archive import windows
 from tests.tls_util import Pki, make_pki

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from cloud.stack import DEPLOY_DIR, Mosquitto, free_port
+from localdev.stack import DEPLOY_DIR, Mosquitto, free_port
 from tests.tls_util import Pki, make_pki
 
 PASSWORDS = {"pump-1": "s3cret-1", "pump-2": "s3cret-2", "agent-gw1": "agent-pw", "registry": "reg-pw"}

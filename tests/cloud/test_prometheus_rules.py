@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from cloud.stack import DEPLOY_DIR
+from localdev.stack import DEPLOY_DIR
 from tests.tools import unavailable
 
 PROM_DIR = DEPLOY_DIR / "prometheus"

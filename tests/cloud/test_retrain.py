@@ -21,6 +21,7 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from cloud.cli import main
+from cloud.cli.retrain import parse_time
 from cloud.keys import generate_keypair
 from cloud.processor.archive import window_row, write_flush
 from cloud.processor.backends import open_store
@@ -31,7 +32,6 @@ from cloud.retrain.config import RetrainConfig, RetrainSection, TriggerSection, 
 from cloud.retrain.dataset import ArchivedWindow, LabelledIncident, build_dataset
 from cloud.retrain.job import RetrainInputs, Watch, retrain
 from cloud.retrain.trigger import DriftTrigger
-from cloud.retrain_cli import parse_time
 from edge.contract import Alert, Channel, ConfigError, encode_alert, make_incident_id
 from edge.contract.samples import TelemetryWindow, telemetry_from_window
 from edge.detector import OnnxDetector, load_manifest

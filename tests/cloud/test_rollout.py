@@ -122,7 +122,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def wheelhouse(wheel: Path) -> Path:
     """The edge extra's dependencies from PyPI, kept between runs so the rollout installs offline."""
-    from cloud.stack import cache_dir
+    from localdev.stack import cache_dir
 
     house = cache_dir() / "wheelhouse"
     # pip download copies our own wheel into the house too, and a copy left by an earlier run would be

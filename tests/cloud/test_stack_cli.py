@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from cloud.cli import main
-from cloud.stack import StackInfo, load_info, missing_tools, pid_alive, port_open, terminate
+from localdev.stack import StackInfo, load_info, missing_tools, pid_alive, port_open, terminate
 from tests.tools import unavailable
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from cloud.stack import LocalStack, free_port
 from edge.config import Config, load_config
 from edge.contract import Reading, decode_event, encode_readings, readings_topic
 from edge.detector import OnnxDetector
@@ -20,6 +19,7 @@ from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.pipeline import Pipeline
 from edge.synth import CHANNEL_NAMES, Fault, simulate
+from localdev.stack import LocalStack, free_port
 from tests.kafka_util import create_topic
 
 TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny_model"

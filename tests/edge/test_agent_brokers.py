@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.stack import LocalStack
 from edge.agent import Agent
 from edge.contract import decode_deadletter, decode_event, decode_telemetry
 from edge.metrics import REJECT_REASONS
+from localdev.stack import LocalStack
 from tests.edge.agent_util import (
     Publisher,
     Setup,

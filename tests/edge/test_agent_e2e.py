@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.stack import LocalStack
 from edge.agent import Agent
 from edge.config import load_config
 from edge.contract import AnomalyEvent, ModelManifest, decode_event
 from edge.detector import OnnxDetector
 from edge.simulator import DeviceStream, Publisher, run, synthetic_fleet
+from localdev.stack import LocalStack
 from tests.edge.agent_util import TopicReader, toml_config
 from tests.kafka_util import create_topic
 from tests.tools import wait_for

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud.stack import LocalStack, free_port
 from edge.config import load_config
 from edge.contract import decode_event
+from localdev.stack import LocalStack, free_port
 from tests.edge.agent_util import Publisher, TopicReader, expected_event_ids, fleet, scrape, toml_config
 from tests.kafka_util import create_topic
 from tests.tools import wait_for

@@ -9,11 +9,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cloud.stack import free_port
 from edge.agent import Agent
 from edge.config import load_config
 from edge.intake import Message
 from edge.synth import Fault
+from localdev.stack import free_port
 from tests.edge.agent_util import expected_event_ids, fleet_readings, payloads, toml_config
 
 TICK_S = 30.0  # far longer than any wait below: a commit that waited for the tick would time the test out

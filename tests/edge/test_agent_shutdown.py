@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cloud.stack import free_port
 from edge.agent import Agent
 from edge.config import load_config
 from edge.intake import Message
 from edge.outbox import Outbox
 from edge.synth import Fault
+from localdev.stack import free_port
 from tests.edge.agent_util import expected_event_ids, fleet_readings, payloads, toml_config
 
 

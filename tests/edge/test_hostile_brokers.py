@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud.stack import LocalStack
 from edge.agent import Agent
 from edge.contract import Reading, decode_deadletter, decode_event, encode_readings, readings_topic
+from localdev.stack import LocalStack
 from tests.edge.agent_util import Publisher, TopicReader, agent_setup, expected_event_ids, fleet
 from tests.tools import wait_for
 

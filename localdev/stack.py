@@ -1,0 +1,440 @@
+"""The local development stack: Mosquitto (Debian's package) and a single-node Kafka (KRaft)
+assembled from Maven Central jars, on loopback ports.
+
+Used by ``edgewatch stack``, the demo and the test fixtures. Each service is a child process
+in its own session, with its log in ``<state_dir>/<service>.log``; readiness is detected
+(an open port, and for Kafka the "Kafka Server started" log line), never slept for.
+A service can be stopped and started again on the same ports and data, which is how the
+tests take a broker away and bring it back. A stack that outlives the command that started it
+(``edgewatch stack up``) is kept track of in :mod:`localdev.stack_detached`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edge.contract.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+KAFKA_POM = DEPLOY_DIR / "kafka" / "pom.xml"
+READY_TIMEOUT_S = 90.0
+
+ServiceName = Literal["mosquitto", "kafka"]
+SERVICE_NAMES: tuple[ServiceName, ...] = ("mosquitto", "kafka")
+
+
+def cache_dir() -> Path:
+    """Where downloaded broker jars are kept between runs (``EDGEWATCH_CACHE``)."""
+    return Path(os.environ.get("EDGEWATCH_CACHE", Path.home() / ".cache" / "edgewatch"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def missing_tools() -> list[str]:
+    """Names of the programs the stack needs that are not installed, with how to get them."""
+    missing = []
+    if not _mosquitto_bin():
+        missing.append("mosquitto (apt-get install mosquitto)")
+    if not _java_bin():
+        missing.append("java (apt-get install openjdk-17-jre-headless)")
+    if not shutil.which("mvn") and not _jar_dir().joinpath(".complete").exists():
+        missing.append("mvn (apt-get install maven)")
+    return missing
+
+
+def _mosquitto_bin() -> str | None:
+    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
+
+
+def _java_bin() -> str | None:
+    home = os.environ.get("JAVA_HOME")
+    if home and Path(home, "bin", "java").exists():
+        return str(Path(home, "bin", "java"))
+    return shutil.which("java")
+
+
+def _jar_dir() -> Path:
+    digest = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()[:12]
+    return cache_dir() / f"kafka-libs-{digest}"
+
+
+def ensure_kafka_jars() -> Path:
+    """Resolve the broker's jars with Maven once per pom version; later calls reuse them."""
+    target = _jar_dir()
+    if target.joinpath(".complete").exists():
+        return target
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise BrokerUnavailable("mvn is not installed: apt-get install maven (needed once to fetch the Kafka jars)")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("kafka_jars_resolving pom=%s target=%s", KAFKA_POM, target)
+    cmd = [mvn, "-B", "-q", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+           "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BrokerUnavailable(f"mvn could not resolve the Kafka jars:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+    tmp.joinpath(".complete").write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+class Service:
+    """A broker run as a child process in its own session, with its log in ``state_dir``."""
+
+    name = "service"
+
+    def __init__(self, state_dir: Path, port: int) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / f"{self.name}.log"
+
+    @property
+    def config_path(self) -> Path:
+        """The config file the process is started with; it names this service of this state folder."""
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def adopt(self, pid: int) -> bool:
+        """Take ``pid``, started earlier by another process, as this service's process, so that
+        :meth:`stop` stops it. Refused (False) when ``pid`` is gone or now runs something else
+        than this service's config file (the system gave the pid away)."""
+        if not pid or not pid_alive(pid):
+            return False
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            args = [str(self.config_path).encode()]  # no /proc: trust the pid
+        if str(self.config_path).encode() not in args:
+            return False
+        self.proc = None
+        self.pid = pid
+        return True
+
+    def prepare(self) -> None:
+        """Write config files; called before every start."""
+
+    def is_ready(self) -> bool:
+        return port_open(self.port)
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Start the process and block until it is ready; raises :class:`BrokerUnavailable`."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        if port_open(self.port):
+            raise BrokerUnavailable(f"{self.name}: port 127.0.0.1:{self.port} is already in use")
+        logfile = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=logfile, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.state_dir)
+        logfile.close()
+        self.pid = self.proc.pid
+        wait_until(self.is_ready, timeout_s, f"{self.name} on 127.0.0.1:{self.port}", self.proc, self.log_path)
+        log.info("service_started name=%s port=%d pid=%d", self.name, self.port, self.pid)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; returns when the process is gone."""
+        if self.pid is None:
+            return
+        terminate(self.pid, timeout_s, self.proc)
+        self.proc = None
+        self.pid = None
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash, for tests)."""
+        if self.pid is not None:
+            terminate(self.pid, 0.0, self.proc)
+            self.proc = None
+            self.pid = None
+
+
+class Mosquitto(Service):
+    name = "mosquitto"
+
+    def config_lines(self, data_dir: Path) -> list[str]:
+        """The development configuration: anonymous, loopback only. Subclasses replace it."""
+        # Queue limits chosen for QoS 1 without silent loss: Mosquitto drops QoS 1 messages for a
+        # persistent session past max_queued_messages (default 1000); the agent's intake is
+        # bursty, so the dev broker holds up to 1M messages for an offline session.
+        return [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {data_dir}/",
+            "autosave_interval 1",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 100",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+
+    def prepare(self) -> None:
+        data = self.state_dir / "mosquitto-data"
+        data.mkdir(exist_ok=True)
+        conf = self.config_lines(data)
+        if os.geteuid() == 0:
+            conf.append("user root")  # otherwise Mosquitto drops to 'mosquitto', who cannot read our files
+        self.config_path.write_text("\n".join(conf) + "\n")
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "mosquitto.conf"
+
+    def command(self) -> list[str]:
+        binary = _mosquitto_bin()
+        if not binary:
+            raise BrokerUnavailable("mosquitto is not installed: apt-get install mosquitto")
+        return [binary, "-c", str(self.config_path)]
+
+
+class Kafka(Service):
+    name = "kafka"
+
+    def __init__(self, state_dir: Path, port: int, controller_port: int, heap: str = "512m") -> None:
+        super().__init__(state_dir, port)
+        self.controller_port = controller_port
+        self.heap = heap
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def properties(self, data_dir: Path) -> str:
+        """The text of ``server.properties`` (the secure broker has its own template)."""
+        template = (DEPLOY_DIR / "kafka" / "server.properties").read_text()
+        return template.format(port=self.port, controller_port=self.controller_port, data_dir=data_dir)
+
+    def prepare(self) -> None:
+        data = self.state_dir / "kafka-data"
+        self.config_path.write_text(self.properties(data))
+        shutil.copy(DEPLOY_DIR / "kafka" / "log4j2.properties", self.state_dir / "log4j2.properties")
+        if not (data / "meta.properties").exists():
+            self._format()
+
+    def _java(self) -> list[str]:
+        java = _java_bin()
+        if not java:
+            raise BrokerUnavailable("java is not installed: apt-get install openjdk-17-jre-headless")
+        jars = ensure_kafka_jars()
+        return [java, f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-Xss1m",
+                f"-Dlog4j2.configurationFile={self.state_dir / 'log4j2.properties'}",
+                "-cp", f"{jars}/*"]
+
+    def _format(self) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode().replace("-", "A")
+        cmd = self._java() + ["kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
+                              "--config", str(self.config_path), "--ignore-formatted", *self.format_args()]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BrokerUnavailable(f"kafka storage format failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+    def format_args(self) -> list[str]:
+        """Extra arguments for ``kafka-storage format`` (SCRAM users in the secure broker)."""
+        return []
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "server.properties"
+
+    def command(self) -> list[str]:
+        return self._java() + ["kafka.Kafka", str(self.config_path)]
+
+    def is_ready(self) -> bool:
+        if not port_open(self.port):
+            return False
+        # the log is appended across restarts: only the marker after the latest start counts
+        text = self.log_path.read_text(errors="replace")
+        return "Kafka Server started" in text[self._log_offset:]
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        self._log_offset = len(self.log_path.read_text(errors="replace")) if self.log_path.exists() else 0
+        super().start(timeout_s)
+
+
+@dataclass
+class StackInfo:
+    """Where the running stack listens, and what to stop; saved as ``stack.json``."""
+
+    state_dir: str
+    mqtt_host: str
+    mqtt_port: int
+    kafka_bootstrap: str
+    mosquitto_pid: int
+    kafka_pid: int
+    kafka_controller_port: int = 0  # 0: not recorded (a stack.json written before it was)
+
+
+class LocalStack:
+    """Mosquitto plus Kafka on free (or given) loopback ports under one state folder."""
+
+    def __init__(self, state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None,
+                 controller_port: int | None = None) -> None:
+        self.state_dir = Path(state_dir).absolute()  # the brokers run with this folder as their working directory
+        self.mosquitto = Mosquitto(self.state_dir, mqtt_port or free_port())
+        self.kafka = Kafka(self.state_dir, kafka_port or free_port(), controller_port or free_port())
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.mosquitto.port
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka.bootstrap
+
+    def start(self) -> StackInfo:
+        ensure_kafka_jars()
+        try:
+            self.mosquitto.start()
+            self.kafka.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self.save_info()
+
+    def save_info(self) -> StackInfo:
+        """Write ``stack.json``: the ports, and the pid of each service running now (0 for none)."""
+        info = self.info()
+        (self.state_dir / "stack.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
+        return info
+
+    def service(self, name: ServiceName) -> Service:
+        if name not in SERVICE_NAMES:
+            raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
+        return self.mosquitto if name == "mosquitto" else self.kafka
+
+    def restart(self, name: ServiceName) -> None:
+        """Stop one service (if it runs) and start it again on the same port and data; blocks until ready."""
+        service = self.service(name)
+        service.stop()
+        service.start()
+
+    def info(self) -> StackInfo:
+        return StackInfo(str(self.state_dir), "127.0.0.1", self.mosquitto.port, self.kafka.bootstrap,
+                         self.mosquitto.pid or 0, self.kafka.pid or 0, self.kafka.controller_port)
+
+    def stop(self) -> None:
+        self.kafka.stop()
+        self.mosquitto.stop()
+
+
+def load_info(state_dir: Path) -> StackInfo | None:
+    """What ``stack.json`` in ``state_dir`` records, or None when there is none."""
+    path = Path(state_dir) / "stack.json"
+    if not path.exists():
+        return None
+    return StackInfo(**json.loads(path.read_text()))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); look at its state. A JVM's main thread is a zombie while
+    # its other threads still exit and hold the process's sockets: alive until the last one is gone.
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+            return True
+        return any(int(t.name) != pid for t in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+
+
+def terminate(pid: int, timeout_s: float, proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop the process group ``pid`` leads: SIGTERM, then SIGKILL after ``timeout_s``."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        if timeout_s == 0.0 and sig == signal.SIGTERM:
+            continue
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        if proc is not None:
+            try:
+                proc.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+        if not pid_alive(pid):
+            return
+    if proc is not None:
+        proc.wait(10.0)
+
+
+def wait_until(ready: Callable[[], bool], timeout_s: float, what: str,
+               proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None) -> None:
+    """Poll ``ready`` until true; raise :class:`BrokerUnavailable` with the log tail on timeout or exit."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
+    status = f"exited with {proc.returncode}" if proc is not None and proc.returncode is not None else f"not ready after {timeout_s:.0f} s"
+    raise BrokerUnavailable(f"{what} {status}; log tail:\n{tail}")
+
+
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1, **client: Any) -> None:
+    """Create topics (replication factor 1) that do not exist yet; existing ones are left alone.
+
+    ``client``: extra kafka-python client settings, such as :func:`edge.kafka_security.client_kwargs`."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="edgewatch-stack-admin", **client)
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
