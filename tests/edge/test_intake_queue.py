@@ -52,6 +52,10 @@ def test_config_key_and_its_check() -> None:
     assert load_config(None, env={"EDGEWATCH_AGENT__QUEUE_MAX_BYTES": "4096"}).agent.queue_max_bytes == 4096
     with pytest.raises(ConfigError, match="agent.queue_max_bytes"):
         load_config(None, env={"EDGEWATCH_AGENT__QUEUE_MAX_BYTES": "0"})
+    with pytest.raises(ConfigError, match="agent.queue_wait_s"):
+        load_config(None, env={"EDGEWATCH_AGENT__QUEUE_WAIT_S": "-1"})
+    with pytest.raises(ConfigError, match="agent.batch_linger_s"):  # longer than the tick it shortens
+        load_config(None, env={"EDGEWATCH_AGENT__BATCH_LINGER_S": "0.1"})
 
 
 def later(seconds: float, action: Callable[[], object]) -> threading.Thread:
