@@ -145,7 +145,7 @@ port = {self.stack.mqtt_port}
 client_id = "{client_id}"
 topic_prefix = "{prefix}"
 [kafka]
-bootstrap_servers = "{self.stack.kafka_bootstrap}"
+bootstrap = "{self.stack.kafka_bootstrap}"
 anomalies_topic = "{topics['anomalies']}"
 telemetry_topic = "{topics['telemetry']}"
 deadletter_topic = "{topics['deadletter']}"

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 OverflowPolicy = Literal["drop_newest", "drop_oldest"]
 SyncMode = Literal["FULL", "NORMAL"]
 SECRETS = frozenset({("mqtt", "password"), ("kafka", "password")})
+RENAMED = {"kafka": {"bootstrap_servers": "bootstrap"}}
+"""Deprecated keys by section and their new names: read with a warning (the processor and the
+retraining trigger call it ``kafka.bootstrap``, and one ``EDGEWATCH_KAFKA__BOOTSTRAP`` now sets all three)."""
 MASK = "***"
 
 
@@ -75,7 +78,7 @@ class KafkaSection(KafkaSecurity):
     """``[kafka]``: where events, telemetry and dead letters go; TLS and SASL keys from
     :class:`~edge.kafka_security.KafkaSecurity` (``security_protocol``, ``ssl_cafile``, ... ``password``)."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap: str = "127.0.0.1:9092"
     client_id: str = ""  # empty: "edgewatch-<agent id>"
     anomalies_topic: str = "edgewatch.anomalies"
     telemetry_topic: str = "edgewatch.telemetry"
@@ -216,7 +219,8 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"{source}: unknown key {key!r} (sections: {', '.join(sections)})")
     for name in sections:
         secrets = frozenset(key for section, key in SECRETS if section == name)
-        values[name] = build_section(type(getattr(Config(), name)), raw.get(name, {}), name, source, env, secrets)
+        values[name] = build_section(type(getattr(Config(), name)), raw.get(name, {}), name, source, env, secrets,
+                                     renamed=RENAMED.get(name))
     config = Config(**values, source=source)
     return _finish(config, base)
 
@@ -268,7 +272,7 @@ def _validate(c: Config) -> None:
          f"must be > 0 and <= mqtt.reconnect_max_s ({c.mqtt.reconnect_max_s})"),
         (bool(c.mqtt.topic_prefix) and "+" not in c.mqtt.topic_prefix and "#" not in c.mqtt.topic_prefix,
          "mqtt.topic_prefix", c.mqtt.topic_prefix, "must be non-empty without MQTT wildcards"),
-        (bool(c.kafka.bootstrap_servers), "kafka.bootstrap_servers", c.kafka.bootstrap_servers, "must not be empty"),
+        (bool(c.kafka.bootstrap), "kafka.bootstrap", c.kafka.bootstrap, "must not be empty"),
         (c.kafka.batch_rows >= 1, "kafka.batch_rows", c.kafka.batch_rows, "must be >= 1"),
         (0 < c.kafka.backoff_min_s <= c.kafka.backoff_max_s, "kafka.backoff_min_s", c.kafka.backoff_min_s,
          f"must be > 0 and <= kafka.backoff_max_s ({c.kafka.backoff_max_s})"),
@@ -294,7 +298,7 @@ def _validate(c: Config) -> None:
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{c.source}: '{key}' = {value!r} {rule}")
-    check_host_ports(c.kafka.bootstrap_servers, "kafka.bootstrap_servers", c.source)
+    check_host_ports(c.kafka.bootstrap, "kafka.bootstrap", c.source)
     for device in c.decision.device_thresholds:
         if not NAME_RE.match(device):
             raise ConfigError(f"{c.source}: 'decision.device_thresholds.{device}' is not a valid device id")

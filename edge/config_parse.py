@@ -87,20 +87,28 @@ def env_overrides(env: Mapping[str, str], section: str, known: Mapping[str, Fiel
 
 
 def build_section(cls: type, table: Any, name: str, where: str, env: Mapping[str, str],
-                  secrets: frozenset[str] = frozenset(), strict_env: bool = False) -> Any:
+                  secrets: frozenset[str] = frozenset(), strict_env: bool = False,
+                  renamed: Mapping[str, str] | None = None) -> Any:
     """One ``[name]`` table as an instance of the frozen dataclass ``cls``: :func:`section_values`
     over its defaults."""
-    return cls(**section_values(cls, table, name, where, env, secrets, strict_env))
+    return cls(**section_values(cls, table, name, where, env, secrets, strict_env, renamed))
 
 
 def section_values(cls: type, table: Any, name: str, where: str, env: Mapping[str, str],
-                   secrets: frozenset[str] = frozenset(), strict_env: bool = False) -> dict[str, Any]:
+                   secrets: frozenset[str] = frozenset(), strict_env: bool = False,
+                   renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The values one ``[name]`` table sets on the dataclass ``cls``: file values checked, then
     ``EDGEWATCH_<NAME>__<KEY>`` overrides parsed. An unknown key in the file is an error naming
     the file and the dotted key; keys in ``secrets`` are refused in the file (environment only).
-    An unknown key in the environment is logged, or with ``strict_env`` an error."""
+    An unknown key in the environment is logged, or with ``strict_env`` an error. ``renamed``
+    maps deprecated keys to their new names: they still work, with a warning, in the file and in
+    the environment; a deprecated key beside its new name is an error."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: {name} must be a table [{name}], got {type(table).__name__}")
+    renamed = renamed or {}
+    table = _new_names(dict(table), renamed, f"{where}: '{name}.", "'")
+    env = _new_names(dict(env), {f"{ENV_PREFIX}{name.upper()}__{old.upper()}": f"{ENV_PREFIX}{name.upper()}__{new.upper()}"
+                                 for old, new in renamed.items()}, "environment ", "")
     known = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in table.items():
@@ -113,6 +121,17 @@ def section_values(cls: type, table: Any, name: str, where: str, env: Mapping[st
     for key, (var, text) in env_overrides(env, name, known, strict=strict_env).items():
         values[key] = coerce(text, cls, key, f"environment {var} ('{name}.{key}')", from_env=True)
     return values
+
+
+def _new_names(found: dict[str, Any], renamed: Mapping[str, str], before: str, after: str) -> dict[str, Any]:
+    """``found`` with each deprecated key of ``renamed`` under its new name (a warning each)."""
+    for old, new in renamed.items():
+        if old in found:
+            if new in found:
+                raise ConfigError(f"{before}{old}{after} is the deprecated name of {before}{new}{after}: set only {new}")
+            log.warning("config_key_deprecated key=%s%s%s use=%s", before, old, after, new)
+            found[new] = found.pop(old)
+    return found
 
 
 @functools.cache

@@ -37,14 +37,14 @@ def make_producer(cfg: KafkaSection) -> KafkaProducer:
     unreachable, untrusted certificate, refused login)."""
     try:
         return KafkaProducer(
-            bootstrap_servers=cfg.bootstrap_servers.split(","), client_id=cfg.client_id, acks="all", enable_idempotence=True,
+            bootstrap_servers=cfg.bootstrap.split(","), client_id=cfg.client_id, acks="all", enable_idempotence=True,
             max_in_flight_requests_per_connection=5, linger_ms=5, request_timeout_ms=cfg.request_timeout_ms,
             delivery_timeout_ms=max(cfg.delivery_timeout_ms, cfg.request_timeout_ms + 5),
             max_block_ms=cfg.request_timeout_ms, bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
             reconnect_backoff_max_ms=int(cfg.backoff_max_s * 1000), **client_kwargs(cfg),
         )
     except KafkaError as exc:
-        why = diagnose(cfg.bootstrap_servers, cfg, timeout_s=cfg.bootstrap_timeout_ms / 1000)
+        why = diagnose(cfg.bootstrap, cfg, timeout_s=cfg.bootstrap_timeout_ms / 1000)
         raise BrokerUnavailable(f"kafka: {why} [{exc.__class__.__name__}: {exc}]") from exc
 
 
@@ -189,7 +189,7 @@ class Forwarder:
     def _ensure_producer(self) -> Any:
         if self._producer is None:
             self._producer = self._factory(self.cfg)
-            log.info("kafka_producer_started bootstrap=%s client_id=%s", self.cfg.bootstrap_servers, self.cfg.client_id)
+            log.info("kafka_producer_started bootstrap=%s client_id=%s", self.cfg.bootstrap, self.cfg.client_id)
         return self._producer
 
     def _fail(self, exc: Exception) -> None:

@@ -56,7 +56,7 @@ id = "demo-gateway"
 port = {stack.mqtt_port}
 client_id = "edgewatch-demo-agent"
 [kafka]
-bootstrap_servers = "{stack.kafka_bootstrap}"
+bootstrap = "{stack.kafka_bootstrap}"
 [model]
 path = "{default_model_dir()}"
 [outbox]

@@ -38,10 +38,10 @@ import rootfs
 
 sys.path.insert(0, str(rootfs.REPO))  # cloud, edge and tests from this checkout
 
-from localdev.stack import LocalStack, free_port  # noqa: E402
 from edge.contract import decode_event  # noqa: E402
 from edge.detector import load_manifest  # noqa: E402
 from edge.synth import random_faults, simulate  # noqa: E402
+from localdev.stack import LocalStack, free_port  # noqa: E402
 from tests.kafka_util import consume, create_topic  # noqa: E402
 
 log = logging.getLogger("aarch64-check")
@@ -128,7 +128,7 @@ topic_prefix = "aarch64-{label}"
 reconnect_min_s = 0.2
 reconnect_max_s = 2
 [kafka]
-bootstrap_servers = "{stack.kafka_bootstrap}"
+bootstrap = "{stack.kafka_bootstrap}"
 anomalies_topic = "aarch64.{label}.anomalies"
 telemetry_topic = "aarch64.{label}.telemetry"
 deadletter_topic = "aarch64.{label}.deadletter"

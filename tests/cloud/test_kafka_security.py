@@ -77,7 +77,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
 
 def agent_config(tmp_path: Path, bootstrap: str, lines: str, env: dict[str, str] | None = None) -> Config:
     path = tmp_path / "agent.toml"
-    path.write_text(f'[agent]\nid = "gw-1"\n[kafka]\nbootstrap_servers = "{bootstrap}"\nbootstrap_timeout_ms = {BOOTSTRAP_TIMEOUT_MS}\n'
+    path.write_text(f'[agent]\nid = "gw-1"\n[kafka]\nbootstrap = "{bootstrap}"\nbootstrap_timeout_ms = {BOOTSTRAP_TIMEOUT_MS}\n'
                     f"request_timeout_ms = {BOOTSTRAP_TIMEOUT_MS}\nbackoff_max_s = 1.0\n{lines}")
     return load_config(path, env=env or {})
 

@@ -158,7 +158,7 @@ def inventory(tmp: Path, wheel: Path, keys: list[str], wheelhouse: Path) -> Path
                      "edgewatch_user": me, "edgewatch_group": group, "edgewatch_owner": me, "edgewatch_site": "lab",
                      "edgewatch_trusted_keys": keys, "edgewatch_ca_cert": str(keys[0]),
                      "edgewatch_agent_settings": {"mqtt": {"host": "127.0.0.1", "port": 8883, "username": "agent-lab"},
-                                                  "kafka": {"bootstrap_servers": "kafka-1.internal:9093"}},
+                                                  "kafka": {"bootstrap": "kafka-1.internal:9093"}},
                      "edgewatch_agent_env": {"EDGEWATCH_MQTT__PASSWORD": "s3cret with spaces"}},
             "hosts": {
                 "pi-01": {"edgewatch_prefix": str(tmp / "pi-01")},

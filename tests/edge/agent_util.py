@@ -56,7 +56,7 @@ topic_prefix = "{prefix}"
 reconnect_min_s = 0.2
 reconnect_max_s = 2
 [kafka]
-bootstrap_servers = "{kafka_bootstrap}"
+bootstrap = "{kafka_bootstrap}"
 anomalies_topic = "{topics['anomalies']}"
 telemetry_topic = "{topics['telemetry']}"
 deadletter_topic = "{topics['deadletter']}"

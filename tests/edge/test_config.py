@@ -168,22 +168,34 @@ def test_the_example_config_loads_and_states_the_defaults() -> None:
     (" ", "must not be empty"),
 ])
 def test_a_bad_bootstrap_list_fails_at_load_naming_the_key(tmp_path: Path, value: str, needle: str) -> None:
-    path = write(tmp_path, f"[kafka]\nbootstrap_servers = {value!r}\n")
+    path = write(tmp_path, f"[kafka]\nbootstrap = {value!r}\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
-    assert str(path) in str(err.value) and "'kafka.bootstrap_servers'" in str(err.value) and needle in str(err.value)
-    with pytest.raises(ConfigError, match="kafka.bootstrap_servers"):
-        load_config(None, env={"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": value})
+    assert str(path) in str(err.value) and "'kafka.bootstrap'" in str(err.value) and needle in str(err.value)
+    with pytest.raises(ConfigError, match="kafka.bootstrap"):
+        load_config(None, env={"EDGEWATCH_KAFKA__BOOTSTRAP": value})
 
 
 def test_good_bootstrap_lists_pass_the_shared_check() -> None:
     for value in ("127.0.0.1:9092", "a.example.com:9093, b.example.com:9093", "kafka_1:1,[::1]:9092", "[fe80::1%eth0]:9092"):
-        check_host_ports(value, "kafka.bootstrap_servers", "test")
-        assert load_config(None, env={"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": value}).kafka.bootstrap_servers == value
+        check_host_ports(value, "kafka.bootstrap", "test")
+        assert load_config(None, env={"EDGEWATCH_KAFKA__BOOTSTRAP": value}).kafka.bootstrap == value
+
+
+def test_the_deprecated_bootstrap_servers_key_still_works_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the agent's kafka.bootstrap_servers is now kafka.bootstrap, as in the processor and the retraining trigger
+    path = write(tmp_path, "[kafka]\nbootstrap_servers = 'old.example.com:9092'\n")
+    assert load_config(path, env={}).kafka.bootstrap == "old.example.com:9092"
+    assert "config_key_deprecated" in caplog.text and "bootstrap_servers" in caplog.text
+    old_env = {"EDGEWATCH_KAFKA__BOOTSTRAP_SERVERS": "env.example.com:9092"}
+    assert load_config(None, env=old_env).kafka.bootstrap == "env.example.com:9092"
+    both = write(tmp_path, "[kafka]\nbootstrap_servers = 'a:1'\nbootstrap = 'b:1'\n")
+    with pytest.raises(ConfigError, match="'kafka.bootstrap_servers' is the deprecated name of"):
+        load_config(both, env={})
 
 
 def test_agent_run_with_a_bad_bootstrap_exits_2_naming_the_key(tmp_path: Path) -> None:
-    path = write(tmp_path, "[agent]\nid = 'a'\n[kafka]\nbootstrap_servers = 'not a host:port:xx'\n")
+    path = write(tmp_path, "[agent]\nid = 'a'\n[kafka]\nbootstrap = 'not a host:port:xx'\n")
     out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(path)], capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode == 2 and "kafka.bootstrap_servers" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "kafka.bootstrap" in out.stderr and "Traceback" not in out.stderr
