@@ -192,10 +192,6 @@ class Config:
                 out[sec.name]["device_thresholds"] = dict(out[sec.name]["device_thresholds"])
         return out
 
-    @property
-    def model_dir(self) -> Path:
-        return Path(self.model.path)
-
 
 def default_model_dir() -> Path:
     """``models/zoo/default`` beside the ``edge`` package (a source checkout), else under the cwd."""
