@@ -51,6 +51,8 @@ from edge.pipeline import Pipeline, Scorer
 from edge.sdnotify import Notifier
 
 if TYPE_CHECKING:  # imported in _start_updates: with updates off, cryptography is never loaded (~6 MiB)
+    from wsgiref.simple_server import WSGIServer
+
     from edge.commands import CommandReceiver
     from edge.modelswap import ModelUpdates
     from edge.updates import ModelDownloader
@@ -84,7 +86,7 @@ class Agent:
         self.pipeline: Pipeline | None = None
         self.state: AdaptiveStore | None = None
         self.metrics_port: int | None = None
-        self._http: object | None = None
+        self._http: WSGIServer | None = None
         self._worker: threading.Thread | None = None
         self._forward_thread: threading.Thread | None = None
         self._draining = threading.Event()
@@ -245,8 +247,8 @@ class Agent:
             if not (self._forward_thread and self._forward_thread.is_alive()) and not (self._worker and self._worker.is_alive()):
                 self.outbox.close()
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.shutdown()
+            self._http.server_close()
         log.info("agent_stopped outbox_rows_left=%d queue_left=%d", left, len(self.queue))
         return left
 

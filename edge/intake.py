@@ -171,7 +171,7 @@ class MqttIntake:
             client.username_pw_set(self.cfg.username, self.cfg.password or None)
         if self.cfg.tls_ca_file:
             client.tls_set(ca_certs=self.cfg.tls_ca_file)
-        client.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)  # type: ignore[arg-type]  # paho annotates int; any seconds work
         client.on_connect = self.on_connect
         client.on_disconnect = self.on_disconnect
         client.on_subscribe = self.on_subscribe
