@@ -16,6 +16,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional
 
 from models.config import ScoreMode, TrainConfig
 from models.preprocess import Preprocessor
@@ -36,6 +37,7 @@ class Family(nn.Module):
     energy_based: ClassVar[bool] = False  # score = the extra term (a free energy), see Detector
     objective: ClassVar[str] = "loss"  # what :meth:`loss` is, for error messages
     monitor_name: ClassVar[str] = "loss"  # what :meth:`monitor` is, for the training report
+    uses_labels: ClassVar[bool] = False  # trains on labelled windows too; the extra term is a logit (see Detector)
 
     def estimate(self, z: torch.Tensor) -> Estimate:
         raise NotImplementedError
@@ -56,6 +58,10 @@ class Family(nn.Module):
         ``init = "dbn"``); returns each layer's per-epoch reconstruction error. Nothing by default."""
         return []
 
+    def supervised_loss(self, z: torch.Tensor, labels: torch.Tensor, unlabelled: torch.Tensor) -> torch.Tensor:
+        """Cost on labelled model-space windows ``z`` with 0/1 ``labels`` (and an unlabelled batch),
+        added to :meth:`loss` by the trainer; only families with ``uses_labels`` implement it."""
+        raise NotImplementedError
 
 
 class AdversarialFamily(Family):
@@ -90,6 +96,9 @@ class Detector(nn.Module):
     energy minus the lowest free energy of the training windows, floored at 0 (nats above the
     most probable training window), and channel scores are each channel's share of the error
     against the family's estimate (for ``rbm``: of the visible term).
+
+    A family that uses labels (``ladder``) returns its classifier's logit as the extra term: it adds
+    ``extra_weight x softplus(logit)`` (``-log(1 - P(anomaly))``, one-sided) to the channel part.
     """
 
     err_mu: torch.Tensor
@@ -132,7 +141,9 @@ class Detector(nn.Module):
             d = err
         channel_part = d.sum(dim=1)
         score = channel_part
-        if extra is not None and self.extra_weight > 0:
+        if self.net.uses_labels and extra is not None:
+            score = score + self.extra_weight * functional.softplus(extra)
+        elif extra is not None and self.extra_weight > 0:
             score = score + self.extra_weight * ((extra - self.extra_mu) / self.extra_sd) ** 2
         return score, d / (channel_part.unsqueeze(1) + 1e-12)
 

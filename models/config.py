@@ -39,7 +39,7 @@ class TrainConfig:
     """Everything that decides a trained model, apart from the data. Same config + data + seed
     gives the same weights (single thread, deterministic algorithms)."""
 
-    family: str = _f("dense_ae", "model family (dense_ae, conv_ae, lstm_ae, lstm_forecast, tadgan, vae, rbm, dbn_ae)")
+    family: str = _f("dense_ae", "model family (dense_ae, conv_ae, lstm_ae, lstm_forecast, tadgan, vae, rbm, dbn_ae, ladder)")
     window_length: int = _f(32, "samples per window (the model input length)")
     stride: int = _f(8, "samples between two windows on the edge (written to the manifest)")
     train_stride: int = _f(2, "samples between two training windows (denser than stride gives more data)")
@@ -84,6 +84,9 @@ class TrainConfig:
     k: int = _f(1, "Gibbs steps per contrastive-divergence update, CD-k (rbm, dbn pretraining)")
     persistent_cd: bool = _f(False, "persistent contrastive divergence: negative chains carried across updates (rbm, dbn pretraining)")
     pretrain_epochs: int = _f(5, "epochs of greedy RBM pretraining per layer (dbn_ae, and dense_ae with init = dbn)")
+    noise_std: float = _f(0.3, "standard deviation of the Gaussian noise of the noisy encoder path (ladder)")
+    layer_cost_weight: float = _f(0.1, "weight of each hidden layer's denoising cost against the input layer's 1 (ladder)")
+    supervised_weight: float = _f(1.0, "weight of the supervised cost on labelled windows (ladder; no labels, no cost)")
     calibration: CalibrationMethod = _f("quantile", "threshold method: quantile (with margin) or pot (peaks over threshold)")
     quantile: float = _f(0.999, "training-score quantile for the quantile method")
     margin: float = _f(1.1, "threshold = calibrated value x margin")
@@ -113,6 +116,9 @@ class TrainConfig:
             (self.n_critic >= 1, "n_critic", self.n_critic),
             (self.k >= 1, "k", self.k),
             (self.pretrain_epochs >= 1, "pretrain_epochs", self.pretrain_epochs),
+            (self.noise_std > 0.0, "noise_std", self.noise_std),
+            (min(self.layer_cost_weight, self.supervised_weight) >= 0.0, "layer_cost_weight/supervised_weight",
+             (self.layer_cost_weight, self.supervised_weight)),
             (0.5 < self.quantile < 1.0, "quantile", self.quantile),
             (self.margin > 0, "margin", self.margin),
             (0.5 < self.pot_level < 1.0 and 0.0 < self.risk < 1.0 - self.pot_level, "pot_level/risk", (self.pot_level, self.risk)),
@@ -124,6 +130,8 @@ class TrainConfig:
             raise ConfigError("train.early_stopping needs train.validation_split > 0")
         if self.init == "dbn" and self.family not in {"dense_ae", "dbn_ae"}:
             raise ConfigError(f"train.init = 'dbn' pretrains dense layers: dense_ae or dbn_ae only, not {self.family!r}")
+        if self.family == "ladder" and self.activation == "maxout":
+            raise ConfigError("train.activation = 'maxout' does not apply to ladder (its layers are batch-normalised per unit)")
         if self.level_weight > 0 and self.window_transform == "none":
             raise ConfigError("train.level_weight needs train.window_transform center or diff (without it levels are already scored)")
 

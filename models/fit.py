@@ -28,7 +28,7 @@ from models.data import fingerprint, make_windows
 from models.layers import init_weights
 from models.preprocess import Preprocessor, fit_preprocessor
 from models.registry import build_family
-from models.train import History, train_family
+from models.train import History, LabelledWindows, train_family
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("training") / "checkpoint.pt"
@@ -86,13 +86,15 @@ def preprocessor_for(segments: Sequence[np.ndarray], config: TrainConfig) -> Pre
 
 def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channels: Sequence[Channel | str] | None = None,
         sample_period_s: float = 1.0, init_from: FittedModel | Mapping[str, torch.Tensor] | Path | str | None = None,
-        progress: bool = False) -> FittedModel:
+        progress: bool = False, labelled: LabelledWindows | None = None) -> FittedModel:
     """Train ``config.family`` on ``data``: rows ``(n, channels)`` or a list of such segments
     (e.g. one per device; windows never straddle two). Preprocessing, head statistics and the
     threshold are fitted on these rows only. ``init_from`` fine-tunes: the weights *and* the
     preprocessing of an earlier model (a FittedModel, a state dict, a checkpoint file or a model
     folder with ``training/checkpoint.pt``) are loaded before training. Blocks; single use of torch
-    global RNG (seeded from ``config.seed``)."""
+    global RNG (seeded from ``config.seed``). ``labelled`` windows (raw, ``window_length`` long,
+    with 0/1 labels) train only a family that uses labels (``ladder``); they never fit the
+    preprocessing, the head or the threshold."""
     segments = [np.asarray(data, dtype=np.float64)] if isinstance(data, np.ndarray) else [np.asarray(s, dtype=np.float64) for s in data]
     if any(s.ndim != 2 for s in segments) or len({s.shape[1] for s in segments}) != 1:
         raise ValueError("data must be 2-D rows (n, channels), all segments with the same channels")
@@ -101,12 +103,14 @@ def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channel
     windows = np.concatenate([make_windows(s, config.window_length, config.train_stride) for s in segments])
     if len(windows) < 4:
         raise ValueError(f"only {len(windows)} windows of {config.window_length} samples in the data")
+    if labelled is not None:
+        _check_labelled(labelled, config.window_length, n_channels)
     with deterministic(config.seed):
         pre = preprocessor_for(segments, config)
         detector = build_detector(pre, config, n_channels)
         if init_from is not None:
             _load_initial(detector, init_from)
-        history = train_family(detector, windows, config, progress=progress, pretrain=init_from is None)
+        history = train_family(detector, windows, config, progress=progress, pretrain=init_from is None, labelled=labelled)
         fit_head(detector, windows)
     fitted = FittedModel(detector, config, chans, sample_period_s, 0.0, Calibration("none"), history,
                          np.empty(0), fingerprint(segments))
@@ -150,6 +154,15 @@ def _load_initial(detector: Detector, source: FittedModel | Mapping[str, torch.T
         detector.load_state_dict(state)
     except RuntimeError as exc:
         raise ConfigError(f"fine-tuning: the initial weights do not fit this architecture: {exc}") from None
+
+
+def _check_labelled(labelled: LabelledWindows, window_length: int, channels: int) -> None:
+    shape = np.shape(labelled.windows)
+    if len(shape) != 3 or shape[1:] != (window_length, channels) or np.shape(labelled.labels) != (shape[0],):
+        raise ValueError(f"labelled windows must be (n, {window_length}, {channels}) with n labels, "
+                         f"got {shape} and {np.shape(labelled.labels)}")
+    if not np.isin(labelled.labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (anomaly)")
 
 
 def _channels(channels: Sequence[Channel | str] | None, n: int) -> tuple[Channel, ...]:

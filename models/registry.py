@@ -18,6 +18,7 @@ _FAMILIES: dict[str, str] = {
     "vae": "models.vae",
     "rbm": "models.rbm",
     "dbn_ae": "models.dbn_ae",
+    "ladder": "models.ladder",
 }
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,30 @@ log = logging.getLogger(__name__)
 class TrainingDiverged(EdgewatchError):
     """A training objective or monitor became NaN or infinite (e.g. an RBM's free energy): training
     stops at once, so nothing is calibrated, exported or written."""
+
+
+class LabelledWindows(NamedTuple):
+    """Raw windows ``(n, window, channels)`` with 0/1 labels ``(n,)`` (1 = anomaly), for families that
+    use labels (``ladder``); every other family ignores them."""
+
+    windows: np.ndarray
+    labels: np.ndarray
+
+
+class _LabelledBatches:
+    """Labelled model-space windows drawn in shuffled batches, cycling (a few labels meet many
+    unlabelled batches); its own seeded generator, so families without labels draw nothing."""
+
+    def __init__(self, z: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.z, self.labels, self.size = z, labels, min(batch_size, len(z))
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.order) < self.size:
+            self.order = torch.randperm(len(self.z), generator=self.generator)
+        take, self.order = self.order[:self.size], self.order[self.size:]
+        return self.z[take], self.labels[take]
 
 
 @dataclass
@@ -92,11 +117,13 @@ def check_finite(value: float, what: str, *, family: str, epoch: int) -> float:
 
 
 def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, progress: bool = False,
-                 pretrain: bool = True) -> History:
+                 pretrain: bool = True, labelled: LabelledWindows | None = None) -> History:
     """Train ``detector.net`` on raw ``windows`` (preprocessing already fitted), after the
     family's own pretraining when ``pretrain`` (off when fine-tuning from earlier weights).
     Validation is the last ``validation_split`` share of windows, measured by the family's
-    monitor; with early stopping the best epoch's weights are restored. A non-finite loss or
+    monitor; with early stopping the best epoch's weights are restored. ``labelled`` windows are
+    used only by a family with ``uses_labels``: each step then adds ``supervised_weight`` x its
+    supervised cost on a batch of them (and the unlabelled batch). A non-finite loss or
     monitor raises :class:`TrainingDiverged` at once. Leaves the detector in eval mode."""
     started = time.perf_counter()
     net: Family = detector.net
@@ -112,6 +139,11 @@ def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, p
     else:
         groups = {"net": _Group(list(net.parameters()), cfg)}
     shuffle = torch.Generator().manual_seed(cfg.seed)
+    supervised = None
+    if labelled is not None and len(labelled.labels) and net.uses_labels and cfg.supervised_weight > 0:
+        with torch.no_grad():
+            _, z_labelled = detector.pre(torch.as_tensor(labelled.windows, dtype=torch.float32))
+        supervised = _LabelledBatches(z_labelled, torch.as_tensor(labelled.labels, dtype=torch.float32), cfg.batch_size, cfg.seed)
     history = History(monitor=net.monitor_name)
     if pretrain:
         history.pretrain_loss = net.pretrain(z_train, cfg)
@@ -131,7 +163,10 @@ def train_family(detector: Detector, windows: np.ndarray, cfg: TrainConfig, *, p
                     groups["critic"].step(gan.critic_loss(batch))
                 losses.append(groups["generator"].step(gan.generator_loss(batch)))
             else:
-                losses.append(check_finite(groups["net"].step(net.loss(batch)), net.objective, family=cfg.family, epoch=epoch))
+                loss = net.loss(batch)
+                if supervised is not None:
+                    loss = loss + cfg.supervised_weight * net.supervised_loss(*supervised.next(), batch)
+                losses.append(check_finite(groups["net"].step(loss), net.objective, family=cfg.family, epoch=epoch))
         for group in groups.values():
             group.sched.step()
         history.train_loss.append(float(np.mean(losses)))

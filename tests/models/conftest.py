@@ -33,7 +33,8 @@ def tiny_config(family: str = "dense_ae", **changes: object) -> TrainConfig:
     """A model small and short enough to train in well under a second."""
     base = TrainConfig(family=family, window_length=WINDOW, stride=8, train_stride=4, hidden=16, latent=4, epochs=3,
                        batch_size=64, validation_split=0.1, bidirectional=family == "lstm_ae",
-                       lr=3e-3 if family in {"rbm", "dbn_ae"} else 1e-3)  # CD and sigmoid units: 4 epochs at 1e-3 are short
+                       lr={"rbm": 3e-3, "dbn_ae": 3e-3, "ladder": 1e-2}.get(family, 1e-3))  # CD, sigmoid units, the
+    # ladder's combinators (starting at 0): 4 epochs at 1e-3 are short
     return base.with_(**changes)
 
 

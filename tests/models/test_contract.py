@@ -23,7 +23,7 @@ def _probe(seed: int = 31) -> np.ndarray:
 
 
 def test_registry_lists_every_family_and_rejects_unknown() -> None:
-    assert set(FAMILIES) == {"dense_ae", "conv_ae", "lstm_ae", "lstm_forecast", "tadgan", "vae", "rbm", "dbn_ae"}
+    assert set(FAMILIES) == {"dense_ae", "conv_ae", "lstm_ae", "lstm_forecast", "tadgan", "vae", "rbm", "dbn_ae", "ladder"}
     with pytest.raises(ConfigError) as err:
         get_builder("transformer")
     assert "transformer" in str(err.value) and all(name in str(err.value) for name in FAMILIES)
