@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import typing
 from collections.abc import Callable
 
 from edge.contract.errors import ConfigError
@@ -33,6 +34,12 @@ def get_builder(name: str) -> Callable[..., Family]:
         raise ConfigError(f"unknown model family {name!r}; known: {', '.join(_FAMILIES)}")
     builder: Callable[..., Family] = importlib.import_module(_FAMILIES[name]).build
     return builder
+
+
+def uses_labels(name: str) -> bool:
+    """Whether family ``name`` trains on labelled windows too (its builder's class says so)."""
+    family: type[Family] = typing.get_type_hints(get_builder(name))["return"]
+    return family.uses_labels
 
 
 def build_family(name: str, *, channels: int, window_length: int, config: TrainConfig) -> Family:

@@ -48,6 +48,8 @@ def register(sub: Any) -> None:
     flag("--processor-config", help="or: the processor's TOML, whose [store] section names the store")
     flag("--config", help="retrain TOML: [retrain] data and gates, [train] TrainConfig overrides, [trigger]")
     flag("--epochs", type=int, help="fine-tuning epochs (shortcut for [train] epochs)")
+    flag("--family", help="train this family from scratch instead of fine-tuning production's (shortcut for [train] family); "
+                          "ladder also learns from the labelled incidents")
     flag("--version", help="candidate version (default: one minor above the highest registered)")
     flag("--key", help="Ed25519 private key to sign the candidate with (required with --publish)")
     flag("--publish", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",
@@ -92,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
     config = load_retrain_config(args.config)
     if args.epochs is not None:
         config = dataclasses.replace(config, train={**config.train, "epochs": args.epochs})
+    if args.family is not None:
+        from models.registry import get_builder
+
+        get_builder(args.family)  # an unknown family fails here, listing the known ones
+        config = dataclasses.replace(config, train={**config.train, "family": args.family})
     from cloud.retrain.job import Release, RetrainInputs, Watch
 
     inputs = RetrainInputs(archive=Path(args.archive), store=_store(args))

@@ -40,6 +40,7 @@ class RetrainSection:
     max_recall_drop: float = 0.0  # gate: candidate recall on true-positive incidents >= production's - this
     max_fp_increase: float = 0.05  # gate: candidate's alarming share of false-positive incident windows <= production's + this
     batch_size: int = 4096  # windows per onnxruntime call during evaluation
+    ladder_min_labelled: int = 0  # this many labelled incidents or more: train the ladder family on them (0 = only --family ladder)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def _validate(c: RetrainConfig, where: str) -> None:
         (r.incident_pad_s >= 0, "retrain.incident_pad_s", r.incident_pad_s, "must be >= 0"),
         (min(r.max_far_increase, r.max_recall_drop, r.max_fp_increase) >= 0, "retrain.max_*", "", "margins must be >= 0"),
         (r.batch_size >= 1, "retrain.batch_size", r.batch_size, "must be >= 1"),
+        (r.ladder_min_labelled >= 0, "retrain.ladder_min_labelled", r.ladder_min_labelled, "must be >= 0"),
         (t.cooldown_s >= 0, "trigger.cooldown_s", t.cooldown_s, "must be >= 0"),
         (t.lookback_s > 0, "trigger.lookback_s", t.lookback_s, "must be > 0"),
         (t.max_jobs >= 1, "trigger.max_jobs", t.max_jobs, "must be >= 1"),

@@ -18,6 +18,12 @@ Rules (each window is counted under exactly one of them, in this order):
    window's span or in a labelled incident, and wherever time jumps by more than 1.5 sample periods.
    Training windows never straddle a gap or a device.
 
+A family that learns from labels (``ladder``) also gets :func:`labelled_set`: the windows of the
+earlier labelled incidents (true positives as anomalies, false positives as normal), while the
+latest ``holdout_share`` of each label's incidents (at least one) stay the evaluation sets. A window
+inside both a true-positive and a false-positive incident of its device is a contradiction
+(``Dataset.contradictions``); only such a family refuses it.
+
 Pure numpy; no I/O.
 """
 
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -76,6 +82,8 @@ class Dataset:
     counts: dict[str, int] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
     time_range: tuple[float, float] | None = None
+    contradictions: list[tuple[str, float, str, str]] = field(default_factory=list)  # device, window start, tp id, fp id
+    incident_starts: dict[str, float] = field(default_factory=dict)
 
     @property
     def train_windows(self) -> int:
@@ -96,13 +104,18 @@ def build_dataset(windows: Sequence[ArchivedWindow], incidents: Sequence[Labelle
     by_device: dict[str, list[tuple[ArchivedWindow, np.ndarray]]] = defaultdict(list)
     incident_rows: dict[str, list[np.ndarray]] = defaultdict(list)
     excluded: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    contradictions: list[tuple[str, float, str, str]] = []
     for w in windows:
         counts["archived"] += 1
         values = _reorder(w, channels)
         if values is None:
             counts["skipped_channels"] += 1
             continue
-        hit = next((s[2] for s in spans.get(w.device_id, ()) if w.start <= s[1] and w.end >= s[0]), None)
+        hits = [s[2] for s in spans.get(w.device_id, ()) if w.start <= s[1] and w.end >= s[0]]
+        hit = hits[0] if hits else None
+        both = next((h for h in hits if h.label != "true_positive"), None)
+        if hit is not None and hit.label == "true_positive" and both is not None:
+            contradictions.append((w.device_id, w.start, hit.incident_id, both.incident_id))
         if hit is not None:
             counts[hit.label] += 1
             incident_rows[hit.incident_id].append(values)
@@ -135,7 +148,27 @@ def build_dataset(windows: Sequence[ArchivedWindow], incidents: Sequence[Labelle
     labels = {inc.incident_id: inc.label for inc in incidents if inc.incident_id in incident_windows}
     times = [w.start for w in windows] + [w.end for w in windows]
     return Dataset(segments, holdout_windows, incident_windows, labels, counts,
-                   devices=sorted(by_device), time_range=(min(times), max(times)) if times else None)
+                   devices=sorted(by_device), time_range=(min(times), max(times)) if times else None,
+                   contradictions=contradictions, incident_starts={inc.incident_id: inc.start for inc in incidents})
+
+
+def labelled_set(d: Dataset, holdout_share: float) -> tuple[np.ndarray, np.ndarray, Dataset]:
+    """Training windows and 0/1 labels from the labelled incidents (true positive = 1), and ``d``
+    with only the incidents kept for evaluation: per label, the latest ``holdout_share`` of its
+    incidents by start, at least one. Windows ``(n, window_length, channels)``; none: ``n = 0``."""
+    train: list[tuple[np.ndarray, int]] = []
+    keep: set[str] = set()
+    for label, flag in (("true_positive", 1), ("false_positive", 0)):
+        ids = sorted((i for i, lab in d.incident_labels.items() if lab == label), key=lambda i: d.incident_starts.get(i, 0.0))
+        n_eval = max(1, int(np.ceil(holdout_share * len(ids)))) if ids else 0
+        keep.update(ids[len(ids) - n_eval:])
+        train.extend((d.incident_windows[i], flag) for i in ids[:len(ids) - n_eval])
+    shape = d.holdout.shape[1:]
+    windows = np.concatenate([w for w, _ in train]) if train else np.empty((0, *shape), dtype=np.float32)
+    labels = np.concatenate([np.full(len(w), flag, dtype=np.int64) for w, flag in train]) if train else np.empty(0, dtype=np.int64)
+    kept = replace(d, incident_windows={i: w for i, w in d.incident_windows.items() if i in keep},
+                   incident_labels={i: lab for i, lab in d.incident_labels.items() if i in keep})
+    return windows, labels, kept
 
 
 def degenerate(d: Dataset, channels: Sequence[str], max_flat_share: float) -> str:

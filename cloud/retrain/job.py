@@ -4,7 +4,11 @@ Stages: production start point -> labelled incidents -> archive -> dataset -> tr
 -> export -> evaluate both models through onnxruntime -> gates -> report -> (sign, register,
 publish). Each stage reports one progress line. Outcomes: ``registered`` (exit 0), ``rejected``
 by a gate, data check included (exit 3), ``no_data``: too few windows to train or evaluate
-(exit 4). Anything else raises (exit 1): :class:`ConfigError` for bad input, other
+(exit 4). A family that learns from labels (``ladder``: ``[train] family`` or ``--family``, or picked
+when the store holds ``ladder_min_labelled`` labelled incidents) trains from scratch on the
+archive plus the earlier labelled incidents' windows (:func:`labelled_set`); contradictory labels
+or no unlabelled training window raise :class:`ConfigError` before anything is written.
+Anything else raises (exit 1): :class:`ConfigError` for bad input, other
 :class:`EdgewatchError` at run time. Blocks for the whole job; not thread-safe per model name
 (the registry is not).
 """
@@ -23,7 +27,7 @@ from typing import Any, Literal
 from cloud.processor.config import StoreSection
 from cloud.registry import Registry
 from cloud.retrain.config import RetrainConfig
-from cloud.retrain.dataset import ArchivedWindow, Dataset, LabelledIncident, build_dataset, degenerate
+from cloud.retrain.dataset import ArchivedWindow, Dataset, LabelledIncident, build_dataset, degenerate, labelled_set
 from cloud.retrain.evaluate import Gate, apply_gates, measure, score_model
 from cloud.retrain.production import Starting, load_production, next_version
 from edge.contract import ConfigError, EdgewatchError
@@ -114,6 +118,7 @@ class _Gathered:
     start: Starting
     incidents: Sequence[LabelledIncident]
     data: Dataset
+    labelled: tuple[Any, Any] | None = None  # (windows, 0/1 labels) for a family that uses labels
 
 
 @dataclass(frozen=True)
@@ -185,11 +190,28 @@ class _Job:
             archive, labels = Path(inputs.archive), incidents
             windows = stages.run("archive", lambda: _read(archive, inputs.since, inputs.until, labels, cfg.retrain.incident_pad_s),
                                  lambda w: f"{len(w)} windows from {len({x.device_id for x in w})} devices in {archive}")
+        start = self._pick_family(start, incidents)
         data = stages.run("dataset", lambda: _dataset(windows, incidents, start, cfg), _describe)
+        labelled = None
+        from models.registry import uses_labels
+
+        if uses_labels(start.config.family):
+            windows_l, labels, data = _labelled(data, start.config.family, cfg)
+            labelled = (windows_l, labels)
         r = self.result
         r.production_version, r.fine_tuned, r.counts = start.manifest.version, start.state is not None, data.counts
         self.report = _base_report(r, start, cfg, inputs.since, inputs.until, self.trigger)
-        return _Gathered(start, incidents, data)
+        return _Gathered(start, incidents, data, labelled)
+
+    def _pick_family(self, start: Starting, incidents: Sequence[LabelledIncident]) -> Starting:
+        """``ladder`` instead of production's family when ``[retrain] ladder_min_labelled`` labelled
+        incidents exist and no family was asked for."""
+        threshold = self.cfg.retrain.ladder_min_labelled
+        if not threshold or "family" in self.cfg.train or len(incidents) < threshold or start.config.family == "ladder":
+            return start
+        self.stages.line("production", f"{len(incidents)} labelled incidents >= retrain.ladder_min_labelled = {threshold}: "
+                                       "training the ladder family")
+        return load_production(self.reg, self.model, {**self.cfg.train, "family": "ladder"})
 
     def check(self, g: _Gathered) -> RetrainResult | None:
         """Before training: enough data (else ``no_data``), and data that is not degenerate (else ``rejected``)."""
@@ -207,7 +229,7 @@ class _Job:
     def train(self, g: _Gathered) -> _Candidate:
         """Stages train (fine-tune from production) and export."""
         version = self.result.version = next_version(self.reg, self.model, self.release_to.version)
-        fitted = self.stages.run("train", lambda: _train(g.data, g.start, self.cfg, self.train_progress),
+        fitted = self.stages.run("train", lambda: _train(g.data, g.start, self.cfg, self.train_progress, g.labelled),
                                  lambda f: f"{len(f.history.train_loss)} epochs on {len(f.train_scores)} windows, "
                                            f"threshold {f.threshold:.4g}")
         self.stages.run("export", lambda: _export(fitted, self.run_dir, self.model, version), lambda _: f"{self.run_dir}")
@@ -346,8 +368,24 @@ def _too_little(d: Dataset, cfg: RetrainConfig) -> str:
     return ""
 
 
-def _train(data: Dataset, start: Starting, cfg: RetrainConfig, progress: bool) -> Any:
+def _labelled(data: Dataset, family: str, cfg: RetrainConfig) -> tuple[Any, Any, Dataset]:
+    """The labelled training set of a family that uses labels, after the checks it needs."""
+    if data.contradictions:
+        device, at, tp, fp = data.contradictions[0]
+        raise ConfigError(f"retrain --family {family}: contradictory labels: {len(data.contradictions)} windows lie in both a "
+                          f"true-positive and a false-positive incident (first: device {device} at {at:.0f}, incidents {tp} "
+                          f"and {fp}); relabel one of them")
+    if data.counts["train_windows"] == 0:
+        raise ConfigError(f"retrain --family {family}: no unlabelled data: no training window in the archive after exclusions "
+                          f"({data.counts['archived']} archived windows)")
+    windows, labels, kept = labelled_set(data, cfg.retrain.holdout_share)
+    kept.counts["labelled_anomalies"], kept.counts["labelled_normals"] = int(labels.sum()), int(len(labels) - labels.sum())
+    return windows, labels, kept
+
+
+def _train(data: Dataset, start: Starting, cfg: RetrainConfig, progress: bool, labelled: tuple[Any, Any] | None = None) -> Any:
     from models.fit import fit
+    from models.train import LabelledWindows
 
     state = start.state
     if state is not None and cfg.retrain.refit_preprocessing:
@@ -357,7 +395,7 @@ def _train(data: Dataset, start: Starting, cfg: RetrainConfig, progress: bool) -
         state = {**state, **{f"pre.{k}": v for k, v in pre.state_dict().items()}}
     m = start.manifest
     return fit(data.train_segments, start.config, channels=m.channels, sample_period_s=m.sample_period_s, init_from=state,
-               progress=progress)
+               progress=progress, labelled=LabelledWindows(*labelled) if labelled is not None else None)
 
 
 def _export(fitted: Any, run_dir: Path, model: str, version: str) -> None:

@@ -38,8 +38,8 @@ def load_production(registry: Registry, name: str, overrides: Mapping[str, Any])
 
     With ``weights.pt`` (a :func:`models.fit.save_checkpoint` file) the candidate fine-tunes from
     it with the checkpoint's config plus ``overrides``. Without (or with one that does not fit
-    the manifest's channels), it trains from scratch with the manifest's family, window, stride
-    and calibration plus ``overrides``. Raises :class:`ConfigError` when there is no production
+    the manifest's channels), or when ``overrides`` change the family, it trains from scratch with
+    the manifest's family, window, stride and calibration plus ``overrides``. Raises :class:`ConfigError` when there is no production
     version or the overrides change the window length (production and candidate are evaluated
     on the same windows)."""
     from models.fit import load_checkpoint
@@ -60,6 +60,9 @@ def load_production(registry: Registry, name: str, overrides: Mapping[str, Any])
         note = (f"{manifest.name} {manifest.version} has no torch weights ({WEIGHTS}): training from scratch with its "
                 f"family {manifest.family}, window {manifest.window_length} and channels")
     config = config_from_mapping(dict(overrides), origin="retrain [train] overrides", base=base)
+    if state is not None and config.family != base.family:
+        state, config = None, config_from_mapping(dict(overrides), origin="retrain [train] overrides", base=_scratch_config(manifest))
+        note = f"family {config.family} instead of production's {base.family}: training from scratch"
     if config.window_length != manifest.window_length:
         raise ConfigError(f"train.window_length = {config.window_length}: a retrained {name} must keep production's "
                           f"window length {manifest.window_length}")
