@@ -7,8 +7,10 @@ normalised pre-activation. A denoising decoder goes top-down: each layer combine
 encoder value it receives through a lateral connection with the normalised top-down signal
 ``u`` through the vanilla combinator ``z_hat = (z_tilde - mu(u)) * v(u) + mu(u)``. The
 unsupervised cost (:meth:`Ladder.loss`) is the input layer's reconstruction error plus
-``layer_cost_weight`` x each hidden layer's, against the clean path (normalised by its batch
-statistics). The supervised cost (:meth:`Ladder.supervised_loss`) is a logistic classifier on the
+``layer_cost_weight`` x each hidden and the top layer's, against the clean path's normalised
+values (the paper's second normalisation of the decoder's values is left out: with a constant
+unit it divides by zero). Validation monitors the clean path's reconstruction error, which is
+what the score measures. The supervised cost (:meth:`Ladder.supervised_loss`) is a logistic classifier on the
 noisy top layer, trained only when labelled windows are given (see :func:`models.train.train_family`).
 
 At score time the graph holds the clean encoder, the classifier and the decoder's input layer
@@ -29,7 +31,7 @@ from models.base import Estimate, Family
 from models.config import TrainConfig
 from models.layers import activation
 
-_EPS = 1e-5
+_EPS = 1e-2  # a constant unit (a flat series) must not blow the running statistics up by 1/sqrt(eps)
 
 
 class RunningNorm(nn.Module):
@@ -74,18 +76,18 @@ class Combinator(nn.Module):
 
 
 class _Pass:
-    """One encoder pass: per layer the (noisy) normalised pre-activation ``z``, and the clean path's
-    batch mean and standard deviation of the raw pre-activation (for the decoder's cost)."""
+    """One encoder pass: per layer the (noisy) normalised pre-activation ``z`` (the input itself at
+    layer 0), and the top layer's output."""
 
     def __init__(self) -> None:
         self.z: list[torch.Tensor] = []
-        self.stats: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.top = torch.empty(0)
 
 
 class Ladder(Family):
     uses_labels = True
     objective = "denoising cost"
+    monitor_name = "clean_reconstruction_mse"
 
     def __init__(self, *, channels: int, window_length: int, config: TrainConfig) -> None:
         super().__init__()
@@ -111,8 +113,6 @@ class Ladder(Family):
         top = len(self.weights) - 1
         for i, (linear, norm) in enumerate(zip(self.weights, self.norms, strict=True)):
             pre = linear(h)
-            if update:
-                out.stats.append((pre.mean(dim=0), torch.sqrt(pre.var(dim=0, unbiased=False) + _EPS)))
             z = norm(pre, update=update)
             if noise:
                 z = z + noise * torch.randn_like(z)
@@ -155,10 +155,14 @@ class Ladder(Family):
         decoded = self._decode(noisy)[::-1]  # input layer first
         cost = torch.mean((decoded[0] - x) ** 2)
         for layer in range(1, len(self.sizes)):
-            mean, sd = clean.stats[layer - 1]
-            target = clean.z[layer].detach()
-            cost = cost + self.layer_cost_weight * torch.mean(((decoded[layer] - mean.detach()) / sd.detach() - target) ** 2)
+            cost = cost + self.layer_cost_weight * torch.mean((decoded[layer] - clean.z[layer].detach()) ** 2)
         return cost
+
+    def monitor(self, z: torch.Tensor) -> torch.Tensor:
+        """The error the score is made of (clean path, no noise): deterministic, and a unit that was
+        constant in training cannot turn validation noise into an overflow."""
+        est = self.estimate(z)
+        return torch.mean((est.values - z) ** 2)
 
     def supervised_loss(self, z: torch.Tensor, labels: torch.Tensor, unlabelled: torch.Tensor) -> torch.Tensor:
         """Class-balanced cross-entropy of the noisy path's classifier: half on the labelled anomalies

@@ -111,3 +111,12 @@ def test_supervised_weight_zero_leaves_the_classifier_untrained(train_rows: list
 def test_maxout_is_refused_for_ladder() -> None:
     with pytest.raises(ConfigError, match="maxout"):
         tiny_config("ladder", activation="maxout")
+
+
+def test_a_flat_series_trains_to_finite_scores() -> None:
+    """A constant channel (NAB's art_flatline) leaves every unit constant: the normalisation's eps
+    keeps the running statistics from amplifying the last batch's drift into an infinite loss."""
+    rows = np.full((600, 1), 45.0)
+    cfg = tiny_config("ladder", train_stride=1, hidden=32, batch_size=32, epochs=12, lr=1e-3)  # NAB's settings, shorter
+    fitted = fit(rows, cfg)
+    assert np.isfinite(fitted.train_scores).all()
