@@ -140,6 +140,21 @@ def _create_topics(bootstrap: str, names: list[str]) -> None:
         probe.close()
 
 
+def _label_through_cli(tmp: Path, devices: tuple[str, ...]) -> list[str]:
+    """Label the device incidents of ``devices`` false-positive with ``edgewatch incidents label``."""
+    from cloud.cli import main
+    from cloud.processor.backends import open_store
+
+    store = open_store(StoreSection(sqlite_path=str(tmp / "processor.db")))
+    try:
+        ids = [r.incident_id for r in store.incidents(kind="incident") if r.device_id in devices]
+    finally:
+        store.close()
+    for incident_id in ids:
+        assert main(["incidents", "label", incident_id, "--false-positive", "--config", str(tmp / "cloud.toml")]) == 0
+    return ids
+
+
 def _rates(reason: str) -> tuple[float, float]:
     """(candidate, live) alert rates from a shadow trial's verdict."""
     m = re.search(r"alert rate ([0-9.]+) \(live ([0-9.]+)\)", reason)
@@ -164,8 +179,14 @@ def _thread(target: Callable[[], object], stop: Callable[[], None], name: str) -
     assert not thread.is_alive(), f"{name} did not stop"
 
 
+@pytest.mark.parametrize("family", ["dense_ae", "ladder"])
 def test_drift_alert_retrains_and_the_agent_promotes_the_signed_candidate(tmp_path: Path, mqtt_port: int, kafka_bootstrap: str,
-                                                                          unique: str) -> None:
+                                                                          unique: str, family: str) -> None:
+    """``dense_ae``: production's family, fine-tuned. ``ladder``: before the job starts, an operator
+    labels pump-1's and pump-2's incidents false-positive through ``edgewatch incidents label``
+    (the new regime is normal); the retraining switches family (``[train] family``, what
+    ``--family`` sets) and trains from scratch, pump-1's windows as labelled normals, pump-2's the
+    false-positive gate's evidence."""
     key, _ = generate_keypair(tmp_path / "keys")
     reg = _production(tmp_path, key)
     production = load_manifest(reg.production_dir("pump"))
@@ -194,9 +215,18 @@ shadow_min_seconds = 2.0
                              client_id=f"retrain-{unique}", auto_offset_reset="earliest", cooldown_s=3600.0, lookback_s=3600.0,
                              poll_timeout_s=0.2)
     progress: list[str] = []
+    train: dict[str, object] = {"epochs": 3} if family == "dense_ae" else {"epochs": 6, "family": family, "lr": 3e-3}
     inputs = RetrainInputs(archive=Path(proc_cfg.archive.dir), store=StoreSection(sqlite_path=str(tmp_path / "processor.db")))
     runner = drift_runner(section, registry=reg.root, inputs=inputs, release=Release(key=key, publish=PublishTarget(
-        "127.0.0.1", mqtt_port, group, prefix)), config=RetrainConfig(train={"epochs": 3}), watch=Watch(progress=progress.append))
+        "127.0.0.1", mqtt_port, group, prefix)), config=RetrainConfig(train=train), watch=Watch(progress=progress.append))
+    labelled: list[str] = []
+    if family == "ladder":
+        base_runner = runner
+
+        def runner(model: str, alert: Alert, should_stop: Callable[[], bool]) -> object:
+            labelled.extend(_label_through_cli(tmp_path, ("pump-1", "pump-2")))
+            return base_runner(model, alert, should_stop)
+
     trigger = DriftTrigger(section, runner, registry=CollectorRegistry())
     sim_stop, archive_stop = threading.Event(), threading.Event()
     status = TopicReader(kafka_bootstrap, topics["status"], f"st-{unique}")
@@ -245,12 +275,18 @@ shadow_min_seconds = 2.0
         verify_manifest(candidate, load_trusted_keys(tmp_path / "keys"))
         report = json.loads((folder / "report.json").read_text())
         assert report["lineage"]["trigger"].startswith(f"drift alert {first.alert_id}: anomaly_rate on "), report["lineage"]
-        assert report["lineage"]["fine_tuned"] is True and report["lineage"]["parent_sha256"] == production.sha256
+        assert report["lineage"]["fine_tuned"] is (family == "dense_ae") and report["lineage"]["parent_sha256"] == production.sha256
+        assert candidate.family == family
         assert report["config"]["retrain"]["exclude_flagged"] is False
         ev = report["evaluation"]
         # the holdout is the latest (drifted) telemetry: the live model alarms on most of it, the candidate learnt it
-        assert ev["production"]["holdout_far"] > 0.5 and ev["candidate"]["holdout_far"] < ev["production"]["holdout_far"] / 3, ev
-        assert [g["name"] for g in ev["gates"] if g["applied"]] == ["finite_scores", "holdout_far"], ev["gates"]
+        # (with pump-1 and pump-2 labelled, the holdout is pump-0's and pump-3's: half of it drifted)
+        assert ev["production"]["holdout_far"] > (0.5 if family == "dense_ae" else 0.3), ev
+        assert ev["candidate"]["holdout_far"] < ev["production"]["holdout_far"] / 3, ev
+        gates = ["finite_scores", "holdout_far"] + (["fp_window_rate"] if family == "ladder" else [])
+        assert [g["name"] for g in ev["gates"] if g["applied"]] == gates, ev["gates"]
+        if family == "ladder":
+            assert len(labelled) >= 2 and report["data"]["counts"]["labelled_normals"] > 0, (labelled, report["data"])
         assert any("publish: announced to group " + group in line for line in progress), progress
         # the training data was the processor's archive, drifted windows included
         archived = read_archive(Path(proc_cfg.archive.dir), until=first.opened_at)
