@@ -1,16 +1,17 @@
 """The processor's consumer side: a Kafka consumer group on the anomalies topic.
 
-Each poll's records go to the store side (:mod:`cloud.processor.storeside`, in a process of its
-own by default), which stores the batches of all its partitions in one transaction. When it answers
-that a poll is stored, the alerts and dead letters stored with it are produced (the outbox; their
-acks are collected later) and only then are the poll's offsets committed, per partition
+Each poll's records go to the store side (:mod:`cloud.processor.storeside`, in a process of its own
+by default), which stores the batches of all its partitions in one transaction. When it answers that
+a poll is stored, the alerts and dead letters stored with it are produced (the outbox; their acks
+are collected later) and only then are the poll's offsets committed, per partition
 (:class:`cloud.processor.offsets.OffsetBook`: one ``commit_async`` in flight at a time, offsets
-stored meanwhile, or refused, go with the next; the drain commits synchronously). Fleet incidents are brought up to the global final time at
-most every ``fleet.evaluate_interval_s``. A crash anywhere in between re-delivers records that the
-store de-duplicates: at-least-once delivery, exactly-once effect. A store error rewinds the
-partitions of the polls in flight to their first records not stored and retries after a pause; bad
-records never stop the loop. :meth:`Processor.run` blocks until ``stop`` is set (SIGTERM in the
-CLI), finishes the polls in flight, publishes, commits and leaves the group.
+stored meanwhile, or refused, go with the next; the drain commits synchronously). Fleet incidents
+are brought up to the global final time at most every ``fleet.evaluate_interval_s``. A crash
+anywhere in between re-delivers records that the store de-duplicates: at-least-once delivery,
+exactly-once effect. A store error rewinds the partitions of the polls in flight to their first
+records not stored and retries after a pause; bad records never stop the loop. :meth:`Processor.run`
+blocks until ``stop`` is set (SIGTERM in the CLI), finishes the polls in flight, publishes, commits
+and leaves the group.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class Processor:
             consumer = group_consumer(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id)
             stack.callback(consumer.close, autocommit=False)
             self._outbox = OutboxPublisher(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,
-                                  deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock)
+                                           deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock)
             channel.started()
             log.info("processor_started topic=%s group=%s bootstrap=%s store_process=%s", self.topic, k.group_id,
                      k.bootstrap, "own" if self.config.store.own_process else "shared")
@@ -173,13 +174,11 @@ class Processor:
         self._commit_async(consumer)
 
     def _poll_once(self, consumer: KafkaConsumer) -> None:
-        assert self._side is not None
-        k = self.config.kafka
-        timeout_s = min(k.poll_timeout_s, IN_FLIGHT_POLL_S) if self.side.polls else k.poll_timeout_s
+        k, side = self.config.kafka, self.side
+        timeout_s = min(k.poll_timeout_s, IN_FLIGHT_POLL_S) if side.polls else k.poll_timeout_s
         polled = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=k.max_poll_records)
         batches = [(tp, records) for tp, records in polled.items() if records]
         mono = time.monotonic()
-        side = self.side
         if self._forget:
             side.forget(sorted(self._forget))
             self._forget.clear()
@@ -201,7 +200,7 @@ class Processor:
 
     def _commit_async(self, consumer: KafkaConsumer) -> None:
         """Send the offsets the book says are due (none while a commit is in flight)."""
-        offsets = self.offsets.next_commit(consumer.assignment())
+        offsets = self.offsets.next_commit(consumer.assignment)
         if offsets:
             consumer.commit_async(offsets, callback=self._committed)
 

@@ -51,14 +51,14 @@ class OffsetBook:
         """The noted offsets of partitions in ``assigned``."""
         return {tp: o for tp, o in self._noted.items() if tp in assigned}
 
-    def next_commit(self, assigned: Collection[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
-        """The offsets to commit now (empty: nothing due, or a commit in flight not yet taken as lost). Non-empty
-        offsets count as sent: :meth:`committed` must follow."""
+    def next_commit(self, assigned: Callable[[], Collection[TopicPartition]]) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets to commit now of the partitions ``assigned()`` names (asked only then; empty: nothing due,
+        or a commit in flight not yet taken as lost). Non-empty offsets count as sent: :meth:`committed` must follow."""
         sent = self._sent_at
         if not self._due or (sent is not None and self.clock() - sent < self.lost_after_s):
             return {}
         self._due = False
-        offsets = self.owned(assigned)
+        offsets = self.owned(assigned())
         if offsets:
             self._sent_at = self.clock()
         return offsets
