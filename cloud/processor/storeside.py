@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from cloud.processor.alerts import alert_rows
 from cloud.processor.backends import background_checkpoints, open_store
@@ -76,7 +76,7 @@ def store_failed(metrics: ProcessorMetrics, store: Store, message: str, *args: A
 
 
 class StoreWork:
-    """IncidentPipeline and fleet correlator on one store connection; each public method is a request."""
+    """The incident pipeline and the fleet correlator on one store connection; each public method is a request."""
 
     def __init__(self, config: ProcessorConfig, store: Store, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
         self.store = store
@@ -200,11 +200,25 @@ class Reply(Generic[R]):
         return self._answer[0]
 
 
-class StoreClient:
-    """The consumer side's end of the store side (:class:`LocalChannel` or :class:`ChildChannel`): one method per
-    request of :class:`StoreWork`. Each sends its request at once and returns its :class:`Reply`."""
+class Channel(Protocol):
+    """Where the store side runs: :class:`LocalChannel` (this process) or :class:`ChildChannel` (a child)."""
 
-    def __init__(self, channel: LocalChannel | ChildChannel) -> None:
+    depth: int  # polls that may be in flight
+
+    def started(self) -> None: ...
+
+    def submit(self, request: Request[Any]) -> None: ...
+
+    def receive(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class StoreClient:
+    """The consumer side's end of the store side (a :class:`Channel`): one method per request of
+    :class:`StoreWork`. Each sends its request at once and returns its :class:`Reply`."""
+
+    def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.depth = channel.depth  # polls that may be in flight
         self.unanswered: deque[Reply[Any]] = deque()
