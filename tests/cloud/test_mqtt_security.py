@@ -156,7 +156,8 @@ def test_agent_works_over_tls_with_password_while_the_acl_holds(secure_broker: S
                                                                  unique: str, tmp_path: Path) -> None:
     from edge.agent import Agent
     from edge.config import load_config
-    from tests.edge.agent_util import fleet_readings, payloads, toml_config, wait_for
+    from tests.edge.agent_util import fleet_readings, payloads, toml_config
+    from tests.tools import wait_for
 
     topics = {k: f"{k}.{unique}" for k in ("anomalies", "telemetry", "deadletter")}
     path = toml_config(tmp_path, agent_id="agent-gw1", mqtt_port=secure_broker.port, kafka_bootstrap=kafka_bootstrap,
