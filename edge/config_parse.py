@@ -105,10 +105,10 @@ def section_values(cls: type, table: Any, name: str, where: str, env: Mapping[st
     the environment; a deprecated key beside its new name is an error."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: {name} must be a table [{name}], got {type(table).__name__}")
-    renamed = renamed or {}
-    table = _new_names(dict(table), renamed, f"{where}: '{name}.", "'")
-    env = _new_names(dict(env), {f"{ENV_PREFIX}{name.upper()}__{old.upper()}": f"{ENV_PREFIX}{name.upper()}__{new.upper()}"
-                                 for old, new in renamed.items()}, "environment ", "")
+    if renamed:
+        table = _new_names(dict(table), renamed, f"{where}: '{name}.", "'")
+        env = _new_names(dict(env), {f"{ENV_PREFIX}{name.upper()}__{old.upper()}": f"{ENV_PREFIX}{name.upper()}__{new.upper()}"
+                                     for old, new in renamed.items()}, "environment ", "")
     known = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in table.items():

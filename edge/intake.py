@@ -89,7 +89,7 @@ class IntakeQueue:
                 finally:
                     self._full = False
             dropped = 0
-            while self._items and (len(self._items) >= self.max_messages or self._bytes + size > self.max_bytes):
+            while not self._fits(size):
                 dropped += 1
                 if self.policy == "drop_newest":
                     self.dropped += 1
