@@ -1,5 +1,6 @@
-"""The local development stack: Mosquitto (Debian's package) and a single-node Kafka (KRaft)
-assembled from Maven Central jars, on loopback ports.
+"""The local development stack: Mosquitto (Debian's package) and Kafka (KRaft) assembled from
+Maven Central jars, on loopback ports: a single node, or a cluster of three combined
+broker+controller nodes in one static controller quorum (:class:`KafkaCluster`).
 
 Used by ``edgewatch stack``, the demo and the test fixtures. Each service is a child process
 in its own session, with its log in ``<state_dir>/<service>.log``; readiness is detected
@@ -23,11 +24,13 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from edge.contract.errors import BrokerUnavailable
+from localdev.kafka_admin import Durability, topic_durability
+from localdev.kafka_admin import create_topics as create_topics  # its old home: callers import it from here
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +159,11 @@ class Service:
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Start the process and block until it is ready; raises :class:`BrokerUnavailable`."""
+        self.launch()
+        self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (:meth:`wait_ready` does)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         if port_open(self.port):
@@ -165,6 +173,9 @@ class Service:
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.state_dir)
         logfile.close()
         self.pid = self.proc.pid
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until the launched process is ready; raises :class:`BrokerUnavailable` on timeout or exit."""
         wait_until(self.is_ready, timeout_s, f"{self.name} on 127.0.0.1:{self.port}", self.proc, self.log_path)
         log.info("service_started name=%s port=%d pid=%d", self.name, self.port, self.pid)
 
@@ -226,12 +237,20 @@ class Mosquitto(Service):
 
 
 class Kafka(Service):
+    """One KRaft node, broker and controller in one JVM. Alone it is its own quorum; in a
+    :class:`KafkaCluster` ``voters`` names every node's controller port and all share ``cluster_id``."""
+
     name = "kafka"
 
-    def __init__(self, state_dir: Path, port: int, controller_port: int, heap: str = "512m") -> None:
+    def __init__(self, state_dir: Path, port: int, controller_port: int, heap: str = "512m", *, node_id: int = 1,
+                 voters: str | None = None, brokers: int = 1, cluster_id: str | None = None) -> None:
         super().__init__(state_dir, port)
         self.controller_port = controller_port
         self.heap = heap
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{controller_port}"
+        self.durability = topic_durability(brokers)
+        self.cluster_id = cluster_id
 
     @property
     def bootstrap(self) -> str:
@@ -240,7 +259,9 @@ class Kafka(Service):
     def properties(self, data_dir: Path) -> str:
         """The text of ``server.properties`` (the secure broker has its own template)."""
         template = (DEPLOY_DIR / "kafka" / "server.properties").read_text()
-        return template.format(port=self.port, controller_port=self.controller_port, data_dir=data_dir)
+        return template.format(port=self.port, controller_port=self.controller_port, data_dir=data_dir, node_id=self.node_id,
+                               voters=self.voters, replication_factor=self.durability.replication_factor,
+                               min_insync_replicas=self.durability.min_insync_replicas)
 
     def prepare(self) -> None:
         data = self.state_dir / "kafka-data"
@@ -259,7 +280,7 @@ class Kafka(Service):
                 "-cp", f"{jars}/*"]
 
     def _format(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode().replace("-", "A")
+        cluster_id = self.cluster_id or new_cluster_id()
         cmd = self._java() + ["kafka.tools.StorageTool", "format", "--cluster-id", cluster_id,
                               "--config", str(self.config_path), "--ignore-formatted", *self.format_args()]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -284,9 +305,72 @@ class Kafka(Service):
         text = self.log_path.read_text(errors="replace")
         return "Kafka Server started" in text[self._log_offset:]
 
-    def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def launch(self) -> None:
         self._log_offset = len(self.log_path.read_text(errors="replace")) if self.log_path.exists() else 0
-        super().start(timeout_s)
+        super().launch()
+
+    def formatted_cluster_id(self) -> str | None:
+        """The cluster id this node's storage was formatted with, or None before its first start."""
+        meta = self.state_dir / "kafka-data" / "meta.properties"
+        if not meta.exists():
+            return None
+        return next((line.split("=", 1)[1].strip() for line in meta.read_text().splitlines() if line.startswith("cluster.id=")), None)
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (base64 of a UUID, never starting with '-')."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode().replace("-", "A")
+
+
+class KafkaCluster:
+    """``size`` Kafka nodes on loopback that form one cluster: each is broker and controller, the
+    controller quorum is static (``controller.quorum.voters`` lists all), each node has its own state
+    folder (``<state_dir>/kafka-<id>``; a single node uses ``state_dir`` itself, as it always has).
+
+    Nodes are started together (a quorum of three elects a leader only once two are up) and can then
+    be stopped, killed and started one by one on the same ports and data (``nodes[i]``)."""
+
+    def __init__(self, state_dir: Path, size: int = 1, ports: Sequence[tuple[int | None, int | None]] = ()) -> None:
+        ports = list(ports) + [(None, None)] * (size - len(ports))
+        chosen = [(p or free_port(), c or free_port()) for p, c in ports[:size]]
+        voters = ",".join(f"{i}@127.0.0.1:{c}" for i, (_, c) in enumerate(chosen, 1))
+        dirs = [state_dir] if size == 1 else [state_dir / f"kafka-{i}" for i in range(1, size + 1)]
+        self.nodes = [Kafka(d, p, c, node_id=i, voters=voters, brokers=size)
+                      for i, (d, (p, c)) in enumerate(zip(dirs, chosen, strict=True), 1)]
+        cluster_id = next((cid for n in self.nodes if (cid := n.formatted_cluster_id())), None) or new_cluster_id()
+        for node in self.nodes:
+            node.cluster_id = cluster_id
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's address, comma-separated, as clients take it."""
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def durability(self) -> Durability:
+        return topic_durability(len(self.nodes))
+
+    def node(self, node_id: int) -> Kafka:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> list[Kafka]:
+        """Start every node that is not running, all at once, and block until each is ready; returns the
+        nodes started. On failure the nodes this call started are stopped and :class:`BrokerUnavailable` raised."""
+        started = [n for n in self.nodes if n.pid is None]
+        try:
+            for node in started:
+                node.launch()
+            for node in started:
+                node.wait_ready(timeout_s)
+        except BaseException:
+            for node in started:
+                node.stop()
+            raise
+        return started
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
 
 
 @dataclass
@@ -300,16 +384,32 @@ class StackInfo:
     mosquitto_pid: int
     kafka_pid: int
     kafka_controller_port: int = 0  # 0: not recorded (a stack.json written before it was)
+    kafka_nodes: list[KafkaNodeInfo] = field(default_factory=list)  # every node; empty: a stack.json from before clusters
+
+
+@dataclass
+class KafkaNodeInfo:
+    node_id: int
+    port: int
+    controller_port: int
+    pid: int
 
 
 class LocalStack:
-    """Mosquitto plus Kafka on free (or given) loopback ports under one state folder."""
+    """Mosquitto plus Kafka (one node, or a cluster of ``brokers``) on free (or given) loopback ports
+    under one state folder."""
 
     def __init__(self, state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None,
-                 controller_port: int | None = None) -> None:
+                 controller_port: int | None = None, brokers: int = 1,
+                 kafka_ports: Sequence[tuple[int | None, int | None]] = ()) -> None:
         self.state_dir = Path(state_dir).absolute()  # the brokers run with this folder as their working directory
         self.mosquitto = Mosquitto(self.state_dir, mqtt_port or free_port())
-        self.kafka = Kafka(self.state_dir, kafka_port or free_port(), controller_port or free_port())
+        self.cluster = KafkaCluster(self.state_dir, brokers, list(kafka_ports) or [(kafka_port, controller_port)])
+
+    @property
+    def kafka(self) -> Kafka:
+        """The first Kafka node: the only one of a single-node stack."""
+        return self.cluster.nodes[0]
 
     @property
     def mqtt_port(self) -> int:
@@ -317,13 +417,13 @@ class LocalStack:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return self.kafka.bootstrap
+        return self.cluster.bootstrap
 
     def start(self) -> StackInfo:
         ensure_kafka_jars()
         try:
             self.mosquitto.start()
-            self.kafka.start()
+            self.cluster.start()
         except BaseException:
             self.stop()
             raise
@@ -340,18 +440,29 @@ class LocalStack:
             raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
         return self.mosquitto if name == "mosquitto" else self.kafka
 
+    def processes(self) -> list[tuple[str, Service]]:
+        """Every broker process with its name: mosquitto, then kafka (or kafka-1, kafka-2, ... on a cluster)."""
+        nodes = self.cluster.nodes
+        return [("mosquitto", self.mosquitto)] + [("kafka" if len(nodes) == 1 else f"kafka-{n.node_id}", n) for n in nodes]
+
     def restart(self, name: ServiceName) -> None:
-        """Stop one service (if it runs) and start it again on the same port and data; blocks until ready."""
+        """Stop one service (if it runs; kafka: every node) and start it again on the same ports and data;
+        blocks until ready."""
+        if name == "kafka":
+            self.cluster.stop()
+            self.cluster.start()
+            return
         service = self.service(name)
         service.stop()
         service.start()
 
     def info(self) -> StackInfo:
-        return StackInfo(str(self.state_dir), "127.0.0.1", self.mosquitto.port, self.kafka.bootstrap,
-                         self.mosquitto.pid or 0, self.kafka.pid or 0, self.kafka.controller_port)
+        nodes = [KafkaNodeInfo(n.node_id, n.port, n.controller_port, n.pid or 0) for n in self.cluster.nodes]
+        return StackInfo(str(self.state_dir), "127.0.0.1", self.mosquitto.port, self.cluster.bootstrap,
+                         self.mosquitto.pid or 0, self.kafka.pid or 0, self.kafka.controller_port, nodes)
 
     def stop(self) -> None:
-        self.kafka.stop()
+        self.cluster.stop()
         self.mosquitto.stop()
 
 
@@ -360,7 +471,9 @@ def load_info(state_dir: Path) -> StackInfo | None:
     path = Path(state_dir) / "stack.json"
     if not path.exists():
         return None
-    return StackInfo(**json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    nodes = [KafkaNodeInfo(**n) for n in data.pop("kafka_nodes", [])]
+    return StackInfo(**data, kafka_nodes=nodes)
 
 
 def pid_alive(pid: int) -> bool:
@@ -417,24 +530,3 @@ def wait_until(ready: Callable[[], bool], timeout_s: float, what: str,
     tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
     status = f"exited with {proc.returncode}" if proc is not None and proc.returncode is not None else f"not ready after {timeout_s:.0f} s"
     raise BrokerUnavailable(f"{what} {status}; log tail:\n{tail}")
-
-
-def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1, **client: Any) -> None:
-    """Create topics (replication factor 1) that do not exist yet; existing ones are left alone.
-
-    ``client``: extra kafka-python client settings, such as :func:`edge.kafka_security.client_kwargs`."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="edgewatch-stack-admin", **client)
-    try:
-        existing = set(admin.list_topics())
-        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
-        if missing:
-            try:
-                admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        admin.close()

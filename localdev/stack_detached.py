@@ -10,6 +10,9 @@ running when it returns, also when a start failed. So:
 - ``restart NAME`` stops one broker and starts it again on its port and data;
 - ``down`` stops every broker ``stack.json`` names, which is every broker these commands started.
 
+A cluster (``up --brokers 3``) records each Kafka node; ``up`` starts the dead nodes together (a
+quorum of three elects its leader only once two run), ``restart kafka`` restarts every node.
+
 Not guaranteed: a broker started some other way on the same folder (a :class:`LocalStack` of a
 test) is unknown here, and its port makes a start fail with :class:`BrokerUnavailable`.
 """
@@ -20,52 +23,65 @@ import logging
 from pathlib import Path
 
 from edge.contract.errors import BrokerUnavailable, ConfigError
-from localdev.stack import SERVICE_NAMES, LocalStack, ServiceName, StackInfo, ensure_kafka_jars, load_info
+from localdev.stack import LocalStack, ServiceName, StackInfo, ensure_kafka_jars, load_info
 
 log = logging.getLogger(__name__)
 
 
-def attach(state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None) -> LocalStack:
+def attach(state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None,
+           brokers: int | None = None) -> LocalStack:
     """The stack of ``state_dir`` on the ports ``stack.json`` records, its live brokers adopted.
 
     A port given for a broker that is alive on another port raises :class:`ConfigError`; for a broker
-    that is not running, the given port replaces the recorded one. Starts nothing."""
+    that is not running, the given port replaces the recorded one (the first node's, on a cluster).
+    ``brokers`` other than the recorded number of Kafka nodes raises :class:`ConfigError`. Starts nothing."""
     info = load_info(state_dir)
     if info is None:
-        return LocalStack(state_dir, mqtt_port=mqtt_port, kafka_port=kafka_port)
-    recorded_kafka_port = int(info.kafka_bootstrap.rsplit(":", 1)[1])
-    local = LocalStack(state_dir, mqtt_port=mqtt_port or info.mqtt_port, kafka_port=kafka_port or recorded_kafka_port,
-                       controller_port=info.kafka_controller_port or None)
-    for service, pid, recorded in ((local.mosquitto, info.mosquitto_pid, info.mqtt_port),
-                                   (local.kafka, info.kafka_pid, recorded_kafka_port)):
-        if service.adopt(pid) and service.port != recorded:
-            raise ConfigError(f"{service.name} of the stack in {state_dir} runs on port {recorded} (pid {pid}), "
+        return LocalStack(state_dir, mqtt_port=mqtt_port, kafka_port=kafka_port, brokers=brokers or 1)
+    recorded_kafka_port = int(info.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+    nodes = info.kafka_nodes or []
+    if brokers is not None and brokers != max(1, len(nodes)):
+        raise ConfigError(f"the stack in {state_dir} has {max(1, len(nodes))} Kafka node(s), not {brokers}: "
+                          "stop it first (edgewatch stack down) or use another --stack-dir")
+    ports: list[tuple[int, int | None]] = [(n.port, n.controller_port) for n in nodes]
+    ports = ports or [(recorded_kafka_port, info.kafka_controller_port or None)]
+    ports[0] = (kafka_port or ports[0][0], ports[0][1])
+    local = LocalStack(state_dir, mqtt_port=mqtt_port or info.mqtt_port, brokers=len(ports), kafka_ports=ports)
+    pids = [n.pid for n in nodes] or [info.kafka_pid]
+    recorded_ports = [n.port for n in nodes] or [recorded_kafka_port]
+    recorded = [(local.mosquitto, info.mosquitto_pid, info.mqtt_port), *zip(local.cluster.nodes, pids, recorded_ports, strict=True)]
+    for service, pid, recorded_port in recorded:
+        if service.adopt(pid) and service.port != recorded_port:
+            raise ConfigError(f"{service.name} of the stack in {state_dir} runs on port {recorded_port} (pid {pid}), "
                               f"not {service.port}: stop it first (edgewatch stack down) or leave the port out")
     return local
 
 
-def up(state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None) -> tuple[StackInfo, list[ServiceName]]:
-    """Start the brokers of ``state_dir`` that are not running; returns ``stack.json``'s record and the
-    names of the brokers started (empty when all were running). Blocks until each is ready.
+def up(state_dir: Path, *, mqtt_port: int | None = None, kafka_port: int | None = None,
+       brokers: int | None = None) -> tuple[StackInfo, list[str]]:
+    """Start the brokers of ``state_dir`` that are not running (``brokers`` Kafka nodes for a new stack,
+    default 1); returns ``stack.json``'s record and the names of the brokers started (empty when all were
+    running). Blocks until each is ready.
 
     Raises :class:`BrokerUnavailable` when a broker does not come up; the brokers this call started
     are stopped again, the ones it found running keep running and stay recorded."""
-    local = attach(state_dir, mqtt_port=mqtt_port, kafka_port=kafka_port)
+    local = attach(state_dir, mqtt_port=mqtt_port, kafka_port=kafka_port, brokers=brokers)
     ensure_kafka_jars()
-    started: list[ServiceName] = []
+    names = [name for name, service in local.processes() if service.pid is None]
+    mosquitto_started = False
     try:
-        for name in SERVICE_NAMES:
-            service = local.service(name)
-            if service.pid is None:
-                service.start()
-                started.append(name)
-                log.info("stack_service_started name=%s port=%d pid=%s state_dir=%s", name, service.port, service.pid, state_dir)
+        if local.mosquitto.pid is None:
+            local.mosquitto.start()
+            mosquitto_started = True
+        local.cluster.start()
     except BaseException:
-        for name in started:
-            local.service(name).stop()
+        if mosquitto_started:
+            local.mosquitto.stop()
         _record(local)
         raise
-    return _record(local), started
+    info = _record(local)
+    log.info("stack_services_started names=%s kafka=%s state_dir=%s", ",".join(names), info.kafka_bootstrap, state_dir)
+    return info, names
 
 
 def restart(state_dir: Path, name: ServiceName) -> StackInfo:
@@ -89,8 +105,7 @@ def stop(state_dir: Path) -> list[str]:
         return []
     local = attach(state_dir)
     stopped = []
-    for name in reversed(SERVICE_NAMES):
-        service = local.service(name)
+    for name, service in reversed(local.processes()):
         if service.pid is not None:
             stopped.append(f"{name} (pid {service.pid})")
             service.stop()
@@ -100,7 +115,7 @@ def stop(state_dir: Path) -> list[str]:
 
 def _record(local: LocalStack) -> StackInfo:
     """Save what runs now; a folder where nothing runs keeps no ``stack.json``."""
-    if local.mosquitto.pid is None and local.kafka.pid is None:
+    if all(service.pid is None for _, service in local.processes()):
         (local.state_dir / "stack.json").unlink(missing_ok=True)
         return local.info()
     return local.save_info()

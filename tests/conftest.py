@@ -1,5 +1,6 @@
 """Shared fixtures: one real local stack (Mosquitto + Kafka) per test session, on free
-loopback ports, and a unique topic and consumer group per test.
+loopback ports, a three-node Kafka cluster for the tests that need one, and a unique topic and
+consumer group per test.
 
 A missing broker binary skips broker tests locally with the reason; under ``CI=true`` it is a
 failure, so CI can never be green while testing nothing.
@@ -13,8 +14,33 @@ from pathlib import Path
 
 import pytest
 
-from localdev.stack import LocalStack, missing_tools
+from localdev.stack import KafkaCluster, LocalStack, missing_tools
 from tests.tools import unavailable
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three Kafka nodes in one KRaft quorum (replication factor 3, min.insync.replicas 2), started the
+    first time a test asks for it and shared by the whole session; mark such tests ``cluster``.
+
+    ``kafka_cluster.bootstrap`` lists every node; ``kafka_cluster.node(i)`` (i = 1..3) has ``stop()``,
+    ``kill()`` (SIGKILL) and ``start()`` on the same ports and data. A node a test leaves down is
+    started again after that test (:func:`_cluster_whole_again`)."""
+    missing = missing_tools()
+    if missing:
+        unavailable("kafka cluster needs: " + ", ".join(missing))
+    cluster = KafkaCluster(Path(tmp_path_factory.mktemp("kafka-cluster")), 3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def _cluster_whole_again(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the cluster, start the nodes it stopped or killed."""
+    yield
+    if "kafka_cluster" in request.fixturenames:
+        request.getfixturevalue("kafka_cluster").start()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """``edgewatch stack up | restart | down`` on real brokers: a stack that is partly alive is completed on
-its own ports, one broker restarts alone, and ``down`` stops every broker the commands started.
+its own ports, one broker restarts alone, and ``down`` stops every broker the commands started;
+``up --brokers 3`` runs a three-node cluster whose quorum leader ``status`` names.
 
 One detached stack serves the broker tests of this module (a Kafka start costs 10-20 s); the last
 test ends it.
@@ -24,7 +25,7 @@ import pytest
 
 from cloud.cli import main
 from localdev.stack import StackInfo, load_info, missing_tools, pid_alive, port_open, terminate
-from tests.tools import unavailable
+from tests.tools import unavailable, wait_for
 
 
 def stack_cmd(*args: str) -> tuple[int, str]:
@@ -163,3 +164,44 @@ def test_a_process_whose_main_thread_exited_is_alive_until_its_last_thread_is() 
         wait_dead(child.pid)
     finally:
         child.wait(10)
+
+
+@pytest.mark.cluster
+def test_up_with_three_brokers_forms_one_quorum_that_status_shows_and_down_stops(tmp_path: Path) -> None:
+    if missing_tools():
+        unavailable("local stack needs: " + ", ".join(missing_tools()))
+    state = tmp_path / "cluster"
+    pids: set[int] = set()
+    try:
+        rc, out = stack_cmd("up", "--brokers", "3", "--stack-dir", str(state))
+        assert rc == 0, out
+        info = load_info(state)
+        assert info is not None and [n.node_id for n in info.kafka_nodes] == [1, 2, 3]
+        pids = {info.mosquitto_pid} | {n.pid for n in info.kafka_nodes}
+        assert info.kafka_bootstrap == ",".join(f"127.0.0.1:{n.port}" for n in info.kafka_nodes)
+        assert f"kafka  {info.kafka_bootstrap}" in out, out
+        assert stack_cmd("up", "--brokers", "1", "--stack-dir", str(state))[0] == 2  # a 3-node stack stays one
+
+        rc, out = stack_cmd("status", "--stack-dir", str(state))
+        assert rc == 0, out
+        leaders = [line for line in out.splitlines() if line.endswith("quorum leader")]
+        assert len(leaders) == 1 and out.count("  up  ") == 4, out
+        leader = next(n for n in info.kafka_nodes if leaders[0].startswith(f"kafka-{n.node_id} "))
+
+        os.kill(leader.pid, signal.SIGKILL)  # the others elect a new quorum leader; status names it
+        wait_dead(leader.pid)
+        wait_for(lambda: "quorum leader: kafka-" in stack_cmd("status", "--stack-dir", str(state))[1], 60, "a new quorum leader")
+        rc, out = stack_cmd("status", "--stack-dir", str(state))
+        assert rc == 1 and f"kafka-{leader.node_id}  127.0.0.1:{leader.port}  DOWN" in out, out
+        assert f"quorum leader: kafka-{leader.node_id}" not in out, out
+
+        rc, out = stack_cmd("down", "--stack-dir", str(state))
+        assert rc == 0 and out.count("kafka-") == 2, out  # the two nodes alive, and Mosquitto
+        assert [pid for pid in pids if pid_alive(pid)] == []
+        assert not (state / "stack.json").exists()
+    finally:
+        with contextlib.suppress(Exception):
+            stack_cmd("down", "--stack-dir", str(state))
+        for pid in pids:
+            if pid_alive(pid):
+                terminate(pid, 0.0, None)
