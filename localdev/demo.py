@@ -29,10 +29,10 @@ from edge.config import default_model_dir, load_config
 from edge.contract import AnomalyEvent, ContractError, decode_event
 from edge.contract.alert import decode_alert
 from edge.detector import load_manifest
-from localdev.stack import LocalStack, create_topics, free_port
+from localdev.kafka_admin import PROJECT_TOPICS, create_topics
+from localdev.stack import LocalStack, free_port
 
 log = logging.getLogger(__name__)
-TOPICS = ("edgewatch.anomalies", "edgewatch.telemetry", "edgewatch.alerts", "edgewatch.deadletter")
 
 
 @dataclass
@@ -187,7 +187,7 @@ def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s:
     agent: Agent | None = None
     printer: KafkaPrinter | None = None
     try:
-        create_topics(stack.kafka_bootstrap, TOPICS, partitions=2)
+        create_topics(stack.kafka_bootstrap, PROJECT_TOPICS, partitions=2)  # replicated per the cluster's size
         agent_port, processor_port = free_port(), free_port()
         agent_toml, cloud_toml = write_configs(out, stack, agent_port, processor_port)
         processor = subprocess.Popen([sys.executable, "-m", "cloud.cli", "process", "--config", str(cloud_toml)],
