@@ -33,7 +33,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ from edge.contract import AnomalyEvent, encode_event
 
 if TYPE_CHECKING:
     from cloud.processor.config import ProcessorConfig
+    from localdev.pgserver import LocalPostgres
+    from localdev.stack import LocalStack
 
 SHA = "cd" * 32
 BASELINE = "bare kafka-python + json.loads"
@@ -151,6 +154,43 @@ prefix_parts = 1
     return load_config(path, env={})
 
 
+@contextmanager
+def bench_topic(prefix: str, topic: str, partitions: int, events: int, devices: int, warmup: int,
+                max_records: int) -> Iterator[tuple[Path, LocalStack, LocalPostgres, int]]:
+    """A temporary folder, a local stack and PostgreSQL, and ``topic`` holding :func:`make_events`'s events,
+    read ``warmup`` times by :func:`bare`; yields the folder, the stack, PostgreSQL and the number of events.
+    Stops both services on exit."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from localdev.pgserver import LocalPostgres
+    from localdev.stack import LocalStack
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmpdir:
+        tmp = Path(tmpdir)
+        stack = LocalStack(tmp / "stack")
+        stack.start()
+        pg = LocalPostgres().start()
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+            admin.create_topics([NewTopic(topic, partitions, 1)])
+            admin.close()
+            made = make_events(events, devices)
+            t = time.perf_counter()
+            produce(stack.kafka_bootstrap, topic, made)
+            n = len(made)
+            print(f"produced {n} events to {partitions} partitions in {time.perf_counter() - t:.1f} s")
+            del made  # 50k+ objects every full collection of the consumers below would walk: not theirs to carry
+            gc.collect()
+            for w in range(warmup):
+                t = time.perf_counter()
+                bare(stack.kafka_bootstrap, topic, f"bench-warmup-{w}", n, max_records)
+                print(f"  warm-up read {w + 1}: {n / (time.perf_counter() - t):10.0f} events/s", flush=True)
+            yield tmp, stack, pg, n
+        finally:
+            pg.stop()
+            stack.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
@@ -177,70 +217,44 @@ def main() -> None:
     import kafka.record.util
     import orjson
 
-    from localdev.pgserver import LocalPostgres
-    from localdev.stack import LocalStack
-
     crc = "pure Python" if kafka.record.util.crc32c_c is None else "crc32c (C)"
     print(f"kafka-python record CRC32C: {crc}; load average {os.getloadavg()[0]:.2f} (1 min)")
-    with tempfile.TemporaryDirectory(prefix="edgewatch-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        stack = LocalStack(tmp / "stack")
-        stack.start()
-        pg = LocalPostgres().start()
-        try:
-            from kafka.admin import KafkaAdminClient, NewTopic
-
-            topic = "bench.anomalies"
-            admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-            admin.create_topics([NewTopic(topic, args.partitions, 1)])
-            admin.close()
-            events = make_events(args.events, args.devices)
-            t = time.perf_counter()
-            produce(stack.kafka_bootstrap, topic, events)
-            n = len(events)
-            print(f"produced {n} events to {args.partitions} partitions in {time.perf_counter() - t:.1f} s")
-            del events  # 50k+ objects every full collection of the consumers below would walk: not theirs to carry
-            gc.collect()
-            for w in range(args.warmup):
-                t = time.perf_counter()
-                bare(stack.kafka_bootstrap, topic, f"bench-warmup-{w}", n, args.max_poll_records)
-                print(f"  warm-up read {w + 1}: {n / (time.perf_counter() - t):10.0f} events/s", flush=True)
-            results: dict[str, float] = {}
-            round_ratios: dict[str, list[float]] = {}
-            b, mpr = stack.kafka_bootstrap, args.max_poll_records
-            for r in range(args.repeat):
-                sqlite_store = f'sqlite_path = "{tmp}/store-{r}.db"'
-                pg_store = f'backend = "postgres"\npostgres_dsn = "{pg.create_database(f"bench{r}")}"'
-                runs = {
-                    "bare kafka-python + json.loads": partial(bare, b, topic, f"bench-bare-{r}", n, mpr),
-                    "bare kafka-python + orjson.loads": partial(bare, b, topic, f"bench-bare-orjson-{r}", n, mpr, orjson.loads),
-                }
-                if "sqlite" in stores:
-                    runs["processor, SQLite"] = partial(processor, config(tmp, f"sqlite-{r}", b, topic, sqlite_store, mpr), n)
-                if "postgres" in stores:
-                    runs["processor, PostgreSQL"] = partial(processor, config(tmp, f"pg-{r}", b, topic, pg_store, mpr), n)
-                if args.one_process:
-                    runs["processor, SQLite, one process"] = partial(processor, config(
-                        tmp, f"sqlite1-{r}", b, topic, f'sqlite_path = "{tmp}/store1-{r}.db"', mpr, own_process=False), n)
-                round_rates: dict[str, float] = {}
-                order = list(runs) if r % 2 == 0 else list(reversed(runs))  # so that no consumer always runs first
-                for name in order:
-                    rate = round_rates[name] = n / runs[name]()
-                    results[name] = max(results.get(name, 0.0), rate)
-                    print(f"  run {r + 1}: {name:<34} {rate:10.0f} events/s   load {os.getloadavg()[0]:.2f}", flush=True)
-                print(f"  run {r + 1} ratios: " + ", ".join(f"{name.removeprefix('processor, ')} {rate / round_rates[BASELINE]:.2f}"
-                                                         for name, rate in round_rates.items() if name != BASELINE), flush=True)
-                for name, rate in round_rates.items():
-                    round_ratios.setdefault(name, []).append(rate / round_rates[BASELINE])
-            base = results[BASELINE]
-            print(f"\nbest of {args.repeat}, {n} events, {args.partitions} partitions, {args.devices} devices "
-                  "(ratio: best over best; median: of the ratios within each round):")
-            for name, rate in results.items():
-                print(f"{name:<34} {rate:10.0f} events/s   ratio {rate / base:5.2f}   median {statistics.median(round_ratios[name]):5.2f}")
-            print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-        finally:
-            pg.stop()
-            stack.stop()
+    with bench_topic("edgewatch-bench-", "bench.anomalies", args.partitions, args.events, args.devices, args.warmup,
+                     args.max_poll_records) as (tmp, stack, pg, n):
+        topic = "bench.anomalies"
+        results: dict[str, float] = {}
+        round_ratios: dict[str, list[float]] = {}
+        b, mpr = stack.kafka_bootstrap, args.max_poll_records
+        for r in range(args.repeat):
+            sqlite_store = f'sqlite_path = "{tmp}/store-{r}.db"'
+            pg_store = f'backend = "postgres"\npostgres_dsn = "{pg.create_database(f"bench{r}")}"'
+            runs = {
+                "bare kafka-python + json.loads": partial(bare, b, topic, f"bench-bare-{r}", n, mpr),
+                "bare kafka-python + orjson.loads": partial(bare, b, topic, f"bench-bare-orjson-{r}", n, mpr, orjson.loads),
+            }
+            if "sqlite" in stores:
+                runs["processor, SQLite"] = partial(processor, config(tmp, f"sqlite-{r}", b, topic, sqlite_store, mpr), n)
+            if "postgres" in stores:
+                runs["processor, PostgreSQL"] = partial(processor, config(tmp, f"pg-{r}", b, topic, pg_store, mpr), n)
+            if args.one_process:
+                runs["processor, SQLite, one process"] = partial(processor, config(
+                    tmp, f"sqlite1-{r}", b, topic, f'sqlite_path = "{tmp}/store1-{r}.db"', mpr, own_process=False), n)
+            round_rates: dict[str, float] = {}
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))  # so that no consumer always runs first
+            for name in order:
+                rate = round_rates[name] = n / runs[name]()
+                results[name] = max(results.get(name, 0.0), rate)
+                print(f"  run {r + 1}: {name:<34} {rate:10.0f} events/s   load {os.getloadavg()[0]:.2f}", flush=True)
+            print(f"  run {r + 1} ratios: " + ", ".join(f"{name.removeprefix('processor, ')} {rate / round_rates[BASELINE]:.2f}"
+                                                     for name, rate in round_rates.items() if name != BASELINE), flush=True)
+            for name, rate in round_rates.items():
+                round_ratios.setdefault(name, []).append(rate / round_rates[BASELINE])
+        base = results[BASELINE]
+        print(f"\nbest of {args.repeat}, {n} events, {args.partitions} partitions, {args.devices} devices "
+              "(ratio: best over best; median: of the ratios within each round):")
+        for name, rate in results.items():
+            print(f"{name:<34} {rate:10.0f} events/s   ratio {rate / base:5.2f}   median {statistics.median(round_ratios[name]):5.2f}")
+        print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
