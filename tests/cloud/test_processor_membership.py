@@ -2,8 +2,8 @@
 
 Real ``edgewatch process`` processes share one PostgreSQL store; the group goes from 1 to 3 members
 and then to 2, the last change by SIGKILL of a member that holds partitions, on a 6-partition
-topic, while the stream is being produced. The store must end equal, table by table in key order,
-to one member's run over the same events.
+topic of the three-node cluster, while the stream is being produced. The store must end equal,
+table by table in key order, to one member's run over the same events.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from kafka import KafkaProducer
 
 from cloud.processor.backends import open_postgres, open_sqlite
 from edge.contract import decode_alert
+from localdev.stack import KafkaCluster
 from tests.cloud.processor_streams import config, fleet_stream, write_config
 from tests.cloud.test_processor_kafka import caught_up, dump, events_items, read_all, run_until, start_process, store_ready
 from tests.kafka_util import create_topic
 from tests.tools import wait_for
 
-pytestmark = pytest.mark.brokers
+pytestmark = [pytest.mark.brokers, pytest.mark.cluster]
 PARTITIONS = 6
 _ASSIGNED = re.compile(r"partitions_assigned partitions=\[([0-9, ]*)\]")
 
@@ -93,8 +94,8 @@ class Feeder:
 
 @pytest.mark.slow
 def test_members_joining_and_one_killed_mid_stream_leave_the_store_equal_to_a_single_member_run(
-        kafka_bootstrap: str, unique: str, postgres_dsn: str, tmp_path: Path) -> None:
-    bootstrap = kafka_bootstrap
+        kafka_cluster: KafkaCluster, unique: str, postgres_dsn: str, tmp_path: Path) -> None:
+    bootstrap = kafka_cluster.bootstrap
     topic = f"anomalies.{unique}"
     create_topic(bootstrap, topic, partitions=PARTITIONS)
     create_topic(bootstrap, topic + ".alerts")
