@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.errors import AuthorizationError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from edge.config import KafkaSection
 from edge.contract import BrokerUnavailable
@@ -128,7 +128,9 @@ class Forwarder:
         """Send the oldest batch, wait for every acknowledgement, delete the acknowledged rows.
 
         Returns the number of rows acknowledged. Raises :class:`KafkaError` when any send failed
-        (after deleting the rows that did succeed) or when the producer cannot start.
+        (after deleting the rows that did succeed) or when the producer cannot start, and
+        :class:`BrokerUnavailable` naming the user and the topic when the broker's ACLs refuse a row
+        (that row stays, the acknowledged rows around it are deleted).
         """
         rows = self.outbox.peek(self.cfg.batch_rows)
         if not rows:
@@ -143,22 +145,33 @@ class Forwarder:
         self._await(producer, [f for _, f in futures])
         acked: list[Row] = []
         error: Exception | None = None
+        failed: Row | None = None
         for row, fut in futures:
             if fut.succeeded():
                 acked.append(row)
             elif error is None:
                 error = fut.exception if fut.failed() else KafkaError(f"send of outbox row {row.id} did not complete")
+                failed = row
         self.outbox.delete([r.id for r in acked])
         for row in acked:
             self.metrics.forwarded.labels(row.kind).inc()
         self.forwarded += len(acked)
         if acked:
             log.debug("outbox_forwarded rows=%d last_id=%d", len(acked), acked[-1].id)
+        if isinstance(error, AuthorizationError) and failed is not None:
+            raise BrokerUnavailable(self._refusal(failed, error)) from error
         if error is not None:
             raise error
         self._backoff.reset()
         self.metrics.kafka_connected.set(1)
         return len(acked)
+
+    def _refusal(self, row: Row, exc: Exception) -> str:
+        """Why the broker refused ``row``: who this agent is to Kafka and which topic (an ACL is missing)."""
+        cfg = self.cfg
+        who = f"user {cfg.username!r}" if cfg.username else f"the certificate {cfg.ssl_certfile!r}" if cfg.ssl_certfile else "this client"
+        return (f"kafka: {who} may not write to topic {row.topic!r} ({exc.__class__.__name__}); the broker's ACLs must "
+                f"allow it (edgewatch acls, docs/deploy.md); outbox row {row.id} waits")
 
     def _drop_poison(self, row: Row, exc: Exception) -> None:
         """Remove a row Kafka can never take (larger than ``max_request_size``), counted as shed."""

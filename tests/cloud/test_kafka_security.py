@@ -1,7 +1,9 @@
 """Kafka over TLS on a real broker (localdev/stack_secure.py: SASL_SSL with SCRAM-SHA-512, and mutual
 TLS): the agent's forwarder delivers, a wrong password, a missing CA and a missing client
 certificate are refused with a reason within the bootstrap timeout, and the processor and the
-archive consume what the agent sent. Plus the processor's and the retraining trigger's config keys.
+archive consume what the agent sent. The broker runs the StandardAuthorizer: each test grants its
+users the ACLs of their role (cloud/kafka_acls.py) on its own topics and groups, and an agent may
+neither read the anomalies nor write alerts. Plus the processor's and the retraining trigger's config keys.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
 
+from cloud.cli import main as cli_main
+from cloud.kafka_acls import Resources, grants, plan
 from cloud.processor.archive import run_archive
 from cloud.processor.backends import open_sqlite
+from cloud.processor.config import ProcessorConfig
 from cloud.processor.config import load_config as load_processor_config
 from cloud.retrain.config import load_retrain_config
 from edge.config import Config, load_config
@@ -29,7 +35,7 @@ from edge.kafka_security import KafkaSecurity, client_kwargs
 from edge.metrics import AgentMetrics
 from edge.outbox import Outbox, Record
 from localdev.stack import create_topics, missing_tools
-from localdev.stack_secure import SecureKafka
+from localdev.stack_secure import ADMIN_USER, SecureKafka
 from tests.cloud.processor_streams import event, in_thread, write_config
 from tests.cloud.test_processor_archive import windows
 from tests.tls_util import Pki, make_pki
@@ -44,12 +50,18 @@ class Secure:
         self.kafka, self.pki = kafka, pki
 
     def sasl(self, user: str, password: str | None = None) -> dict[str, Any]:
+        if user == ADMIN_USER:
+            return client_kwargs(self.kafka.admin)
         return client_kwargs(KafkaSecurity("SASL_SSL", ssl_cafile=str(self.pki.ca), sasl_mechanism="SCRAM-SHA-512", username=user,
                                            password=password or PASSWORDS[user]))
 
-    def read(self, topic: str, expected: int, timeout_s: float = 30.0) -> list[bytes]:
+    def allow(self, res: Resources) -> None:
+        """The agent's and the processor's ACLs on ``res``'s topics and groups."""
+        self.kafka.grant(plan([("agent", "agent-gw1"), ("processor", "processor")], res))
+
+    def read(self, topic: str, expected: int, timeout_s: float = 30.0, user: str = "processor") -> list[bytes]:
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                                 **self.sasl("processor"))
+                                 **self.sasl(user))
         try:
             consumer.assign([TopicPartition(topic, 0)])
             values: list[bytes] = []
@@ -105,7 +117,8 @@ def refused(fwd: Forwarder, box: Outbox) -> str:
 @pytest.mark.brokers
 def test_agent_forwarder_delivers_over_sasl_ssl_with_scram(secure: Secure, tmp_path: Path, unique: str) -> None:
     topic = f"secure.{unique}"
-    create_topics(secure.kafka.bootstrap, [topic], **secure.sasl("agent-gw1"))
+    secure.allow(Resources(anomalies_topic=topic))
+    create_topics(secure.kafka.bootstrap, [topic], **secure.sasl("agent-gw1"))  # agents may create their topics
     shutil.copy(secure.pki.ca, tmp_path / "ca.crt")  # relative to the config file
     cfg = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines("ca.crt"), {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]})
     values = [encode_event(event("pump-1", 1_764_230_400.0 + i)) for i in range(3)]
@@ -136,6 +149,7 @@ def test_a_client_without_the_ca_does_not_trust_the_broker(secure: Secure, tmp_p
 @pytest.mark.brokers
 def test_mutual_tls_needs_the_client_certificate(secure: Secure, tmp_path: Path, unique: str) -> None:
     topic = f"secure.mtls.{unique}"
+    secure.allow(Resources(anomalies_topic=topic))  # the certificate's CN=agent-gw1 is User:agent-gw1
     cert, key = secure.pki.client("agent-gw1")
     with_cert = f'security_protocol = "SSL"\nssl_cafile = "{secure.pki.ca}"\nssl_certfile = "{cert}"\nssl_keyfile = "{key}"\n'
     fwd, box = forward(agent_config(tmp_path, secure.kafka.mtls_bootstrap, with_cert), tmp_path, [b"signed"], topic)
@@ -150,20 +164,93 @@ def test_mutual_tls_needs_the_client_certificate(secure: Secure, tmp_path: Path,
 
 
 @pytest.mark.brokers
-def test_processor_and_archive_consume_what_the_agent_sent_over_sasl_ssl(secure: Secure, tmp_path: Path, unique: str) -> None:
-    topic = f"anomalies.{unique}"
-    create_topics(secure.kafka.bootstrap, [topic, f"{topic}.alerts", f"{topic}.deadletter", f"{topic}.telemetry"],
-                  **secure.sasl("processor"))
-    agent = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines(str(secure.pki.ca)),
-                         {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]})
-    events = [event(f"pump-{i % 2}", 1_764_230_400.0 + 10 * i) for i in range(5)]
-    fwd, box = forward(agent, tmp_path, [encode_event(e) for e in events], topic)
-    box.append([Record("telemetry", f"{topic}.telemetry", b"pump-0", w) for w in windows(4)])
+def test_agent_credentials_cannot_read_the_anomalies(secure: Secure, unique: str) -> None:
+    res = Resources(anomalies_topic=f"acl.anomalies.{unique}", processor_group=f"g-{unique}")
+    secure.allow(res)
+    create_topics(secure.kafka.bootstrap, [res.anomalies_topic], **secure.sasl(ADMIN_USER))
+    with pytest.raises(GroupAuthorizationFailedError, match=res.processor_group):
+        poll_once(secure, res.anomalies_topic, "agent-gw1", group=res.processor_group)
+    with pytest.raises(TopicAuthorizationFailedError, match=res.anomalies_topic):
+        poll_once(secure, res.anomalies_topic, "agent-gw1", group=None)  # no group: the fetch itself is refused
+
+
+def poll_once(secure: Secure, topic: str, user: str, group: str | None) -> None:
+    consumer = KafkaConsumer(topic, bootstrap_servers=secure.kafka.bootstrap, group_id=group, auto_offset_reset="earliest",
+                             enable_auto_commit=False, **secure.sasl(user))
     try:
-        assert fwd.drain_once() + fwd.drain_once() == 9
+        consumer.poll(timeout_ms=10_000)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.brokers
+def test_a_write_the_acls_refuse_leaves_the_agent_outbox_intact(secure: Secure, tmp_path: Path, unique: str) -> None:
+    res = Resources(anomalies_topic=f"acl.anomalies.{unique}", alerts_topic=f"acl.alerts.{unique}")
+    secure.allow(res)
+    create_topics(secure.kafka.bootstrap, [res.anomalies_topic, res.alerts_topic], **secure.sasl(ADMIN_USER))
+    env = {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]}
+    cfg = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines(str(secure.pki.ca)), env)
+    fwd, box = forward(cfg, tmp_path, [b"forged alert"], res.alerts_topic)
+    try:
+        text = refused(fwd, box)
     finally:
         fwd._close_producer()
+    assert f"user 'agent-gw1' may not write to topic '{res.alerts_topic}' (TopicAuthorizationFailedError)" in text
+    # in a batch, the refused row waits and the rows around it are delivered
+    fwd, box = forward(cfg, tmp_path, [b"a1"], res.anomalies_topic, "outbox2")
+    box.append([Record("anomaly", res.alerts_topic, b"pump-1", b"forged"), Record("anomaly", res.anomalies_topic, b"pump-1", b"a2")])
+    try:
+        with pytest.raises(BrokerUnavailable, match="may not write"):
+            fwd.drain_once()
+    finally:
+        fwd._close_producer()
+    assert [(r.topic, r.value) for r in box.peek(10)] == [(res.alerts_topic, b"forged")]
+    assert secure.read(res.anomalies_topic, 2) == [b"a1", b"a2"]
+
+
+@pytest.mark.brokers
+def test_processor_and_archive_consume_what_the_agent_sent_over_sasl_ssl(secure: Secure, tmp_path: Path, unique: str) -> None:
+    """With the ACLs of their roles only: the agent writes, the processor consumes its group and commits,
+    dead-letters a malformed event and writes alerts; the archive consumes the telemetry in its group."""
+    topic = f"anomalies.{unique}"
     db, archive_dir = tmp_path / "store.db", tmp_path / "archive"
+    cfg = processor_config(secure, tmp_path, topic, unique, db, archive_dir)
+    secure.allow(Resources.of(cfg))
+    create_topics(secure.kafka.bootstrap, [topic, f"{topic}.alerts", f"{topic}.deadletter", f"{topic}.telemetry"],
+                  **secure.sasl(ADMIN_USER))
+    agent = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines(str(secure.pki.ca)),
+                         {"EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["agent-gw1"]})
+    events = [event(f"pump-{i % 2}", 1_764_230_400.0 + 10 * i) for i in range(12)]  # an incident per pump
+    fwd, box = forward(agent, tmp_path, [encode_event(e) for e in events] + [b"not an event"], topic)
+    box.append([Record("telemetry", f"{topic}.telemetry", b"pump-0", w) for w in windows(4)])
+    try:
+        assert fwd.drain_once() + fwd.drain_once() == 17
+    finally:
+        fwd._close_producer()
+    store = open_sqlite(db)
+    store.migrate()
+    thread, stop, errors = in_thread(cfg)
+    archive = threading.Thread(target=run_archive, args=(cfg, stop, CollectorRegistry()), daemon=True)
+    archive.start()
+    try:
+        wait_for(lambda: store.count("events") == 12 or bool(errors) or not archive.is_alive(), 60, "the processor to store the events")
+        wait_for(lambda: archived(archive_dir) == 4 or not archive.is_alive(), 60, "the archive to write the 4 windows")
+        wait_for(lambda: committed(secure, cfg) == 13 or bool(errors), 60, "the processor to commit the 13 records")
+        wait_for(lambda: (store.count("alerts") > 0 and not store.unpublished("alerts")) or bool(errors), 60, "alerts published",
+                 state=lambda: store.count("alerts"))
+        alerts = store.count("alerts")
+    finally:
+        stop.set()
+        thread.join(30)
+        archive.join(30)
+        store.close()
+    assert not errors and not thread.is_alive() and not archive.is_alive()
+    assert store_count(db) == 12 and archived(archive_dir) == 4
+    assert len(secure.read(f"{topic}.deadletter", 1, user=ADMIN_USER)) == 1
+    assert len(secure.read(f"{topic}.alerts", alerts, user=ADMIN_USER)) == alerts
+
+
+def processor_config(secure: Secure, tmp_path: Path, topic: str, unique: str, db: Path, archive_dir: Path) -> ProcessorConfig:
     path = write_config(tmp_path / "cloud.toml", bootstrap=secure.kafka.bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=db,
                         extra=f'[archive]\nenabled = true\ndir = "{archive_dir}"\ngroup_id = "arch-{unique}"\nflush_rows = 4\n')
     cfg = load_processor_config(path, env={  # the environment twins, as a systemd EnvironmentFile would set them
@@ -171,21 +258,18 @@ def test_processor_and_archive_consume_what_the_agent_sent_over_sasl_ssl(secure:
         "EDGEWATCH_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512", "EDGEWATCH_KAFKA__USERNAME": "processor",
         "EDGEWATCH_KAFKA__PASSWORD": PASSWORDS["processor"]})
     assert cfg.masked()["kafka"]["password"] == "***"
-    store = open_sqlite(db)
-    store.migrate()
-    thread, stop, errors = in_thread(cfg)
-    archive = threading.Thread(target=run_archive, args=(cfg, stop, CollectorRegistry()), daemon=True)
-    archive.start()
+    return cfg
+
+
+def committed(secure: Secure, cfg: ProcessorConfig) -> int | None:
+    """The processor group's committed offset of the anomalies partition, asked with the processor's credentials."""
+    consumer = KafkaConsumer(bootstrap_servers=secure.kafka.bootstrap, group_id=cfg.kafka.group_id, enable_auto_commit=False,
+                             **secure.sasl("processor"))
     try:
-        wait_for(lambda: store.count("events") == 5 or bool(errors) or not archive.is_alive(), 60, "the processor to store the 5 events")
-        wait_for(lambda: archived(archive_dir) == 4 or not archive.is_alive(), 60, "the archive to write the 4 windows")
+        offset: int | None = consumer.committed(TopicPartition(cfg.kafka.anomalies_topic, 0))
+        return offset
     finally:
-        stop.set()
-        thread.join(30)
-        archive.join(30)
-        store.close()
-    assert not errors and not thread.is_alive() and not archive.is_alive()
-    assert store_count(db) == 5 and archived(archive_dir) == 4
+        consumer.close()
 
 
 def store_count(db: Path) -> int:
@@ -217,3 +301,25 @@ def test_processor_and_trigger_configs_check_their_kafka_security(tmp_path: Path
         load_retrain_config(retrain, env={})
     trigger = load_retrain_config(retrain, env={"EDGEWATCH_TRIGGER__PASSWORD": "pw"}).trigger
     assert client_kwargs(trigger)["ssl_cafile"] == str(tmp_path / "ca.pem") and client_kwargs(trigger)["sasl_plain_password"] == "pw"
+
+
+def test_acl_roles_name_only_their_topics_and_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = Resources()
+    agent = grants("agent", "agent-gw1", res)
+    assert {g.kind for g in agent} == {"topic"} and {g.principal for g in agent} == {"User:agent-gw1"}
+    produced = {res.anomalies_topic, res.telemetry_topic, res.status_topic, res.deadletter_topic}
+    assert {(g.operation, g.name) for g in agent} == {(op, t) for t in produced for op in ("Write", "Describe", "Create")}
+    processor = grants("processor", "User:processor", res)
+    assert {g.name for g in processor if g.operation == "Write"} == {res.alerts_topic, res.deadletter_topic}
+    assert {g.name for g in processor if g.operation == "Read"} == {res.anomalies_topic, res.telemetry_topic, res.status_topic,
+                                                                    res.processor_group, res.archive_group}
+    assert {(g.operation, g.kind, g.name) for g in grants("retrain", "retrain", res)} == {
+        ("Read", "topic", res.alerts_topic), ("Describe", "topic", res.alerts_topic), ("Read", "group", res.retrain_group)}
+    with pytest.raises(ConfigError, match="without wildcards"):
+        grants("agent", "*", res)
+    path = tmp_path / "cloud.toml"
+    path.write_text('[kafka]\nanomalies_topic = "plant.anomalies"\ngroup_id = "plant-processor"\n')
+    assert cli_main(["acls", "--config", str(path), "--agents", "gw-1,gw-2", "--processors", "proc", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "allow User:gw-2 Write on topic plant.anomalies" in out and "allow User:proc Read on group plant-processor" in out
+    assert "38 ACLs to create" in out  # 12 for each agent, 14 for the processor
