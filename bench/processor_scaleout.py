@@ -158,6 +158,7 @@ class Result:
     settled_s: float  # from the start until every member holds partitions, all of them once (the joins)
     steady: float  # events/s from then to 90 % of the events (the whole run's rate if it settled later)
     cpu: dict[str, float]  # CPU seconds by process kind
+    store_bytes: tuple[int, int] = (0, 0)  # processor: the events table (indexes included) and the whole database
 
 
 def run_members(targets: list[Callable[..., None]], args: list[tuple[Any, ...]], done: Callable[[], int],
@@ -214,10 +215,19 @@ def bare_run(bootstrap: str, topic: str, group: str, members: int, partitions: i
 
 
 def processor_run(cfg: ProcessorConfig, members: int, partitions: int, n: int, services: dict[str, int]) -> Result:
+    from cloud.processor.backends import open_postgres
+
     counters = [CTX.Value("q", 0) for _ in range(members)]
     held = [CTX.Value("q", 0) for _ in range(members)]
-    return run_members([processor_member] * members, [(cfg, c, h) for c, h in zip(counters, held, strict=True)],
-                       lambda: sum(c.value for c in counters), held, n, partitions, services)
+    result = run_members([processor_member] * members, [(cfg, c, h) for c, h in zip(counters, held, strict=True)],
+                         lambda: sum(c.value for c in counters), held, n, partitions, services)
+    store = open_postgres(cfg.store.postgres_dsn)
+    try:  # the events table with its indexes and TOAST, and every other table of the store
+        (row,) = store.execute("SELECT pg_total_relation_size('events'), pg_database_size(current_database())")
+    finally:
+        store.close()
+    result.store_bytes = (int(row[0]), int(row[1]))
+    return result
 
 
 def main() -> None:
@@ -277,6 +287,8 @@ def report(results: dict[tuple[str, int], list[Result]], counts: list[int], n: i
               f"| {med(proc_r, 'consumer side'):.1f} + {med(proc_r, 'store side'):.1f}, {med(proc_r, 'broker'):.1f}, "
               f"{med(proc_r, 'postgres'):.1f}; {med(bare_r, 'member'):.1f}, {med(bare_r, 'broker'):.1f}")
         steady = statistics.median(p.steady / q.steady for p, q in zip(proc_r, bare_r, strict=True))
+        events_b, db_b = (statistics.median(x.store_bytes[i] / n for x in proc_r) for i in (0, 1))
+        print(f"        | PostgreSQL: events table {events_b:.0f} B/event, database {db_b:.0f} B/event")
         print(f"        | settled: {statistics.median(x.steady for x in bare_r):7.0f} | "
               f"{statistics.median(x.steady for x in proc_r):18.0f} "
               f"| {steady:16.2f} | (joins: bare {statistics.median(x.settled_s for x in bare_r):.1f} s, "
