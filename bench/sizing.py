@@ -5,10 +5,12 @@ Kafka bytes per device-day, and the seconds one retraining takes.
    (32 samples, stride 8: 10,800 a day), of which the agent sends every ``--every-n``-th (100) and
    ``--context`` (2) windows either side of each of ``--anomalies`` (25) anomaly windows, as
    ``edge.telemetry`` does by default. The windows go through the archive's own writer
-   (``cloud.processor.archive.write_flush``) in two layouts: one file per window (what the
-   archive writes when a flush holds one window per device: any fleet where a partition sees a
-   device less often than once per ``flush_interval_s``) and one file per device-day (a flush that
-   holds the whole day, or a compaction). Bytes are file sizes and allocated blocks (``du``).
+   (``cloud.processor.archive.write_flush``) in three layouts: one file per window (what the
+   archive writes when a flush holds one window per device: any fleet where a device sends a
+   window less often than once per ``flush_interval_s``, 60 s), one per device-hour
+   (``flush_interval_s`` 3600) and one per device-day (a flush that holds the whole day, or a
+   compaction). Bytes are file sizes and allocated blocks (``du``); the write rate is the writer's
+   alone (no Kafka).
 2. ``edgewatch retrain`` (in process, fine-tuning a dense_ae with the default ``TrainConfig``,
    ``[train] epochs`` 5) on ``--retrain-devices`` devices x ``--retrain-days`` days of that archive.
 
@@ -63,25 +65,31 @@ def folder_bytes(root: Path) -> tuple[int, int, int]:
 
 
 def measure_archive(tmp: Path, devices: int, args: argparse.Namespace) -> None:
-    per_window, per_day = tmp / "per-window", tmp / "per-day"
-    kafka_bytes, windows = 0, 0
-    offset = 0
+    layouts = {"one file per window": 0.0, "one file per device-hour": 3600.0, "one file per device-day": float(DAY_S)}
+    kafka_bytes, windows, offset = 0, 0, 0
+    write_s = dict.fromkeys(layouts, 0.0)
     for d in range(devices):
         day = device_day(f"pump-{d:03d}", 0, seed=100 + d, every_n=args.every_n, context=args.context, anomalies=args.anomalies)
         kafka_bytes += sum(len(encode_telemetry(w)) for w in day)
         windows += len(day)
         rows = [window_row(w, 0, offset + i) for i, w in enumerate(day)]
-        for row in rows:
-            write_flush(per_window, TOPIC, 0, [row])
-        write_flush(per_day, TOPIC, 0, rows)
         offset += len(rows)
+        for name, span in layouts.items():  # a flush holds what one device sends in `span` seconds
+            flushes: dict[float, list[dict[str, object]]] = {}
+            for row in rows:
+                key = row["kafka_offset"] if span == 0 else (row["window_start"] - T0) // span
+                flushes.setdefault(key, []).append(row)
+            t = time.perf_counter()
+            for flush in flushes.values():
+                write_flush(tmp / name, TOPIC, 0, flush)
+            write_s[name] += time.perf_counter() - t
     print(f"{devices} device-days, {windows / devices:.0f} windows per device-day (every {args.every_n}th of 10,800, "
           f"{args.anomalies} anomalies with {args.context} context windows either side); "
           f"Kafka values {kafka_bytes / devices / 1024:.0f} KiB per device-day")
-    for name, root in (("one file per window", per_window), ("one file per device-day", per_day)):
-        files, size, allocated = folder_bytes(root)
-        print(f"  archive, {name:<24} {files / devices:6.0f} files, {size / devices / 1024:7.1f} KiB "
-              f"({allocated / devices / 1024:7.1f} KiB allocated) per device-day")
+    for name in layouts:
+        files, size, allocated = folder_bytes(tmp / name)
+        print(f"  archive, {name:<25} {files / devices:6.0f} files, {size / devices / 1024:7.1f} KiB "
+              f"({allocated / devices / 1024:7.1f} KiB allocated) per device-day; written at {windows / write_s[name]:6.0f} windows/s")
 
 
 def measure_retrain(tmp: Path, devices: int, days: int, args: argparse.Namespace) -> None:
