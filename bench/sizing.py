@@ -5,12 +5,11 @@ Kafka bytes per device-day, and the seconds one retraining takes.
    (32 samples, stride 8: 10,800 a day), of which the agent sends every ``--every-n``-th (100) and
    ``--context`` (2) windows either side of each of ``--anomalies`` (25) anomaly windows, as
    ``edge.telemetry`` does by default. The windows go through the archive's own writer
-   (``cloud.processor.archive.write_flush``) in three layouts: one file per window (what the
-   archive writes when a flush holds one window per device: any fleet where a device sends a
-   window less often than once per ``flush_interval_s``, 60 s), one per device-hour
-   (``flush_interval_s`` 3600) and one per device-day (a flush that holds the whole day, or a
-   compaction). Bytes are file sizes and allocated blocks (``du``); the write rate is the writer's
-   alone (no Kafka).
+   (``cloud.processor.archive.write_flush``) flushed as the archive flushes them: every
+   ``flush_interval_s`` (the default 60 s, then 3600 s; a flush writes one file per device it
+   holds, so a device that sends a window every few minutes gets a file per window, and an
+   anomaly's context windows share one), and one file per device-day (a compaction). Bytes are
+   file sizes and allocated blocks (``du``); the write rate is the writer's alone (no Kafka).
 2. ``edgewatch retrain`` (in process, fine-tuning a dense_ae with the default ``TrainConfig``,
    ``[train] epochs`` 5) on ``--retrain-devices`` devices x ``--retrain-days`` days of that archive.
 
@@ -65,7 +64,7 @@ def folder_bytes(root: Path) -> tuple[int, int, int]:
 
 
 def measure_archive(tmp: Path, devices: int, args: argparse.Namespace) -> None:
-    layouts = {"one file per window": 0.0, "one file per device-hour": 3600.0, "one file per device-day": float(DAY_S)}
+    layouts = {"60 s flushes (default)": 60.0, "3600 s flushes": 3600.0, "one file per device-day": float(DAY_S)}
     kafka_bytes, windows, offset = 0, 0, 0
     write_s = dict.fromkeys(layouts, 0.0)
     for d in range(devices):
@@ -77,7 +76,7 @@ def measure_archive(tmp: Path, devices: int, args: argparse.Namespace) -> None:
         for name, span in layouts.items():  # a flush holds what one device sends in `span` seconds
             flushes: dict[float, list[dict[str, object]]] = {}
             for row in rows:
-                key = row["kafka_offset"] if span == 0 else (row["window_start"] - T0) // span
+                key = (row["window_start"] - T0) // span
                 flushes.setdefault(key, []).append(row)
             t = time.perf_counter()
             for flush in flushes.values():
