@@ -209,13 +209,19 @@ def test_a_write_the_acls_refuse_leaves_the_agent_outbox_intact(secure: Secure, 
 
 
 @pytest.mark.brokers
-def test_processor_and_archive_consume_what_the_agent_sent_over_sasl_ssl(secure: Secure, tmp_path: Path, unique: str) -> None:
-    """With the ACLs of their roles only: the agent writes, the processor consumes its group and commits,
-    dead-letters a malformed event and writes alerts; the archive consumes the telemetry in its group."""
+def test_processor_and_archive_consume_what_the_agent_sent_over_sasl_ssl(secure: Secure, tmp_path: Path, unique: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the ACLs of their roles only, granted by `edgewatch acls` from the processor's config: the agent
+    writes, the processor consumes in its group and commits, dead-letters a malformed event and writes
+    alerts; the archive consumes the telemetry in its group."""
     topic = f"anomalies.{unique}"
     db, archive_dir = tmp_path / "store.db", tmp_path / "archive"
     cfg = processor_config(secure, tmp_path, topic, unique, db, archive_dir)
-    secure.allow(Resources.of(cfg))
+    admin = secure.kafka.admin
+    for key, value in (("SECURITY_PROTOCOL", "SASL_SSL"), ("SSL_CAFILE", admin.ssl_cafile), ("SASL_MECHANISM", admin.sasl_mechanism),
+                       ("USERNAME", admin.username), ("PASSWORD", admin.password)):
+        monkeypatch.setenv(f"EDGEWATCH_KAFKA__{key}", value)
+    assert cli_main(["acls", "--config", str(tmp_path / "cloud.toml"), "--agents", "agent-gw1", "--processors", "processor"]) == 0
     create_topics(secure.kafka.bootstrap, [topic, f"{topic}.alerts", f"{topic}.deadletter", f"{topic}.telemetry"],
                   **secure.sasl(ADMIN_USER))
     agent = agent_config(tmp_path, secure.kafka.bootstrap, sasl_lines(str(secure.pki.ca)),
