@@ -144,7 +144,7 @@ def apply(bootstrap: str, wanted: Iterable[Grant], security: KafkaSecurity, *, t
             raise BrokerUnavailable(f"kafka at {bootstrap} refused {len(result['failed'])} of {len(todo)} ACLs as "
                                     f"{security.username or 'anonymous'}: {sorted({repr(e) for e in result['failed']})}")
         deadline = time.monotonic() + timeout_s
-        while missing := [g for g in todo if g not in listed(admin)]:
+        while missing := _unlisted(todo, listed(admin)):
             if time.monotonic() > deadline:
                 raise BrokerUnavailable(f"kafka at {bootstrap} does not list {len(missing)} created ACLs after {timeout_s:g} s, "
                                         f"first: {missing[0]}")
@@ -152,6 +152,10 @@ def apply(bootstrap: str, wanted: Iterable[Grant], security: KafkaSecurity, *, t
     finally:
         admin.close()
     return todo
+
+
+def _unlisted(todo: list[Grant], enforced: set[Grant]) -> list[Grant]:
+    return [g for g in todo if g not in enforced]
 
 
 def listed(admin: Any) -> set[Grant]:
