@@ -66,7 +66,8 @@ class Pipeline:
     """Agents on the session's Mosquitto and the cluster, a processor thread, a paced MQTT feeder per agent,
     and a watcher thread sampling every 0.1 s how far the events got."""
 
-    def __init__(self, stack: LocalStack, cluster: KafkaCluster, tmp: Path, unique: str, *, seconds: float) -> None:
+    def __init__(self, stack: LocalStack, cluster: KafkaCluster, tmp: Path, unique: str, *, seconds: float,
+                 hold_back: bool = False) -> None:
         self.cluster = cluster
         self.topic = f"test.{unique}.anomalies"
         topics = {k: f"test.{unique}.{k}" for k in ("anomalies", "telemetry", "deadletter")}
@@ -86,6 +87,9 @@ class Pipeline:
         self.processor_cfg = config(tmp / "cloud.toml", bootstrap=cluster.bootstrap, topic=self.topic, group=self.group,
                                     sqlite_path=self.db)
         self.seconds = seconds
+        self.release = threading.Event()  # the feeders publish the second half of the streams once it is set
+        if not hold_back:
+            self.release.set()
         self.producer, self.processor = Stall(), Stall()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -105,12 +109,15 @@ class Pipeline:
             t.start()
 
     def _feed(self, i: int) -> None:
-        """Publish agent ``i``'s stream evenly over ``seconds`` (pacing, not synchronisation)."""
+        """Publish agent ``i``'s stream evenly over ``seconds`` (pacing, not synchronisation), its second half once
+        :attr:`release` is set."""
         items = self.streams[i]
         pub = Publisher(self.agents[i].config.mqtt.port, f"pub-{i}-{self.group}")
         try:
             step = max(1, len(items) // int(self.seconds * 5))
             for n in range(0, len(items), step):
+                if n >= len(items) // 2:
+                    self.release.wait()
                 pub.publish(items[n:n + step])
                 self._stop.wait(0.2)
         except BaseException as exc:  # reported by the test
@@ -161,6 +168,7 @@ class Pipeline:
 
     def close(self) -> None:
         self._stop.set()
+        self.release.set()
         self._processor_stop.set()
         for agent in self.agents:
             agent.stop(10)
@@ -176,7 +184,8 @@ class Pipeline:
 @pytest.fixture
 def pipeline(local_stack: LocalStack, kafka_cluster: KafkaCluster, tmp_path: Path, unique: str,
              request: pytest.FixtureRequest) -> Iterator[Pipeline]:
-    p = Pipeline(local_stack, kafka_cluster, tmp_path, unique, seconds=request.param)
+    seconds, hold_back = request.param
+    p = Pipeline(local_stack, kafka_cluster, tmp_path, unique, seconds=seconds, hold_back=hold_back)
     try:
         p.start()
         yield p
@@ -192,7 +201,7 @@ def leader_of(p: Pipeline) -> int:
         return -1
 
 
-@pytest.mark.parametrize("pipeline", [30.0], indirect=True)
+@pytest.mark.parametrize("pipeline", [(30.0, False)], indirect=True, ids=["30s-stream"])
 def test_leader_killed_mid_stream_loses_nothing(pipeline: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:
     p = pipeline
     wait_for(lambda: p.stored() >= len(p.expected) // 4, 90, "a quarter of the stream stored")
@@ -207,7 +216,7 @@ def test_leader_killed_mid_stream_loses_nothing(pipeline: Pipeline, capsys: pyte
     p.report(f"leader kill (node {leader})", capsys)
 
 
-@pytest.mark.parametrize("pipeline", [40.0], indirect=True)
+@pytest.mark.parametrize("pipeline", [(40.0, False)], indirect=True, ids=["40s-stream"])
 def test_a_follower_down_for_a_minute_loses_nothing_and_lag_returns_to_zero(pipeline: Pipeline,
                                                                              capsys: pytest.CaptureFixture[str]) -> None:
     p = pipeline
@@ -223,7 +232,7 @@ def test_a_follower_down_for_a_minute_loses_nothing_and_lag_returns_to_zero(pipe
     p.report(f"follower (node {follower}) down 60 s", capsys)
 
 
-@pytest.mark.parametrize("pipeline", [20.0], indirect=True)
+@pytest.mark.parametrize("pipeline", [(20.0, True)], indirect=True, ids=["20s-stream-half-held-back"])
 def test_two_brokers_down_refuse_writes_and_the_outboxes_keep_every_event(pipeline: Pipeline, caplog: pytest.LogCaptureFixture,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """One broker crashes, a second is shut down: the third leads alone, below min.insync.replicas.
@@ -231,7 +240,8 @@ def test_two_brokers_down_refuse_writes_and_the_outboxes_keep_every_event(pipeli
     The crashed broker is fenced and leaves the in-sync replicas; the second leaves them in its
     controlled shutdown while two controllers still form a quorum. Then the last broker refuses
     writes with NOT_ENOUGH_REPLICAS (with both crashed instead, the quorum is gone before the
-    in-sync set can shrink, and writes time out: refused all the same)."""
+    in-sync set can shrink, and writes time out: refused all the same). The second half of the
+    stream is published only then."""
     p = pipeline
     caplog.set_level(logging.WARNING)
     wait_for(lambda: p.stored() >= 10, 90, "the first events stored")
@@ -240,6 +250,7 @@ def test_two_brokers_down_refuse_writes_and_the_outboxes_keep_every_event(pipeli
     p.cluster.node(crashed).kill()
     wait_for(lambda: in_sync(p) == {leader, stopped}, 60, "the crashed broker out of the in-sync replicas")
     p.cluster.node(stopped).stop()
+    p.release.set()
     wait_for(lambda: "NotEnoughReplicas" in caplog.text, 60, "producers refused with NOT_ENOUGH_REPLICAS")
     refused_at = end_offset(p)
     wait_for(lambda: p.fed() and p.counts()[0] == len(p.expected), 90, "the whole stream written to the outboxes")
