@@ -104,11 +104,8 @@ def stop(state_dir: Path) -> list[str]:
     if info is None:
         return []
     local = attach(state_dir)
-    stopped = []
-    for name, service in reversed(local.processes()):
-        if service.pid is not None:
-            stopped.append(f"{name} (pid {service.pid})")
-            service.stop()
+    stopped = [f"{name} (pid {service.pid})" for name, service in reversed(local.processes()) if service.pid is not None]
+    local.stop()
     (Path(state_dir) / "stack.json").unlink()
     return stopped
 
