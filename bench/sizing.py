@@ -10,10 +10,10 @@ Kafka bytes per device-day, and the seconds one retraining takes.
    holds, so a device that sends a window every few minutes gets a file per window, and an
    anomaly's context windows share one), and one file per device-day (a compaction). Bytes are
    file sizes and allocated blocks (``du``); the write rate is the writer's alone (no Kafka).
-2. ``edgewatch retrain`` (in process, fine-tuning a dense_ae with the default ``TrainConfig``,
-   ``[train] epochs`` 5) on ``--retrain-devices`` devices x ``--retrain-days`` days of that archive.
+2. ``edgewatch retrain`` (in process, fine-tuning a dense_ae with the default ``TrainConfig``
+   for ``--epochs`` 5) on ``--retrain-devices`` devices x ``--retrain-days`` days of that archive.
 
-    .venv/bin/python -m bench.sizing [--devices 3] [--retrain-devices 10] [--retrain-days 7]
+    .venv/bin/python -m bench.sizing [--devices 3] [--retrain-devices 10] [--retrain-days 7] [--epochs 5]
 """
 
 from __future__ import annotations
@@ -124,10 +124,12 @@ def measure_retrain(tmp: Path, devices: int, days: int, args: argparse.Namespace
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + days * DAY_S))
     cpu0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     code = cli(["retrain", "--model", "pump", "--since", since, "--until", until, "--archive", str(archive),
-                "--registry", str(registry.root), "--config", str(tmp / "retrain.toml"), "--progress", "false"])
+                "--registry", str(registry.root), "--config", str(tmp / "retrain.toml"), "--epochs", str(args.epochs),
+                "--progress", "false"])
     elapsed, cpu1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-    print(f"retrain (exit {code}): {windows} windows ({devices} devices x {days} days), {elapsed:.1f} s wall, {cpu:.1f} s CPU "
+    print(f"retrain (exit {code}): {windows} windows ({devices} devices x {days} days), {args.epochs} epochs, "
+          f"{elapsed:.1f} s wall, {cpu:.1f} s CPU "
           f"(one torch thread), load {os.getloadavg()[0]:.2f}")
 
 
@@ -139,6 +141,7 @@ def main() -> None:
     ap.add_argument("--anomalies", type=int, default=25, help="anomaly windows per device-day")
     ap.add_argument("--retrain-devices", type=int, default=10)
     ap.add_argument("--retrain-days", type=int, default=7, help="0: no retraining")
+    ap.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (retrain's --epochs)")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} (1 min)")
     tmp = Path(tempfile.mkdtemp(prefix="edgewatch-sizing-"))
