@@ -25,6 +25,7 @@ import resource
 import shutil
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,11 @@ def measure_archive(tmp: Path, devices: int, args: argparse.Namespace) -> None:
     print(f"{devices} device-days, {windows / devices:.0f} windows per device-day (every {args.every_n}th of 10,800, "
           f"{args.anomalies} anomalies with {args.context} context windows either side); "
           f"Kafka values {kafka_bytes / devices / 1024:.0f} KiB per device-day")
+    tracemalloc.start()
+    held = [window_row(w, 0, i) for i, w in enumerate(day)]  # what the archive buffers until a flush
+    buffered = tracemalloc.get_traced_memory()[0] / len(held)
+    tracemalloc.stop()
+    print(f"  a buffered window holds {buffered / 1024:.1f} KiB of Python memory until its flush")
     for name in layouts:
         files, size, allocated = folder_bytes(tmp / name)
         print(f"  archive, {name:<25} {files / devices:6.0f} files, {size / devices / 1024:7.1f} KiB "
