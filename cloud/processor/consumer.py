@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from cloud.kafka_groups import subscribe
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STORE_RETRY_S = 1.0
 IN_FLIGHT_POLL_S = 0.05  # the longest poll while a poll is with the store side: its answer should not wait for records
+DRAIN_COMMIT_S = 10.0  # the longest the last commit waits when the processor stops
 R = TypeVar("R")
 
 
@@ -213,12 +214,17 @@ class Processor:
         self.offsets.committed(response if failed else None)
 
     def _commit_offsets(self, consumer: KafkaConsumer) -> None:
-        """Commit the stored polls' offsets of the partitions still ours and wait for the ack (on drain)."""
+        """Commit the stored polls' offsets of the partitions still ours and wait for the ack (on drain).
+
+        Waits at most ``DRAIN_COMMIT_S``: with the brokers away (an outage below ``min.insync.replicas``, a lost
+        coordinator) the commit fails, and the processor still stops cleanly; the store holds every event, and
+        the next owner re-reads the uncommitted offsets and de-duplicates them.
+        """
         offsets = self.offsets.owned(consumer.assignment())
         try:
             if offsets:
-                consumer.commit(offsets)
-        except (CommitFailedError, RebalanceInProgressError) as exc:
+                consumer.commit(offsets, timeout_ms=int(DRAIN_COMMIT_S * 1000))
+        except KafkaError as exc:
             log.warning("offsets_commit_failed reason=%r; the next owner re-reads them and de-duplicates", exc)
 
     def _publish(self, alerts: list[Any], dead: list[Any], *, wait: bool = False) -> None:

@@ -21,6 +21,7 @@ from cloud.processor.backends import open_postgres, open_sqlite
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.store import Store
 from edge.contract import Alert, AnomalyEvent, decode_alert, encode_event
+from localdev.stack import LocalStack
 from tests.cloud.processor_streams import T0, background_devices, burst, config, event, fleet_stream, in_thread, write_config
 from tests.kafka_util import create_topic
 from tests.tools import wait_for
@@ -227,6 +228,37 @@ def test_a_store_that_refuses_writes_loses_nothing_and_the_result_equals_an_undi
     assert {r[1] for r in reference["incidents"]} >= {"incident", "fleet_incident"}
     for table in ("events", "incidents", "alerts", "device_state"):
         assert disturbed[table] == reference[table], table
+
+
+def test_a_processor_stopped_while_kafka_is_away_stops_cleanly_and_a_rerun_changes_nothing(
+        local_stack: LocalStack, unique: str, tmp_path: Path) -> None:
+    """The last commit cannot reach the broker: it is logged, the processor stops without an error, and the next run
+    re-reads what was not committed and de-duplicates it."""
+    bootstrap = local_stack.kafka_bootstrap
+    topic = f"anomalies.{unique}"
+    create_topic(bootstrap, topic, partitions=2)
+    stream = fleet_stream(5, partitions=2, duration_s=300)
+    produce(bootstrap, topic, events_items(stream))
+    cfg = config(tmp_path / "c.toml", bootstrap=bootstrap, topic=topic, group=f"g-{unique}", sqlite_path=tmp_path / "s.db")
+    store = open_sqlite(tmp_path / "s.db")
+    store.migrate()
+    thread, stop, errors = in_thread(cfg)
+    try:
+        wait_for(lambda: store.count("events") == len(stream), 60, "the stream to be stored")
+        local_stack.kafka.stop()
+        try:
+            stop.set()
+            thread.join(60)
+        finally:
+            local_stack.kafka.start()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and errors == []
+    before = dump(store)
+    run_until(cfg, lambda: caught_up(bootstrap, f"g-{unique}", topic))
+    assert dump(store) == before
+    store.close()
 
 
 def test_postgresql_connections_that_drop_are_opened_again_and_nothing_is_lost(
