@@ -22,17 +22,22 @@ from pathlib import Path
 from kafka import KafkaConsumer
 
 from cloud.kafka_groups import subscribe
+from cloud.processor.config import ProcessorKafkaSection
 from edge import simulator
 from edge.agent import Agent
 from edge.cliutil import ProgressLine
-from edge.config import default_model_dir, load_config
+from edge.config import KafkaSection, default_model_dir, load_config
 from edge.contract import AnomalyEvent, ContractError, decode_event
 from edge.contract.alert import decode_alert
 from edge.detector import load_manifest
-from localdev.kafka_admin import PROJECT_TOPICS, create_topics
+from localdev.kafka_admin import create_topics
 from localdev.stack import LocalStack, free_port
 
 log = logging.getLogger(__name__)
+
+# the topics of the default configs: the agent's, and the processor's alerts
+TOPICS = tuple(dict.fromkeys((KafkaSection.anomalies_topic, KafkaSection.telemetry_topic, KafkaSection.deadletter_topic,
+                              KafkaSection.status_topic, ProcessorKafkaSection.alerts_topic)))
 
 
 @dataclass
@@ -135,7 +140,7 @@ class KafkaPrinter(threading.Thread):
         self.stop = threading.Event()
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"demo-printer-{os.getpid()}",
                                       auto_offset_reset="earliest")
-        subscribe(self.consumer, ["edgewatch.anomalies", "edgewatch.alerts"])
+        subscribe(self.consumer, [KafkaSection.anomalies_topic, ProcessorKafkaSection.alerts_topic])
 
     def run(self) -> None:
         seen: set[str] = set()
@@ -143,7 +148,7 @@ class KafkaPrinter(threading.Thread):
             for tp, records in self.consumer.poll(timeout_ms=300).items():
                 for r in records:
                     try:
-                        if tp.topic == "edgewatch.anomalies":
+                        if tp.topic == KafkaSection.anomalies_topic:
                             e = decode_event(r.value)
                             if e.event_id in seen:
                                 continue
@@ -187,7 +192,7 @@ def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s:
     agent: Agent | None = None
     printer: KafkaPrinter | None = None
     try:
-        create_topics(stack.kafka_bootstrap, PROJECT_TOPICS, partitions=2)  # replicated per the cluster's size
+        create_topics(stack.kafka_bootstrap, TOPICS, partitions=2)  # replicated per the cluster's size
         agent_port, processor_port = free_port(), free_port()
         agent_toml, cloud_toml = write_configs(out, stack, agent_port, processor_port)
         processor = subprocess.Popen([sys.executable, "-m", "cloud.cli", "process", "--config", str(cloud_toml)],

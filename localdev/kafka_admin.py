@@ -1,7 +1,7 @@
 """Admin calls against the local Kafka: the project's topics and how durable they are, and who leads.
 
 :func:`topic_durability` is the one place that decides replication: a topic the project creates
-(:data:`PROJECT_TOPICS`, the internal offsets and transaction topics, and what brokers auto-create)
+(the demo's and the tests', the internal offsets and transaction topics, and what brokers auto-create)
 gets replication factor 3 and ``min.insync.replicas=2`` on a cluster of three or more brokers, and
 1/1 on a single node. With producers on ``acks=all``, a write is acknowledged only once two
 replicas have it, so one broker may die without losing an acknowledged event; with two down,
@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-PROJECT_TOPICS = ("edgewatch.anomalies", "edgewatch.telemetry", "edgewatch.alerts", "edgewatch.deadletter", "edgewatch.status")
 
 
 @dataclass(frozen=True)
