@@ -219,14 +219,21 @@ class Forwarder:
 
     def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        try:
-            producer.close(timeout=0)
-        except Exception as exc:  # noqa: BLE001 - closing a broken producer may fail; it is discarded anyway
-            # close() flushes first and raises on unfinished sends without stopping its sender
-            # thread; stop that thread too, or every outage would leak one.
-            log.debug("kafka_producer_close_failed error=%s", exc)
-            sender = getattr(producer, "_sender", None)
-            if sender is not None:
-                sender.force_close()
+        if producer is not None:
+            close_producer(producer)
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float = 0.0) -> None:
+    """Close ``producer``, waiting up to ``timeout_s`` for its unfinished sends; never raises.
+
+    kafka-python's ``close()`` flushes first and raises on sends still unfinished (the brokers away)
+    without stopping its sender thread; that thread is stopped too, or every outage would leak one.
+    The records not sent are dropped: their rows are still in the outbox (or the store) and are sent again.
+    """
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a producer that cannot finish is discarded anyway
+        log.debug("kafka_producer_close_failed error=%s", exc)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()

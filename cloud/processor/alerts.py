@@ -74,17 +74,25 @@ class OutboxPublisher:
         ``timeout_s``), so the consumer loop never waits for them; a send the broker refused leaves its row for
         the sweep and raises :class:`BrokerUnavailable`.
         """
-        for row in alerts:
-            _alert_id, incident_id, payload = row
-            self._sent.append(("alerts", row, self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode())))
-        for row in dead:
-            topic, partition, offset, field, reason, payload = row
-            headers = deadletter_headers(topic, partition, offset, field, reason)
-            self._sent.append(("deadletters", row, self.producer.send(
-                self.deadletter_topic, key=f"{topic}/{partition}".encode(), value=bytes(payload) if payload is not None else None,
-                headers=headers)))
+        from kafka.errors import KafkaError, KafkaTimeoutError
+
+        try:
+            for row in alerts:
+                _alert_id, incident_id, payload = row
+                self._sent.append(("alerts", row, self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode())))
+            for row in dead:
+                topic, partition, offset, field, reason, payload = row
+                headers = deadletter_headers(topic, partition, offset, field, reason)
+                self._sent.append(("deadletters", row, self.producer.send(
+                    self.deadletter_topic, key=f"{topic}/{partition}".encode(), value=bytes(payload) if payload is not None else None,
+                    headers=headers)))
+        except KafkaError as exc:  # no metadata for the topic within the producer's max_block_ms: the brokers are away
+            raise BrokerUnavailable(f"outbox: cannot send ({exc!r}); rows stay unpublished and are retried") from exc
         if wait:
-            self.producer.flush(self.timeout_s)
+            try:
+                self.producer.flush(self.timeout_s)
+            except KafkaTimeoutError:  # the brokers are away: the sends not done are refused below, their rows wait
+                pass
         if wait or time.monotonic() - self._collected >= COLLECT_INTERVAL_S:
             self._collected = time.monotonic()
             self._collect(wait)
@@ -103,8 +111,11 @@ class OutboxPublisher:
         acked: dict[str, list[Sequence[Any]]] = {"alerts": [], "deadletters": []}
         refused: KafkaError | None = None
         for table, row, future in done:
+            if not future.is_done:  # a flush that timed out
+                refused = KafkaError(f"no acknowledgement within {self.timeout_s} s")
+                continue
             try:
-                future.get(timeout=self.timeout_s)
+                future.get()
             except KafkaError as exc:
                 refused = exc
                 continue

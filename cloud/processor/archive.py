@@ -42,6 +42,7 @@ from cloud.processor.alerts import deadletter_headers
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.consumer import group_consumer, kafka_producer
 from edge.contract import ContractError, TelemetryWindow, decode_telemetry
+from edge.forwarder import close_producer
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Archive:
         try:
             consumer = group_consumer(k, self.topic, _Listener(self), group_id=a.group_id, client_id=k.client_id + "-archive")
         except BaseException:
-            producer.close(timeout=10)
+            close_producer(producer, 10.0)
             raise
         log.info("archive_started topic=%s group=%s dir=%s", self.topic, a.group_id, self.root)
         try:
@@ -153,7 +154,7 @@ class Archive:
                 self.flush(consumer, producer, p)
         finally:
             consumer.close(autocommit=False)
-            producer.close(timeout=10)
+            close_producer(producer, 10.0)
             log.info("archive_stopped")
 
     def _buffer(self, partition: int, records: list[Any]) -> None:

@@ -38,6 +38,7 @@ from cloud.processor.pipeline import paused_gc
 from cloud.processor.store import Store
 from cloud.processor.storeside import ChildChannel, LocalChannel, OutboxRows, Reply, StoreClient, store_errors, store_failed
 from edge.contract import BrokerUnavailable
+from edge.forwarder import close_producer
 from edge.kafka_security import client_kwargs, diagnose
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 STORE_RETRY_S = 1.0
 IN_FLIGHT_POLL_S = 0.05  # the longest poll while a poll is with the store side: its answer should not wait for records
 DRAIN_COMMIT_S = 10.0  # the longest the last commit waits when the processor stops
+PRODUCER_MAX_BLOCK_S = 10.0  # the longest a send waits for a topic's metadata (the brokers away) before it fails
 R = TypeVar("R")
 
 
@@ -105,7 +107,7 @@ class Processor:
             stack.callback(channel.close)
             self._side = StoreClient(channel)
             producer = kafka_producer(k, k.client_id + "-outbox", linger_ms=5)
-            stack.callback(producer.close, timeout=10)
+            stack.callback(close_producer, producer, 10.0)
             consumer = group_consumer(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id)
             stack.callback(consumer.close, autocommit=False)
             self._outbox = OutboxPublisher(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,
@@ -177,7 +179,15 @@ class Processor:
     def _poll_once(self, consumer: KafkaConsumer) -> None:
         k, side = self.config.kafka, self.side
         timeout_s = min(k.poll_timeout_s, IN_FLIGHT_POLL_S) if side.polls else k.poll_timeout_s
-        polled = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=k.max_poll_records)
+        try:
+            polled = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=k.max_poll_records)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            # the brokers are away (kafka-python 3 raises a lost coordinator from poll): wait, then poll again
+            log.warning("kafka_poll_failed error=%r; polling again in %.0f s", exc, STORE_RETRY_S)
+            self.stop.wait(STORE_RETRY_S)
+            return
         batches = [(tp, records) for tp, records in polled.items() if records]
         mono = time.monotonic()
         if self._forget:
@@ -301,9 +311,10 @@ class Processor:
 
 
 def kafka_producer(k: ProcessorKafkaSection, client_id: str, **settings: Any) -> KafkaProducer:
-    """An acks=all producer with the section's bootstrap and security; :class:`BrokerUnavailable` saying why."""
+    """An acks=all, idempotent producer with the section's bootstrap and security; :class:`BrokerUnavailable` saying why."""
     try:
-        return KafkaProducer(bootstrap_servers=k.bootstrap, client_id=client_id, acks="all", **settings, **client_kwargs(k))
+        return KafkaProducer(bootstrap_servers=k.bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
+                             max_block_ms=int(PRODUCER_MAX_BLOCK_S * 1000), **settings, **client_kwargs(k))
     except KafkaError as exc:
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
 
