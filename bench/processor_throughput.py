@@ -160,8 +160,7 @@ def bench_topic(prefix: str, topic: str, partitions: int, events: int, devices: 
     """A temporary folder, a local stack and PostgreSQL, and ``topic`` holding :func:`make_events`'s events,
     read ``warmup`` times by :func:`bare`; yields the folder, the stack, PostgreSQL and the number of events.
     Stops both services on exit."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
+    from localdev.kafka_admin import create_topics
     from localdev.pgserver import LocalPostgres
     from localdev.stack import LocalStack
 
@@ -171,9 +170,7 @@ def bench_topic(prefix: str, topic: str, partitions: int, events: int, devices: 
         stack.start()
         pg = LocalPostgres().start()
         try:
-            admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-            admin.create_topics([NewTopic(topic, partitions, 1)])
-            admin.close()
+            create_topics(stack.kafka_bootstrap, [topic], partitions)
             made = make_events(events, devices)
             t = time.perf_counter()
             produce(stack.kafka_bootstrap, topic, made)

@@ -81,11 +81,21 @@ def quorum_leader(bootstrap: str, timeout_s: float = 5.0) -> int | None:
         admin.close()
 
 
-def partition_leaders(bootstrap: str, topic: str) -> dict[int, int]:
-    """Partition number -> id of the broker leading it now (-1 while it has none)."""
+def _partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """The topic's partitions as the cluster describes them now (``partition_index``, ``leader_id``, ``isr_nodes``, ...)."""
     admin = _admin(bootstrap)
     try:
         (described,) = admin.describe_topics([topic])
-        return {int(p["partition_index"]): int(p["leader_id"]) for p in described["partitions"]}
+        return list(described["partitions"])
     finally:
         admin.close()
+
+
+def partition_leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition number -> id of the broker leading it now (-1 while it has none)."""
+    return {int(p["partition_index"]): int(p["leader_id"]) for p in _partitions(bootstrap, topic)}
+
+
+def in_sync_replicas(bootstrap: str, topic: str) -> dict[int, set[int]]:
+    """Partition number -> ids of the brokers in its in-sync set now."""
+    return {int(p["partition_index"]): {int(n) for n in p["isr_nodes"]} for p in _partitions(bootstrap, topic)}

@@ -18,14 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from edge.agent import Agent
 from edge.config import load_config
 from edge.outbox import KINDS
 from edge.synth import Fault
-from localdev.kafka_admin import create_topics, partition_leaders
+from localdev.kafka_admin import create_topics, in_sync_replicas, partition_leaders
 from localdev.stack import KafkaCluster, LocalStack
 from tests.cloud.processor_streams import config, in_thread
 from tests.cloud.test_processor_kafka import caught_up
@@ -265,12 +265,7 @@ def test_two_brokers_down_refuse_writes_and_the_outboxes_keep_every_event(pipeli
 def in_sync(p: Pipeline) -> set[int]:
     """The in-sync replicas of the anomalies partition (empty while the broker asked is gone)."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=p.cluster.bootstrap.split(","))
-        try:
-            (topic,) = admin.describe_topics([p.topic])
-            return set(topic["partitions"][0]["isr_nodes"])
-        finally:
-            admin.close()
+        return in_sync_replicas(p.cluster.bootstrap, p.topic)[0]
     except KafkaError:
         return set()
 
