@@ -17,6 +17,7 @@ from edge.contract.event import AnomalyEvent, decode_event, encode_event, make_e
 from edge.contract.manifest import (
     Calibration,
     Channel,
+    ExpectedAlerts,
     ModelManifest,
     Signature,
     canonical_bytes,
@@ -45,7 +46,7 @@ from edge.contract.samples import (
 __all__ = [
     "Alert", "decode_alert", "encode_alert", "make_alert_id", "make_incident_id",
     "AnomalyEvent", "BrokerUnavailable", "Calibration", "Channel", "ConfigError", "ContractError",
-    "EdgewatchError", "ManifestError", "ModelLoadError", "ModelManifest", "Reading", "Signature",
+    "EdgewatchError", "ExpectedAlerts", "ManifestError", "ModelLoadError", "ModelManifest", "Reading", "Signature",
     "canonical_bytes", "decode_event", "decode_manifest", "decode_readings", "device_from_topic",
     "encode_event", "encode_manifest", "encode_readings", "make_event_id", "readings_subscription",
     "readings_topic",

@@ -4,7 +4,9 @@ hands the edge.
 The signature covers :func:`canonical_bytes` (the manifest without its ``signature`` field),
 and the manifest carries the sha256 of ``model.onnx``; so one Ed25519 signature binds both
 files. ``transfer`` (written when a model folder is signed) also binds how ``model.onnx``
-travels to devices: its size and its chunks (:mod:`edge.contract.update`). Verification lives
+travels to devices: its size and its chunks (:mod:`edge.contract.update`). ``expected_alerts``
+(written by the backtest at registration) is the signed prediction of the alert rate that the
+agent's shadow trial checks the candidate against (:mod:`edge.shadow`). Verification lives
 with the code that loads models; this module only defines and validates the document.
 """
 
@@ -58,6 +60,29 @@ class Transfer:
 
 
 @dataclass(frozen=True)
+class ExpectedAlerts:
+    """The backtest's prediction of how often this model alerts, under the signature.
+
+    Quantiles (keys exactly ``p05``, ``p50``, ``p95``) are over the devices replayed from
+    ``since`` to ``until`` (unix seconds). ``window_rate`` is the share of windows scored above
+    the manifest's threshold (raw, before k-of-n): what the agent's shadow trial measures live.
+    ``baseline_window_rate`` is production's median window rate on the same replay (None: no
+    production version); the candidate's rate may be at most ``max_ratio`` times it."""
+
+    since: float
+    until: float
+    devices: int
+    device_days: float
+    alerts_per_device_day: Mapping[str, float]
+    window_rate: Mapping[str, float]
+    baseline_window_rate: float | None
+    max_ratio: float
+
+
+QUANTILE_KEYS = ("p05", "p50", "p95")
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     name: str
     family: str
@@ -74,6 +99,7 @@ class ModelManifest:
     training_data_fingerprint: str
     metrics: Mapping[str, float]
     created_at: str
+    expected_alerts: ExpectedAlerts | None = None  # None: registered without a backtest; absent from the JSON
     transfer: Transfer | None = None  # None: never signed, or signed before transfers were; refused over MQTT
     signature: Signature | None = None
     schema: int = MANIFEST_SCHEMA
@@ -91,7 +117,9 @@ def manifest_to_dict(manifest: ModelManifest) -> dict[str, Any]:
     data["channels"] = [asdict(c) for c in manifest.channels]
     data["calibration"] = {"method": manifest.calibration.method, "params": dict(manifest.calibration.params)}
     data["metrics"] = dict(manifest.metrics)
-    for optional in ("transfer", "signature"):  # absent, not null: older signatures stay valid
+    if manifest.expected_alerts is not None:
+        data["expected_alerts"] = _expected_to_dict(manifest.expected_alerts)
+    for optional in ("expected_alerts", "transfer", "signature"):  # absent, not null: older signatures stay valid
         if data[optional] is None:
             del data[optional]
     return data
@@ -140,6 +168,7 @@ def decode_manifest(payload: bytes | str) -> ModelManifest:
         training_data_fingerprint=f.text(f.req(data, "training_data_fingerprint", ""), "training_data_fingerprint"),
         metrics=f.number_map(metrics, "metrics", allow_empty=True),
         created_at=f.text(f.req(data, "created_at", ""), "created_at", max_len=64),
+        expected_alerts=_expected_alerts(data.get("expected_alerts")),
         transfer=_transfer(data.get("transfer")),
         signature=_signature(data.get("signature")),
     )
@@ -187,6 +216,66 @@ def _transfer(value: Any) -> Transfer | None:
                     chunk_list_sha256=f.sha256(f.req(value, "chunk_list_sha256", "transfer"), "transfer.chunk_list_sha256"))
 
 
+def _expected_to_dict(e: ExpectedAlerts) -> dict[str, Any]:
+    return {"since": e.since, "until": e.until, "devices": e.devices, "device_days": e.device_days,
+            "alerts_per_device_day": dict(e.alerts_per_device_day), "window_rate": dict(e.window_rate),
+            "baseline_window_rate": e.baseline_window_rate, "max_ratio": e.max_ratio}
+
+
+def _expected_alerts(value: Any) -> ExpectedAlerts | None:
+    if value is None:
+        return None
+    path = "expected_alerts"
+    if not isinstance(value, Mapping):
+        raise ContractError(path, value, "must be an object with since, until, devices, device_days, "
+                            "alerts_per_device_day, window_rate, baseline_window_rate and max_ratio", "wrong_type")
+    f.no_extra(value, {"since", "until", "devices", "device_days", "alerts_per_device_day", "window_rate",
+                       "baseline_window_rate", "max_ratio"}, path)
+    since = f.number(f.req(value, "since", path), f"{path}.since", min_value=0)
+    until = f.number(f.req(value, "until", path), f"{path}.until", min_value=0)
+    if until <= since:
+        raise ContractError(f"{path}.until", until, f"must be after since {since}")
+    device_days = f.number(f.req(value, "device_days", path), f"{path}.device_days", min_value=0)
+    if device_days <= 0:
+        raise ContractError(f"{path}.device_days", device_days, "must be > 0")
+    max_ratio = f.number(f.req(value, "max_ratio", path), f"{path}.max_ratio")
+    if max_ratio <= 0:
+        raise ContractError(f"{path}.max_ratio", max_ratio, "must be > 0")
+    baseline = value.get("baseline_window_rate")
+    return ExpectedAlerts(
+        since=since, until=until,
+        devices=f.integer(f.req(value, "devices", path), f"{path}.devices", min_value=1),
+        device_days=device_days,
+        alerts_per_device_day=_quantiles(f.req(value, "alerts_per_device_day", path), f"{path}.alerts_per_device_day", rates=False),
+        window_rate=_quantiles(f.req(value, "window_rate", path), f"{path}.window_rate", rates=True),
+        baseline_window_rate=None if baseline is None else _rate(baseline, f"{path}.baseline_window_rate"),
+        max_ratio=max_ratio,
+    )
+
+
+def _quantiles(value: Any, field: str, *, rates: bool) -> dict[str, float]:
+    """``{"p05", "p50", "p95"}`` to non-negative finite numbers (shares in [0, 1] if ``rates``), in order."""
+    if not isinstance(value, Mapping) or set(value) != set(QUANTILE_KEYS):
+        raise ContractError(field, value, f"must be an object with exactly the keys {', '.join(QUANTILE_KEYS)}",
+                            f.type_kind(value, Mapping))
+    check = _rate if rates else _count
+    out = {k: check(value[k], f"{field}.{k}") for k in QUANTILE_KEYS}
+    if not out["p05"] <= out["p50"] <= out["p95"]:
+        raise ContractError(field, out, "quantiles must satisfy p05 <= p50 <= p95")
+    return out
+
+
+def _count(value: Any, field: str) -> float:
+    return f.number(value, field, min_value=0)
+
+
+def _rate(value: Any, field: str) -> float:
+    out = f.number(value, field, min_value=0)
+    if out > 1:
+        raise ContractError(field, value, "must be a share of windows in [0, 1]")
+    return out
+
+
 def _signature(value: Any) -> Signature | None:
     if value is None:
         return None
@@ -200,5 +289,5 @@ def _signature(value: Any) -> Signature | None:
 _FIELDS = {
     "schema", "name", "family", "version", "sha256", "channels", "window_length", "stride",
     "sample_period_s", "threshold", "calibration", "opset", "min_onnxruntime",
-    "training_data_fingerprint", "metrics", "created_at", "transfer", "signature",
+    "training_data_fingerprint", "metrics", "created_at", "expected_alerts", "transfer", "signature",
 }
