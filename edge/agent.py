@@ -171,10 +171,12 @@ class Agent:
                                                 "version": cand.detector.manifest.version if cand else ""})
 
         policy = ShadowPolicy(min_windows=u.shadow_min_windows, min_seconds=u.shadow_min_seconds, rate_factor=u.shadow_rate_factor,
-                              rate_floor=u.shadow_rate_floor, latency_factor=u.shadow_latency_factor)
+                              rate_floor=u.shadow_rate_floor, latency_factor=u.shadow_latency_factor,
+                              prediction_tolerance=u.shadow_prediction_tolerance, baseline_floor=u.shadow_baseline_floor)
         self.updates = ModelUpdates(live=live, swap=pipeline.swap_scorer, report=report, trusted_keys=keys, agent_id=cfg.agent.id,
                                     threads=cfg.model.threads, policy=policy, clock=self._clock,
-                                    on_action=lambda action: self.metrics.model_updates.labels(action).inc())
+                                    on_action=lambda action: self.metrics.model_updates.labels(action).inc(),
+                                    on_rejected=lambda reason: self.metrics.model_rejections.labels(reason).inc())
         pipeline.shadow = self.updates.shadow_score
         self.metrics.shadow_model.info({"name": "", "version": ""})
         self.downloader = ModelDownloader(

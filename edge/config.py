@@ -157,6 +157,8 @@ class UpdatesSection:
     shadow_rate_factor: float = 3.0   # reject above this many times the live (or expected) alert rate
     shadow_rate_floor: float = 0.02
     shadow_latency_factor: float = 5.0
+    shadow_prediction_tolerance: float = 2.0  # the signed prediction's window-rate interval widened by this factor
+    shadow_baseline_floor: float = 0.001  # the smallest production rate the prediction's max_ratio is taken of
     max_artifact_bytes: int = 64 * 1024 * 1024   # announces of a larger model.onnx are refused before download
     max_download_bytes: int = 128 * 1024 * 1024  # bound on the bytes held under <state_dir>/downloads
     command_max_age_s: float = 600.0  # a signed command (--new-normal) issued longer ago than this is refused
@@ -286,6 +288,10 @@ def _validate(c: Config) -> None:
         (c.updates.shadow_min_windows >= 1, "updates.shadow_min_windows", c.updates.shadow_min_windows, "must be >= 1"),
         (c.updates.shadow_rate_factor >= 1, "updates.shadow_rate_factor", c.updates.shadow_rate_factor, "must be >= 1"),
         (c.updates.shadow_latency_factor >= 1, "updates.shadow_latency_factor", c.updates.shadow_latency_factor, "must be >= 1"),
+        (c.updates.shadow_prediction_tolerance >= 1, "updates.shadow_prediction_tolerance",
+         c.updates.shadow_prediction_tolerance, "must be >= 1"),
+        (0 < c.updates.shadow_baseline_floor <= 1, "updates.shadow_baseline_floor", c.updates.shadow_baseline_floor,
+         "must be in (0, 1]"),
         (c.updates.max_artifact_bytes >= 1, "updates.max_artifact_bytes", c.updates.max_artifact_bytes, "must be >= 1"),
         (c.updates.max_download_bytes >= 1, "updates.max_download_bytes", c.updates.max_download_bytes, "must be >= 1"),
         (c.updates.command_max_age_s > 0, "updates.command_max_age_s", c.updates.command_max_age_s, "must be > 0"),

@@ -22,6 +22,7 @@ from prometheus_client.utils import floatToGoString
 from edge.contract.errors import ErrorKind
 from edge.contract.update import STATUS_ACTIONS
 from edge.outbox import KINDS
+from edge.shadow import REJECT_REASONS as SHADOW_REJECT_REASONS
 
 _go_float: Callable[[float], str] = floatToGoString  # the "le" label as prometheus-client's own histograms spell it
 
@@ -139,8 +140,12 @@ class AgentMetrics:
         self.model = Info(p + "model", "The model in use", registry=registry)
         self.shadow_model = Info(p + "shadow_model", "The candidate scoring in shadow (empty version: none)", registry=registry)
         self.model_updates = Counter(p + "model_updates", "Model update decisions, by action", ["action"], registry=registry)
+        self.model_rejections = Counter(p + "model_rejections", "Candidate models rejected in shadow, by short reason "
+                                        "(the status event carries the full one)", ["reason"], registry=registry)
         for action in STATUS_ACTIONS:
             self.model_updates.labels(action)
+        for shadow_reason in SHADOW_REJECT_REASONS:
+            self.model_rejections.labels(shadow_reason)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for reason in DROP_REASONS:

@@ -28,7 +28,7 @@ from edge.contract import EdgewatchError, ModelManifest
 from edge.contract.update import ModelAnnounce, ModelStatus, StatusAction
 from edge.detector import OnnxDetector
 from edge.pipeline import Scorer
-from edge.shadow import ShadowPolicy, ShadowTrial, expected_rate
+from edge.shadow import RejectReason, ShadowPolicy, ShadowTrial
 from edge.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class ModelUpdates:
 
     def __init__(self, *, live: Scorer, swap: Callable[[Scorer], None], report: Callable[[ModelStatus], None],
                  trusted_keys: TrustedKeys, agent_id: str, threads: int = 1, policy: ShadowPolicy | None = None,
-                 clock: Callable[[], float] = time.time, on_action: Callable[[StatusAction], None] = lambda a: None) -> None:
+                 clock: Callable[[], float] = time.time, on_action: Callable[[StatusAction], None] = lambda a: None,
+                 on_rejected: Callable[[RejectReason], None] = lambda r: None) -> None:
         self.live = live
         self.previous: Scorer | None = None
         self._swap = swap
@@ -69,6 +70,7 @@ class ModelUpdates:
         self.policy = policy or ShadowPolicy()
         self._clock = clock
         self._on_action = on_action
+        self._on_rejected = on_rejected  # the short reason of each candidate rejected (metrics)
         self._to_load: queue.Queue[Path | None] = queue.Queue()
         self._loaded: queue.Queue[OnnxDetector | tuple[Path, str]] = queue.Queue()
         self.candidate: _Candidate | None = None
@@ -122,11 +124,13 @@ class ModelUpdates:
                 continue
             if self.candidate is not None:
                 self._discard(self.candidate.detector.model_dir)
+                self._on_rejected("superseded")
                 self._status("rejected", self.candidate.detector.manifest, f"superseded by {m.version}")
-            trial = ShadowTrial(m.threshold, expected_rate(m), self.policy, clock=self._clock)
+            trial = ShadowTrial.of(m, self.policy, clock=self._clock)
             self.candidate = _Candidate(item, trial)
+            signed = "" if m.expected_alerts is None else ", against its signed prediction"
             self._status("shadow_started", m, f"scoring beside {self.live_manifest.version} for at least "
-                         f"{self.policy.min_windows} windows and {self.policy.min_seconds:g} s")
+                         f"{self.policy.min_windows} windows and {self.policy.min_seconds:g} s{signed}")
 
     def shadow_score(self, windows: np.ndarray, live_scores: np.ndarray, live_threshold: float, live_s: float) -> None:
         """Score the live model's batch with the candidate; promote or reject when the trial ends."""
@@ -137,7 +141,7 @@ class ModelUpdates:
         try:
             scores, _ = cand.detector.score(windows)
         except Exception as exc:  # a candidate that crashes onnxruntime is rejected, not fatal
-            cand.trial.verdict, cand.trial.reason = "rejected", f"inference failed: {exc}"
+            cand.trial.reject("inference_failed", f"inference failed: {exc}")
             scores = None
         verdict = cand.trial.verdict if scores is None else cand.trial.observe(
             live_scores, live_threshold, live_s, scores, time.perf_counter() - started)
@@ -147,6 +151,7 @@ class ModelUpdates:
         elif verdict == "rejected":
             self.candidate = None
             self._discard(cand.detector.model_dir)
+            self._on_rejected(cand.trial.label or "rate")
             self._status("rejected", cand.detector.manifest, cand.trial.reason)
 
     def _promote(self, detector: OnnxDetector, action: StatusAction, reason: str) -> None:
