@@ -160,6 +160,8 @@ def _coerce(value: Any, tp: Any, where: str, from_env: bool) -> Any:
         if get_origin(get_args(tp)[1]) is tuple:
             return _lists(value, where, from_env)
         return _mapping(value, where, from_env)
+    if origin is tuple:
+        return _numbers(value, where, from_env)
     if tp is bool:
         return _bool(value, where, from_env)
     if tp is int:
@@ -218,6 +220,15 @@ def _float(value: Any, where: str, from_env: bool) -> float:
     if not math.isfinite(out):
         raise ConfigError(f"{where}: {value!r} must be finite")
     return out
+
+
+def _numbers(value: Any, where: str, from_env: bool) -> tuple[float, ...]:
+    """A list of numbers (e.g. waves = [10, 50, 100]); from the environment ``10,50,100``."""
+    if from_env:
+        value = [p.strip() for p in value.split(",") if p.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of numbers, got {type(value).__name__} {value!r}")
+    return tuple(_float(v, where, from_env) for v in value)
 
 
 def _mapping(value: Any, where: str, from_env: bool) -> dict[str, float]:

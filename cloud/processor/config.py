@@ -21,7 +21,7 @@ from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.kafka_security import KafkaSecurity, check_security
 
-SECRETS = {"kafka": frozenset({"password"})}  # kafka.password: EDGEWATCH_KAFKA__PASSWORD only
+SECRETS = {"kafka": frozenset({"password"}), "rollout": frozenset({"mqtt_password"})}  # environment only
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,29 @@ class ArchiveSection:
 
 
 @dataclass(frozen=True)
+class RolloutSection:
+    """``[rollout]``: waves advanced or paused by the processor (cloud.rollout, docs/rollouts.md)."""
+
+    enabled: bool = False
+    group_id: str = "edgewatch-rollout"  # its consumer group on the status topic
+    status_topic: str = "edgewatch.status"
+    registry: str = "registry"  # the registry root, for the bundle of the next wave
+    mqtt_host: str = "127.0.0.1"  # where waves are announced
+    mqtt_port: int = 1883
+    mqtt_prefix: str = "edgewatch"
+    mqtt_username: str = ""
+    mqtt_password: str = ""  # secret: EDGEWATCH_ROLLOUT__MQTT_PASSWORD
+    mqtt_tls_ca_file: str = ""
+    waves: tuple[float, ...] = (10.0, 50.0, 100.0)  # percent of the group's compatible agents, cumulative
+    min_exposure_device_hours: float = 1.0  # on each side before a wave is judged
+    max_ratio: float = 3.0  # new cohort's rate / the rest's above this: paused
+    max_shadow_rejection_share: float = 0.5  # share of a wave's agents that rejected the candidate in shadow
+    min_events: int = 5  # the new cohort needs this many events (or incidents of a kind) to diverge
+    min_wave_s: float = 600.0  # a wave runs at least this long before the next
+    interval_s: float = 10.0  # between two comparisons
+
+
+@dataclass(frozen=True)
 class ProcessorMetricsSection:
     port: int = 0  # 0: no HTTP endpoint
     host: str = "127.0.0.1"
@@ -124,6 +147,7 @@ class ProcessorConfig:
     fleet: FleetSection = FleetSection()
     drift: DriftSection = DriftSection()
     archive: ArchiveSection = ArchiveSection()
+    rollout: RolloutSection = RolloutSection()
     metrics: ProcessorMetricsSection = ProcessorMetricsSection()
 
     def masked(self) -> dict[str, Any]:
@@ -131,6 +155,7 @@ class ProcessorConfig:
         data = dataclasses.asdict(self)
         data["store"]["postgres_dsn"] = _mask_dsn(self.store.postgres_dsn)
         data["kafka"]["password"] = "***" if self.kafka.password else ""
+        data["rollout"]["mqtt_password"] = "***" if self.rollout.mqtt_password else ""
         return data
 
 
@@ -168,6 +193,19 @@ def _validate(c: ProcessorConfig, where: str) -> None:
         (c.kafka.max_poll_records >= 1, "kafka.max_poll_records", c.kafka.max_poll_records, "must be >= 1"),
         (c.store.backend != "postgres" or bool(c.store.postgres_dsn), "store.postgres_dsn", "",
          "is required for the postgres backend (set EDGEWATCH_STORE__POSTGRES_DSN)"),
+    ]
+    r = c.rollout
+    checks += [
+        (bool(r.waves) and all(0 < w <= 100 for w in r.waves) and list(r.waves) == sorted(set(r.waves)) and r.waves[-1] == 100,
+         "rollout.waves", list(r.waves), "must rise within (0, 100] and end at 100"),
+        (r.min_exposure_device_hours > 0, "rollout.min_exposure_device_hours", r.min_exposure_device_hours, "must be > 0"),
+        (r.max_ratio > 1, "rollout.max_ratio", r.max_ratio, "must be > 1"),
+        (0 <= r.max_shadow_rejection_share <= 1, "rollout.max_shadow_rejection_share", r.max_shadow_rejection_share,
+         "must be within [0, 1]"),
+        (r.min_events >= 1, "rollout.min_events", r.min_events, "must be >= 1"),
+        (r.min_wave_s >= 0, "rollout.min_wave_s", r.min_wave_s, "must be >= 0"),
+        (r.interval_s > 0, "rollout.interval_s", r.interval_s, "must be > 0"),
+        (1 <= r.mqtt_port <= 65535, "rollout.mqtt_port", r.mqtt_port, "must be 1-65535"),
     ]
     for ok, key, value, rule in checks:
         if not ok:
