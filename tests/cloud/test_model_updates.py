@@ -19,10 +19,10 @@ from cloud.distribute import build_announce, publish_model
 from cloud.keys import generate_keypair, load_private_key, sign_model_dir
 from edge.agent import Agent
 from edge.config import load_config
-from edge.contract import encode_manifest
+from edge.contract import ExpectedAlerts, encode_manifest
 from edge.contract.update import MAX_CHUNK_BYTES, ModelAnnounce, announce_topic, chunk_topic, decode_status, encode_announce
 from edge.detector import load_manifest
-from tests.edge.agent_util import TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, toml_config
+from tests.edge.agent_util import T0, TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, toml_config
 from tests.tools import wait_for
 
 DEVICES = 4
@@ -209,6 +209,31 @@ def test_broken_candidates_rejected_in_shadow_and_a_good_one_promoted(rig: dict[
                                                                           "sha256": agent.pipeline.manifest.sha256}) == 1.0 \
         or agent.pipeline.manifest.version == "3.1.0"
     assert _metric(agent, "rejected") == 2 and _metric(agent, "promoted") == 1
+
+
+def test_candidate_far_above_its_signed_prediction_rejected_in_shadow(rig: dict[str, object]) -> None:
+    """A forced publish of a candidate whose threshold was cut to a tenth, signed with the
+    prediction of production's rate: it alerts on a third of the windows, far above the signed
+    interval, and the trial rejects it naming the prediction; the live model stays."""
+    agent, tmp, key, group, port, prefix = (rig[k] for k in ("agent", "tmp", "key", "group", "port", "prefix"))
+    assert isinstance(agent, Agent) and isinstance(tmp, Path) and isinstance(key, Path) and isinstance(group, str)
+    assert isinstance(port, int) and isinstance(prefix, str)
+    live = load_manifest(TINY_MODEL)
+    prediction = ExpectedAlerts(since=T0, until=T0 + 86400, devices=DEVICES, device_days=float(DEVICES),
+                                alerts_per_device_day={"p05": 0.0, "p50": 0.0, "p95": 1.0},
+                                window_rate={"p05": 0.0, "p50": 0.0005, "p95": 0.001}, baseline_window_rate=0.0005,
+                                max_ratio=2.0)
+    publish_model(_copy_model(TINY_MODEL, tmp / "low", "6.0.0", key, threshold=live.threshold / 10, expected_alerts=prediction),
+                  host="127.0.0.1", port=port, group=group, prefix=prefix)
+    got = _statuses(rig, 3, "candidate rejected by its signed prediction")
+    assert [a for a, v, _ in got if v == "6.0.0"] == ["downloaded", "shadow_started", "rejected"], got
+    assert "against its signed prediction" in got[1][2]
+    assert "above the signed prediction's 0.0020 (p95 0.0010 x tolerance 2)" in got[-1][2], got[-1]
+    assert agent.registry.get_sample_value("edgewatch_agent_model_rejections_total", {"reason": "prediction_high"}) == 1
+    assert _metric(agent, "rejected") == 1
+    before = _scored(agent)
+    wait_for(lambda: _scored(agent) > before + 50, 30, "the live model to keep scoring")
+    assert agent.pipeline is not None and agent.pipeline.manifest.version == live.version
 
 
 def test_swap_under_load_scores_every_window(rig: dict[str, object]) -> None:
