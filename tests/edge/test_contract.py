@@ -15,6 +15,7 @@ from edge.contract import (
     Calibration,
     Channel,
     ContractError,
+    ExpectedAlerts,
     ModelManifest,
     Reading,
     Signature,
@@ -55,6 +56,21 @@ def events(draw: st.DrawFn) -> AnomalyEvent:
 
 
 @st.composite
+def quantiles(draw: st.DrawFn, top: float) -> dict[str, float]:
+    p05, p50, p95 = sorted(draw(st.lists(st.floats(0, top), min_size=3, max_size=3)))
+    return {"p05": p05, "p50": p50, "p95": p95}
+
+
+@st.composite
+def predictions(draw: st.DrawFn) -> ExpectedAlerts:
+    since = draw(times)
+    return ExpectedAlerts(since=since, until=since + draw(st.floats(1, 1e8)), devices=draw(st.integers(1, 10**6)),
+                          device_days=draw(st.floats(1e-3, 1e9)), alerts_per_device_day=draw(quantiles(1e6)),
+                          window_rate=draw(quantiles(1.0)), baseline_window_rate=draw(st.none() | st.floats(0, 1)),
+                          max_ratio=draw(st.floats(1e-3, 1e3)))
+
+
+@st.composite
 def manifests(draw: st.DrawFn) -> ModelManifest:
     channel_names = draw(st.lists(names, min_size=1, max_size=8, unique=True))
     window = draw(st.integers(1, 512))
@@ -66,6 +82,7 @@ def manifests(draw: st.DrawFn) -> ModelManifest:
         calibration=Calibration(draw(names), draw(st.dictionaries(names, finite | names, max_size=3))),
         opset=draw(st.integers(7, 30)), min_onnxruntime="1.17.0", training_data_fingerprint=draw(names),
         metrics=draw(st.dictionaries(names, finite, max_size=4)), created_at="2026-11-27T00:00:00Z",
+        expected_alerts=draw(st.none() | predictions()),
         signature=draw(st.none() | st.builds(Signature, key_id=names, value=st.just("c2lnbmF0dXJl"))),
     )
 

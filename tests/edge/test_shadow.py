@@ -5,6 +5,7 @@ tests/cloud/test_model_updates.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from edge.config import load_config
 from edge.contract import ConfigError, ExpectedAlerts
+from edge.detector import load_manifest
 from edge.metrics import AgentMetrics
 from edge.shadow import REJECT_REASONS, ShadowPolicy, ShadowTrial, Verdict, wilson_interval
+from tests.edge.agent_util import TINY_MODEL
 
 POLICY = ShadowPolicy(min_windows=100, min_seconds=0.0, rate_floor=0.02)
 
@@ -134,3 +137,10 @@ def test_config_keys_validated(tmp_path: Path, text: str, key: str) -> None:
     path.write_text("[updates]\nshadow_prediction_tolerance = 3.0\nshadow_baseline_floor = 0.01\n")
     u = load_config(path, env={}).updates
     assert (u.shadow_prediction_tolerance, u.shadow_baseline_floor) == (3.0, 0.01)
+
+
+def test_trial_of_a_manifest_takes_its_prediction_and_overlap() -> None:
+    m = dataclasses.replace(load_manifest(TINY_MODEL), expected_alerts=prediction())
+    trial = ShadowTrial.of(m, POLICY, clock=lambda: 0.0)
+    assert (trial.prediction, trial.overlap, trial.candidate_threshold) == (prediction(), 8.0, m.threshold)
+    assert ShadowTrial.of(load_manifest(TINY_MODEL), POLICY, clock=lambda: 0.0).prediction is None
