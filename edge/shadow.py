@@ -19,9 +19,9 @@ its live window rate (alerts / windows, as above) must also stay inside it, judg
 - not below ``window_rate.p05 / prediction_tolerance`` (``prediction_low``, too few alerts).
 
 Each is judged on the rate's Wilson score interval at :data:`SIGMAS` standard deviations, not on
-the point rate: the trial rejects only when the whole interval is outside the limit, so a few
-hundred windows never reject on noise alone (a 3-sigma one-sided test is wrong about 1 in 740
-times per check under the binomial model). Overlapping windows share readings and their alerts
+the point rate: the trial rejects only when the whole interval is outside the limit, so a short
+trial seldom rejects on noise (a 3-sigma one-sided test is wrong about 1 in 740 times per check
+under the binomial model). Overlapping windows share readings and their alerts
 come in runs, so the interval counts ``windows * stride / window_length`` independent trials,
 not ``windows``. The too-few check only bites once enough windows are seen for zero alerts to be
 unlikely: about ``SIGMAS**2 * prediction_tolerance / p05`` effective windows; before that (and
