@@ -13,6 +13,8 @@ from cloud.registry import Registry
 from edge.cliutil import EXIT_OK, add_flag
 from edge.contract import ConfigError
 
+EXIT_REFUSED = 3  # register --archive: the backtest gate refused the candidate (as retrain's rejected)
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -33,6 +35,14 @@ def register(sub: Any) -> None:
     flag("--mqtt-host", default="127.0.0.1", help="MQTT broker (publish)")
     flag("--mqtt-port", type=int, default=1883, help="MQTT port (publish)")
     flag("--key", help="private key to sign with before publishing (publish)")
+    flag("--archive", help="register: backtest the candidate and production on this telemetry archive first, write the "
+                           "expected alert rate into the manifest, and refuse a candidate above --max-alert-ratio; labelled "
+                           "incidents from --store (a processor TOML, a SQLite file or a PostgreSQL DSN) go in the model card")
+    flag("--config", help="register --archive: agent TOML whose [decision] and [adaptive] decide (default: the agent's)")
+    flag("--max-alert-ratio", type=float, default=2.0,
+         help="register --archive: refuse a candidate whose median alerts per device-day exceed this x production's")
+    flag("--store", help="register --archive: the incident store with labels (a processor TOML, a SQLite file or a PostgreSQL DSN)")
+    flag("--force", action="store_true", help="register --archive: register a refused candidate anyway (prediction included)")
     p.set_defaults(func=run)
 
 
@@ -54,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"registry register {args.target}: not a model folder (no {' or '.join(missing)})"
                               if folder.is_dir() else f"registry register {args.target}: no such folder")
+        if args.archive:
+            return _register_backtested(reg, folder, args)
         m = reg.register(folder)
         print(f"registered {m.name} {m.version} as candidate")
     elif args.action == "show":
@@ -75,3 +87,45 @@ def run(args: argparse.Namespace) -> int:
         a = publish_model(path, host=args.mqtt_host, port=args.mqtt_port, group=args.group)
         print(f"published {a.manifest.name} {a.manifest.version} to group {args.group}: {a.size} bytes in {len(a.chunk_sha256)} chunks")
     return EXIT_OK
+
+def _register_backtested(reg: Registry, folder: Path, args: argparse.Namespace) -> int:
+    """``register --archive``: the backtest gate (:mod:`cloud.backtest_gate`), then register with the prediction."""
+    import sys
+
+    from cloud.backtest_gate import alert_gate, stamp
+    from cloud.evaluate.agent_path import agent_config
+    from edge.detector import load_manifest
+
+    if args.max_alert_ratio <= 0:
+        raise ConfigError(f"--max-alert-ratio {args.max_alert_ratio}: must be > 0")
+    name = load_manifest(folder).name
+    prod = reg.stages(name).production if reg.root.is_dir() else None
+    outcome = alert_gate(folder, reg.version_dir(name, prod) if prod else None, archive=Path(args.archive),
+                         config=agent_config(args.config), labels=_labels(args.store),
+                         max_ratio=args.max_alert_ratio, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if outcome.refusal is not None and not args.force:
+        print(f"edgewatch: registry register refused: {outcome.refusal} (--force registers it anyway)", file=sys.stderr)
+        return EXIT_REFUSED
+    m = reg.register(folder, card={"backtest": outcome.card(forced=outcome.refusal is not None)})
+    dropped = stamp(reg.version_dir(m.name, m.version), outcome.expected)
+    e = outcome.expected
+    print(f"registered {m.name} {m.version} as candidate; expected alerts per device-day p05/p50/p95 "
+          f"{e.alerts_per_device_day['p05']:.3g}/{e.alerts_per_device_day['p50']:.3g}/{e.alerts_per_device_day['p95']:.3g} "
+          f"over {e.devices} devices, {e.device_days:.1f} device-days"
+          + (f"; FORCED past the gate: {outcome.refusal}" if outcome.refusal else "")
+          + ("; its signature no longer covers the manifest: sign it again with `registry publish --key`" if dropped else ""))
+    return EXIT_OK
+
+
+def _labels(spec: str | None) -> list[Any] | None:
+    """Labelled incidents from ``--store``: a processor TOML (its [store]), a SQLite file or a PostgreSQL DSN."""
+    from cloud.retrain.sources import labelled_incidents, store_section
+
+    if not spec:
+        return None
+    if spec.endswith(".toml"):
+        from cloud.processor.config import load_config
+
+        return list(labelled_incidents(load_config(Path(spec)).store))
+    return list(labelled_incidents(store_section(spec)))
+

@@ -41,6 +41,7 @@ class RetrainSection:
     max_fp_increase: float = 0.05  # gate: candidate's alarming share of false-positive incident windows <= production's + this
     batch_size: int = 4096  # windows per onnxruntime call during evaluation
     ladder_min_labelled: int = 0  # this many labelled incidents or more: train the ladder family on them (0 = only --family ladder)
+    max_alert_ratio: float = 2.0  # backtest gate: candidate median alerts per device-day <= this x production's (docs/rollouts.md)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def _validate(c: RetrainConfig, where: str) -> None:
         (min(r.max_far_increase, r.max_recall_drop, r.max_fp_increase) >= 0, "retrain.max_*", "", "margins must be >= 0"),
         (r.batch_size >= 1, "retrain.batch_size", r.batch_size, "must be >= 1"),
         (r.ladder_min_labelled >= 0, "retrain.ladder_min_labelled", r.ladder_min_labelled, "must be >= 0"),
+        (r.max_alert_ratio > 0, "retrain.max_alert_ratio", r.max_alert_ratio, "must be > 0"),
         (t.cooldown_s >= 0, "trigger.cooldown_s", t.cooldown_s, "must be >= 0"),
         (t.lookback_s > 0, "trigger.lookback_s", t.lookback_s, "must be > 0"),
         (t.max_jobs >= 1, "trigger.max_jobs", t.max_jobs, "must be >= 1"),

@@ -172,6 +172,8 @@ class _Job:
         self.run_dir = reg.root / model / "runs" / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}"
         self.result = RetrainResult("no_data", model, "", None, self.run_dir, "")
         self.report: dict[str, Any] | None = None  # before any scoring: finish writes the JSON report only
+        self.production_dir: Path | None = None
+        self.incidents: Sequence[LabelledIncident] = ()
 
     def gather(self) -> _Gathered:
         """Stages production, labels, archive, dataset."""
@@ -190,6 +192,7 @@ class _Job:
             archive, labels = Path(inputs.archive), incidents
             windows = stages.run("archive", lambda: _read(archive, inputs.since, inputs.until, labels, cfg.retrain.incident_pad_s),
                                  lambda w: f"{len(w)} windows from {len({x.device_id for x in w})} devices in {archive}")
+        self.production_dir, self.incidents = start.model_dir, incidents  # for the backtest stage
         start = self._pick_family(start, incidents)
         data = stages.run("dataset", lambda: _dataset(windows, incidents, start, cfg), _describe)
         labelled = None
@@ -267,12 +270,16 @@ class _Job:
     def release(self, c: _Candidate, verdict: _Verdict) -> RetrainResult:
         """Stages sign, register and publish, as :class:`Release` asks."""
         r, key, publish = self.result, self.private_key, self.release_to.publish
+        card = {k: verdict.report[k] for k in ("lineage", "data", "evaluation")}
+        if self.inputs.archive is not None:  # the backtest gate, and the prediction into the manifest before it is signed
+            refused = self._backtest(c, card)
+            if refused is not None:
+                return self.finish("rejected", refused)
         if key is not None:
             from cloud.keys import sign_model_dir
 
             self.stages.run("sign", lambda: sign_model_dir(c.run_dir, key), lambda m: f"key {m.signature.key_id if m.signature else '?'}")
             r.signed = True
-        card = {k: verdict.report[k] for k in ("lineage", "data", "evaluation")}
         self.stages.run("register", lambda: self.reg.register(c.run_dir, card=card),
                         lambda m: f"{m.name} {m.version} registered as candidate")
         assert r.version is not None
@@ -286,6 +293,24 @@ class _Job:
                             lambda a: f"announced to group {publish.group}: {a.size} bytes in {len(a.chunk_sha256)} chunks")
             r.published = True
         return self.finish("registered", verdict.reason)
+
+    def _backtest(self, c: _Candidate, card: dict[str, Any]) -> str | None:
+        """Stage backtest (:mod:`cloud.backtest_gate`): candidate and production replayed on the archive range
+        trained from; the refusal, or None with ``expected_alerts`` written into the candidate's manifest."""
+        from cloud.backtest_gate import GateOutcome, alert_gate, stamp
+        from cloud.evaluate.agent_path import agent_config
+
+        assert self.inputs.archive is not None and self.production_dir is not None
+        i, ratio = self.inputs, self.cfg.retrain.max_alert_ratio
+        outcome: GateOutcome = self.stages.run("backtest", lambda: alert_gate(c.run_dir, self.production_dir, archive=Path(i.archive or ""),
+                                                                 config=agent_config(), since=i.since, until=i.until,
+                                                                 labels=self.incidents, max_ratio=ratio),
+                                  lambda o: o.refusal or f"passed: median alerts per device-day "
+                                                         f"{o.expected.alerts_per_device_day['p50']:.3g} over {o.expected.devices} devices")
+        card["backtest"] = outcome.card()
+        if outcome.refusal is None:
+            stamp(c.run_dir, outcome.expected)
+        return outcome.refusal
 
     def finish(self, status: Status, reason: str) -> RetrainResult:
         """The outcome; before any scoring (no report written yet) with its JSON report."""
@@ -306,8 +331,8 @@ class _Job:
 class _Stages:
     """Runs named stages with one progress line each and the cancellation check between them."""
 
-    ORDER = ("production", "labels", "archive", "dataset", "train", "export", "evaluate", "gates", "report", "sign",
-             "register", "publish")
+    ORDER = ("production", "labels", "archive", "dataset", "train", "export", "evaluate", "gates", "report", "backtest",
+             "sign", "register", "publish")
 
     def __init__(self, model: str, progress: Progress | None, should_stop: Callable[[], bool] | None) -> None:
         self.model, self.progress, self.should_stop = model, progress, should_stop

@@ -146,6 +146,8 @@ def test_retrain_registers_signed_candidate_and_publishes(production: Path, tmp_
         "finite_scores", "holdout_far", "tp_recall", "fp_window_rate"}
     card = json.loads((folder / "model_card.json").read_text())
     assert card["lineage"]["parent_sha256"] == load_manifest(reg.version_dir("pump", "1.0.0")).sha256
+    expected_alerts = load_manifest(folder).expected_alerts  # the backtest's prediction, under the signature
+    assert card["backtest"]["decision"] == "passed" and expected_alerts is not None and expected_alerts.devices == 4
     _assert_announced(mqtt_port, f"g{unique}", tmp_path, "1.1.0")
 
 

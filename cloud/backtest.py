@@ -1,0 +1,413 @@
+"""The backtest: archived telemetry replayed through the agent's decision path, streamed.
+
+:func:`backtest` reads the processor's Parquet archive (:mod:`cloud.processor.archive`,
+``device_id=<device>/date=<day>/*.parquet``) with ``pyarrow.dataset``: the device, day and time
+filters are pushed down (partition pruning, then Parquet statistics and row filters), only the
+columns the replay needs are read, in record batches of ``batch_size`` rows. Devices are replayed
+one after another, each day in order, so at most one device-day of windows is in memory; each
+device's state (the adaptive layer's estimate, the k-of-n history, its open incident and coverage)
+is carried from one day to the next. Within a day, windows are sorted by ``window_start``.
+
+Each window goes through exactly the agent's classes (:mod:`edge.pipeline`'s ``_fire``): the
+model in onnxruntime (:class:`edge.detector.OnnxDetector`), then :class:`edge.adaptive.AdaptiveLayer`
+when ``adaptive.enabled`` (unless the device has a ``decision.device_thresholds`` entry), then the
+k-of-n :class:`edge.decision.Decider`, configured from the agent's config. A window that fires is
+one alert (one anomaly event of the agent). A device's alerts closer than ``incident_gap_s`` (the
+processor's ``incidents.quiet_s``) in window-end time form one incident. Windows whose channels or
+length do not match the model's are skipped and counted. Debounce segments are not rebuilt from
+gaps (archived windows are a sample): one segment per device, as :mod:`cloud.evaluate.agent_path`.
+
+Device-days: a device's covered time is the union of its windows, windows less than
+``coverage_gap_s`` apart joined (the archive holds every Nth window, so the time between two
+samples counts); the sum over devices divided by 86400.
+
+Blocking, single-threaded (onnxruntime with one thread). Raises :class:`ConfigError` for a missing
+archive, a file that is not an archive file, or a range without any window of the model's channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud.processor.archive import SCHEMA, day_of
+from cloud.processor.config import IncidentsSection
+from cloud.retrain.dataset import LabelledIncident
+from edge.adaptive import AdaptiveLayer, Prior
+from edge.config import Config
+from edge.contract import ConfigError, ExpectedAlerts
+from edge.decision import Decider
+from edge.detector import OnnxDetector
+
+log = logging.getLogger(__name__)
+
+INCIDENT_GAP_S = IncidentsSection().quiet_s
+COVERAGE_GAP_S = 3600.0
+BATCH_SIZE = 4096
+_COLUMNS = ["agent_id", "window_start", "window_end", "channels", "values"]
+QUANTILES = {"p05": 0.05, "p50": 0.5, "p95": 0.95}
+
+
+def all_one_group(device_id: str) -> str:
+    return "all"
+
+
+@dataclass
+class DeviceResult:
+    """One device's replay. ``incidents``: (first, last) alert window end of each incident."""
+
+    device_id: str
+    agent_id: str = ""
+    windows: int = 0      # windows replayed
+    skipped: int = 0      # windows whose channels or length do not fit the model
+    over: int = 0         # windows scored above the manifest's threshold (raw, before the layer and k-of-n)
+    alerts: int = 0       # windows that fire: the agent's anomaly events
+    covered_s: float = 0.0
+    first: float = math.inf
+    last: float = -math.inf
+    incidents: list[tuple[float, float]] = field(default_factory=list)
+    daily: dict[str, int] = field(default_factory=dict)  # UTC day of window_start -> alerts (0 on days with windows)
+    run_start: float = math.nan  # the open coverage run's start (replay state)
+
+    @property
+    def device_days(self) -> float:
+        return self.covered_s / 86400.0
+
+    @property
+    def alerts_per_device_day(self) -> float:
+        return self.alerts / self.device_days if self.covered_s > 0 else 0.0
+
+    @property
+    def window_rate(self) -> float:
+        return self.over / self.windows if self.windows else 0.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A group's (or the whole replay's) figures. Quantiles are over its devices."""
+
+    devices: int
+    device_days: float
+    windows: int
+    skipped: int
+    alerts: int
+    incidents: int
+    alerts_per_device_day: Mapping[str, float]  # p05, p50, p95 over devices
+    window_rate: Mapping[str, float]            # p05, p50, p95 over devices
+    true_positive: int                          # labelled true-positive incidents in the replay
+    caught: int                                 # ... overlapped by a backtest incident of their device
+    false_positive: int                         # labelled false-positive incidents in the replay
+    raised: int                                 # ... overlapped by a backtest incident
+
+    @property
+    def caught_share(self) -> float | None:
+        return self.caught / self.true_positive if self.true_positive else None
+
+
+@dataclass
+class BacktestResult:
+    """What :func:`backtest` returns; figures are computed from ``devices`` when asked."""
+
+    model: str
+    version: str
+    sha256: str
+    threshold: float
+    since: float          # the replayed period: the range asked for, else the first window's start
+    until: float          # ... else the last window's end
+    devices: dict[str, DeviceResult]
+    group_of: Callable[[str], str] = all_one_group
+    labels: Sequence[LabelledIncident] = ()
+    incident_gap_s: float = INCIDENT_GAP_S
+
+    def group(self, d: DeviceResult) -> str:
+        return self.group_of(d.device_id)
+
+    def groups(self) -> dict[str, Summary]:
+        names = sorted({self.group(d) for d in self.devices.values()})
+        return {g: self._summary([d for d in self.devices.values() if self.group(d) == g]) for g in names}
+
+    def overall(self) -> Summary:
+        return self._summary(list(self.devices.values()))
+
+    def daily_by_group(self) -> dict[str, dict[str, int]]:
+        """Group -> UTC day -> alerts, for the plot."""
+        out: dict[str, dict[str, int]] = {}
+        for d in self.devices.values():
+            days = out.setdefault(self.group(d), {})
+            for day, n in d.daily.items():
+                days[day] = days.get(day, 0) + n
+        return out
+
+    def label_outcomes(self) -> list[tuple[LabelledIncident, str, bool]]:
+        """Each labelled incident of a replayed device within that device's replayed span: (incident,
+        its group, whether a backtest incident of one of its devices overlaps it)."""
+        out = []
+        for inc in self.labels:
+            mine = [self.devices[d] for d in inc.device_ids if d in self.devices and self.devices[d].windows
+                    and inc.start <= self.devices[d].last and self.devices[d].first <= inc.end]
+            if mine:
+                hit = any(a <= inc.end and inc.start <= b for d in mine for a, b in d.incidents)
+                out.append((inc, self.group(mine[0]), hit))
+        return out
+
+    def _summary(self, devices: list[DeviceResult]) -> Summary:
+        live = [d for d in devices if d.windows]
+        ids = {d.device_id for d in devices}
+        outcomes = [(inc, hit) for inc, _g, hit in self.label_outcomes() if ids & set(inc.device_ids)]
+        return Summary(
+            devices=len(live), device_days=sum(d.device_days for d in live), windows=sum(d.windows for d in devices),
+            skipped=sum(d.skipped for d in devices), alerts=sum(d.alerts for d in devices),
+            incidents=sum(len(d.incidents) for d in devices),
+            alerts_per_device_day=quantiles([d.alerts_per_device_day for d in live]),
+            window_rate=quantiles([d.window_rate for d in live]),
+            true_positive=sum(i.label == "true_positive" for i, _ in outcomes),
+            caught=sum(i.label == "true_positive" and hit for i, hit in outcomes),
+            false_positive=sum(i.label == "false_positive" for i, _ in outcomes),
+            raised=sum(i.label == "false_positive" and hit for i, hit in outcomes))
+
+    def expected_alerts(self, baseline: BacktestResult | None, max_ratio: float) -> ExpectedAlerts:
+        """The prediction the manifest carries: quantiles over the replayed devices, the period, and
+        ``baseline``'s (production on the same replay) median window rate."""
+        s = self.overall()
+        if not s.devices or s.device_days <= 0:
+            raise ConfigError(f"backtest of {self.model} {self.version}: no device replayed; nothing to predict")
+        return ExpectedAlerts(since=self.since, until=self.until, devices=s.devices, device_days=round(s.device_days, 6),
+                              alerts_per_device_day=s.alerts_per_device_day, window_rate=s.window_rate,
+                              baseline_window_rate=None if baseline is None else baseline.overall().window_rate["p50"],
+                              max_ratio=max_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: the model, the period, overall, per group and per device."""
+        def summary(s: Summary) -> dict[str, Any]:
+            return {**dataclasses.asdict(s), "caught_share": s.caught_share}
+
+        return {"model": self.model, "version": self.version, "sha256": self.sha256, "threshold": self.threshold,
+                "since": self.since, "until": self.until, "incident_gap_s": self.incident_gap_s,
+                "overall": summary(self.overall()), "groups": {g: summary(s) for g, s in self.groups().items()},
+                "devices": {d.device_id: {"group": self.group(d), "agent_id": d.agent_id, "windows": d.windows, "skipped": d.skipped,
+                                          "alerts": d.alerts, "incidents": len(d.incidents), "device_days": d.device_days,
+                                          "alerts_per_device_day": d.alerts_per_device_day, "window_rate": d.window_rate}
+                            for d in self.devices.values()},
+                "alerts_per_day": self.daily_by_group()}
+
+
+def quantiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {k: 0.0 for k in QUANTILES}
+    return {k: float(np.quantile(np.asarray(values, dtype=np.float64), q)) for k, q in QUANTILES.items()}
+
+
+@dataclass
+class _DayWindows:
+    """One device-day's windows that fit the model, in window_start order."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    values: np.ndarray  # (n, window_length, channels) float32
+    skipped: int
+    agent_id: str
+
+
+class _Replay:
+    """The agent's decision path (``edge.pipeline``'s ``_fire``), per device, state kept across calls."""
+
+    def __init__(self, detector: OnnxDetector, config: Config) -> None:
+        m = detector.manifest
+        threshold = config.decision.threshold if config.decision.threshold is not None else m.threshold
+        self.detector = detector
+        self.decider = Decider(threshold, k=config.decision.k, n=config.decision.n,
+                               device_thresholds=config.decision.device_thresholds)
+        self.layer = AdaptiveLayer(config.adaptive, Prior.from_manifest(m, config.decision.threshold)) \
+            if config.adaptive.enabled else None
+
+    def scores(self, values: np.ndarray, chunk: int) -> np.ndarray:
+        parts = [self.detector.score(values[i:i + chunk])[0] for i in range(0, len(values), chunk)]
+        return np.asarray(np.concatenate(parts), dtype=np.float64)
+
+    def fire(self, device: str, scores: np.ndarray, ends: np.ndarray, last_rows: np.ndarray) -> np.ndarray:
+        segments = np.zeros(len(scores), dtype=np.int64)
+        if self.layer is None or device in self.decider.device_thresholds:
+            fire, _over, _t = self.decider.decide_many(device, scores, segments)
+            return fire
+        over, _surprise, _thresholds = self.layer.decide_many(device, scores, ends, last_rows)
+        return self.decider.debounce(device, over, segments)
+
+
+def backtest(archive: Path, model_dir: Path, *, config: Config, since: float | None = None, until: float | None = None,
+             devices: Sequence[str] | None = None, group_of: Callable[[str], str] = all_one_group,
+             labels: Sequence[LabelledIncident] | None = None, incident_gap_s: float = INCIDENT_GAP_S,
+             coverage_gap_s: float = COVERAGE_GAP_S, batch_size: int = BATCH_SIZE,
+             progress: Callable[[int, int], None] | None = None,
+             on_decided: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> BacktestResult:
+    """Replay ``archive`` through the model in ``model_dir`` (see the module docstring).
+
+    ``progress(done, total)`` is called after each device; ``on_decided(device, window_ends,
+    scores, fire)`` after each device-day (tests compare it with :mod:`cloud.evaluate.agent_path`)."""
+    detector = OnnxDetector.load(model_dir)
+    m = detector.manifest
+    replay = _Replay(detector, config)
+    days = _device_days(Path(archive), since, until, devices)
+    results: dict[str, DeviceResult] = {}
+    total = len({device for device, _day, _frags in days})
+    for device, day, frags in days:
+        if device not in results:
+            if results and progress is not None:
+                progress(len(results), total)
+            results[device] = DeviceResult(device)
+        d = results[device]
+        w = _read_day(frags, since, until, m.channel_names, m.window_length, batch_size)
+        d.skipped += w.skipped
+        if not len(w.starts):
+            continue
+        scores = replay.scores(w.values, batch_size)
+        fire = replay.fire(device, scores, w.ends, w.values[:, -1, :].astype(np.float64))
+        if on_decided is not None:
+            on_decided(device, w.ends, scores, fire)
+        _account(d, day, w, scores > m.threshold, fire, incident_gap_s, coverage_gap_s)
+    if progress is not None and results:
+        progress(len(results), total)
+    replayed = [d for d in results.values() if d.windows]
+    if not replayed:
+        skipped = sum(d.skipped for d in results.values())
+        raise ConfigError(f"--archive {archive}: no archived windows {_range_text(since, until, devices)}"
+                          + (f" ({skipped} windows whose channels or length do not fit {m.name} {m.version})" if skipped else ""))
+    for d in replayed:  # the open coverage run
+        d.covered_s += d.last - d.run_start
+    log.info("backtest_done model=%s version=%s devices=%d windows=%d alerts=%d", m.name, m.version, len(replayed),
+             sum(d.windows for d in replayed), sum(d.alerts for d in replayed))
+    return BacktestResult(m.name, m.version, m.sha256, m.threshold,
+                          since if since is not None else min(d.first for d in replayed),
+                          until if until is not None else max(d.last for d in replayed),
+                          results, group_of, tuple(labels or ()), incident_gap_s)
+
+
+def _range_text(since: float | None, until: float | None, devices: Sequence[str] | None) -> str:
+    parts = [f"since {_iso(since)}" if since is not None else "", f"until {_iso(until)}" if until is not None else "",
+             f"for devices {', '.join(devices)}" if devices else ""]
+    return " ".join(p for p in parts if p) or "at all"
+
+
+def _iso(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+def _account(d: DeviceResult, day: str, w: _DayWindows, over: np.ndarray, fire: np.ndarray, gap_s: float,
+             coverage_gap_s: float) -> None:
+    """Add one device-day to its device: counts, incidents (the open one carried on), coverage."""
+    d.agent_id = w.agent_id or d.agent_id
+    d.windows += len(w.starts)
+    d.over += int(over.sum())
+    d.alerts += int(fire.sum())
+    d.daily[day] = d.daily.get(day, 0) + int(fire.sum())
+    for end in w.ends[fire].tolist():
+        if d.incidents and end - d.incidents[-1][1] <= gap_s:
+            d.incidents[-1] = (d.incidents[-1][0], end)
+        else:
+            d.incidents.append((end, end))
+    for s, e in zip(w.starts.tolist(), w.ends.tolist(), strict=True):  # coverage: runs of windows closer than the gap
+        if math.isnan(d.run_start):
+            d.run_start, d.first, d.last = s, s, e
+        elif s - d.last > coverage_gap_s:
+            d.covered_s += d.last - d.run_start
+            d.run_start = s
+        d.last = max(d.last, e)
+
+
+def _device_days(root: Path, since: float | None, until: float | None,
+                 devices: Sequence[str] | None) -> list[tuple[str, str, list[Any]]]:
+    """(device, day, fragments) in device then day order, after partition pruning; no file is opened."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    if not root.is_dir():
+        raise ConfigError(f"--archive {root}: no such directory")
+    paths = sorted(str(p) for p in root.glob("device_id=*/date=*/*.parquet"))
+    if not paths:
+        return []
+    schema = SCHEMA.append(pa.field("date", pa.string()))
+    partitioning = ds.partitioning(pa.schema([("device_id", pa.string()), ("date", pa.string())]), flavor="hive")
+    dataset = ds.dataset(paths, schema=schema, format="parquet", partitioning=partitioning, partition_base_dir=str(root))
+    where = []
+    if since is not None:  # a window lies in the folder of the day it starts; one starting the day before may end after since
+        where.append(ds.field("date") >= day_of(since - 86400))
+    if until is not None:
+        where.append(ds.field("date") <= day_of(until))
+    if devices:
+        where.append(ds.field("device_id").isin(list(devices)))
+    grouped: dict[tuple[str, str], list[Any]] = {}
+    for frag in dataset.get_fragments(filter=_all(where)):
+        keys = ds.get_partition_keys(frag.partition_expression)
+        grouped.setdefault((str(keys["device_id"]), str(keys["date"])), []).append(frag)
+    return [(device, day, grouped[device, day]) for device, day in sorted(grouped)]
+
+
+def _all(exprs: list[Any]) -> Any:
+    out = None
+    for e in exprs:
+        out = e if out is None else out & e
+    return out
+
+
+def _read_day(frags: list[Any], since: float | None, until: float | None, channels: tuple[str, ...], length: int,
+              batch_size: int) -> _DayWindows:
+    """One device-day: its fragments scanned in batches with the time filter pushed down."""
+    import pyarrow.dataset as ds
+
+    where = _all([e for e in (ds.field("window_end") >= since if since is not None else None,
+                              ds.field("window_start") < until if until is not None else None) if e is not None])
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    skipped, agent = 0, ""
+    for frag in frags:
+        try:
+            scanner = ds.Scanner.from_fragment(frag, columns=_COLUMNS, filter=where, batch_size=batch_size, use_threads=False)
+            for batch in scanner.to_batches():
+                starts, ends, values, bad, last_agent = _batch_windows(batch, channels, length)
+                skipped += bad
+                agent = last_agent or agent
+                if len(starts):
+                    parts.append((starts, ends, values))
+        except (OSError, ValueError, KeyError) as exc:  # pyarrow: ArrowInvalid is a ValueError
+            raise ConfigError(f"{frag.path}: not a telemetry archive file ({exc})") from None
+    if not parts:
+        empty = np.zeros(0)
+        return _DayWindows(empty, empty, np.zeros((0, length, len(channels)), dtype=np.float32), skipped, agent)
+    starts = np.concatenate([p[0] for p in parts])
+    order = np.argsort(starts, kind="stable")
+    return _DayWindows(starts[order], np.concatenate([p[1] for p in parts])[order],
+                       np.concatenate([p[2] for p in parts])[order], skipped, agent)
+
+
+def _batch_windows(batch: Any, channels: tuple[str, ...], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
+    """A record batch's windows that fit the model (channels in its order, ``length`` rows of one
+    value per channel): starts, ends, values ``(n, length, channels)`` float32; the count of the
+    others; the batch's last agent id."""
+    n, c = batch.num_rows, len(channels)
+    if n == 0:
+        return np.zeros(0), np.zeros(0), np.zeros((0, length, c), dtype=np.float32), 0, ""
+    cols = {name: batch.column(name) for name in _COLUMNS}
+    fits = np.array([tuple(ch) == channels for ch in cols["channels"].to_pylist()], dtype=bool)
+    outer = cols["values"]
+    outer_off = outer.offsets.to_numpy()
+    rows = outer.flatten()
+    row_off = rows.offsets.to_numpy()
+    row_ok = np.diff(row_off) == c
+    bad_rows = np.concatenate(([0], np.cumsum(~row_ok)))
+    rel = outer_off - outer_off[0]
+    fits &= (np.diff(rel) == length) & (bad_rows[rel[1:]] == bad_rows[rel[:-1]])
+    flat = rows.flatten().to_numpy(zero_copy_only=False)
+    first_value = row_off[rel[:-1][fits]] - row_off[0]
+    idx = first_value[:, None] + np.arange(length * c)[None, :]
+    values = flat[idx].reshape(-1, length, c).astype(np.float32) if len(first_value) else np.zeros((0, length, c), np.float32)
+    agents = cols["agent_id"].to_pylist()
+    starts = cols["window_start"].to_numpy(zero_copy_only=False)[fits]
+    ends = cols["window_end"].to_numpy(zero_copy_only=False)[fits]
+    return starts, ends, values, int(n - fits.sum()), str(agents[-1] or "")
