@@ -98,6 +98,8 @@ class Agent:
         self.downloader: ModelDownloader | None = None
         self.commands: CommandReceiver | None = None
         self._status_records: queue.SimpleQueue[Record] = queue.SimpleQueue()
+        self._report_s = config.updates.report_interval_s if config.updates.enabled else 0.0
+        self._reported_at = float("-inf")  # the clock at the last report: devices seen since are counted in the next
 
     def load_scorer(self) -> Scorer:
         """The configured model, verified, loaded and warmed up (:class:`~edge.detector.OnnxDetector`)."""
@@ -173,7 +175,7 @@ class Agent:
         policy = ShadowPolicy(min_windows=u.shadow_min_windows, min_seconds=u.shadow_min_seconds, rate_factor=u.shadow_rate_factor,
                               rate_floor=u.shadow_rate_floor, latency_factor=u.shadow_latency_factor,
                               prediction_tolerance=u.shadow_prediction_tolerance, baseline_floor=u.shadow_baseline_floor)
-        self.updates = ModelUpdates(live=live, swap=pipeline.swap_scorer, report=report, trusted_keys=keys, agent_id=cfg.agent.id,
+        self.updates = updates = ModelUpdates(live=live, swap=pipeline.swap_scorer, report=report, trusted_keys=keys, agent_id=cfg.agent.id,
                                     threads=cfg.model.threads, policy=policy, clock=self._clock,
                                     on_action=lambda action: self.metrics.model_updates.labels(action).inc(),
                                     on_rejected=lambda reason: self.metrics.model_rejections.labels(reason).inc())
@@ -184,7 +186,8 @@ class Agent:
             on_ready=self.updates.on_ready, on_refused=self.updates.on_refused, compatible=self.updates.compatible,
             prefix=cfg.mqtt.topic_prefix, client_id=f"{cfg.mqtt.client_id}-updates", username=cfg.mqtt.username or None,
             password=cfg.mqtt.password or None, tls_ca_file=cfg.mqtt.tls_ca_file or None,
-            max_artifact_bytes=u.max_artifact_bytes, max_download_bytes=u.max_download_bytes)
+            max_artifact_bytes=u.max_artifact_bytes, max_download_bytes=u.max_download_bytes, agent_id=cfg.agent.id,
+            previous=lambda: updates.previous.manifest if updates.previous is not None else None)
         m = live.manifest
         self.downloader.skip.add((m.name, m.version))
         self.downloader.start()
@@ -270,6 +273,7 @@ class Agent:
         last_ping = 0.0
         pending: list[Record] = []
         commit_by = float("inf")  # when the oldest uncommitted record is due
+        report_by = 0.0 if self._report_s > 0 else float("inf")  # the first report goes out at once
         busy = False
         since, cpu_since = time.monotonic(), time.process_time()
         while True:
@@ -285,6 +289,9 @@ class Agent:
             wait = 0.0 if draining else max(0.0, min(tick, commit_by - started))
             batch = self.queue.get_batch(MAX_MESSAGES_PER_TICK, wait, linger_s=0.0 if draining else tick if busy else linger,
                                          max_bytes=MAX_BYTES_PER_TICK)
+            if started >= report_by and not draining:
+                report_by = started + self._report_s
+                self._report()
             try:
                 if self.updates is not None:
                     self.updates.poll()
@@ -310,6 +317,25 @@ class Agent:
                 if pending:
                     self._commit(pending)
                 return
+
+    def _report(self) -> None:
+        """Queue the periodic ``report`` status: the live version and :func:`~edge.sysinfo.agent_info`,
+        with the devices that sent a valid payload since the last report. Worker thread, before
+        the round's readings (so those count in the next report); a failure is logged, not raised."""
+        from edge.contract.update import ModelStatus, encode_status
+        from edge.sysinfo import agent_info
+
+        assert self.pipeline is not None
+        cfg, m = self.config, self.pipeline.manifest
+        since, self._reported_at = self._reported_at, self._clock()
+        try:
+            info = agent_info(Path(cfg.updates.state_dir), self.pipeline.devices_seen_since(since), cfg.updates.group)
+        except OSError as exc:
+            log.error("agent_report_failed error=%s", exc)
+            return
+        status = ModelStatus(agent_id=cfg.agent.id, action="report", model_name=m.name, model_version=m.version, reason="",
+                             at=self._reported_at, live_version=m.version, agent=info)
+        self._status_records.put(Record("status", cfg.kafka.status_topic, cfg.agent.id.encode(), encode_status(status)))
 
     def _commit(self, records: list[Record]) -> list[Record]:
         """Append to the outbox; on a disk error keep the records for the next tick (bounded)."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 from edge import agent_cli, simulate_cli
 from edge.cliutil import run_main, setup_logging
+from edge.sysinfo import agent_version
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,19 +16,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgewatch-agent",
         description="edgewatch edge agent: scores MQTT sensor streams with an ONNX model and forwards anomalies to Kafka.",
     )
-    parser.add_argument("--version", action="version", version=f"edgewatch-agent {_version()}")
+    parser.add_argument("--version", action="version", version=f"edgewatch-agent {agent_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     agent_cli.register(sub)
     simulate_cli.register(sub)
     return parser
-
-
-def _version() -> str:
-    try:
-        return version("edgewatch")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

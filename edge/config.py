@@ -162,6 +162,7 @@ class UpdatesSection:
     max_artifact_bytes: int = 64 * 1024 * 1024   # announces of a larger model.onnx are refused before download
     max_download_bytes: int = 128 * 1024 * 1024  # bound on the bytes held under <state_dir>/downloads
     command_max_age_s: float = 600.0  # a signed command (--new-normal) issued longer ago than this is refused
+    report_interval_s: float = 60.0   # a "report" status (live version, runtime, memory, disk, devices) this often; 0: off
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,7 @@ def _validate(c: Config) -> None:
         (c.updates.max_artifact_bytes >= 1, "updates.max_artifact_bytes", c.updates.max_artifact_bytes, "must be >= 1"),
         (c.updates.max_download_bytes >= 1, "updates.max_download_bytes", c.updates.max_download_bytes, "must be >= 1"),
         (c.updates.command_max_age_s > 0, "updates.command_max_age_s", c.updates.command_max_age_s, "must be > 0"),
+        (c.updates.report_interval_s >= 0, "updates.report_interval_s", c.updates.report_interval_s, "must be >= 0 (0: off)"),
     ]
     checks += [(False, f"adaptive.{key}", value, rule) for key, value, rule in c.adaptive.problems()]
     for ok, key, value, rule in checks:

@@ -147,6 +147,10 @@ class Pipeline:
             self.adaptive.gone.update(gone)
             log.error("adaptive_state_save_failed devices=%d error=%s", len(rows), exc)
 
+    def devices_seen_since(self, since: float) -> int:
+        """How many tracked devices sent a valid payload at or after ``since`` (this pipeline's clock)."""
+        return sum(1 for seen in self._seen.values() if seen >= since)
+
     def forget_device(self, device_id: str) -> None:
         """Drop everything held for ``device_id``: its windows (partial and ready), debounce history,
         telemetry sampler state, readings gathered this round and its topic. Every owner of

@@ -15,6 +15,16 @@ at a time: accepting an announce abandons any other (its partial folder is delet
 refusal, a failed write or a failed final hash. Verified chunks stay on disk across a dropped
 connection or a restart, so a transfer resumes with the chunks still missing; :meth:`start`
 first deletes whatever under the downloads folder is not such a resumable transfer.
+
+Given its agent's id, the downloader also listens on the agent's own announce topic
+(:func:`~edge.contract.update.agent_announce_topic`), where a rollout announces a version to this
+agent alone; such an announce is handled as the group's is. An empty message there (the registry
+deleting a retained announce) is ignored. A version is looked at once (:attr:`ModelDownloader.skip`),
+with one exception: the version live before the current one, announced again on the agent's
+topic, is fetched again, because that is how a rollout is aborted (the agent swaps it back in
+without a trial, :mod:`edge.modelswap`). On the group topic it stays skipped: there a retained
+announce of the previous production version may still stand while a wave runs, and a reconnect
+would otherwise roll the wave's agents back.
 """
 
 from __future__ import annotations
@@ -29,8 +39,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import ContractError, ManifestError, encode_manifest
-from edge.contract.update import ModelAnnounce, announce_topic, decode_announce, encode_announce
+from edge.contract import ContractError, ManifestError, ModelManifest, encode_manifest
+from edge.contract.update import ModelAnnounce, agent_announce_topic, announce_topic, decode_announce, encode_announce
 from edge.signing import TrustedKeys, verify_announce
 
 log = logging.getLogger(__name__)
@@ -39,6 +49,7 @@ ReadyCallback = Callable[[Path, ModelAnnounce], None]
 RefusedCallback = Callable[[str, str, str], None]  # name, version, reason
 CompatibleCheck = Callable[[ModelAnnounce], str | None]  # returns a reason to refuse, or None
 FreeBytes = Callable[[Path], int]  # free bytes on the file system holding a folder
+PreviousModel = Callable[[], ModelManifest | None]  # the model live before the current one, if any
 
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # defaults of updates.max_artifact_bytes and updates.max_download_bytes
 MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024
@@ -60,9 +71,11 @@ class ModelDownloader:
                  prefix: str = "edgewatch", client_id: str = "edgewatch-updates",
                  username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
                  max_artifact_bytes: int = MAX_ARTIFACT_BYTES, max_download_bytes: int = MAX_DOWNLOAD_BYTES,
-                 free_bytes: FreeBytes = free_disk_bytes) -> None:
+                 free_bytes: FreeBytes = free_disk_bytes, agent_id: str = "", previous: PreviousModel = lambda: None) -> None:
         self.prefix = prefix
         self.group = group
+        self.agent_topic = agent_announce_topic(group, agent_id, prefix) if agent_id else None  # None: the group's only
+        self.previous = previous  # called on paho's thread
         self.state_dir = Path(state_dir)
         self.downloads = self.state_dir / "downloads"
         self.trusted_keys = trusted_keys
@@ -141,12 +154,17 @@ class ModelDownloader:
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         client.subscribe(announce_topic(self.group, self.prefix), qos=1)
+        if self.agent_topic is not None:
+            client.subscribe(self.agent_topic, qos=1)
         for topic in self._active:
             client.subscribe(topic + "+", qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            if msg.topic.endswith("/announce"):
+            if msg.topic == self.agent_topic:
+                if msg.payload:  # empty: the retained announce was deleted
+                    self._on_announce(bytes(msg.payload), to_agent=True)
+            elif msg.topic.endswith("/announce"):
                 self._on_announce(bytes(msg.payload))
             else:
                 self._on_chunk(msg.topic, bytes(msg.payload))
@@ -156,7 +174,7 @@ class ModelDownloader:
     def _dir(self, kind: str, name: str, version: str) -> Path:
         return self.state_dir / kind / name / version
 
-    def _on_announce(self, payload: bytes) -> None:
+    def _on_announce(self, payload: bytes, to_agent: bool = False) -> None:
         digest = hashlib.sha256(payload).digest()
         if digest in self._refused:
             return
@@ -167,7 +185,7 @@ class ModelDownloader:
             self.on_refused("unknown", "unknown", f"malformed announce: {exc}")
             return
         m = announce.manifest
-        if (m.name, m.version) in self.skip:
+        if (m.name, m.version) in self.skip and not (to_agent and self._was_live(m)):
             return
         work = self._dir("downloads", m.name, m.version)
         reason = self._checks(announce)
@@ -193,6 +211,11 @@ class ModelDownloader:
                  len(announce.chunk_sha256))
         if not self._maybe_finish(topic, announce):
             self._client.subscribe(topic + "+", qos=1)
+
+    def _was_live(self, m: ModelManifest) -> bool:
+        """Whether ``m`` is the model live before the current one (announced again: a rollback)."""
+        previous = self.previous()
+        return previous is not None and (previous.name, previous.version, previous.sha256) == (m.name, m.version, m.sha256)
 
     def _checks(self, announce: ModelAnnounce) -> str | None:
         """Why this announce is refused on its own merits (signature, signed size and chunks, size

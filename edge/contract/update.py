@@ -20,14 +20,20 @@ writes anything. So a replayed trusted manifest cannot declare another size or o
 Every decision an agent makes about a model (``downloaded``, ``refused``, ``shadow_started``,
 ``promoted``, ``rejected``, ``rolled_back``) is a :class:`ModelStatus` on ``edgewatch.status``;
 so is what it does with an operator's command (``rebaselined``, ``command_refused``; see
-:mod:`edge.contract.command`), which also names the ``device_id`` and the ``command_id``.
+:mod:`edge.contract.command`), which also names the ``device_id`` and the ``command_id``. Every
+``updates.report_interval_s`` an agent also sends a ``report``: its live version and an
+:class:`AgentInfo` (runtime, opset, architecture, memory, disk, devices served), what a rollout
+needs to choose the agents that can load a bundle.
+
+Besides its group's announce, an agent listens on :func:`agent_announce_topic`, where a rollout
+announces a version to that one agent (waves, and the abort that announces the previous version).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from edge.contract import _fields as f
@@ -38,13 +44,18 @@ ANNOUNCE_SCHEMA = 1
 STATUS_SCHEMA = 1
 MAX_CHUNK_BYTES = 256 * 1024
 StatusAction = Literal["downloaded", "refused", "shadow_started", "promoted", "rejected", "rolled_back", "loaded",
-                       "rebaselined", "command_refused"]
+                       "rebaselined", "command_refused", "report"]
 STATUS_ACTIONS: tuple[StatusAction, ...] = ("downloaded", "refused", "shadow_started", "promoted", "rejected",
-                                            "rolled_back", "loaded", "rebaselined", "command_refused")
+                                            "rolled_back", "loaded", "rebaselined", "command_refused", "report")
 
 
 def announce_topic(group: str, prefix: str = "edgewatch") -> str:
     return f"{prefix}/models/{f.name(group, 'group')}/announce"
+
+
+def agent_announce_topic(group: str, agent_id: str, prefix: str = "edgewatch") -> str:
+    """Where a version is announced to one agent of ``group`` (a rollout's wave, or its abort)."""
+    return f"{prefix}/models/{f.name(group, 'group')}/agents/{f.name(agent_id, 'agent_id')}/announce"
 
 
 def chunk_topic(name: str, version: str, index: int, prefix: str = "edgewatch") -> str:
@@ -104,6 +115,24 @@ def decode_announce(payload: bytes | str) -> ModelAnnounce:
 
 
 @dataclass(frozen=True)
+class AgentInfo:
+    """What an agent's ``report`` says about the machine it runs on (:func:`edge.sysinfo.agent_info`)."""
+
+    agent_version: str       # edgewatch's version
+    onnxruntime: str         # onnxruntime.__version__
+    max_opset: int           # highest ai.onnx opset this onnxruntime runs
+    arch: str                # platform.machine()
+    mem_total_bytes: int
+    mem_available_bytes: int
+    disk_free_bytes: int     # of updates.state_dir's file system
+    devices: int             # sensor devices seen in the last report interval
+    group: str               # updates.group
+
+
+_AGENT_FIELDS = tuple(field.name for field in fields(AgentInfo))
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     agent_id: str
     action: StatusAction
@@ -115,6 +144,7 @@ class ModelStatus:
     schema: int = STATUS_SCHEMA
     device_id: str = ""   # set for a command's status only (absent from a model's: its bytes stay as before)
     command_id: str = ""
+    agent: AgentInfo | None = None  # set for a report only (absent from the others: their bytes stay as before)
 
 
 def encode_status(status: ModelStatus) -> bytes:
@@ -123,6 +153,8 @@ def encode_status(status: ModelStatus) -> bytes:
     for optional in ("device_id", "command_id"):
         if getattr(status, optional):
             data[optional] = getattr(status, optional)
+    if status.agent is not None:
+        data["agent"] = asdict(status.agent)
     return f.dump_json(data)
 
 
@@ -130,7 +162,7 @@ def decode_status(payload: bytes | str) -> ModelStatus:
     data: dict[str, Any] = f.parse_json(payload)
     f.schema(data, STATUS_SCHEMA)
     f.no_extra(data, {"schema", "agent_id", "action", "model_name", "model_version", "reason", "at", "live_version",
-                      "device_id", "command_id"}, "")
+                      "device_id", "command_id", "agent"}, "")
     action = f.req(data, "action", "")
     if action not in STATUS_ACTIONS:
         raise ContractError("action", action, f"must be one of {', '.join(STATUS_ACTIONS)}")
@@ -143,4 +175,28 @@ def decode_status(payload: bytes | str) -> ModelStatus:
         live_version=f.text(data.get("live_version", ""), "live_version", max_len=128, empty=True),
         device_id=f.name(data["device_id"], "device_id") if "device_id" in data else "",
         command_id=f.text(data.get("command_id", ""), "command_id", max_len=64, empty=True),
+        agent=None if data.get("agent") is None else _agent_info(data["agent"]),
     )
+
+
+def _agent_info(value: Any) -> AgentInfo:
+    """Decode a report's ``agent`` object; raises :class:`ContractError` naming the field (``agent.devices``)."""
+    path = "agent"
+    if not isinstance(value, dict):
+        raise ContractError(path, value, f"must be an object with {', '.join(_AGENT_FIELDS)}", "wrong_type")
+    f.no_extra(value, set(_AGENT_FIELDS), path)
+
+    def text(key: str) -> str:
+        return f.text(f.req(value, key, path), f"{path}.{key}", max_len=64)
+
+    def count(key: str, min_value: int = 0) -> int:
+        return f.integer(f.req(value, key, path), f"{path}.{key}", min_value=min_value)
+
+    info = AgentInfo(agent_version=text("agent_version"), onnxruntime=text("onnxruntime"), max_opset=count("max_opset", 1),
+                     arch=text("arch"), mem_total_bytes=count("mem_total_bytes"), mem_available_bytes=count("mem_available_bytes"),
+                     disk_free_bytes=count("disk_free_bytes"), devices=count("devices"),
+                     group=f.name(f.req(value, "group", path), f"{path}.group"))
+    if info.mem_available_bytes > info.mem_total_bytes:
+        raise ContractError(f"{path}.mem_available_bytes", info.mem_available_bytes,
+                            f"must be at most mem_total_bytes ({info.mem_total_bytes})")
+    return info
