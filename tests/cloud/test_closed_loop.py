@@ -204,6 +204,7 @@ trusted_keys_dir = "{tmp_path / 'keys'}"
 state_dir = "{tmp_path / 'device-models'}"
 shadow_min_windows = 40
 shadow_min_seconds = 2.0
+report_interval_s = 0  # no report statuses: the test reads every status event
 """
     cfg = load_config(toml_config(tmp_path, agent_id=f"a{unique}", mqtt_port=mqtt_port, kafka_bootstrap=kafka_bootstrap,
                                   prefix=prefix, topics=topics, extra=extra, model=reg.production_dir("pump")), env={})

@@ -114,6 +114,7 @@ shadow_min_windows = 40
 shadow_min_seconds = 1.0
 max_artifact_bytes = 1000000
 max_download_bytes = 600000
+report_interval_s = 0  # no report statuses: the tests count the status events
 """
     cfg_path = toml_config(tmp_path, agent_id=f"a{unique}", mqtt_port=mqtt_port, kafka_bootstrap=kafka_bootstrap, prefix=prefix,
                            topics=topics, extra=extra)

@@ -46,6 +46,7 @@ enabled = true
 group = "g{unique}"
 trusted_keys_dir = "{tmp / 'keys'}"
 state_dir = "{tmp / 'models'}"
+report_interval_s = 0  # no report statuses: the tests count the status events
 """
         path = toml_config(tmp, agent_id=f"a{unique}", mqtt_port=mqtt_port, kafka_bootstrap=kafka_bootstrap, prefix=self.prefix,
                            topics=self.topics, extra=extra, adaptive=True)
