@@ -255,14 +255,14 @@ def backtest(archive: Path, model_dir: Path, *, config: Config, since: float | N
     replay = _Replay(detector, config)
     days = _device_days(Path(archive), since, until, devices)
     results: dict[str, DeviceResult] = {}
-    total = len({device for device, _day, _frags in days})
-    for device, day, frags in days:
+    total = len({device for device, _day, _paths in days})
+    for device, day, paths in days:
         if device not in results:
             if results and progress is not None:
                 progress(len(results), total)
             results[device] = DeviceResult(device)
         d = results[device]
-        w = _read_day(frags, since, until, m.channel_names, m.window_length, batch_size)
+        w = _read_day(paths, since, until, m.channel_names, m.window_length, batch_size)
         d.skipped += w.skipped
         if not len(w.starts):
             continue
@@ -323,8 +323,8 @@ def _account(d: DeviceResult, day: str, w: _DayWindows, over: np.ndarray, fire: 
 
 
 def _device_days(root: Path, since: float | None, until: float | None,
-                 devices: Sequence[str] | None) -> list[tuple[str, str, list[Any]]]:
-    """(device, day, fragments) in device then day order, after partition pruning; no file is opened."""
+                 devices: Sequence[str] | None) -> list[tuple[str, str, list[str]]]:
+    """(device, day, files) in device then day order, after partition pruning; no file is opened."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
@@ -343,10 +343,11 @@ def _device_days(root: Path, since: float | None, until: float | None,
         where.append(ds.field("date") <= day_of(until))
     if devices:
         where.append(ds.field("device_id").isin(list(devices)))
-    grouped: dict[tuple[str, str], list[Any]] = {}
+    grouped: dict[tuple[str, str], list[str]] = {}
     for frag in dataset.get_fragments(filter=_all(where)):
         keys = ds.get_partition_keys(frag.partition_expression)
-        grouped.setdefault((str(keys["device_id"]), str(keys["date"])), []).append(frag)
+        grouped.setdefault((str(keys["device_id"]), str(keys["date"])), []).append(frag.path)
+    # paths, not fragments: a scanned fragment keeps its Parquet metadata, which would add up over the replay
     return [(device, day, grouped[device, day]) for device, day in sorted(grouped)]
 
 
@@ -357,18 +358,19 @@ def _all(exprs: list[Any]) -> Any:
     return out
 
 
-def _read_day(frags: list[Any], since: float | None, until: float | None, channels: tuple[str, ...], length: int,
+def _read_day(paths: list[str], since: float | None, until: float | None, channels: tuple[str, ...], length: int,
               batch_size: int) -> _DayWindows:
-    """One device-day: its fragments scanned in batches with the time filter pushed down."""
+    """One device-day: its files scanned in batches, only the replay's columns, the time filter pushed down."""
     import pyarrow.dataset as ds
 
     where = _all([e for e in (ds.field("window_end") >= since if since is not None else None,
                               ds.field("window_start") < until if until is not None else None) if e is not None])
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     skipped, agent = 0, ""
-    for frag in frags:
+    for path in paths:
         try:
-            scanner = ds.Scanner.from_fragment(frag, columns=_COLUMNS, filter=where, batch_size=batch_size, use_threads=False)
+            scanner = ds.dataset(path, schema=SCHEMA, format="parquet").scanner(columns=_COLUMNS, filter=where,
+                                                                               batch_size=batch_size, use_threads=False)
             for batch in scanner.to_batches():
                 starts, ends, values, bad, last_agent = _batch_windows(batch, channels, length)
                 skipped += bad
@@ -376,7 +378,7 @@ def _read_day(frags: list[Any], since: float | None, until: float | None, channe
                 if len(starts):
                     parts.append((starts, ends, values))
         except (OSError, ValueError, KeyError) as exc:  # pyarrow: ArrowInvalid is a ValueError
-            raise ConfigError(f"{frag.path}: not a telemetry archive file ({exc})") from None
+            raise ConfigError(f"{path}: not a telemetry archive file ({exc})") from None
     if not parts:
         empty = np.zeros(0)
         return _DayWindows(empty, empty, np.zeros((0, length, len(channels)), dtype=np.float32), skipped, agent)
