@@ -1,4 +1,5 @@
-"""``edgewatch process --config cloud.toml``: the cloud stream processor (and, if enabled, the telemetry archive)."""
+"""``edgewatch process --config cloud.toml``: the cloud stream processor (and, if enabled, the telemetry archive
+and the rollout monitor)."""
 
 from __future__ import annotations
 
@@ -53,11 +54,18 @@ def run(args: argparse.Namespace) -> int:
 
         archive_thread = threading.Thread(target=run_archive, args=(config, stop, registry), name="archive", daemon=True)
         archive_thread.start()
+    rollout_thread = None
+    if config.rollout.enabled:
+        from cloud.rollout.monitor import run_rollout
+
+        rollout_thread = threading.Thread(target=run_rollout, args=(config, stop, registry), name="rollout", daemon=True)
+        rollout_thread.start()
     try:
         Processor(config, store, registry=registry, stop=stop).run()
     finally:
         stop.set()
         store.close()
-        if archive_thread is not None:
-            archive_thread.join(timeout=60)
+        for thread in (archive_thread, rollout_thread):
+            if thread is not None:
+                thread.join(timeout=60)
     return EXIT_OK

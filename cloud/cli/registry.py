@@ -41,9 +41,22 @@ def register(sub: Any) -> None:
     flag("--config", help="register --archive: agent TOML whose [decision] and [adaptive] decide (default: the agent's)")
     flag("--max-alert-ratio", type=float, default=2.0,
          help="register --archive: refuse a candidate whose median alerts per device-day exceed this x production's")
-    flag("--store", help="register --archive: the incident store with labels (a processor TOML, a SQLite file or a PostgreSQL DSN)")
     flag("--force", action="store_true", help="register --archive: register a refused candidate anyway (prediction included)")
+    flag("--prefix", default="edgewatch", help="the agents' mqtt.topic_prefix (publish)")
+    flag("--wave", type=_wave, help="publish to this share of the group's agents, e.g. 10%%: a rollout in waves compared "
+                                    "by the processor (docs/rollouts.md); needs --store")
+    flag("--store", help="the processor's store: its config (TOML), a SQLite file or a PostgreSQL DSN (register --archive: "
+                         "labelled incidents; publish --wave: the agents' reports and the rollouts)")
     p.set_defaults(func=run)
+
+
+def _wave(text: str) -> float:
+    from cloud.rollout.waves import parse_percent
+
+    try:
+        return parse_percent(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
         path = reg.version_dir(args.target, args.version) if args.version else reg.production_dir(args.target)
         if args.key:
             sign_model_dir(path, load_private_key(Path(args.key)))
-        a = publish_model(path, host=args.mqtt_host, port=args.mqtt_port, group=args.group)
+        if args.wave is not None:
+            from cloud.cli.rollout import publish_wave_cli
+
+            return publish_wave_cli(args, reg, path)
+        a = publish_model(path, host=args.mqtt_host, port=args.mqtt_port, group=args.group, prefix=args.prefix)
         print(f"published {a.manifest.name} {a.manifest.version} to group {args.group}: {a.size} bytes in {len(a.chunk_sha256)} chunks")
     return EXIT_OK
+
 
 def _register_backtested(reg: Registry, folder: Path, args: argparse.Namespace) -> int:
     """``register --archive``: the backtest gate (:mod:`cloud.backtest_gate`), then register with the prediction."""

@@ -217,16 +217,24 @@ def run_archive(config: ProcessorConfig, stop: threading.Event, registry: Collec
     until ``stop`` is set, started again after each failure (``backoff_s``: first and longest wait;
     the wait doubles while failures follow each other within a minute)."""
     metrics = ArchiveMetrics(registry)
+    run_restarting(lambda: Archive(config, metrics, stop).run(), stop, metrics.restarts, "archive", backoff_s)
+
+
+def run_restarting(body: Callable[[], None], stop: threading.Event, restarts: Counter, what: str,
+                   backoff_s: tuple[float, float] = (1.0, 60.0)) -> None:
+    """Run ``body`` until it returns or ``stop`` is set; after each failure (logged as ``<what>_failed``,
+    counted in ``restarts``) wait, then run it again: ``backoff_s`` is the first and the longest wait,
+    doubling while failures follow each other within a minute."""
     first, longest = backoff_s
     delay = first
     while not stop.is_set():
         started = time.monotonic()
         try:
-            Archive(config, metrics, stop).run()
+            body()
             return
         except Exception:
-            metrics.restarts.inc()
+            restarts.inc()
             delay = first if time.monotonic() - started > 60 else delay
-            log.exception("archive_failed restart_in_s=%.1f", delay)
+            log.exception("%s_failed restart_in_s=%.1f", what, delay)
             stop.wait(delay)
             delay = min(delay * 2, longest)

@@ -63,6 +63,31 @@ MIGRATIONS: list[Migration] = [
     # received), so a row costs fewer bound values and bytes (the insert was most of the processor's store time)
     [f"ALTER TABLE events DROP COLUMN {c}" for c in
      ("agent_id", "window_start", "threshold", "model_name", "model_version", "model_sha256", "detected_at")],
+    [  # 4: rollouts in waves (cloud.rollout): agents' reports and exposure, model statuses, rollouts, members, decisions
+        """CREATE TABLE agent_reports (
+            agent_id TEXT PRIMARY KEY, group_name TEXT NOT NULL, model_name TEXT NOT NULL, live_version TEXT NOT NULL,
+            devices INTEGER NOT NULL, info TEXT, reported_at {real} NOT NULL)""",
+        """CREATE TABLE agent_exposure (
+            agent_id TEXT NOT NULL, model_version TEXT NOT NULL, device_hours {real} NOT NULL,
+            PRIMARY KEY (agent_id, model_version))""",
+        """CREATE TABLE model_statuses (
+            agent_id TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, action TEXT NOT NULL,
+            reason TEXT NOT NULL, at {real} NOT NULL, PRIMARY KEY (agent_id, model_name, model_version, action))""",
+        """CREATE TABLE rollouts (
+            rollout_id TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, previous_version TEXT NOT NULL,
+            group_name TEXT NOT NULL, waves TEXT NOT NULL, state TEXT NOT NULL, started_at {real} NOT NULL,
+            wave_started_at {real} NOT NULL, updated_at {real} NOT NULL)""",
+        "CREATE INDEX rollouts_name ON rollouts (name, started_at)",
+        """CREATE TABLE rollout_members (
+            rollout_id TEXT NOT NULL, agent_id TEXT NOT NULL, wave {real} NOT NULL, skipped TEXT, at {real} NOT NULL,
+            PRIMARY KEY (rollout_id, agent_id))""",
+        """CREATE TABLE rollout_exposure (
+            rollout_id TEXT NOT NULL, agent_id TEXT NOT NULL, model_version TEXT NOT NULL, device_hours {real} NOT NULL,
+            PRIMARY KEY (rollout_id, agent_id, model_version))""",
+        """CREATE TABLE rollout_decisions (
+            rollout_id TEXT NOT NULL, at {real} NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL)""",
+        "CREATE INDEX rollout_decisions_rollout ON rollout_decisions (rollout_id, at)",
+    ],
 ]
 
 

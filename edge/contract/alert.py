@@ -1,7 +1,8 @@
 """Alerts: what the cloud processor produces to ``edgewatch.alerts`` (key: incident id).
 
 One message per incident opened or closed (a device incident, or a fleet incident over the
-devices of one site) and per drift signal. ``alert_id`` is derived from the incident id and the
+devices of one site), per drift signal, and per rollout the processor paused (``rollout_paused``:
+site is the update group, device_ids the wave's agents, detail the reason). ``alert_id`` is derived from the incident id and the
 action, so a re-published alert (at-least-once delivery of the alert outbox) de-duplicates at
 the consumer. Times are event time (seconds since the Unix epoch), not arrival time.
 
@@ -25,9 +26,9 @@ from edge.contract import _fields as f
 from edge.contract.errors import ContractError
 
 ALERT_SCHEMA = 1
-AlertKind = Literal["incident", "fleet_incident", "drift"]
+AlertKind = Literal["incident", "fleet_incident", "drift", "rollout_paused"]
 AlertAction = Literal["open", "close"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("incident", "fleet_incident", "drift")
+ALERT_KINDS: tuple[AlertKind, ...] = ("incident", "fleet_incident", "drift", "rollout_paused")
 ALERT_ACTIONS: tuple[AlertAction, ...] = ("open", "close")
 MAX_DEVICES = 10_000
 _HEX32 = frozenset("0123456789abcdef")
