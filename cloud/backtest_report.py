@@ -62,12 +62,14 @@ def write_plot(path: Path, results: Sequence[BacktestResult]) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    styles = ("-", "--", ":")
+    styles = ("-", "--", ":")  # per version; a group keeps its colour across versions
+    groups = sorted({g for r in results for g in r.daily_by_group()})
+    colours = plt.get_cmap("tab10")
     for i, r in enumerate(results):
         for group, days in sorted(r.daily_by_group().items()):
             xs = sorted(days)
-            ax.plot(np.array(xs, dtype="datetime64[D]"), [days[x] for x in xs], styles[i % len(styles)],
-                    marker=".", label=f"{group} {r.version}")
+            ax.plot(np.array(xs, dtype="datetime64[D]"), [days[x] for x in xs], styles[i % len(styles)], marker=".",
+                    color=colours(groups.index(group) % 10), label=f"{group} {r.version}")
     ax.set_ylabel("alerts per day")
     ax.set_title(f"backtest {results[0].model}: alerts per day per group" if results else "backtest")
     ax.legend(fontsize="small", ncol=2)

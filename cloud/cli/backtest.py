@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,21 +16,23 @@ from edge.contract import ConfigError
 
 
 def register(sub: Any) -> None:
+    from edge.config_parse import parse_bool
+
     p: argparse.ArgumentParser = sub.add_parser(
         "backtest", help="replay archived telemetry through a model as the agent decides; alerts per device-day",
-        description="Replay the processor's Parquet archive (--archive) through a model folder or a registered version, "
+        description=textwrap.fill("Replay the processor's Parquet archive (--archive) through a model folder or a registered version, "
                     "per device, causally in time order, through the agent's own path: onnxruntime, the adaptive "
                     "decision layer (if enabled in --config) and k-of-n. Streams the archive one device-day at a time. "
                     "Given a registered name (and version), the production version is replayed too, side by side. "
                     "Prints a table per group and overall (alerts per device-day p05/p50/p95, incidents, window rate, "
                     "labelled true positives caught and false positives raised with --store), writes backtest.json and "
-                    "alerts_per_day.png in --out. A range with no archived windows is a configuration error (exit 2).",
+                    "alerts_per_day.png in --out. A range with no archived windows is a configuration error (exit 2).", 100),
         epilog="examples:\n  edgewatch backtest pump 1.3 --archive archive --since 7d\n"
                "  edgewatch backtest runs/candidate --archive archive --group-pattern '^(site\\d+)-' --store incidents.sqlite",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL_DIR_OR_NAME", help="a model folder (model.onnx + manifest.json) or a registered name")
-    p.add_argument("version", nargs="?", help="registered version (default: production)")
+    p.add_argument("version", nargs="?", metavar="VERSION", help="registered version (default: production)")
 
     def flag(name: str, **kw: Any) -> None:
         add_flag(p, name, env_prefix="BACKTEST_", **kw)
@@ -44,7 +47,7 @@ def register(sub: Any) -> None:
     flag("--store", help="incident store with operator labels: SQLite file or PostgreSQL DSN")
     flag("--config", help="agent TOML whose [decision] and [adaptive] decide (default: the agent's shipped defaults)")
     flag("--out", default="backtest", help="folder for backtest.json and alerts_per_day.png")
-    flag("--progress", type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=True, metavar="BOOL",
+    flag("--progress", type=parse_bool, default=True, metavar="BOOL",
          help="devices done / total on stderr")
     p.set_defaults(func=run)
 
@@ -109,10 +112,13 @@ def run(args: argparse.Namespace) -> int:
         if path is None:
             continue
         started = time.monotonic()
+        shown = [started]
 
-        def progress(done: int, total: int, what: str = what, started: float = started) -> None:
-            if args.progress:
-                print(f"[backtest {what}] {done}/{total} devices ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        def progress(done: int, total: int, what: str = what, started: float = started, shown: list[float] = shown) -> None:
+            now = time.monotonic()
+            if args.progress and (done == total or now - shown[0] >= 2.0):  # a line every 2 s at most, and the last
+                shown[0] = now
+                print(f"[backtest {what}] {done}/{total} devices ({now - started:.0f} s)", file=sys.stderr, flush=True)
 
         results.append(backtest(Path(args.archive), path, config=config, since=since, until=until, devices=args.device,
                                 group_of=group_of, labels=labels, progress=progress))

@@ -175,3 +175,21 @@ def test_the_archive_streams_one_device_day_at_a_time(fleet: Any, tmp_path: Path
     r = backtest(root, TINY_MODEL, config=agent_config(), devices=["site1-dev2"], since=T0 + 86400, until=T0 + 2 * 86400)
     assert list(r.devices) == ["site1-dev2"] and r.devices["site1-dev2"].windows == 96 and sum(days) == 96
     assert r.devices["site1-dev2"].device_days == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_signed_candidate_loses_its_signature_and_signs_again_with_the_prediction(fleet: Any, tmp_path: Path,
+                                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from cloud.keys import generate_keypair, load_private_key, sign_model_dir
+    from edge.signing import load_trusted_keys, verify_manifest
+
+    private, _public = generate_keypair(tmp_path / "keys")
+    model = _model(tmp_path, "4.0", 9.0551)
+    sign_model_dir(model, load_private_key(private))
+    reg = tmp_path / "registry"
+    assert main(["registry", "register", str(model), "--root", str(reg), "--archive", str(fleet[0])]) == 0
+    assert "sign it again with `registry publish --key`" in capsys.readouterr().out
+    registered = Registry(reg).version_dir("tiny-zscore", "4.0")
+    assert load_manifest(registered).signature is None
+    signed = sign_model_dir(registered, load_private_key(private))
+    verify_manifest(signed, load_trusted_keys(tmp_path / "keys"))
+    assert signed.expected_alerts is not None and signed.expected_alerts.baseline_window_rate is None  # no production
