@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud.backtest import BacktestResult, backtest
+from cloud.backtest import backtest
+from cloud.backtest_result import BacktestResult
 from cloud.retrain.dataset import LabelledIncident
 from edge.config import Config
 from edge.contract import ExpectedAlerts, encode_manifest
@@ -80,3 +81,17 @@ def stamp(model_dir: Path, expected: ExpectedAlerts) -> bool:
     if signed:
         log.warning("backtest_signature_dropped model_dir=%s", model_dir)
     return signed
+
+
+def labels_from(spec: str | None) -> list[LabelledIncident] | None:
+    """Labelled incidents from ``--store``: a processor TOML (its ``[store]``), a SQLite file or a
+    PostgreSQL DSN; None without one."""
+    from cloud.retrain.sources import labelled_incidents, store_section
+
+    if not spec:
+        return None
+    if spec.endswith(".toml"):
+        from cloud.processor.config import load_config
+
+        return labelled_incidents(load_config(Path(spec)).store)
+    return labelled_incidents(store_section(spec))

@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     flag("--device", action="extend", type=_ids, metavar="ID[,ID...]", help="replay only these devices (repeatable)")
     flag("--group-pattern", help="group devices by the first capture group of this regex on the device id "
                                  "(no match: group 'other'; default: one group 'all')")
-    flag("--store", help="incident store with operator labels: SQLite file or PostgreSQL DSN")
+    flag("--store", help="incident store with operator labels: the processor's config (TOML), a SQLite file or a PostgreSQL DSN")
     flag("--config", help="agent TOML whose [decision] and [adaptive] decide (default: the agent's shipped defaults)")
     flag("--out", default="backtest", help="folder for backtest.json and alerts_per_day.png")
     flag("--progress", type=parse_bool, default=True, metavar="BOOL",
@@ -93,10 +93,10 @@ def resolve(target: str, version: str | None, root: Path) -> tuple[Path, Path | 
 
 def run(args: argparse.Namespace) -> int:
     from cloud.backtest import backtest
+    from cloud.backtest_gate import labels_from
     from cloud.backtest_report import table, write_json, write_plot
     from cloud.cli.retrain import parse_time
     from cloud.evaluate.agent_path import agent_config
-    from cloud.retrain.sources import labelled_incidents, store_section
 
     now = time.time()
     since = parse_time(args.since, now) if args.since else None
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--until {args.until} is not after --since {args.since}")
     model_dir, prod_dir = resolve(args.model, args.version, Path(args.root))
     config = agent_config(args.config)
-    labels = labelled_incidents(store_section(args.store)) if args.store else None
+    labels = labels_from(args.store)
     group_of = group_by_pattern(args.group_pattern)
     results = []
     for what, path in (("model", model_dir), ("production", prod_dir)):

@@ -110,7 +110,7 @@ def _register_backtested(reg: Registry, folder: Path, args: argparse.Namespace) 
     """``register --archive``: the backtest gate (:mod:`cloud.backtest_gate`), then register with the prediction."""
     import sys
 
-    from cloud.backtest_gate import alert_gate, stamp
+    from cloud.backtest_gate import alert_gate, labels_from, stamp
     from cloud.evaluate.agent_path import agent_config
     from edge.detector import load_manifest
 
@@ -119,7 +119,7 @@ def _register_backtested(reg: Registry, folder: Path, args: argparse.Namespace) 
     name = load_manifest(folder).name
     prod = reg.stages(name).production if reg.root.is_dir() else None
     outcome = alert_gate(folder, reg.version_dir(name, prod) if prod else None, archive=Path(args.archive),
-                         config=agent_config(args.config), labels=_labels(args.store),
+                         config=agent_config(args.config), labels=labels_from(args.store),
                          max_ratio=args.max_alert_ratio, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if outcome.refusal is not None and not args.force:
         print(f"edgewatch: registry register refused: {outcome.refusal} (--force registers it anyway)", file=sys.stderr)
@@ -133,17 +133,3 @@ def _register_backtested(reg: Registry, folder: Path, args: argparse.Namespace) 
           + (f"; FORCED past the gate: {outcome.refusal}" if outcome.refusal else "")
           + ("; its signature no longer covers the manifest: sign it again with `registry publish --key`" if dropped else ""))
     return EXIT_OK
-
-
-def _labels(spec: str | None) -> list[Any] | None:
-    """Labelled incidents from ``--store``: a processor TOML (its [store]), a SQLite file or a PostgreSQL DSN."""
-    from cloud.retrain.sources import labelled_incidents, store_section
-
-    if not spec:
-        return None
-    if spec.endswith(".toml"):
-        from cloud.processor.config import load_config
-
-        return list(labelled_incidents(load_config(Path(spec)).store))
-    return list(labelled_incidents(store_section(spec)))
-

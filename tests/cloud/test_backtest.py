@@ -17,6 +17,8 @@ from cloud.backtest import backtest
 from cloud.cli import main
 from cloud.evaluate.agent_path import agent_config, agent_decisions
 from cloud.processor.archive import write_flush
+from cloud.processor.backends import open_sqlite
+from cloud.processor.store import IncidentRow
 from cloud.registry import Registry
 from cloud.retrain.dataset import LabelledIncident
 from edge.config import Config
@@ -142,6 +144,19 @@ def test_labelled_incidents_caught_and_raised(fleet: Any, tmp_path: Path) -> Non
     s = backtest(root, model, config=config, labels=labels).overall()
     assert (s.true_positive, s.caught, s.false_positive, s.raised) == (2, 1, 1, 1)
     assert s.caught_share == 0.5
+    store = open_sqlite(tmp_path / "store.db")  # the same labels through --store, as the processor stores them
+    store.migrate()
+    store.upsert_incidents([IncidentRow(f"{i:032x}", "incident", "", inc.device_ids[0], inc.device_ids, inc.start, inc.end, inc.end,
+                                        3, 5.0) for i, inc in enumerate(labels)], T0)
+    for i, inc in enumerate(labels):
+        assert store.label_incident(f"{i:032x}", inc.label, T0)
+    store.close()
+    toml = tmp_path / "agent.toml"
+    toml.write_text("[adaptive]\nenabled = false\n")
+    assert main(["backtest", str(model), "--archive", str(root), "--store", str(tmp_path / "store.db"), "--config", str(toml),
+                 "--out", str(tmp_path / "out"), "--progress", "false"]) == 0
+    overall = json.loads((tmp_path / "out" / "backtest.json").read_text())["replays"][0]["overall"]
+    assert (overall["true_positive"], overall["caught"], overall["false_positive"], overall["raised"]) == (2, 1, 1, 1)
 
 
 def test_the_archive_streams_one_device_day_at_a_time(fleet: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
