@@ -141,9 +141,33 @@ def test_rollout_state_on_both_backends(store: Store) -> None:
     assert state.reports(store, "g")["a"].live_version == "1.0"  # the status at 1401 is newer than the report at 1396
 
 
+def test_a_bundle_no_agent_can_load_is_refused_with_the_reasons(tmp_path: Path) -> None:
+    from cloud.rollout.publish import Broker, publish_wave
+    from edge.contract import ConfigError
+
+    key, _ = generate_keypair(tmp_path / "keys")
+    reg = Registry(tmp_path / "registry")
+    reg.register(_model(tmp_path / "1.0", "1.0", key, 0.95))
+    reg.promote("tiny-zscore", "1.0")
+    reg.register(_model(tmp_path / "2.0", "2.0", key, 0.95, min_onnxruntime="1.30"))
+    s = open_sqlite(tmp_path / "store.db")
+    s.migrate()
+    nowhere = Broker(port=1)  # never reached: the refusal comes first
+    with pytest.raises(ConfigError, match="no agent of group g has reported"):
+        publish_wave(s, reg, nowhere, name="tiny-zscore", version="2.0", group="g", percent=10)
+    for agent, ort in (("a", "1.20.1"), ("b", "1.17.0")):
+        state.record_report(s, state.AgentReport(agent, "g", "tiny-zscore", "1.0", 1, vars(_info(onnxruntime=ort)), 1.0))
+    with pytest.raises(ConfigError) as err:
+        publish_wave(s, reg, nowhere, name="tiny-zscore", version="2.0", group="g", percent=10)
+    assert "no agent of group g can load tiny-zscore 2.0: a: onnxruntime 1.20.1 is older" in str(err.value)
+    assert "b: onnxruntime 1.17.0 is older than the manifest's minimum 1.30" in str(err.value)
+    assert state.rollouts(s) == []  # nothing started
+    s.close()
+
+
 # -- the fleet --------------------------------------------------------------------------------------
 
-def _model(dest: Path, version: str, key: Path, threshold: float) -> Path:
+def _model(dest: Path, version: str, key: Path, threshold: float, min_onnxruntime: str = "1.17") -> Path:
     """The score of a window is its last ``vibration`` reading: the feeder's values make the share of
     windows above ``threshold`` exact (0.95: 1 in 25; 0.79: 5 in 25)."""
     live = load_manifest(TINY_MODEL)
@@ -167,7 +191,7 @@ def _model(dest: Path, version: str, key: Path, threshold: float) -> Path:
     data = model.SerializeToString()
     (dest / "model.onnx").write_bytes(data)
     manifest = dataclasses.replace(live, version=version, sha256=hashlib.sha256(data).hexdigest(), threshold=threshold,
-                                   signature=None, **GOOD)  # type: ignore[arg-type]
+                                   signature=None, **{**GOOD, "min_onnxruntime": min_onnxruntime})  # type: ignore[arg-type]
     (dest / "manifest.json").write_bytes(encode_manifest(manifest))
     sign_model_dir(dest, load_private_key(key))
     return dest
@@ -388,6 +412,13 @@ def test_a_loud_candidate_is_paused_by_itself_and_aborted(fleet: Fleet, capsys: 
     said = _statuses(f, "2.0.0")
     assert set(said) == {wave[0]} and said[wave[0]][:3] == ["downloaded", "shadow_started", "promoted"], said
     assert not any((f.tmp / a / "models" / "models" / "tiny-zscore" / "2.0.0").exists() for a in versions if a != wave[0])
+
+    # resumed, it is compared afresh from now, and pauses again on the new evidence
+    assert "running again at 10%" in f.cli(capsys, "rollout", "resume", "tiny-zscore", "--config", str(f.config_path))
+    wait_for(lambda: _state(f, rid) == "paused", 60, "the resumed rollout to pause again")
+    s = f.store()
+    assert [d.action for d in state.decisions(s, rid)][-3:] == ["pause", "resume", "pause"]
+    s.close()
 
     aborted = time.time()
     assert f"1.0.0 announced again to {wave[0]}" in f.cli(capsys, "rollout", "abort", "tiny-zscore", "--config", str(f.config_path))
