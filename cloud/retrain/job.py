@@ -1,9 +1,10 @@
 """One retraining, in-process: :func:`retrain` -> :class:`RetrainResult`.
 
 Stages: production start point -> labelled incidents -> archive -> dataset -> train (fine-tune)
--> export -> evaluate both models through onnxruntime -> gates -> report -> (sign, register,
-publish). Each stage reports one progress line. Outcomes: ``registered`` (exit 0), ``rejected``
-by a gate, data check included (exit 3), ``no_data``: too few windows to train or evaluate
+-> export -> evaluate both models through onnxruntime -> gates -> report -> backtest (with an
+archive: :mod:`cloud.backtest_gate`) -> (sign, register, publish). Each stage reports one
+progress line. Outcomes: ``registered`` (exit 0), ``rejected`` by a gate, data check or backtest
+included (exit 3), ``no_data``: too few windows to train or evaluate
 (exit 4). A family that learns from labels (``ladder``: ``[train] family`` or ``--family``, or picked
 when the store holds ``ladder_min_labelled`` labelled incidents) trains from scratch on the
 archive plus the earlier labelled incidents' windows (:func:`labelled_set`); contradictory labels
