@@ -89,22 +89,11 @@ def run(args: argparse.Namespace) -> int:
             agents = abort(store, Registry(Path(config.rollout.registry)), broker_of(config), ro)
             print(f"{ro.rollout_id} aborted: {ro.previous_version} announced again to {', '.join(agents) or 'no agent'}")
         else:
-            resume(store, ro)
+            state.resume(store, ro.rollout_id, time.time(), f"resumed by the operator at {ro.percent:g}%")
             print(f"{ro.rollout_id} running again at {ro.percent:g}%, compared from now")
     finally:
         store.close()
     return EXIT_OK
-
-
-def resume(store: Any, ro: Any, now: float | None = None) -> None:
-    """A paused rollout runs again; its comparison starts afresh (exposure and events from now)."""
-    from cloud.rollout import state
-
-    now = time.time() if now is None else now
-    with store.transaction():
-        store.execute("DELETE FROM rollout_exposure WHERE rollout_id = ?", (ro.rollout_id,))
-        store.execute("UPDATE rollouts SET started_at = ?, wave_started_at = ? WHERE rollout_id = ?", (now, now, ro.rollout_id))
-    state.set_state(store, ro.rollout_id, "running", now, "resume", f"resumed by the operator at {ro.percent:g}%")
 
 
 def status_text(store: Any, ro: Any, config: Any) -> str:

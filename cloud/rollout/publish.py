@@ -8,10 +8,10 @@ per-agent announces (an empty retained payload). Chunks go first, announces last
 :mod:`cloud.distribute`. An abort announces the previous version on the wave agents' topics:
 the agent swaps a version it ran before back in without a trial (:mod:`edge.modelswap`).
 
-Targets are the agents of the group that reported to the store; one whose report says it cannot
-load the bundle (:func:`cloud.rollout.compat.refusal`) is skipped with the reason, and a bundle
-no target can load is refused (:class:`ConfigError`). An agent that reports no
-:class:`~edge.contract.update.AgentInfo` is a target: it checks the bundle itself on arrival.
+Targets are the agents of the group that reported to the store (the group is in their
+:class:`~edge.contract.update.AgentInfo`: an agent that sends no report is not a target); one
+whose report says it cannot load the bundle (:func:`cloud.rollout.compat.refusal`) is skipped
+with the reason, and a bundle no target can load is refused (:class:`ConfigError`).
 Functions block on the broker and the store; :class:`BrokerUnavailable` when the broker does
 not acknowledge.
 """

@@ -175,6 +175,15 @@ def set_state(store: Store, rid: str, state: State, at: float, action: str, reas
         _decide(store, rid, at, action, reason)
 
 
+def resume(store: Store, rid: str, at: float, reason: str) -> None:
+    """A paused rollout runs again, compared afresh: its exposure is dropped and its events count from ``at``."""
+    with store.transaction():
+        store.execute("DELETE FROM rollout_exposure WHERE rollout_id = ?", (rid,))
+        store.execute("UPDATE rollouts SET state = 'running', started_at = ?, wave_started_at = ?, updated_at = ? "
+                      "WHERE rollout_id = ?", (at, at, at, rid))
+        _decide(store, rid, at, "resume", reason)
+
+
 def _decide(store: Store, rid: str, at: float, action: str, reason: str) -> None:
     store.execute("INSERT INTO rollout_decisions (rollout_id, at, action, reason) VALUES (?, ?, ?, ?)", (rid, at, action, reason))
 
