@@ -12,7 +12,8 @@ least ``min_seconds``, and rejected at once when a check fails:
 When the candidate's manifest carries the backtest's signed prediction (``expected_alerts``),
 its live window rate (alerts / windows, as above) must also stay inside it, judged first:
 
-- not above ``window_rate.p95 * prediction_tolerance`` (``prediction_high``);
+- not above ``max(window_rate.p95 * prediction_tolerance, baseline_floor)`` (``prediction_high``;
+  the floor, because a replay on which the candidate never alerted predicts a rate of 0);
 - not above ``max_ratio * max(baseline_window_rate, baseline_floor)`` (``baseline_ratio``): the
   floor stands for a production model that (almost) never crossed its threshold on the replay, so a
   zero baseline does not reject every candidate that alerts once;
@@ -78,7 +79,8 @@ def wilson_interval(rate: float, trials: float, sigmas: float = SIGMAS) -> tuple
     denom = 1 + z2 / trials
     centre = (rate + z2 / (2 * trials)) / denom
     half = sigmas * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if rate <= 0 else max(0.0, centre - half)  # exactly 0 for no alerts, not a rounding error above it
+    return low, min(1.0, centre + half)
 
 
 @dataclass
@@ -149,7 +151,7 @@ class ShadowTrial:
         tol = self.policy.prediction_tolerance
         low, high = wilson_interval(rate, self.windows / max(self.overlap, 1.0))
         seen = f"alert rate {rate:.4f} ({SIGMAS:g}-sigma interval {low:.4f}-{high:.4f} over {self.windows} windows)"
-        upper = e.window_rate["p95"] * tol
+        upper = max(e.window_rate["p95"] * tol, self.policy.baseline_floor)
         if low > upper:
             return "prediction_high", (f"{seen} above the signed prediction's {upper:.4f} "
                                        f"(p95 {e.window_rate['p95']:.4f} x tolerance {tol:g})")

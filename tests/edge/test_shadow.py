@@ -92,6 +92,14 @@ def test_zero_baseline_is_floored() -> None:
     assert verdict(trial) == ("rejected", "baseline_ratio") and "floored from 0.0000" in trial.reason
 
 
+def test_a_prediction_of_no_alerts_is_floored() -> None:
+    # a replay on which the candidate never alerted signs p95 = 0: a quiet candidate is healthy, not "above 0"
+    silent = prediction(p05=0.0, p50=0.0, p95=0.0, baseline=0.0)
+    assert verdict(run(400, 0, silent)) == ("healthy", None)
+    assert verdict(run(4000, 4, silent)) == ("healthy", None)  # 0.001, at the floor
+    assert verdict(run(4000, 80, silent)) == ("rejected", "prediction_high")
+
+
 def test_margin_with_few_windows_does_not_reject() -> None:
     high = prediction(p95=0.005)  # allowed 0.01
     assert verdict(run(200, 4, high, overlap=4.0)) == ("healthy", None)  # 0.02, but 50 effective windows
