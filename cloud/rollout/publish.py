@@ -3,7 +3,8 @@
 A wave below 100 % announces the candidate on each wave agent's own topic
 (:func:`~edge.contract.update.agent_announce_topic`) while the group announce keeps the
 production version, so an agent outside the wave never sees the candidate. The 100 % wave puts
-the candidate on the group announce, makes it production in the registry, and clears the
+the candidate on the group announce (the agents skipped get it too: they refuse it by their own
+checks for onnxruntime, opset and disk, not memory), makes it production in the registry, and clears the
 per-agent announces (an empty retained payload). Chunks go first, announces last, as in
 :mod:`cloud.distribute`. An abort announces the previous version on the wave agents' topics:
 the agent swaps a version it ran before back in without a trial (:mod:`edge.modelswap`).
@@ -103,11 +104,11 @@ def publish_wave(store: Store, registry: Registry, broker: Broker, *, name: str,
         msgs += [(agent_announce_topic(group, a, broker.prefix), payload) for a in new]
     else:
         msgs.append((announce_topic(group, broker.prefix), payload))
-        msgs += [(agent_announce_topic(group, a, broker.prefix), b"") for a in members]
+        msgs += [(agent_announce_topic(group, a, broker.prefix), b"") for a in already]
+    broker.publish(msgs, f"edgewatch-rollout-{name}-{version}")  # first: a refused publish leaves no rollout behind
     if current is None:
         state.start_rollout(store, state.Rollout(rid, name, version, previous, group, (), "running", now, now),
                             f"rollout of {name} {version} to group {group} started by {by}, previous version {previous}")
-    broker.publish(msgs, f"edgewatch-rollout-{name}-{version}")
     state.record_wave(store, rid, percent, new, {a: why for a, why in skipped.items() if a not in already}, now,
                       f"{by}: wave {percent:g}% announced to {len(new)} more agents ({len(members)} of {len(ok)} targets, "
                       f"{len(skipped)} skipped)")
