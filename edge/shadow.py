@@ -26,7 +26,10 @@ under the binomial model). Overlapping windows share readings and their alerts
 come in runs, so the interval counts ``windows * stride / window_length`` independent trials,
 not ``windows``. The too-few check only bites once enough windows are seen for zero alerts to be
 unlikely: about ``SIGMAS**2 * prediction_tolerance / p05`` effective windows; before that (and
-when ``p05`` is 0) it passes.
+when ``p05`` is 0) it passes. The two checks from above also need :data:`MIN_ALERTS_ABOVE`
+independent alerts (alerts / overlap): at a handful of alerts the Wilson interval is too narrow (one
+alert in ten windows is 1 % likely at a rate of 0.001, not 1 in 740), and one burst of a good
+candidate on a live fault must not reject it.
 
 Pure logic with an injected clock; called on the agent's worker thread.
 """
@@ -51,6 +54,7 @@ REJECT_REASONS: tuple[RejectReason, ...] = ("prediction_high", "prediction_low",
 """Why a candidate was rejected: the reason label of ``edgewatch_agent_model_rejections_total``."""
 
 SIGMAS = 3.0
+MIN_ALERTS_ABOVE = 3.0  # independent alerts (alerts / overlap) before a trial is judged above a signed limit
 
 
 @dataclass(frozen=True)
@@ -152,13 +156,14 @@ class ShadowTrial:
         low, high = wilson_interval(rate, self.windows / max(self.overlap, 1.0))
         seen = f"alert rate {rate:.4f} ({SIGMAS:g}-sigma interval {low:.4f}-{high:.4f} over {self.windows} windows)"
         upper = max(e.window_rate["p95"] * tol, self.policy.baseline_floor)
-        if low > upper:
+        enough = self.candidate_alerts / max(self.overlap, 1.0) >= MIN_ALERTS_ABOVE  # to say "too many" at all
+        if enough and low > upper:
             return "prediction_high", (f"{seen} above the signed prediction's {upper:.4f} "
                                        f"(p95 {e.window_rate['p95']:.4f} x tolerance {tol:g})")
         if e.baseline_window_rate is not None:
             base = max(e.baseline_window_rate, self.policy.baseline_floor)
             floored = "" if base == e.baseline_window_rate else f", floored from {e.baseline_window_rate:.4f}"
-            if low > e.max_ratio * base:
+            if enough and low > e.max_ratio * base:
                 return "baseline_ratio", (f"{seen} above the signed prediction's {e.max_ratio * base:.4f} "
                                           f"(max_ratio {e.max_ratio:g} x production's {base:.4f}{floored})")
         lower = e.window_rate["p05"] / tol

@@ -98,6 +98,10 @@ def test_a_prediction_of_no_alerts_is_floored() -> None:
     assert verdict(run(400, 0, silent)) == ("healthy", None)
     assert verdict(run(4000, 4, silent)) == ("healthy", None)  # 0.001, at the floor
     assert verdict(run(4000, 80, silent)) == ("rejected", "prediction_high")
+    # one burst (two overlapping windows) is not yet "too many", however short the trial
+    short = ShadowPolicy(min_windows=10, min_seconds=0.0)
+    assert verdict(run(40, 2, silent, overlap=4.0, live_alerts=20, policy=short)) == ("healthy", None)
+    assert verdict(run(400, 12, silent, overlap=4.0)) == ("rejected", "prediction_high")
 
 
 def test_margin_with_few_windows_does_not_reject() -> None:
