@@ -187,7 +187,8 @@ class Agent:
             prefix=cfg.mqtt.topic_prefix, client_id=f"{cfg.mqtt.client_id}-updates", username=cfg.mqtt.username or None,
             password=cfg.mqtt.password or None, tls_ca_file=cfg.mqtt.tls_ca_file or None,
             max_artifact_bytes=u.max_artifact_bytes, max_download_bytes=u.max_download_bytes, agent_id=cfg.agent.id,
-            previous=lambda: updates.previous.manifest if updates.previous is not None else None)
+            previous=lambda: updates.previous.manifest if updates.previous is not None else None,
+            live=lambda: updates.live_manifest, on_live_announced=updates.on_live_announced)
         m = live.manifest
         self.downloader.skip.add((m.name, m.version))
         self.downloader.start()

@@ -7,12 +7,15 @@ on the agent's worker thread between ticks (:meth:`poll`) and inside the pipelin
 dropped and no window is left unscored. The live model keeps scoring through every refusal.
 
 A version that was live before and whose folder is still on disk is a rollback: it is swapped
-in at once, without a trial (``edgewatch registry rollback`` then ``publish`` announces it).
+in at once, without a trial (``edgewatch rollout abort`` announces it to the agent).
+The live version announced to the agent is an abort before the candidate went live: the
+candidate on trial, and any still loading, is withdrawn (status ``rejected``, never promoted).
 The folder of a version refused at load or rejected in shadow is deleted.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import shutil
@@ -51,6 +54,7 @@ def incompatibility(live: ModelManifest, candidate: ModelManifest) -> str | None
 class _Candidate:
     detector: OnnxDetector
     trial: ShadowTrial
+    number: int  # its place among arrivals (ModelUpdates._arrivals)
 
 
 class ModelUpdates:
@@ -71,8 +75,10 @@ class ModelUpdates:
         self._clock = clock
         self._on_action = on_action
         self._on_rejected = on_rejected  # the short reason of each candidate rejected (metrics)
-        self._to_load: queue.Queue[Path | None] = queue.Queue()
-        self._loaded: queue.Queue[OnnxDetector | tuple[Path, str]] = queue.Queue()
+        self._to_load: queue.Queue[tuple[int, Path] | None] = queue.Queue()
+        self._loaded: queue.Queue[tuple[int, OnnxDetector | tuple[Path, str]]] = queue.Queue()
+        self._arrivals = itertools.count()  # numbers downloaded folders and withdrawals, in the order they came
+        self._withdrawn_before = -1  # folders numbered below this were withdrawn (their announce was taken back)
         self.candidate: _Candidate | None = None
         self._loader = threading.Thread(target=self._load_loop, name="edgewatch-model-loader", daemon=True)
         self._loader.start()
@@ -87,31 +93,45 @@ class ModelUpdates:
 
     def on_ready(self, folder: Path, announce: ModelAnnounce) -> None:
         self._status("downloaded", announce.manifest, "signature, hash and compatibility verified")
-        self._to_load.put(folder)
+        self._to_load.put((next(self._arrivals), folder))
+
+    def on_live_announced(self, manifest: ModelManifest) -> None:
+        """The live version was announced to this agent again: withdraw every candidate so far."""
+        self._withdrawn_before = next(self._arrivals)
 
     def on_refused(self, name: str, version: str, reason: str) -> None:
         self._emit("refused", name, version, reason)
 
     # -- loader thread ---------------------------------------------------------------------------
     def _load_loop(self) -> None:
-        while (folder := self._to_load.get()) is not None:
+        while (job := self._to_load.get()) is not None:
+            number, folder = job
             try:
                 detector = OnnxDetector.load(folder, threads=self._threads, trusted_keys=self._trusted)
                 detector.warm_up()
-                self._loaded.put(detector)
+                self._loaded.put((number, detector))
             except EdgewatchError as exc:
-                self._loaded.put((folder, str(exc)))
+                self._loaded.put((number, (folder, str(exc))))
             except Exception as exc:  # onnxruntime failures must not kill the loader
-                self._loaded.put((folder, f"{exc.__class__.__name__}: {exc}"))
+                self._loaded.put((number, (folder, f"{exc.__class__.__name__}: {exc}")))
 
     def close(self) -> None:
         self._to_load.put(None)
 
     # -- worker thread ---------------------------------------------------------------------------
     def poll(self) -> None:
-        """Take a freshly loaded candidate (start its trial, or swap at once for a rollback)."""
+        """Take a freshly loaded candidate (start its trial, or swap at once for a rollback), and
+        end the trial of a candidate withdrawn since."""
+        withdrawn = self._withdrawn_before
+        cand = self.candidate
+        if cand is not None and cand.number < withdrawn:
+            self.candidate = None
+            self._withdraw(cand.detector.model_dir, cand.detector.manifest)
         while not self._loaded.empty():
-            item = self._loaded.get_nowait()
+            number, item = self._loaded.get_nowait()
+            if number < withdrawn and not isinstance(item, tuple):
+                self._withdraw(item.model_dir, item.manifest)
+                continue
             if isinstance(item, tuple):
                 folder, reason = item
                 self._discard(folder)
@@ -127,7 +147,7 @@ class ModelUpdates:
                 self._on_rejected("superseded")
                 self._status("rejected", self.candidate.detector.manifest, f"superseded by {m.version}")
             trial = ShadowTrial.of(m, self.policy, clock=self._clock)
-            self.candidate = _Candidate(item, trial)
+            self.candidate = _Candidate(item, trial, number)
             signed = "" if m.expected_alerts is None else ", against its signed prediction"
             self._status("shadow_started", m, f"scoring beside {self.live_manifest.version} for at least "
                          f"{self.policy.min_windows} windows and {self.policy.min_seconds:g} s{signed}")
@@ -153,6 +173,12 @@ class ModelUpdates:
             self._discard(cand.detector.model_dir)
             self._on_rejected(cand.trial.label or "rate")
             self._status("rejected", cand.detector.manifest, cand.trial.reason)
+
+    def _withdraw(self, folder: Path, m: ModelManifest) -> None:
+        self._discard(folder)
+        self._on_rejected("superseded")
+        self._status("rejected", m, f"withdrawn: the live version {self.live_manifest.version} was announced again "
+                                    "(the rollout was aborted)")
 
     def _promote(self, detector: OnnxDetector, action: StatusAction, reason: str) -> None:
         old = self.live

@@ -24,7 +24,9 @@ with one exception: the version live before the current one, announced again on 
 topic, is fetched again, because that is how a rollout is aborted (the agent swaps it back in
 without a trial, :mod:`edge.modelswap`). On the group topic it stays skipped: there a retained
 announce of the previous production version may still stand while a wave runs, and a reconnect
-would otherwise roll the wave's agents back.
+would otherwise roll the wave's agents back. The live version announced on the agent's topic is
+an abort that came before the candidate went live: every transfer in flight is abandoned and
+``on_live_announced`` withdraws the candidate (its shadow trial ends, it never goes live).
 """
 
 from __future__ import annotations
@@ -71,11 +73,14 @@ class ModelDownloader:
                  prefix: str = "edgewatch", client_id: str = "edgewatch-updates",
                  username: str | None = None, password: str | None = None, tls_ca_file: str | None = None,
                  max_artifact_bytes: int = MAX_ARTIFACT_BYTES, max_download_bytes: int = MAX_DOWNLOAD_BYTES,
-                 free_bytes: FreeBytes = free_disk_bytes, agent_id: str = "", previous: PreviousModel = lambda: None) -> None:
+                 free_bytes: FreeBytes = free_disk_bytes, agent_id: str = "", previous: PreviousModel = lambda: None,
+                 live: PreviousModel = lambda: None, on_live_announced: Callable[[ModelManifest], None] = lambda m: None) -> None:
         self.prefix = prefix
         self.group = group
         self.agent_topic = agent_announce_topic(group, agent_id, prefix) if agent_id else None  # None: the group's only
-        self.previous = previous  # called on paho's thread
+        self.previous = previous  # called on paho's thread, as are the two below
+        self.live = live
+        self.on_live_announced = on_live_announced
         self.state_dir = Path(state_dir)
         self.downloads = self.state_dir / "downloads"
         self.trusted_keys = trusted_keys
@@ -185,7 +190,11 @@ class ModelDownloader:
             self.on_refused("unknown", "unknown", f"malformed announce: {exc}")
             return
         m = announce.manifest
-        if (m.name, m.version) in self.skip and not (to_agent and self._was_live(m)):
+        if to_agent and _same(self.live(), m):
+            self._abandon_others(self._dir("downloads", m.name, m.version), f"the live version {m.version} was announced again")
+            self.on_live_announced(m)
+            return
+        if (m.name, m.version) in self.skip and not (to_agent and _same(self.previous(), m)):
             return
         work = self._dir("downloads", m.name, m.version)
         reason = self._checks(announce)
@@ -211,11 +220,6 @@ class ModelDownloader:
                  len(announce.chunk_sha256))
         if not self._maybe_finish(topic, announce):
             self._client.subscribe(topic + "+", qos=1)
-
-    def _was_live(self, m: ModelManifest) -> bool:
-        """Whether ``m`` is the model live before the current one (announced again: a rollback)."""
-        previous = self.previous()
-        return previous is not None and (previous.name, previous.version, previous.sha256) == (m.name, m.version, m.sha256)
 
     def _checks(self, announce: ModelAnnounce) -> str | None:
         """Why this announce is refused on its own merits (signature, signed size and chunks, size
@@ -333,6 +337,11 @@ class ModelDownloader:
     def _refuse(self, name: str, version: str, reason: str) -> None:
         log.warning("model_update_refused name=%s version=%s reason=%s", name, version, reason)
         self.on_refused(name, version, reason)
+
+
+def _same(known: ModelManifest | None, m: ModelManifest) -> bool:
+    """Whether ``m`` is the model ``known`` (same name, version and artifact)."""
+    return known is not None and (known.name, known.version, known.sha256) == (m.name, m.version, m.sha256)
 
 
 def _bytes_under(folder: Path) -> int:

@@ -218,3 +218,14 @@ def test_reports_and_an_announce_to_one_agent_then_its_abort(two_agents: dict[st
     assert [s.action for s in statuses(b) if s.action != "report"] == []  # b was not addressed: it never downloaded
     assert b.downloader is not None and b.downloader.chunks_written == 0 and not (tmp / "b" / "models" / "models").exists()
     assert [s for s in statuses(a) if s.action == "refused"] == []  # the empty message was not an announce
+
+    # an abort that comes while the candidate is still on trial withdraws it: it never goes live
+    assert b.updates is not None
+    b.updates.policy = dataclasses.replace(b.updates.policy, min_windows=10**9)  # a trial that would run for ever
+    _announce_to(ids[1], _signed_copy(tmp / "v3", "3.0", key), port=mqtt_port, group=group, prefix=prefix)
+    wait_status(b, "shadow_started", "3.0", "b trying 3.0")
+    _announce_to(ids[1], tmp / "v1", port=mqtt_port, group=group, prefix=prefix)  # the abort: b's live version again
+    withdrawn = wait_status(b, "rejected", "3.0", "b withdrawing 3.0")
+    assert "withdrawn: the live version" in withdrawn.reason and withdrawn.live_version == live
+    assert b.updates.candidate is None and b.pipeline is not None and b.pipeline.manifest.version == live
+    assert [s.action for s in statuses(b) if s.action != "report"] == ["downloaded", "shadow_started", "rejected"]
