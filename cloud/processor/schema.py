@@ -88,6 +88,15 @@ MIGRATIONS: list[Migration] = [
             rollout_id TEXT NOT NULL, at {real} NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL)""",
         "CREATE INDEX rollout_decisions_rollout ON rollout_decisions (rollout_id, at)",
     ],
+    [  # 5: fleet watch (cloud.fleetwatch): peer-outlier and silence state per device, retired devices, progress
+        """CREATE TABLE peer_state (
+            device_id TEXT PRIMARY KEY, group_key TEXT NOT NULL, state TEXT NOT NULL, updated_at {real} NOT NULL)""",
+        """CREATE TABLE silence_state (
+            device_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, state TEXT NOT NULL, updated_at {real} NOT NULL)""",
+        """CREATE TABLE retired_devices (
+            device_id TEXT PRIMARY KEY, retired_at {real} NOT NULL, reason TEXT NOT NULL)""",
+        """CREATE TABLE fleetwatch_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    ],
 ]
 
 
