@@ -26,9 +26,11 @@ from edge.contract import _fields as f
 from edge.contract.errors import ContractError
 
 ALERT_SCHEMA = 1
-AlertKind = Literal["incident", "fleet_incident", "drift", "rollout_paused"]
+AlertKind = Literal["incident", "fleet_incident", "drift", "rollout_paused", "sensor_fault", "peer_outlier", "device_silent"]
 AlertAction = Literal["open", "close"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("incident", "fleet_incident", "drift", "rollout_paused")
+ALERT_KINDS: tuple[AlertKind, ...] = ("incident", "fleet_incident", "drift", "rollout_paused", "sensor_fault", "peer_outlier",
+                                      "device_silent")
+MAX_LABELS = 32
 ALERT_ACTIONS: tuple[AlertAction, ...] = ("open", "close")
 MAX_DEVICES = 10_000
 _HEX32 = frozenset("0123456789abcdef")
@@ -65,6 +67,7 @@ class Alert:
     expected: float | None = None
     detail: str = ""
     alert_id: str = field(default="")
+    labels: Mapping[str, str] = field(default_factory=dict)  # from the processor's [alerts] routes; omitted when empty
     schema: int = ALERT_SCHEMA
 
     def __post_init__(self) -> None:
@@ -79,6 +82,7 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
         "opened_at": alert.opened_at, "closed_at": alert.closed_at, "event_count": alert.event_count,
         "max_score": alert.max_score, "model_name": alert.model_name, "model_version": alert.model_version,
         "statistic": alert.statistic, "observed": alert.observed, "expected": alert.expected, "detail": alert.detail,
+        **({"labels": dict(alert.labels)} if alert.labels else {}),
     }
 
 
@@ -123,7 +127,14 @@ def alert_from_dict(data: Mapping[str, Any]) -> Alert:
         expected=_optional_number(data.get("expected"), "expected"),
         detail=f.text(data.get("detail", ""), "detail", max_len=1024, empty=True),
         alert_id=alert_id,
+        labels=_labels(data.get("labels", {}), "labels"),
     )
+
+
+def _labels(value: Any, field_name: str) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > MAX_LABELS:
+        raise ContractError(field_name, value, f"must be an object of at most {MAX_LABELS} name -> text labels")
+    return {f.name(k, f"{field_name}.key"): f.text(v, f"{field_name}.{k}", max_len=256, empty=True) for k, v in value.items()}
 
 
 def _choice(value: Any, field_name: str, allowed: Sequence[str]) -> Any:
@@ -157,5 +168,5 @@ def _devices(value: Any, field_name: str) -> tuple[str, ...]:
 
 _FIELDS = {
     "schema", "alert_id", "kind", "action", "incident_id", "site", "device_ids", "opened_at", "closed_at",
-    "event_count", "max_score", "model_name", "model_version", "statistic", "observed", "expected", "detail",
+    "event_count", "max_score", "model_name", "model_version", "statistic", "observed", "expected", "detail", "labels",
 }
