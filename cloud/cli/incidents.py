@@ -17,6 +17,7 @@ from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
 
 STORE_ENV = "EDGEWATCH_STORE__"
+INCIDENT_KINDS = ["incident", "fleet_incident", "drift", "sensor_fault", "peer_outlier", "device_silent"]
 
 
 def register(sub: Any) -> None:
@@ -28,7 +29,7 @@ def register(sub: Any) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("list", help="incidents, newest first")
     ls.add_argument("--open", action="store_true", help="only incidents still open")
-    ls.add_argument("--kind", choices=["incident", "fleet_incident", "drift"], help="only this kind")
+    ls.add_argument("--kind", choices=INCIDENT_KINDS, help="only this kind")
     ls.add_argument("--site", help="only this site")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # kafka and prometheus_client stay out of the store process, 
     from kafka import KafkaProducer
 
     from cloud.processor.metrics import ProcessorMetrics
+    from cloud.processor.routes import AlertRoutes
 
 log = logging.getLogger(__name__)
 COLLECT_INTERVAL_S = 1.0  # acks are marked in the store (one transaction) at most this often, or when waited for
@@ -55,7 +56,8 @@ class OutboxPublisher:
     """Publishes the store's unpublished alerts and dead letters; see the module docstring."""
 
     def __init__(self, producer: KafkaProducer, store: OutboxStore, *, alerts_topic: str, deadletter_topic: str,
-                 metrics: ProcessorMetrics, clock: Callable[[], float], timeout_s: float = 30.0) -> None:
+                 metrics: ProcessorMetrics, clock: Callable[[], float], timeout_s: float = 30.0,
+                 routes: AlertRoutes | None = None) -> None:
         self.producer = producer
         self.store = store
         self.alerts_topic = alerts_topic
@@ -63,6 +65,7 @@ class OutboxPublisher:
         self.metrics = metrics
         self.clock = clock
         self.timeout_s = timeout_s
+        self.routes = routes  # [alerts] routes: a kind's topic and labels
         self._sent: list[tuple[str, Sequence[Any], Any]] = []  # (table, row, send future) not yet acked
         self._collected = -math.inf
 
@@ -79,7 +82,8 @@ class OutboxPublisher:
         try:
             for row in alerts:
                 _alert_id, incident_id, payload = row
-                self._sent.append(("alerts", row, self.producer.send(self.alerts_topic, key=incident_id.encode(), value=payload.encode())))
+                topic, payload = self.routes.route(payload) if self.routes is not None else (self.alerts_topic, payload)
+                self._sent.append(("alerts", row, self.producer.send(topic, key=incident_id.encode(), value=payload.encode())))
             for row in dead:
                 topic, partition, offset, field, reason, payload = row
                 headers = deadletter_headers(topic, partition, offset, field, reason)
@@ -126,6 +130,8 @@ class OutboxPublisher:
         for _, _, payload in acked["alerts"]:
             doc = orjson.loads(payload)
             self.metrics.alerts_emitted.labels(kind=doc["kind"], action=doc["action"]).inc()
+            if doc["action"] == "open":
+                self.metrics.incidents_opened.labels(kind=doc["kind"]).inc()
         self.metrics.deadletters_published.inc(len(acked["deadletters"]))
         log.debug("outbox_published alerts=%d deadletters=%d", len(acked["alerts"]), len(acked["deadletters"]))
         if refused is not None:

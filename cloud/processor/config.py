@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cloud.processor.routes import parse_routes
 from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.kafka_security import KafkaSecurity, check_security
@@ -133,6 +134,39 @@ class RolloutSection:
 
 
 @dataclass(frozen=True)
+class AlertsSection:
+    """``[alerts]``: routes by incident kind, ``kind = ["topic=NAME", "label=value", ...]`` (cloud.processor.routes)."""
+
+    routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeersSection:
+    """``[peers]``: a device's recent telemetry against its group's median and MAD (cloud.fleetwatch.peers)."""
+
+    enabled: bool = False
+    group_by: Literal["site", "agent", "regex"] = "site"  # site: fleet.site_of; agent: the sending agent; regex: pattern
+    pattern: str = ""  # group_by = "regex": a regular expression on the device id whose first capture group is the key
+    span_s: float = 600.0  # a device's summary: the mean of its telemetry windows' means over this trailing span
+    tick_s: float = 60.0  # event time between two evaluations
+    z_limit: float = 5.0  # |robust z| above this is outside the group
+    min_duration_s: float = 600.0  # outside for this long (event time) opens peer_outlier
+    min_group_size: int = 5  # devices with a summary in a group, fewer: the group is skipped
+    min_spread: float = 1e-6  # floor of the group's scale (1.4826 x MAD), so identical peers do not divide by zero
+    startup_grace_s: float = 600.0  # a group key that has matched no device by then is reported
+    max_devices: int = 100_000  # state kept for at most this many devices (the least recently seen are dropped)
+
+
+@dataclass(frozen=True)
+class SilenceSection:
+    """``[silence]``: device_silent from the agents' reports (cloud.fleetwatch.silence)."""
+
+    enabled: bool = False
+    silent_after_periods: float = 10.0  # nothing for more than this many sample periods opens device_silent
+    default_period_s: float = 1.0  # the sample period when no manifest in drift.manifest_dir names the device's model
+
+
+@dataclass(frozen=True)
 class ProcessorMetricsSection:
     port: int = 0  # 0: no HTTP endpoint
     host: str = "127.0.0.1"
@@ -148,6 +182,9 @@ class ProcessorConfig:
     drift: DriftSection = DriftSection()
     archive: ArchiveSection = ArchiveSection()
     rollout: RolloutSection = RolloutSection()
+    alerts: AlertsSection = AlertsSection()
+    peers: PeersSection = PeersSection()
+    silence: SilenceSection = SilenceSection()
     metrics: ProcessorMetricsSection = ProcessorMetricsSection()
 
     def masked(self) -> dict[str, Any]:
@@ -207,10 +244,43 @@ def _validate(c: ProcessorConfig, where: str) -> None:
         (r.interval_s > 0, "rollout.interval_s", r.interval_s, "must be > 0"),
         (1 <= r.mqtt_port <= 65535, "rollout.mqtt_port", r.mqtt_port, "must be 1-65535"),
     ]
+    p, q = c.peers, c.silence
+    checks += [
+        (p.span_s > 0, "peers.span_s", p.span_s, "must be > 0"),
+        (p.tick_s > 0, "peers.tick_s", p.tick_s, "must be > 0"),
+        (p.z_limit > 0, "peers.z_limit", p.z_limit, "must be > 0"),
+        (p.min_duration_s >= 0, "peers.min_duration_s", p.min_duration_s, "must be >= 0"),
+        (p.min_group_size >= 3, "peers.min_group_size", p.min_group_size, "must be >= 3"),
+        (p.min_spread > 0, "peers.min_spread", p.min_spread, "must be > 0"),
+        (p.max_devices >= 1, "peers.max_devices", p.max_devices, "must be >= 1"),
+        (q.silent_after_periods > 0, "silence.silent_after_periods", q.silent_after_periods, "must be > 0"),
+        (q.default_period_s > 0, "silence.default_period_s", q.default_period_s, "must be > 0"),
+    ]
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{where}: {key} = {value!r} {rule}")
+    parse_routes(c.alerts.routes, where)
+    if c.peers.enabled:
+        _check_group_key(c, where)
     check_host_ports(c.kafka.bootstrap, "kafka.bootstrap", where)  # the processor's and the archive's clients
+
+
+def _check_group_key(c: ProcessorConfig, where: str) -> None:
+    """A ``[peers]`` group key that can never name a group is a config error (reported at start-up)."""
+    p = c.peers
+    if p.group_by == "regex":
+        try:
+            groups = re.compile(p.pattern).groups
+        except re.error as exc:
+            raise ConfigError(f"{where}: peers.pattern = {p.pattern!r} is not a regular expression ({exc})") from None
+        if groups < 1:
+            raise ConfigError(f"{where}: peers.pattern = {p.pattern!r} has no capture group, so it can never name a group "
+                              "(the first group's match is the key)")
+    elif p.pattern:
+        raise ConfigError(f"{where}: peers.pattern = {p.pattern!r} is used only with peers.group_by = 'regex'")
+    if p.group_by == "site" and not c.fleet.sites and c.fleet.prefix_parts <= 0:
+        raise ConfigError(f"{where}: peers.group_by = 'site' can never match a device: neither fleet.sites nor "
+                          "fleet.prefix_parts names a site")
 
 
 def _mask_dsn(dsn: str) -> str:

@@ -35,6 +35,7 @@ from cloud.processor.config import ProcessorConfig, ProcessorKafkaSection
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.offsets import OffsetBook, Polled
 from cloud.processor.pipeline import paused_gc
+from cloud.processor.routes import AlertRoutes, parse_routes
 from cloud.processor.store import Store
 from cloud.processor.storeside import ChildChannel, LocalChannel, OutboxRows, Reply, StoreClient, store_errors, store_failed
 from edge.contract import BrokerUnavailable
@@ -111,7 +112,8 @@ class Processor:
             consumer = group_consumer(k, self.topic, _Rebalance(self), group_id=k.group_id, client_id=k.client_id)
             stack.callback(consumer.close, autocommit=False)
             self._outbox = OutboxPublisher(producer, _OutboxRows(self, consumer), alerts_topic=k.alerts_topic,
-                                           deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock)
+                                           deadletter_topic=k.deadletter_topic, metrics=self.metrics, clock=self.clock,
+                                           routes=AlertRoutes(parse_routes(self.config.alerts.routes, "[alerts]"), k.alerts_topic))
             channel.started()
             log.info("processor_started topic=%s group=%s bootstrap=%s store_process=%s", self.topic, k.group_id,
                      k.bootstrap, "own" if self.config.store.own_process else "shared")

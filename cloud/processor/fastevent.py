@@ -25,7 +25,7 @@ from edge.contract._fields import MAX_PAYLOAD_BYTES, NAME_RE, SHA256_RE
 from edge.contract.event import _FIELDS, EVENT_SCHEMA
 
 MAX_CACHED_NAMES = 100_000
-N_FIELDS = len(_FIELDS)
+N_FIELDS = len(_FIELDS - {"kind", "fault"})  # a process anomaly's keys: an event with kind or fault goes to the contract
 
 class EventFields(NamedTuple):
     """An anomaly event's fields as the processor uses them (every :class:`AnomalyEvent` field but the
@@ -42,12 +42,17 @@ class EventFields(NamedTuple):
     model_version: str
     model_sha256: str
     detected_at: float
+    kind: str = "process"  # "process" or "sensor_fault" (the contract's AnomalyEvent.kind)
+    fault_check: str = ""  # a sensor fault's check (stuck, range, dropout, clock, rate)
+    fault_channels: tuple[str, ...] = ()
 
 
 def event_fields(e: AnomalyEvent) -> EventFields:
     """The :class:`EventFields` of an event the contract decoded."""
+    fault = getattr(e, "fault", None)
     return EventFields(e.event_id, e.device_id, e.agent_id, e.window_start, e.window_end, e.score, e.threshold, e.model_name,
-                       e.model_version, e.model_sha256, e.detected_at)
+                       e.model_version, e.model_sha256, e.detected_at, getattr(e, "kind", "process"),
+                       fault.check if fault is not None else "", tuple(fault.channels) if fault is not None else ())
 
 
 class FastEventDecoder:

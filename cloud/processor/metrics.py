@@ -6,6 +6,8 @@ alert kinds and actions, a fixed set of dead-letter causes).
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -36,3 +38,17 @@ class ProcessorMetrics:
         self.incidents_open = Gauge(p + "incidents_open", "Incidents open in the partitions this process owns", ["kind"],
                                     registry=registry)
         self.lag = Gauge(p + "lag_records", "Records behind the partition end", ["partition"], registry=registry)
+        self.incidents_opened = incidents_opened(registry)
+
+
+_OPENED: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
+
+
+def incidents_opened(registry: CollectorRegistry) -> Counter:
+    """``edgewatch_processor_incidents_opened_total{kind}``: one counter per registry, shared by the processor's
+    outbox and the fleet watch thread (both publish incident alerts); counted when an open alert is acked."""
+    counter = _OPENED.get(registry)
+    if counter is None:
+        counter = _OPENED[registry] = Counter("edgewatch_processor_incidents_opened_total",
+                                              "Incidents opened (their open alert produced), by kind", ["kind"], registry=registry)
+    return counter

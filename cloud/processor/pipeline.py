@@ -90,6 +90,7 @@ class IncidentPipeline:
         self.clock = clock
         site_of = config.fleet.site_of
         self.tracker = IncidentTracker(config.incidents, site_of)
+        self.faults = IncidentTracker(config.incidents, site_of, kind="sensor_fault", min_events=1)  # in state["sensor"]
         self.drift = DriftMonitor(config.drift, expectations or {}, site_of)
         self.lateness = config.incidents.allowed_lateness_s
         self.max_skew_s = config.incidents.max_clock_skew_s
@@ -103,10 +104,11 @@ class IncidentPipeline:
             self.contexts.pop(p, None)
 
     def open_incidents(self) -> dict[str, int]:
-        counts = {"incident": 0, "drift": 0}
+        counts = {"incident": 0, "drift": 0, "sensor_fault": 0}
         for ctx in self.contexts.values():
             for st in ctx.states.values():
                 counts["incident"] += st["open"] is not None
+                counts["sensor_fault"] += "sensor" in st and st["sensor"]["open"] is not None
                 counts["drift"] += sum(d["open"] is not None for d in st["drift"].values())
         return counts
 
@@ -212,6 +214,7 @@ class IncidentPipeline:
                         res, changes, touched = BatchResult(), Changes(), set[str]()
                         self._apply(ctx, topic, partition, decoded, seen, now, changes, touched, res, write_event)
                         self.tracker.flush_updated(changes)
+                        self.faults.flush_updated(changes)
                         done.append((res, changes, touched))
                 for (topic, partition, records, _, dead), ctx, (res, changes, touched) in zip(work, contexts, done, strict=True):
                     row = rows[topic, partition]
@@ -304,8 +307,11 @@ class IncidentPipeline:
                 st = states.get(device)
                 if st is None:
                     st = states[device] = new_state()
-                tracker_apply(st, f, final, changes)
-                drift_apply(st, f, final, changes)
+                if f.kind == "sensor_fault":  # a sensor's fault: an incident of its own kind, not a process anomaly
+                    self.faults.apply(st["sensor"] if "sensor" in st else st.setdefault("sensor", new_state()), f, final, changes)
+                else:
+                    tracker_apply(st, f, final, changes)
+                    drift_apply(st, f, final, changes)
                 set_due(ctx, device, st)
                 touched.add(device)
             stored += 1
@@ -319,13 +325,15 @@ class IncidentPipeline:
         for device in sorted(d for d, due in ctx.due.items() if due <= final):
             st = ctx.states[device]
             self.tracker.advance(device, st, final, changes)
+            if "sensor" in st:
+                self.faults.advance(device, st["sensor"], final, changes)
             self.drift.flush(device, st, final, changes)
             touched.add(device)
             self._set_due(ctx, device, st)
         ctx.min_due = min(ctx.due.values(), default=math.inf)
 
     def _set_due(self, ctx: PartitionContext, device: str, st: DeviceState) -> None:
-        due = min(self.tracker.due(st), self.drift.due(st))
+        due = min(self.tracker.due(st), self.drift.due(st), self.faults.due(st["sensor"]) if "sensor" in st else math.inf)
         if due < math.inf:
             ctx.due[device] = due
             if due < ctx.min_due:
