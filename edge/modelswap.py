@@ -7,7 +7,8 @@ on the agent's worker thread between ticks (:meth:`poll`) and inside the pipelin
 dropped and no window is left unscored. The live model keeps scoring through every refusal.
 
 A version that was live before and whose folder is still on disk is a rollback: it is swapped
-in at once, without a trial (``edgewatch rollout abort`` announces it to the agent).
+in at once, without a trial (``edgewatch rollout abort`` announces it to the agent; ``edgewatch
+registry rollback`` then ``publish`` to its group).
 The live version announced to the agent is an abort before the candidate went live: the
 candidate on trial, and any still loading, is withdrawn (status ``rejected``, never promoted).
 The folder of a version refused at load or rejected in shadow is deleted.

@@ -22,9 +22,11 @@ agent alone; such an announce is handled as the group's is. An empty message the
 deleting a retained announce) is ignored. A version is looked at once (:attr:`ModelDownloader.skip`),
 with one exception: the version live before the current one, announced again on the agent's
 topic, is fetched again, because that is how a rollout is aborted (the agent swaps it back in
-without a trial, :mod:`edge.modelswap`). On the group topic it stays skipped: there a retained
-announce of the previous production version may still stand while a wave runs, and a reconnect
-would otherwise roll the wave's agents back. The live version announced on the agent's topic is
+without a trial, :mod:`edge.modelswap`). On the group topic it is fetched again only while no
+announce stands on the agent's own topic (``registry rollback`` then ``publish``): while a wave
+runs, the group's retained announce is still the previous production version, and a reconnect
+would otherwise roll the wave's agents back. The agent's topic is subscribed first, so its
+retained announce is seen before the group's. The live version announced on the agent's topic is
 an abort that came before the candidate went live: every transfer in flight is abandoned and
 ``on_live_announced`` withdraws the candidate (its shadow trial ends, it never goes live).
 """
@@ -81,6 +83,7 @@ class ModelDownloader:
         self.previous = previous  # called on paho's thread, as are the two below
         self.live = live
         self.on_live_announced = on_live_announced
+        self._own: ModelManifest | None = None  # the manifest standing on the agent's own topic (None: none)
         self.state_dir = Path(state_dir)
         self.downloads = self.state_dir / "downloads"
         self.trusted_keys = trusted_keys
@@ -158,15 +161,16 @@ class ModelDownloader:
         return True
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
-        client.subscribe(announce_topic(self.group, self.prefix), qos=1)
-        if self.agent_topic is not None:
+        if self.agent_topic is not None:  # first: its retained announce decides how the group's is taken
             client.subscribe(self.agent_topic, qos=1)
+        client.subscribe(announce_topic(self.group, self.prefix), qos=1)
         for topic in self._active:
             client.subscribe(topic + "+", qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             if msg.topic == self.agent_topic:
+                self._own = None
                 if msg.payload:  # empty: the retained announce was deleted
                     self._on_announce(bytes(msg.payload), to_agent=True)
             elif msg.topic.endswith("/announce"):
@@ -190,11 +194,14 @@ class ModelDownloader:
             self.on_refused("unknown", "unknown", f"malformed announce: {exc}")
             return
         m = announce.manifest
+        if to_agent:
+            self._own = m
         if to_agent and _same(self.live(), m):
             self._abandon_others(self._dir("downloads", m.name, m.version), f"the live version {m.version} was announced again")
             self.on_live_announced(m)
             return
-        if (m.name, m.version) in self.skip and not (to_agent and _same(self.previous(), m)):
+        rollback = _same(self.previous(), m) and (to_agent or self._own is None)
+        if (m.name, m.version) in self.skip and not rollback:
             return
         work = self._dir("downloads", m.name, m.version)
         reason = self._checks(announce)

@@ -9,7 +9,7 @@ import json
 import platform
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnxruntime
@@ -20,7 +20,16 @@ from cloud.keys import generate_keypair, load_private_key, sign_model_dir
 from edge.agent import Agent
 from edge.config import load_config
 from edge.contract import ConfigError, ContractError, encode_manifest
-from edge.contract.update import AgentInfo, ModelStatus, agent_announce_topic, chunk_topic, decode_status, encode_announce, encode_status
+from edge.contract.update import (
+    AgentInfo,
+    ModelStatus,
+    agent_announce_topic,
+    announce_topic,
+    chunk_topic,
+    decode_status,
+    encode_announce,
+    encode_status,
+)
 from edge.detector import load_manifest
 from edge.sysinfo import MIN_OPSET, agent_info, max_opset, memory_bytes
 from tests.edge.agent_util import TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, toml_config
@@ -229,3 +238,30 @@ def test_reports_and_an_announce_to_one_agent_then_its_abort(two_agents: dict[st
     assert "withdrawn: the live version" in withdrawn.reason and withdrawn.live_version == live
     assert b.updates.candidate is None and b.pipeline is not None and b.pipeline.manifest.version == live
     assert [s.action for s in statuses(b) if s.action != "report"] == ["downloaded", "shadow_started", "rejected"]
+
+
+@pytest.mark.brokers
+def test_a_rollback_published_to_the_group_swaps_the_previous_version_back(two_agents: dict[str, object], mqtt_port: int) -> None:
+    """`registry rollback` then `publish`: a version promoted from the group's announce, then the
+    previous one announced to the group again, is swapped back on every agent without a trial."""
+    a, b, key, reader, prefix, group, tmp = (two_agents[k] for k in ("a", "b", "key", "status", "prefix", "group", "tmp"))
+    assert isinstance(a, Agent) and isinstance(b, Agent) and isinstance(reader, TopicReader) and isinstance(key, Path)
+    assert isinstance(prefix, str) and isinstance(group, str) and isinstance(tmp, Path)
+    live = load_manifest(TINY_MODEL).version
+
+    def to_group(model: Path) -> None:
+        announce, chunks = build_announce(model)
+        m = announce.manifest
+        messages = [(chunk_topic(m.name, m.version, i, prefix), c) for i, c in enumerate(chunks)]
+        publish_messages([*messages, (announce_topic(group, prefix), encode_announce(announce))], host="127.0.0.1",
+                         port=mqtt_port, client_id=f"group-{m.version}", retain=True)
+
+    def done(action: str, version: str) -> Callable[[list[bytes]], bool]:
+        ids = {a.config.agent.id, b.config.agent.id}
+        return lambda v: {s.agent_id for s in map(decode_status, v) if (s.action, s.model_version) == (action, version)} == ids
+
+    to_group(_signed_copy(tmp / "v2", "2.0", key))
+    reader.poll_until(done("promoted", "2.0"), 30, "both agents promoting 2.0")
+    to_group(_signed_copy(tmp / "v1", live, key))
+    reader.poll_until(done("rolled_back", live), 30, "both agents back on the previous version")
+    assert all(x.pipeline is not None and x.pipeline.manifest.version == live for x in (a, b))
