@@ -25,6 +25,7 @@ from edge.adaptive import AdaptiveSettings
 from edge.config_parse import build_section, check_host_ports, read_toml
 from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
+from edge.escalation import EscalationSettings
 from edge.kafka_security import KafkaSecurity, check_security
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class KafkaSection(KafkaSecurity):
     telemetry_topic: str = "edgewatch.telemetry"
     deadletter_topic: str = "edgewatch.deadletter"
     status_topic: str = "edgewatch.status"
+    escalations_topic: str = "edgewatch.escalations"
     batch_rows: int = 500
     request_timeout_ms: int = 10_000
     delivery_timeout_ms: int = 30_000
@@ -178,6 +180,7 @@ class Config:
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     updates: UpdatesSection = field(default_factory=UpdatesSection)
+    escalation: EscalationSettings = field(default_factory=EscalationSettings)
     source: str = "<defaults>"
 
     def describe(self) -> dict[str, dict[str, Any]]:
@@ -299,6 +302,7 @@ def _validate(c: Config) -> None:
         (c.updates.report_interval_s >= 0, "updates.report_interval_s", c.updates.report_interval_s, "must be >= 0 (0: off)"),
     ]
     checks += [(False, f"adaptive.{key}", value, rule) for key, value, rule in c.adaptive.problems()]
+    checks += [(False, f"escalation.{key}", value, rule) for key, value, rule in c.escalation.problems()]
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{c.source}: '{key}' = {value!r} {rule}")

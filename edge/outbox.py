@@ -13,7 +13,7 @@ per tick.
 
 Bound: ``max_bytes`` bounds the stored payload bytes (key + value), not the file size (SQLite
 pages and the WAL add overhead). When a row does not fit, older rows of a lower priority are
-shed first (telemetry, then dead letters), oldest first; a telemetry row or dead letter may
+shed first (telemetry, then escalations, then dead letters), oldest first; a telemetry row or dead letter may
 also shed an older row of its own kind; an anomaly never sheds another anomaly: when only
 anomalies are left, the new one is refused. Everything shed or refused is counted by kind.
 """
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["telemetry", "deadletter", "status", "anomaly"]
-KINDS: tuple[Kind, ...] = ("telemetry", "deadletter", "status", "anomaly")  # shed in this order
+Kind = Literal["telemetry", "escalation", "deadletter", "status", "anomaly"]
+KINDS: tuple[Kind, ...] = ("telemetry", "escalation", "deadletter", "status", "anomaly")  # shed in this order
 PRIORITY: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
 
 _SCHEMA = """

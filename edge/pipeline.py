@@ -32,6 +32,7 @@ from edge.contract import (
     telemetry_from_window,
 )
 from edge.decision import Decider, build_event
+from edge.escalation import Escalator
 from edge.fastdecode import FastReadingDecoder
 from edge.intake import Message
 from edge.metrics import AgentMetrics
@@ -100,6 +101,8 @@ class Pipeline:
         self._pending: dict[str, tuple[list[float], list[tuple[float, ...]]]] = {}  # device -> readings not yet in the windows
         self._pending_rows = 0
         self.shadow: Callable[[np.ndarray, np.ndarray, float, float], None] | None = None
+        self.escalator = Escalator(config.escalation, config.kafka.escalations_topic, config.agent.id, metrics.registry) \
+            if config.escalation.enabled else None
 
     def swap_scorer(self, scorer: Scorer) -> None:
         """Put another model in place between two batches. Windows and debounce state are kept,
@@ -160,6 +163,8 @@ class Pipeline:
         if self.adaptive is not None:
             self.adaptive.forget(device_id)
         self.sampler.forget(device_id)
+        if self.escalator is not None:
+            self.escalator.forget(device_id)
         pending = self._pending.pop(device_id, None)
         if pending is not None:
             self._pending_rows -= len(pending[0])
@@ -301,6 +306,9 @@ class Pipeline:
             fire, thresholds = self._fire(batch, device, idx, device_scores)
             ratios.append((device_scores / thresholds)[thresholds > 0])
             records.extend(self._device_records(batch, device, idx, device_scores, thresholds, fire, channel_scores))
+            if self.escalator is not None:
+                records.extend(self.escalator.select(batch, device, idx, device_scores, thresholds, fire, self.manifest,
+                                                     self.channels, self._now))
         if ratios:
             self.metrics.score_ratio.observe_many(np.concatenate(ratios))
         return records

@@ -111,6 +111,16 @@ def sha256(value: Any, field: str) -> str:
     return value
 
 
+def window_of(data: Mapping[str, Any]) -> tuple[str, float, float, str]:
+    """``device_id``, ``window_start``, ``window_end`` (not before the start) and ``model_sha256`` of a window's record."""
+    device = name(req(data, "device_id", ""), "device_id")
+    start = number(req(data, "window_start", ""), "window_start", min_value=0.0)
+    end = number(req(data, "window_end", ""), "window_end", min_value=0.0)
+    if end < start:
+        raise ContractError("window_end", end, f"must not be before window_start {start}")
+    return device, start, end, sha256(req(data, "model_sha256", ""), "model_sha256")
+
+
 def number_map(value: Any, field: str, *, allow_empty: bool = False) -> dict[str, float]:
     if not isinstance(value, Mapping) or (not value and not allow_empty):
         raise ContractError(field, value, "must be a non-empty object of channel name to number", type_kind(value, Mapping))
