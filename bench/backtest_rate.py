@@ -39,7 +39,7 @@ def _child(mode: str, archive: Path) -> dict[str, Any]:
     import pyarrow.dataset  # noqa: F401  # both paths import these lazily: in the base, not in the replay's share
     import pyarrow.parquet  # noqa: F401
 
-    from cloud.backtest import _Replay, backtest
+    from cloud.backtest.replay import _Replay, backtest
     from cloud.evaluate.agent_path import agent_config
     from cloud.retrain.sources import read_archive
     from edge.detector import OnnxDetector

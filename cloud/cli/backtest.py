@@ -93,8 +93,8 @@ def resolve(target: str, version: str | None, root: Path) -> tuple[Path, Path | 
 
 def run(args: argparse.Namespace) -> int:
     from cloud.backtest import backtest
-    from cloud.backtest_gate import labels_from
-    from cloud.backtest_report import table, write_json, write_plot
+    from cloud.backtest.gate import labels_from
+    from cloud.backtest.report import table, write_json, write_plot
     from cloud.cli.retrain import parse_time
     from cloud.evaluate.agent_path import agent_config
 

@@ -107,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _register_backtested(reg: Registry, folder: Path, args: argparse.Namespace) -> int:
-    """``register --archive``: the backtest gate (:mod:`cloud.backtest_gate`), then register with the prediction."""
+    """``register --archive``: the backtest gate (:mod:`cloud.backtest.gate`), then register with the prediction."""
     import sys
 
-    from cloud.backtest_gate import alert_gate, labels_from, stamp
+    from cloud.backtest.gate import alert_gate, labels_from, stamp
     from cloud.evaluate.agent_path import agent_config
     from edge.detector import load_manifest
 

@@ -2,7 +2,7 @@
 
 Stages: production start point -> labelled incidents -> archive -> dataset -> train (fine-tune)
 -> export -> evaluate both models through onnxruntime -> gates -> report -> backtest (with an
-archive: :mod:`cloud.backtest_gate`) -> (sign, register, publish). Each stage reports one
+archive: :mod:`cloud.backtest.gate`) -> (sign, register, publish). Each stage reports one
 progress line. Outcomes: ``registered`` (exit 0), ``rejected`` by a gate, data check or backtest
 included (exit 3), ``no_data``: too few windows to train or evaluate
 (exit 4). A family that learns from labels (``ladder``: ``[train] family`` or ``--family``, or picked
@@ -296,9 +296,9 @@ class _Job:
         return self.finish("registered", verdict.reason)
 
     def _backtest(self, c: _Candidate, card: dict[str, Any]) -> str | None:
-        """Stage backtest (:mod:`cloud.backtest_gate`): candidate and production replayed on the archive range
+        """Stage backtest (:mod:`cloud.backtest.gate`): candidate and production replayed on the archive range
         trained from; the refusal, or None with ``expected_alerts`` written into the candidate's manifest."""
-        from cloud.backtest_gate import GateOutcome, alert_gate, stamp
+        from cloud.backtest.gate import GateOutcome, alert_gate, stamp
         from cloud.evaluate.agent_path import agent_config
 
         assert self.inputs.archive is not None and self.production_dir is not None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import cloud.backtest as bt
+import cloud.backtest.replay as bt
 from cloud.backtest import backtest
 from cloud.cli import main
 from cloud.evaluate.agent_path import agent_config, agent_decisions

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.backtest_result import INCIDENT_GAP_S, BacktestResult, DeviceResult, Summary, all_one_group
+from cloud.backtest.result import INCIDENT_GAP_S, BacktestResult, DeviceResult, Summary, all_one_group
 from cloud.processor.archive import SCHEMA, day_of
 from cloud.retrain.dataset import LabelledIncident
 from edge.adaptive import AdaptiveLayer, Prior

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud.backtest_result import BacktestResult, Summary
+from cloud.backtest.result import BacktestResult, Summary
 
 _HEAD = ("group", "version", "devices", "device-days", "alerts", "alerts/device-day p05 p50 p95", "incidents",
          "window rate p50", "TP caught", "FP raised", "skipped")

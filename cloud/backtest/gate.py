@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud.backtest import backtest
-from cloud.backtest_result import BacktestResult
+from cloud.backtest.replay import backtest
+from cloud.backtest.result import BacktestResult
 from cloud.retrain.dataset import LabelledIncident
 from edge.config import Config
 from edge.contract import ExpectedAlerts, encode_manifest
