@@ -1,4 +1,5 @@
-"""Issue 17's first acceptance point end to end, on the real brokers: a candidate whose threshold is
+"""Issue 17's first acceptance point end to end, on the real brokers and an archive of 1,000 device-days
+(50 simulated devices, 21 days): a candidate whose threshold is
 set too low raises about 3x production's alerts in the backtest, the gate refuses it at
 registration, and a forced registration and publish is rejected again in the agent's shadow trial
 by the prediction the backtest signed into its manifest (not by the old live-rate gate)."""
@@ -41,7 +42,7 @@ def _model(tmp: Path, version: str, threshold: float) -> Path:
 def test_a_threshold_too_low_is_refused_at_registration_and_again_in_shadow_when_forced(
         tmp_path: Path, mqtt_port: int, kafka_bootstrap: str, unique: str, capsys: pytest.CaptureFixture[str]) -> None:
     archive = tmp_path / "archive"
-    windows = write_archive(archive, devices=6, days=3, per_day=96)
+    windows = write_archive(archive, devices=50, days=21, per_day=96)  # the issue's fleet: at least 1,000 device-days
     scores = np.concatenate([OnnxDetector.load(TINY_MODEL).score(w.astype(np.float32))[0] for w in windows.values()])
     # production alerts on a tenth of the windows, so that a short trial can tell three times that apart
     prod = _model(tmp_path, "1.0", float(np.quantile(scores, 0.90)))
@@ -49,6 +50,7 @@ def test_a_threshold_too_low_is_refused_at_registration_and_again_in_shadow_when
     fixed = agent_config()
     fixed = dataclasses.replace(fixed, adaptive=dataclasses.replace(fixed.adaptive, enabled=False))
     p, c = (backtest(archive, m, config=fixed).overall() for m in (prod, low))
+    assert p.devices == 50 and p.device_days >= 1000
     assert c.window_rate["p50"] > 2.5 * p.window_rate["p50"]
     assert c.alerts_per_device_day["p50"] > 2 * p.alerts_per_device_day["p50"], (c, p)
 
