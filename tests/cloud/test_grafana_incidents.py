@@ -1,0 +1,297 @@
+"""The Incidents dashboard and the Device dashboard's incident annotations (deploy/grafana/sqlpanels.py):
+every SQL query of the committed JSON runs on a real PostgreSQL holding a processed stream and returns
+the rows the store says it should.
+
+The store is filled by the real processor code: an event stream (tests/cloud/processor_streams.py)
+through :class:`IncidentPipeline` in batches, then the fleet correlator up to the stream's final
+time, and one operator label, as ``edgewatch process`` and ``edgewatch incidents label`` would.
+Queries are sent as Grafana sends them: template variables interpolated the way Grafana formats
+them for a SQL datasource (a multi-value variable as a quoted list, ``:regex`` as an escaped
+regular expression), then the PostgreSQL datasource's macros expanded as its backend does
+(pkg/tsdb/grafana-postgresql-datasource/macros.go and sqleng's ``$__interval`` and
+``$__unixEpochFrom()``/``To()``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from cloud.processor.backends import open_postgres
+from cloud.processor.fleet import FleetCorrelator
+from cloud.processor.metrics import ProcessorMetrics
+from cloud.processor.pipeline import IncidentPipeline
+from cloud.processor.store import IncidentRow, Store
+from edge.contract import encode_event
+from tests.cloud.processor_streams import T0, config, fleet_stream
+from tests.cloud.test_grafana import GRAFANA, committed, load_generator
+
+TOPIC = "g.anomalies"
+ALL = None  # a variable set to All
+Vars = Mapping[str, Sequence[str] | None]
+
+
+# --- Grafana's interpolation, then its PostgreSQL macros ------------------------------------------
+
+def _escape_regex(value: str) -> str:
+    """@grafana/data's escapeRegex (what the ``:regex`` format applies to each value)."""
+    return re.sub(r"[\\^$*+?.()|\[\]{}/]", lambda m: "\\" + m.group(0), value)
+
+
+def interpolate(sql: str, variables: Vars, options: Mapping[str, Sequence[str]], all_values: Mapping[str, str]) -> str:
+    """Template variables as Grafana's frontend writes them into a SQL datasource's query: a multi-value
+    variable quoted and comma-separated (All: every option, or the variable's custom all value raw);
+    ``${name:regex}``: one value escaped, several as ``(a|b)``, All as the custom all value."""
+
+    def values(name: str) -> Sequence[str] | str:
+        chosen = variables[name]
+        if chosen is ALL:
+            return all_values[name] if name in all_values else options[name]
+        return chosen
+
+    def regex(m: re.Match[str]) -> str:
+        v = values(m.group(1))
+        if isinstance(v, str):
+            return v
+        return _escape_regex(v[0]) if len(v) == 1 else "(" + "|".join(map(_escape_regex, v)) + ")"
+
+    def quoted(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in variables:
+            return m.group(0)
+        v = values(name)
+        return v if isinstance(v, str) else ",".join("'" + x.replace("'", "''") + "'" for x in v)
+
+    sql = re.sub(r"\$\{(\w+):regex\}", regex, sql)
+    return re.sub(r"\$\{(\w+)\}|\$(?!__)(\w+)", quoted, sql)
+
+
+def _seconds(interval: str) -> int:
+    m = re.fullmatch(r"(\d+)(s|m|h|d)", interval.strip("'"))
+    assert m, f"interval {interval!r}"
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def expand_macros(sql: str, start: int, end: int, interval: str) -> str:
+    """The PostgreSQL datasource's backend: sqleng's replacements, then macros.go's macros (no TimescaleDB)."""
+    sql = (sql.replace("$__interval_ms", str(_seconds(interval) * 1000)).replace("$__interval", interval)
+           .replace("$__unixEpochFrom()", str(start)).replace("$__unixEpochTo()", str(end)))
+    iso = {t: "'" + datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") + "'" for t in (start, end)}  # RFC 3339
+
+    def macro(m: re.Match[str]) -> str:
+        name, args = m.group(1), [a.strip() for a in m.group(2).split(",")]
+        if name == "__time":
+            return f'{args[0]} AS "time"'
+        if name == "__timeEpoch":
+            return f'extract(epoch from {args[0]}) as "time"'
+        if name == "__timeFilter":
+            return f"{args[0]} BETWEEN {iso[start]} AND {iso[end]}"
+        if name in ("__timeFrom", "__timeTo"):
+            return iso[start if name == "__timeFrom" else end]
+        if name in ("__timeGroup", "__timeGroupAlias"):
+            s = _seconds(args[1])
+            return f"floor(extract(epoch from {args[0]})/{s})*{s}" + (' AS "time"' if name.endswith("Alias") else "")
+        if name == "__unixEpochFilter":
+            return f"{args[0]} >= {start} AND {args[0]} <= {end}"
+        if name in ("__unixEpochGroup", "__unixEpochGroupAlias"):
+            s = _seconds(args[1])
+            return f"floor(({args[0]})/{s})*{s}" + (' AS "time"' if name.endswith("Alias") else "")
+        raise AssertionError(f"unknown macro {m.group(0)}")
+
+    return re.sub(r"\$([_a-zA-Z0-9]+)\(([^\)]*)\)", macro, sql)
+
+
+# --- the committed dashboards' SQL ----------------------------------------------------------------
+
+def sql_targets(dash: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(panel title, or "annotation NAME", raw SQL) of every PostgreSQL query of a dashboard."""
+    for a in dash.get("annotations", {}).get("list", []):
+        if "rawSql" in a.get("target", {}):
+            yield f"annotation {a['name']}", a["target"]["rawSql"]
+    for panel in dash["panels"]:
+        for t in panel.get("targets", []):
+            if "rawSql" in t:
+                yield panel["title"], t["rawSql"]
+
+
+def variable_queries(dash: dict[str, Any]) -> dict[str, str]:
+    return {v["name"]: v["query"] for v in dash["templating"]["list"]
+            if v["type"] == "query" and v.get("datasource", {}).get("uid") == "${pgsource}"}
+
+
+# --- a processed stream in PostgreSQL ---------------------------------------------------------------
+
+@pytest.fixture
+def store(postgres_dsn: str, tmp_path: Path) -> Iterator[Store]:
+    s = open_postgres(postgres_dsn)
+    s.migrate()
+    cfg = config(tmp_path / "cloud.toml", bootstrap="127.0.0.1:1", topic=TOPIC, group="g", sqlite_path=tmp_path / "unused.db")
+    now = T0 + 86_400
+    pipe = IncidentPipeline(cfg, s, ProcessorMetrics(CollectorRegistry()), clock=lambda: now)
+    stream = [encode_event(e) for e in fleet_stream(11, partitions=1, duration_s=2400)]
+    records = list(enumerate(stream))  # (offset, value), as the consumer hands them over
+    for i in range(0, len(records), 150):
+        pipe.process(TOPIC, 0, records[i:i + 150])
+    (watermark,) = s.partition_watermarks(TOPIC).values()
+    assert watermark is not None
+    FleetCorrelator(cfg.fleet, TOPIC).evaluate(s, watermark - cfg.incidents.allowed_lateness_s, now)
+    closed = [r for r in s.incidents(kind="incident") if r.closed_at is not None]
+    assert s.label_incident(closed[0].incident_id, "true_positive", now)
+    yield s
+    s.close()
+
+
+def run(dsn: str, sql: str) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql.encode())
+        names = [d.name for d in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def ms(t: datetime | float) -> float:
+    """A time to the millisecond (to_timestamp keeps microseconds of a double; Grafana shows milliseconds)."""
+    return round(t.timestamp() if isinstance(t, datetime) else t, 3)
+
+
+def device_text(r: IncidentRow) -> str:
+    return r.device_id or ", ".join(r.device_ids)
+
+
+def end_of(r: IncidentRow) -> float:
+    return max(r.opened_at, r.closed_at if r.closed_at is not None else r.last_event_at)
+
+
+def test_every_incident_query_returns_what_the_store_holds(store: Store, postgres_dsn: str) -> None:
+    rows = store.incidents(limit=100_000)
+    kinds = sorted({r.kind for r in rows})
+    sites = sorted({r.site for r in rows})
+    assert {"incident", "fleet_incident", "drift"} <= set(kinds), kinds  # the processed stream has these, open and closed
+    assert any(r.closed_at is None for r in rows) and any(r.closed_at is not None for r in rows)
+    dashes = committed()
+    incidents, device = dashes["edgewatch-incidents.json"], dashes["edgewatch-device.json"]
+
+    # the variables' own queries list the kinds and sites
+    queries = variable_queries(incidents)
+    assert set(queries) == {"kind", "site"}
+    options = {name: [r[next(iter(r))] for r in run(postgres_dsn, q)] for name, q in queries.items()}
+    assert options == {"kind": kinds, "site": sites}
+
+    start, end = int(T0) - 60, int(T0) + 3000
+    in_range = [r for r in rows if start <= r.opened_at <= end]
+    overlapping = [r for r in rows if r.opened_at <= end and end_of(r) >= start]
+    open_rows = sorted((r for r in rows if r.closed_at is None), key=lambda r: (-r.opened_at, r.incident_id))
+
+    def query(sql: str, chosen: Vars, *, lo: int = start, hi: int = end, interval: str = "1m") -> list[dict[str, Any]]:
+        text = expand_macros(interpolate(sql, chosen, options, {"device": ".*"}), lo, hi, interval)
+        assert not re.search(r"\$[\w{]", text), text  # nothing left for Grafana to fill in
+        return run(postgres_dsn, text)
+
+    every: Vars = {"kind": ALL, "site": ALL}
+    checked: set[str] = set()
+    for title, sql in sql_targets(incidents):
+        got = query(sql, every)
+        checked.add(title)
+        if title == "Open incidents" and "incident_id" not in sql:  # the stat
+            assert got == [{"open": len(open_rows)}]
+            only = query(sql, {"kind": ["incident"], "site": ALL})
+            assert only == [{"open": sum(r.kind == "incident" for r in open_rows)}]
+            checked.add("stat")
+        elif title == "Open incidents by kind":
+            assert {g["kind"]: g["open"] for g in got} == dict(Counter(r.kind for r in open_rows))
+        elif title == "Opened in the time range, by site and kind":
+            want = Counter((r.site, r.kind) for r in in_range)
+            assert {(g["site"], g["kind"]): g["opened"] for g in got} == dict(want)
+            assert sum(g["still_open"] for g in got) == sum(r.closed_at is None for r in in_range)
+            narrow = query(sql, {"kind": ALL, "site": [sites[-1]]}, lo=int(T0), hi=int(T0) + 600)
+            assert {(g["site"], g["kind"]): g["opened"] for g in narrow} == dict(Counter(
+                (r.site, r.kind) for r in rows if r.site == sites[-1] and T0 <= r.opened_at <= T0 + 600))
+        elif title == "Open incidents":
+            assert [g["incident_id"] for g in got] == [r.incident_id for r in open_rows]
+            for g, r in zip(got, open_rows, strict=True):
+                assert (g["kind"], g["site"], g["device"], g["score"], g["events"], g["detail"]) == (
+                    r.kind, r.site, device_text(r), r.max_score, r.event_count, r.detail)
+                assert g["opened"].timestamp() == pytest.approx(r.opened_at) and g["age_s"] > 0
+                # every event of the stream puts most of its score on vibration; a fleet incident has no events of its own
+                if r.kind != "drift":
+                    assert g["channels"] == ("vibration" if r.kind == "incident" else None), g
+            assert query(sql, {"kind": ["fleet_incident"], "site": ALL}) == [g for g in got if g["kind"] == "fleet_incident"]
+        elif title == "Incidents opened by kind":
+            assert all(g["time"] % 60 == 0 for g in got)
+            totals: Counter[str] = Counter()
+            for g in got:
+                totals[g["metric"]] += g["value"]
+            assert totals == Counter(r.kind for r in in_range)
+            hourly = query(sql, every, interval="1h")
+            assert all(g["time"] % 3600 == 0 for g in hourly) and sum(g["value"] for g in hourly) == len(in_range)
+        elif title == "Incident timeline":
+            assert [g["kind"] for g in got] and {(g["kind"], g["device"], ms(g["opened"])) for g in got} == {
+                (r.kind, device_text(r), ms(r.opened_at)) for r in overlapping}
+            labelled = [g for g in got if g["label"] is not None]
+            assert [g["label"] for g in labelled] == ["true_positive"]
+            assert all(g["duration_s"] >= 0 for g in got)
+            closed = {(r.kind, device_text(r), ms(r.opened_at)): r.closed_at for r in overlapping}
+            assert all(closed[(g["kind"], g["device"], ms(g["opened"]))] == (None if g["closed"] is None else pytest.approx(
+                g["closed"].timestamp(), abs=1e-3)) for g in got)
+        elif title == "annotation Incidents":
+            assert sorted((ms(g["time"]), ms(g["timeend"])) for g in got) == sorted(
+                (ms(r.opened_at), ms(end_of(r))) for r in overlapping)
+            assert all(g["tags"].split(",") in ([g["text"].split()[0], s] for s in sites) for g in got)
+        else:
+            pytest.fail(f"no expectation for the Incidents panel {title!r}: add one here")
+    assert checked == {"stat", "Open incidents", "Open incidents by kind", "Opened in the time range, by site and kind",
+                       "Incidents opened by kind", "Incident timeline", "annotation Incidents"}
+
+    # the Device dashboard: its incidents as annotations, for every device or the chosen ones
+    (anno,) = [sql for title, sql in sql_targets(device)]
+    assert [title for title, _ in sql_targets(device)] == ["annotation Incidents"]
+    everything = query(anno, {"device": ALL})
+    assert len(everything) == len(overlapping)
+    one = next(r.device_id for r in rows if r.kind == "incident" and any(r.device_id in f.device_ids for f in rows
+                                                                            if f.kind == "fleet_incident"))
+    mine = [r for r in overlapping if one in r.device_ids]
+    got = query(anno, {"device": [one]})
+    assert sorted((ms(g["time"]), g["text"].split()[0]) for g in got) == sorted((ms(r.opened_at), r.kind) for r in mine)
+    assert {g["text"].split()[0] for g in got} == {"incident", "fleet_incident"}  # its own, and the fleet's that name it
+    other = sorted({r.device_id for r in rows if r.device_id and r.device_id != one})[0]
+    both = query(anno, {"device": [one, other]})
+    assert len(both) == len([r for r in overlapping if one in r.device_ids or other in r.device_ids])
+    assert query(anno, {"device": ["no-such-device"]}) == []
+
+
+def test_interpolation_is_grafanas() -> None:
+    """Spot checks of the helpers against Grafana's documented output."""
+    assert interpolate("k IN ($kind) AND s IN (${site})", {"kind": ["a", "o'k"], "site": ALL}, {"site": ["x", "y"]}, {}) == \
+        "k IN ('a','o''k') AND s IN ('x','y')"
+    assert interpolate("'^(${device:regex})$'", {"device": ["pump.1", "b"]}, {}, {}) == "'^((pump\\.1|b))$'"
+    assert interpolate("'^(${device:regex})$'", {"device": ALL}, {}, {"device": ".*"}) == "'^(.*)$'"
+    assert expand_macros("$__unixEpochFilter(t) $__unixEpochGroupAlias(t, $__interval) $__timeFilter(c)", 10, 20, "5m") == \
+        "t >= 10 AND t <= 20 floor((t)/300)*300 AS \"time\" c BETWEEN '1970-01-01T00:00:10Z' AND '1970-01-01T00:00:20Z'"
+
+
+def test_generated_files_are_up_to_date_and_the_datasource_comes_from_the_environment() -> None:
+    gen = load_generator()
+    built = gen.dashboards()
+    for name in ("edgewatch-incidents.json", "edgewatch-device.json"):
+        assert gen.render(built[name]) == (GRAFANA / "dashboards" / name).read_text(), f"{name}: run python deploy/grafana/generate.py"
+    sources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "edgewatch.yml").read_text())["datasources"]
+    (pg,) = [s for s in sources if s["type"] == "grafana-postgresql-datasource"]
+    assert pg["uid"] == "edgewatch-postgres"
+    settings = [pg["url"], pg["user"], pg["jsonData"]["database"], pg["jsonData"]["sslmode"], pg["secureJsonData"]["password"]]
+    assert all(re.fullmatch(r"(\$\{EDGEWATCH_GRAFANA_PG_[A-Z]+\}:?)+", s) for s in settings), settings
+    # every SQL panel and annotation reads the PostgreSQL datasource variable
+    for name, dash in committed().items():
+        for panel in dash["panels"]:
+            for t in panel.get("targets", []):
+                if "rawSql" in t:
+                    assert panel["datasource"] == t["datasource"] == {"type": "grafana-postgresql-datasource", "uid": "${pgsource}"}
+        if list(sql_targets(dash)):
+            assert "pgsource" in {v["name"] for v in dash["templating"]["list"]}, name
