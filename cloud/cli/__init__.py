@@ -14,13 +14,13 @@ from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, run_main, setup_logging
 from edge.contract.errors import ConfigError, EdgewatchError
 
 COMMAND_GROUPS = """commands by what they are for:
-  operations         process, incidents, retrain, acls
+  operations         process, incidents, devices, retrain, acls
   models             train, evaluate, backtest, registry, rollout, keys
   local development  stack, demo (localdev/: a loopback broker stack and the demo, not for production)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cloud.cli import acls, backtest, evaluate, incidents, keys, process, registry, retrain, rollout, train
+    from cloud.cli import acls, backtest, devices, evaluate, incidents, keys, process, registry, retrain, rollout, train
     from localdev import demo_cli, stack_cli
 
     parser = argparse.ArgumentParser(
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (process, incidents, retrain, acls, train, evaluate, backtest, registry, rollout, keys, stack_cli, demo_cli):
+    for command in (process, incidents, devices, retrain, acls, train, evaluate, backtest, registry, rollout, keys, stack_cli, demo_cli):
         command.register(sub)
     return parser
 

@@ -73,8 +73,6 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cloud.keys import load_private_key
-    from cloud.processor.backends import open_store
-    from cloud.processor.config import load_config
 
     key = None
     if args.action == "label" and args.label == "new_normal":
@@ -84,17 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if args.agent is not None and not NAME_RE.match(args.agent):
             raise ConfigError(f"--agent {args.agent!r} is not an agent id (1-128 characters of A-Z a-z 0-9 _ . : -)")
         key = load_private_key(Path(args.key))
-    if not args.config and not any(var.startswith(STORE_ENV) for var in os.environ):
-        raise ConfigError("incidents: no store configured; pass --config cloud.toml (the processor's config, whose [store] "
-                          f"section names the store), or set EDGEWATCH_CONFIG, or {STORE_ENV}BACKEND with "
-                          f"{STORE_ENV}SQLITE_PATH or {STORE_ENV}POSTGRES_DSN")
-    config = load_config(Path(args.config) if args.config else None)
-    where = "sqlite " + str(Path(config.store.sqlite_path).resolve()) if config.store.backend == "sqlite" else "postgres"
-    if config.store.backend == "sqlite" and not Path(config.store.sqlite_path).is_file():
-        raise ConfigError(f"{args.config or 'environment'}: store.sqlite_path = {config.store.sqlite_path!r}: no incident store "
-                          f"at {where.removeprefix('sqlite ')} (a relative path is read from the current folder); "
-                          "the processor creates it when it first runs")
-    store = open_store(config.store)
+    config, store, where = existing_store(args.config, "incidents")
     try:
         if args.action == "list":
             rows = store.incidents(kind=args.kind, site=args.site, open_only=args.open, limit=1_000_000)
@@ -130,6 +118,25 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         store.close()
+
+
+def existing_store(config_path: str | None, command: str) -> tuple[Any, Any, str]:
+    """(config, store, where) of the processor's store named by ``--config`` or the environment; never creates one:
+    :class:`ConfigError` when none is named or the SQLite file is not there."""
+    from cloud.processor.backends import open_store
+    from cloud.processor.config import load_config
+
+    if not config_path and not any(var.startswith(STORE_ENV) for var in os.environ):
+        raise ConfigError(f"{command}: no store configured; pass --config cloud.toml (the processor's config, whose [store] "
+                          f"section names the store), or set EDGEWATCH_CONFIG, or {STORE_ENV}BACKEND with "
+                          f"{STORE_ENV}SQLITE_PATH or {STORE_ENV}POSTGRES_DSN")
+    config = load_config(Path(config_path) if config_path else None)
+    where = "sqlite " + str(Path(config.store.sqlite_path).resolve()) if config.store.backend == "sqlite" else "postgres"
+    if config.store.backend == "sqlite" and not Path(config.store.sqlite_path).is_file():
+        raise ConfigError(f"{config_path or 'environment'}: store.sqlite_path = {config.store.sqlite_path!r}: no incident store "
+                          f"at {where.removeprefix('sqlite ')} (a relative path is read from the current folder); "
+                          "the processor creates it when it first runs")
+    return config, open_store(config.store), where
 
 
 def _new_normal(args: argparse.Namespace, config: Any, store: Any, incident: Any, key: Any) -> int:

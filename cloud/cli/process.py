@@ -60,12 +60,18 @@ def run(args: argparse.Namespace) -> int:
 
         rollout_thread = threading.Thread(target=run_rollout, args=(config, stop, registry), name="rollout", daemon=True)
         rollout_thread.start()
+    fleet_thread = None
+    if config.peers.enabled or config.silence.enabled:  # peer outliers and silent devices (docs/fleet.md)
+        from cloud.fleetwatch.watch import run_fleetwatch
+
+        fleet_thread = threading.Thread(target=run_fleetwatch, args=(config, stop, registry), name="fleetwatch", daemon=True)
+        fleet_thread.start()
     try:
         Processor(config, store, registry=registry, stop=stop).run()
     finally:
         stop.set()
         store.close()
-        for thread in (archive_thread, rollout_thread):
+        for thread in (archive_thread, rollout_thread, fleet_thread):
             if thread is not None:
                 thread.join(timeout=60)
     return EXIT_OK

@@ -321,10 +321,10 @@ def kafka_producer(k: ProcessorKafkaSection, client_id: str, **settings: Any) ->
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
 
 
-def group_consumer(k: ProcessorKafkaSection, topic: str, listener: ConsumerRebalanceListener, *, group_id: str,
+def group_consumer(k: ProcessorKafkaSection, topic: str | Sequence[str], listener: ConsumerRebalanceListener, *, group_id: str,
                    client_id: str) -> KafkaConsumer:
-    """A manual-commit consumer subscribed to ``topic`` in ``group_id``, with the section's bootstrap and security;
-    :class:`BrokerUnavailable` saying why."""
+    """A manual-commit consumer subscribed to ``topic`` (or several) in ``group_id``, with the section's bootstrap and
+    security; :class:`BrokerUnavailable` saying why."""
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap, group_id=group_id, client_id=client_id, enable_auto_commit=False,
@@ -334,5 +334,5 @@ def group_consumer(k: ProcessorKafkaSection, topic: str, listener: ConsumerRebal
         )
     except KafkaError as exc:
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
-    subscribe(consumer, [topic], listener)
+    subscribe(consumer, [topic] if isinstance(topic, str) else list(topic), listener)
     return consumer

@@ -1,0 +1,1 @@
+"""Fleet intelligence in the processor: peer outliers and silent devices (docs/fleet.md)."""
