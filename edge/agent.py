@@ -321,8 +321,9 @@ class Agent:
 
     def _report(self) -> None:
         """Queue the periodic ``report`` status: the live version and :func:`~edge.sysinfo.agent_info`,
-        with the devices that sent a valid payload since the last report. Worker thread, before
-        the round's readings (so those count in the next report); a failure is logged, not raised."""
+        with the devices that sent a valid payload since the last report and when each tracked device last
+        did (``last_seen``). Worker thread, before the round's readings (so those count in the next
+        report); a failure is logged, not raised."""
         from edge.contract.update import ModelStatus, encode_status
         from edge.sysinfo import agent_info
 
@@ -330,7 +331,8 @@ class Agent:
         cfg, m = self.config, self.pipeline.manifest
         since, self._reported_at = self._reported_at, self._clock()
         try:
-            info = agent_info(Path(cfg.updates.state_dir), self.pipeline.devices_seen_since(since), cfg.updates.group)
+            info = agent_info(Path(cfg.updates.state_dir), self.pipeline.devices_seen_since(since), cfg.updates.group,
+                              self.pipeline.last_seen())
         except OSError as exc:
             log.error("agent_report_failed error=%s", exc)
             return

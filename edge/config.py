@@ -27,6 +27,7 @@ from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
 from edge.escalation import EscalationSettings
 from edge.kafka_security import KafkaSecurity, check_security
+from edge.sensorhealth import SensorHealthSettings
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class Config:
     windows: WindowsSection = field(default_factory=WindowsSection)
     decision: DecisionSection = field(default_factory=DecisionSection)
     adaptive: AdaptiveSettings = field(default_factory=AdaptiveSettings)
+    sensor_health: SensorHealthSettings = field(default_factory=SensorHealthSettings)
     outbox: OutboxSection = field(default_factory=OutboxSection)
     telemetry: TelemetrySection = field(default_factory=TelemetrySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
@@ -302,6 +304,7 @@ def _validate(c: Config) -> None:
         (c.updates.report_interval_s >= 0, "updates.report_interval_s", c.updates.report_interval_s, "must be >= 0 (0: off)"),
     ]
     checks += [(False, f"adaptive.{key}", value, rule) for key, value, rule in c.adaptive.problems()]
+    checks += [(False, f"sensor_health.{key}", value, rule) for key, value, rule in c.sensor_health.problems()]
     checks += [(False, f"escalation.{key}", value, rule) for key, value, rule in c.escalation.problems()]
     for ok, key, value, rule in checks:
         if not ok:

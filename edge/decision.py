@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.contract import AnomalyEvent, ModelManifest
+from edge.contract import AnomalyEvent, ModelManifest, SensorFault
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,11 @@ def contributions(channel_scores: Sequence[float], channels: Sequence[str]) -> d
 
 def build_event(*, device_id: str, window_start: float, window_end: float, score: float, threshold: float,
                 channel_scores: Sequence[float], manifest: ModelManifest, agent_id: str,
-                clock: Callable[[], float]) -> AnomalyEvent:
-    """The :class:`AnomalyEvent` for one firing window."""
+                clock: Callable[[], float], fault: SensorFault | None = None) -> AnomalyEvent:
+    """The :class:`AnomalyEvent` for one firing window; with ``fault``, the ``sensor_fault`` event of a
+    window that failed a sensor health check (its channel scores: equal shares of the fault's channels)."""
+    if fault is not None:
+        channel_scores = [1.0 if c in fault.channels else 0.0 for c in manifest.channel_names]
     return AnomalyEvent(
         device_id=device_id,
         agent_id=agent_id,
@@ -120,4 +123,6 @@ def build_event(*, device_id: str, window_start: float, window_end: float, score
         model_version=manifest.version,
         model_sha256=manifest.sha256,
         detected_at=clock(),
+        kind="process" if fault is None else "sensor_fault",
+        fault=fault,
     )

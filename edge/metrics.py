@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from edge.contract.errors import ErrorKind
+from edge.contract.event import FAULT_CHECKS
 from edge.contract.update import STATUS_ACTIONS
 from edge.outbox import KINDS
 from edge.shadow import REJECT_REASONS as SHADOW_REJECT_REASONS
@@ -120,6 +121,10 @@ class AgentMetrics:
                                           RATIO_BUCKETS, registry)
         self.invalid_scores = Counter(p + "invalid_scores", "Windows whose score was not finite (skipped)", registry=registry)
         self.anomalies = Counter(p + "anomalies", "Anomaly events written to the outbox", registry=registry)
+        self.sensor_faults = Counter(p + "sensor_faults", "Sensor fault events written to the outbox (one per fault episode, "
+                                     "repeated every sensor_health.repeat_windows), by check", ["check"], registry=registry)
+        self.anomalies_suppressed = Counter(p + "anomalies_suppressed", "Windows over the threshold not reported as process "
+                                            "anomalies because a sensor health check failed on them", registry=registry)
         self.telemetry_windows = Counter(p + "telemetry_windows", "Telemetry windows written to the outbox", ["reason"],
                                          registry=registry)
         self.queue_depth = Gauge(p + "queue_depth_messages", "Messages waiting in the intake queue", registry=registry)
@@ -148,6 +153,8 @@ class AgentMetrics:
             self.model_rejections.labels(shadow_reason)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        for check in FAULT_CHECKS:
+            self.sensor_faults.labels(check)
         for reason in DROP_REASONS:
             self.readings_dropped.labels(reason)
         for kind in KINDS:

@@ -9,10 +9,12 @@ reason. Only a failing model (onnxruntime error) raises.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
@@ -21,8 +23,10 @@ from edge.adaptive import AdaptiveLayer, Prior
 from edge.adaptive_store import AdaptiveStore
 from edge.config import Config
 from edge.contract import (
+    ConfigError,
     ContractError,
     ModelManifest,
+    SensorFault,
     decode_readings,
     device_from_topic,
     encode_deadletter,
@@ -31,12 +35,14 @@ from edge.contract import (
     make_deadletter,
     telemetry_from_window,
 )
+from edge.contract.update import MAX_LAST_SEEN
 from edge.decision import Decider, build_event
 from edge.escalation import Escalator
 from edge.fastdecode import FastReadingDecoder
 from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.outbox import Record
+from edge.sensorhealth import BatchHealth, SensorHealth
 from edge.telemetry import Sample, Scored, TelemetrySampler
 from edge.windows import Added, Window, WindowBatch, Windows, channel_problem
 
@@ -101,6 +107,7 @@ class Pipeline:
         self._pending: dict[str, tuple[list[float], list[tuple[float, ...]]]] = {}  # device -> readings not yet in the windows
         self._pending_rows = 0
         self.shadow: Callable[[np.ndarray, np.ndarray, float, float], None] | None = None
+        self.health = SensorHealth(config.sensor_health, m, source=config.source) if config.sensor_health.enabled else None
         self.escalator = Escalator(config.escalation, config.kafka.escalations_topic, config.agent.id, metrics.registry) \
             if config.escalation.enabled else None
 
@@ -117,6 +124,11 @@ class Pipeline:
             self.adaptive.reset_prior(Prior.from_manifest(m, self.config.decision.threshold))
             self.save_state()  # the old model's rows go now: a restart must not resume them on the new model
         self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
+        if self.health is not None:  # the new manifest's channel ranges; open faults are reported again
+            try:
+                self.health = SensorHealth(self.config.sensor_health, m, source=self.config.source)
+            except ConfigError as exc:
+                log.error("sensor_health_ranges_kept model_version=%s error=%s", m.version, exc)
 
     def process(self, messages: Sequence[Message]) -> list[Record]:
         """Ingest messages, then score every window that became ready; returns the records to store.
@@ -154,6 +166,11 @@ class Pipeline:
         """How many tracked devices sent a valid payload at or after ``since`` (this pipeline's clock)."""
         return sum(1 for seen in self._seen.values() if seen >= since)
 
+    def last_seen(self, limit: int = MAX_LAST_SEEN) -> dict[str, float]:
+        """Device id -> this pipeline's clock when its last valid payload came, for the ``limit`` most
+        recent of the tracked devices, most recent first (a report's ``last_seen``)."""
+        return dict(heapq.nlargest(limit, self._seen.items(), key=itemgetter(1)))
+
     def forget_device(self, device_id: str) -> None:
         """Drop everything held for ``device_id``: its windows (partial and ready), debounce history,
         telemetry sampler state, readings gathered this round and its topic. Every owner of
@@ -163,6 +180,8 @@ class Pipeline:
         if self.adaptive is not None:
             self.adaptive.forget(device_id)
         self.sampler.forget(device_id)
+        if self.health is not None:
+            self.health.forget(device_id)
         if self.escalator is not None:
             self.escalator.forget(device_id)
         pending = self._pending.pop(device_id, None)
@@ -290,20 +309,31 @@ class Pipeline:
                 self.shadow(windows, scores, self.decider.threshold, elapsed)
             self.metrics.inference_batch.observe(len(batch))
             self.metrics.windows_scored.inc(len(batch))
-            records.extend(self._decide(batch, np.asarray(scores, dtype=np.float64), channel_scores))
+            health = self.health.check(batch.ts, batch.values) if self.health is not None else None
+            records.extend(self._decide(batch, np.asarray(scores, dtype=np.float64), channel_scores, health))
         return records
 
-    def _decide(self, batch: WindowBatch, scores: np.ndarray, channel_scores: np.ndarray) -> list[Record]:
+    def _decide(self, batch: WindowBatch, scores: np.ndarray, channel_scores: np.ndarray,
+                health: BatchHealth | None = None) -> list[Record]:
         """Decide a scored batch device by device in whole-array passes (:meth:`_fire`); then only
-        firing windows, and windows while a device still owes anomaly context, are visited one by one."""
+        firing windows, and windows while a device still owes anomaly context, are visited one by one.
+        With ``health`` (:meth:`SensorHealth.check` of the batch), a device's sensor fault events come
+        first, and its windows failing a check do not fire as process anomalies (counted)."""
         records: list[Record] = []
         ratios: list[np.ndarray] = []
         for device, lo, hi in batch.runs:
+            suspect = None
+            if health is not None and self.health is not None:
+                suspect, faults = self.health.device(device, health, lo, hi)
+                records.extend(self._fault_event(batch.window(i, device), float(scores[i]), fault) for i, fault in faults)
             idx = self._finite(batch, device, scores, lo, hi)
             if not len(idx):
                 continue
             device_scores = scores[idx]
             fire, thresholds = self._fire(batch, device, idx, device_scores)
+            if suspect is not None and (fire & suspect[idx - lo]).any():  # the sensor fault, not the process
+                self.metrics.anomalies_suppressed.inc(int((fire & suspect[idx - lo]).sum()))
+                fire = fire & ~suspect[idx - lo]
             ratios.append((device_scores / thresholds)[thresholds > 0])
             records.extend(self._device_records(batch, device, idx, device_scores, thresholds, fire, channel_scores))
             if self.escalator is not None:
@@ -385,6 +415,20 @@ class Pipeline:
         log.info("anomaly_detected device_id=%s window_end=%s score=%.4g threshold=%.4g event_id=%s",
                  window.device_id, window.end, score, threshold, event.event_id)
         return Record("anomaly", self._kafka.anomalies_topic, key, encode_event(event))
+
+    def _fault_event(self, window: Window, score: float, fault: SensorFault) -> Record:
+        """The ``sensor_fault`` event of a window that failed a check: the model's score (0 if not finite)
+        and the device's threshold come along for context."""
+        device = window.device_id
+        threshold = self.adaptive.threshold(device) if self.adaptive is not None and device not in self.decider.device_thresholds \
+            else self.decider.threshold_for(device)
+        event = build_event(device_id=device, window_start=window.start, window_end=window.end,
+                            score=score if np.isfinite(score) else 0.0, threshold=threshold, channel_scores=(),
+                            manifest=self.manifest, agent_id=self._agent_id, clock=self._clock, fault=fault)
+        self.metrics.sensor_faults.labels(fault.check).inc()
+        log.info("sensor_fault_detected device_id=%s window_end=%s check=%s channels=%s event_id=%s",
+                 device, window.end, fault.check, ",".join(fault.channels), event.event_id)
+        return Record("anomaly", self._kafka.anomalies_topic, device.encode(), encode_event(event))
 
     def _telemetry(self, sample: Sample, key: bytes) -> Record:
         s = sample.scored

@@ -77,9 +77,10 @@ def _kib(value: str) -> int:
     return int(number) * (1024 if unit == "kB" else 1)
 
 
-def agent_info(state_dir: Path, devices: int, group: str) -> AgentInfo:
+def agent_info(state_dir: Path, devices: int, group: str, last_seen: Mapping[str, float] | None = None) -> AgentInfo:
     """This machine now: runtime, opset, architecture, memory and the free disk of ``state_dir``'s
-    file system (its nearest existing parent), with the ``devices`` served and the update ``group``."""
+    file system (its nearest existing parent), with the ``devices`` served, the update ``group`` and
+    each device's ``last_seen`` (:meth:`edge.pipeline.Pipeline.last_seen`)."""
     import onnxruntime as ort  # loaded by the agent's model already; here so that importing this module stays light
 
     from edge.updates import free_disk_bytes  # (with the update machinery: only agents with updates on report)
@@ -87,4 +88,5 @@ def agent_info(state_dir: Path, devices: int, group: str) -> AgentInfo:
     total, available = memory_bytes()
     return AgentInfo(agent_version=agent_version(), onnxruntime=ort.__version__, max_opset=max_opset(ort.__version__),
                      arch=platform.machine() or "unknown", mem_total_bytes=total, mem_available_bytes=min(available, total),
-                     disk_free_bytes=free_disk_bytes(Path(state_dir)), devices=devices, group=group)
+                     disk_free_bytes=free_disk_bytes(Path(state_dir)), devices=devices, group=group,
+                     last_seen=dict(last_seen or {}))

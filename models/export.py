@@ -62,7 +62,7 @@ def build_manifest(fitted: FittedModel, sha256: str, *, name: str, version: str,
         window_length=cfg.window_length, stride=cfg.stride, sample_period_s=fitted.sample_period_s,
         threshold=float(fitted.threshold), calibration=fitted.calibration, opset=opset,
         min_onnxruntime=MIN_ONNXRUNTIME, training_data_fingerprint=fitted.fingerprint,
-        metrics=dict(metrics or {}), created_at=created_at, signature=None,
+        metrics=dict(metrics or {}), created_at=created_at, channel_ranges=fitted.channel_ranges, signature=None,
     )
 
 

@@ -22,7 +22,7 @@ import torch
 from edge.contract import Calibration, Channel
 from edge.contract.errors import ConfigError
 from models.base import Detector, fit_head
-from models.calibrate import calibrate
+from models.calibrate import calibrate, channel_ranges
 from models.config import TrainConfig, config_from_mapping
 from models.data import fingerprint, make_windows
 from models.layers import init_weights
@@ -47,6 +47,7 @@ class FittedModel:
     history: History
     train_scores: np.ndarray
     fingerprint: str
+    channel_ranges: dict[str, tuple[float, float]] | None = None  # learned from the training rows (manifest channel_ranges)
 
     @torch.no_grad()
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +117,7 @@ def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channel
                          np.empty(0), fingerprint(segments))
     fitted.train_scores = score_in_batches(fitted, windows)
     fitted.threshold, fitted.calibration = calibrate(fitted.train_scores, config)
+    fitted.channel_ranges = channel_ranges(segments, [c.name for c in chans])
     log.info("model_fitted family=%s windows=%d threshold=%.4g", config.family, len(windows), fitted.threshold)
     return fitted
 

@@ -13,7 +13,7 @@ from edge.contract.errors import (
     ManifestError,
     ModelLoadError,
 )
-from edge.contract.event import AnomalyEvent, decode_event, encode_event, make_event_id
+from edge.contract.event import AnomalyEvent, SensorFault, decode_event, encode_event, make_event_id
 from edge.contract.manifest import (
     Calibration,
     Channel,
@@ -46,7 +46,7 @@ from edge.contract.samples import (
 __all__ = [
     "Alert", "decode_alert", "encode_alert", "make_alert_id", "make_incident_id",
     "AnomalyEvent", "BrokerUnavailable", "Calibration", "Channel", "ConfigError", "ContractError",
-    "EdgewatchError", "ExpectedAlerts", "ManifestError", "ModelLoadError", "ModelManifest", "Reading", "Signature",
+    "EdgewatchError", "ExpectedAlerts", "ManifestError", "ModelLoadError", "ModelManifest", "Reading", "SensorFault", "Signature",
     "canonical_bytes", "decode_event", "decode_manifest", "decode_readings", "device_from_topic",
     "encode_event", "encode_manifest", "encode_readings", "make_event_id", "readings_subscription",
     "readings_topic",

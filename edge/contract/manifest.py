@@ -6,7 +6,9 @@ and the manifest carries the sha256 of ``model.onnx``; so one Ed25519 signature 
 files. ``transfer`` (written when a model folder is signed) also binds how ``model.onnx``
 travels to devices: its size and its chunks (:mod:`edge.contract.update`). ``expected_alerts``
 (written by the backtest at registration) is the signed prediction of the alert rate that the
-agent's shadow trial checks the candidate against (:mod:`edge.shadow`). Verification lives
+agent's shadow trial checks the candidate against (:mod:`edge.shadow`). ``channel_ranges``
+(written at export from the training data) bounds each channel for the agent's range check
+(:mod:`edge.sensorhealth`). Verification lives
 with the code that loads models; this module only defines and validates the document.
 """
 
@@ -101,6 +103,7 @@ class ModelManifest:
     created_at: str
     expected_alerts: ExpectedAlerts | None = None  # None: registered without a backtest; absent from the JSON
     transfer: Transfer | None = None  # None: never signed, or signed before transfers were; refused over MQTT
+    channel_ranges: Mapping[str, tuple[float, float]] | None = None  # channel -> (min, max); None: absent from the JSON
     signature: Signature | None = None
     schema: int = MANIFEST_SCHEMA
 
@@ -119,7 +122,9 @@ def manifest_to_dict(manifest: ModelManifest) -> dict[str, Any]:
     data["metrics"] = dict(manifest.metrics)
     if manifest.expected_alerts is not None:
         data["expected_alerts"] = _expected_to_dict(manifest.expected_alerts)
-    for optional in ("expected_alerts", "transfer", "signature"):  # absent, not null: older signatures stay valid
+    if manifest.channel_ranges is not None:
+        data["channel_ranges"] = {c: [lo, hi] for c, (lo, hi) in manifest.channel_ranges.items()}
+    for optional in ("expected_alerts", "transfer", "channel_ranges", "signature"):  # absent, not null: older signatures stay valid
         if data[optional] is None:
             del data[optional]
     return data
@@ -170,8 +175,32 @@ def decode_manifest(payload: bytes | str) -> ModelManifest:
         created_at=f.text(f.req(data, "created_at", ""), "created_at", max_len=64),
         expected_alerts=_expected_alerts(data.get("expected_alerts")),
         transfer=_transfer(data.get("transfer")),
+        channel_ranges=_channel_ranges(data.get("channel_ranges"), channels),
         signature=_signature(data.get("signature")),
     )
+
+
+def _channel_ranges(value: Any, channels: tuple[Channel, ...]) -> dict[str, tuple[float, float]] | None:
+    """``{channel: [min, max]}`` over known channels (not necessarily all), finite, ``min < max``."""
+    if value is None:
+        return None
+    path = "channel_ranges"
+    if not isinstance(value, Mapping):
+        raise ContractError(path, value, "must be an object of channel name to [min, max]", "wrong_type")
+    known = {c.name for c in channels}
+    out: dict[str, tuple[float, float]] = {}
+    for name, pair in value.items():
+        where = f"{path}.{name}"
+        if name not in known:
+            raise ContractError(where, name, f"must be one of the manifest's channels ({', '.join(sorted(known))})")
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ContractError(where, pair, "must be [min, max]", f.type_kind(pair, list))
+        lo, hi = f.number(pair[0], f"{where}[0]"), f.number(pair[1], f"{where}[1]")
+        if not lo < hi:
+            raise ContractError(where, pair, "min must be below max")
+        out[name] = (lo, hi)
+    return out
+
 
 
 def _channels(value: Any) -> tuple[Channel, ...]:
@@ -289,5 +318,5 @@ def _signature(value: Any) -> Signature | None:
 _FIELDS = {
     "schema", "name", "family", "version", "sha256", "channels", "window_length", "stride",
     "sample_period_s", "threshold", "calibration", "opset", "min_onnxruntime",
-    "training_data_fingerprint", "metrics", "created_at", "expected_alerts", "transfer", "signature",
+    "training_data_fingerprint", "metrics", "created_at", "expected_alerts", "transfer", "channel_ranges", "signature",
 }

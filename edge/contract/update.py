@@ -32,8 +32,8 @@ announces a version to that one agent (waves, and the abort that announces the p
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from edge.contract import _fields as f
@@ -127,9 +127,13 @@ class AgentInfo:
     disk_free_bytes: int     # of updates.state_dir's file system
     devices: int             # sensor devices seen in the last report interval
     group: str               # updates.group
+    last_seen: Mapping[str, float] = field(default_factory=dict)
+    """Device id -> unix time (the agent's clock) of its last valid payload, for every device the agent
+    holds, most recent first, at most :data:`MAX_LAST_SEEN`; absent from the JSON when empty."""
 
 
-_AGENT_FIELDS = tuple(field.name for field in fields(AgentInfo))
+MAX_LAST_SEEN = 1000
+_AGENT_FIELDS = tuple(f_.name for f_ in fields(AgentInfo))
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,11 @@ def encode_status(status: ModelStatus) -> bytes:
         if getattr(status, optional):
             data[optional] = getattr(status, optional)
     if status.agent is not None:
-        data["agent"] = asdict(status.agent)
+        data["agent"] = agent = asdict(status.agent)
+        if agent["last_seen"]:
+            agent["last_seen"] = dict(status.agent.last_seen)
+        else:  # absent when empty: a report's bytes stay as before last_seen existed
+            del agent["last_seen"]
     return f.dump_json(data)
 
 
@@ -195,8 +203,20 @@ def _agent_info(value: Any) -> AgentInfo:
     info = AgentInfo(agent_version=text("agent_version"), onnxruntime=text("onnxruntime"), max_opset=count("max_opset", 1),
                      arch=text("arch"), mem_total_bytes=count("mem_total_bytes"), mem_available_bytes=count("mem_available_bytes"),
                      disk_free_bytes=count("disk_free_bytes"), devices=count("devices"),
-                     group=f.name(f.req(value, "group", path), f"{path}.group"))
+                     group=f.name(f.req(value, "group", path), f"{path}.group"),
+                     last_seen=_last_seen(value.get("last_seen", {}), f"{path}.last_seen"))
     if info.mem_available_bytes > info.mem_total_bytes:
         raise ContractError(f"{path}.mem_available_bytes", info.mem_available_bytes,
                             f"must be at most mem_total_bytes ({info.mem_total_bytes})")
     return info
+
+
+def _last_seen(value: Any, path: str) -> dict[str, float]:
+    """Device id -> unix time, at most :data:`MAX_LAST_SEEN` entries; raises naming ``agent.last_seen.<device>``."""
+    if isinstance(value, Mapping) and len(value) > MAX_LAST_SEEN:
+        raise ContractError(path, f"<{len(value)} devices>", f"must hold at most {MAX_LAST_SEEN} devices")
+    seen = f.number_map(value, path, allow_empty=True)
+    for device, at in seen.items():
+        if at < 0:
+            raise ContractError(f"{path}.{device}", at, "must be >= 0")
+    return seen

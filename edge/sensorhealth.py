@@ -1,0 +1,254 @@
+"""Sensor health: cheap checks on every window before it is decided, numpy only.
+
+A broken sensor and a broken machine go to different people, so a window that fails a check is
+reported as a ``sensor_fault`` event naming the check and the channels, and its process verdict
+is suppressed (:mod:`edge.pipeline`). The checks, per window and per channel, vectorised over a
+batch (:meth:`SensorHealth.check`):
+
+- ``stuck``: the channel's standard deviation in the window is at most ``stuck_std_floor`` for
+  ``stuck_windows`` consecutive windows of the device (a flat-lined or frozen sensor);
+- ``range``: a reading of the channel outside its range: the manifest's ``channel_ranges``
+  (learned at export, :func:`models.calibrate.channel_ranges`), replaced per channel and per
+  side by ``range_min`` / ``range_max`` in the config; a channel with neither is not checked;
+- ``rate``: the median step between readings is at least ``rate_factor`` times the manifest's
+  sample period, or at most its inverse (a sensor sampling at another pace);
+- ``clock``: the median step is off the sample period by more than ``clock_skew_max`` (a share
+  of the period: the sensor's clock runs fast or slow), or the steps sit, on average, more than
+  ``clock_jitter_max`` periods from a whole number of periods (jitter);
+- ``dropout``: the readings missing against the sample period (a step of k periods misses k - 1)
+  are more than ``dropout_max_share`` of the readings the window should hold.
+
+The three timestamp checks name every channel (readings share their ``ts``) and are exclusive:
+``rate`` first, then ``clock``, then ``dropout``. A payload without every channel never reaches
+the windows: it is refused and dead-lettered as ``missing_channel``, as before.
+
+Debounce (:meth:`SensorHealth.device`): one event when a check starts failing on a device, again
+when it names a channel it had not named, and every ``repeat_windows`` of the device's windows
+while it lasts (0: only at the start); the episode ends at the first window that passes that
+check. A device has at most one event per window (the event id derives from device, window end
+and model), so two checks starting together are reported in two consecutive failing windows, in
+the order rate, clock, dropout, range, stuck. A window with a channel flat but not yet for
+``stuck_windows`` windows raises no event, but is not judged a process anomaly either.
+
+State is per device and small (a flat-window count per channel and the open episodes), held
+only while a device has something open, and dropped with the device (:meth:`SensorHealth.forget`).
+Worker thread only; nothing here raises on data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from edge.contract import ConfigError, ModelManifest
+from edge.contract.event import MAX_FAULT_DETAIL, FaultCheck, SensorFault
+
+PRIORITY: tuple[FaultCheck, ...] = ("rate", "clock", "dropout", "range", "stuck")
+"""The order in which checks starting in the same window are reported (the timestamp checks
+first: a sensor at the wrong pace explains the rest)."""
+
+
+@dataclass(frozen=True)
+class SensorHealthSettings:
+    """The ``[sensor_health]`` config section; the defaults are what the agent ships with."""
+
+    enabled: bool = True
+    stuck_std_floor: float = 1e-6       # a window's standard deviation at most this is flat (channel units)
+    stuck_windows: int = 3              # consecutive flat windows that make a channel stuck
+    range_min: Mapping[str, float] = field(default_factory=dict)  # channel -> lowest valid reading (overrides the manifest)
+    range_max: Mapping[str, float] = field(default_factory=dict)  # channel -> highest valid reading
+    dropout_max_share: float = 0.2     # share of a window's readings that may be missing
+    clock_skew_max: float = 0.1        # |median step / sample period - 1| allowed
+    clock_jitter_max: float = 0.2      # mean distance of a step from a whole number of periods, in periods
+    rate_factor: float = 2.0           # median step above this many sample periods, or below its inverse: rate
+    repeat_windows: int = 60           # an open fault is reported again after this many of the device's windows (0: never)
+
+    def problems(self) -> list[tuple[str, object, str]]:
+        """``(key, value, rule)`` for every value out of range (the config loader names the key)."""
+        checks: list[tuple[bool, str, object, str]] = [
+            (self.stuck_std_floor >= 0, "stuck_std_floor", self.stuck_std_floor, "must be >= 0"),
+            (self.stuck_windows >= 1, "stuck_windows", self.stuck_windows, "must be >= 1"),
+            (0 < self.dropout_max_share < 1, "dropout_max_share", self.dropout_max_share, "must be in (0, 1)"),
+            (0 < self.clock_skew_max, "clock_skew_max", self.clock_skew_max, "must be > 0"),
+            (0 < self.clock_jitter_max < 0.5, "clock_jitter_max", self.clock_jitter_max, "must be in (0, 0.5)"),
+            (self.rate_factor > 1 + self.clock_skew_max, "rate_factor", self.rate_factor,
+             f"must be > 1 + clock_skew_max ({1 + self.clock_skew_max:g})"),
+            (self.repeat_windows >= 0, "repeat_windows", self.repeat_windows, "must be >= 0 (0: only when a fault starts)"),
+        ]
+        for channel, low in self.range_min.items():
+            high = self.range_max.get(channel, math.inf)
+            checks.append((low < high, f"range_min.{channel}", low, f"must be below range_max.{channel} ({high:g})"))
+        return [(key, value, rule) for ok, key, value, rule in checks if not ok]
+
+
+class BatchHealth(NamedTuple):
+    """The checks of one batch of windows, row by row (:meth:`SensorHealth.check`)."""
+
+    flat: np.ndarray     # (batch, channels) bool: standard deviation at most the floor
+    out: np.ndarray      # (batch, channels) bool: a reading outside the range
+    low: np.ndarray      # (batch, channels) the window's smallest reading
+    high: np.ndarray     # (batch, channels) its largest
+    step: np.ndarray     # (batch,) median step, in sample periods
+    jitter: np.ndarray   # (batch,) mean distance of a step from a whole number of periods
+    missing: np.ndarray  # (batch,) share of the readings missing against the sample period
+    timing: np.ndarray   # (batch,) int8: 0 fine, else 1 + PRIORITY.index of rate, clock or dropout
+    any: np.ndarray      # (batch,) bool: flat, out or timing anywhere in the row
+
+
+@dataclass(slots=True)
+class _Episode:
+    channels: tuple[int, ...] = ()  # what the last event named (empty: not reported yet)
+    since: int = 0                  # the device's windows since that event
+
+
+@dataclass(slots=True)
+class _Device:
+    flat_run: np.ndarray                                            # (channels,) consecutive flat windows
+    open: dict[FaultCheck, _Episode] = field(default_factory=dict)  # checks failing now
+
+
+class SensorHealth:
+    """The checks of one model's channels and sample period, with per-device debounce state."""
+
+    def __init__(self, settings: SensorHealthSettings, manifest: ModelManifest, *, source: str = "<config>") -> None:
+        self.settings = settings
+        self.channels = manifest.channel_names
+        self.period = manifest.sample_period_s
+        n = len(self.channels)
+        self.low = np.full(n, -np.inf)
+        self.high = np.full(n, np.inf)
+        for name, (lo, hi) in (manifest.channel_ranges or {}).items():
+            j = self.channels.index(name)
+            self.low[j], self.high[j] = lo, hi
+        for key, table, bound in (("range_min", settings.range_min, self.low), ("range_max", settings.range_max, self.high)):
+            for name, value in table.items():
+                if name not in self.channels:
+                    raise ConfigError(f"{source}: 'sensor_health.{key}.{name}' names no channel of model {manifest.name} "
+                                      f"({', '.join(self.channels)})")
+                bound[self.channels.index(name)] = value
+        bad = np.flatnonzero(self.low >= self.high)
+        if len(bad):
+            name = self.channels[int(bad[0])]
+            raise ConfigError(f"{source}: 'sensor_health.range_min.{name}' ({self.low[bad[0]]:g}) must be below the "
+                              f"channel's max ({self.high[bad[0]]:g}, from range_max or the manifest)")
+        self._ranged = bool(np.isfinite(self.low).any() or np.isfinite(self.high).any())
+        self._devices: dict[str, _Device] = {}
+
+    @property
+    def devices(self) -> int:
+        """Devices with state held (a flat channel or an open fault)."""
+        return len(self._devices)
+
+    def forget(self, device_id: str) -> None:
+        self._devices.pop(device_id, None)
+
+    def check(self, ts: np.ndarray, values: np.ndarray) -> BatchHealth:
+        """Every check of every window of a batch: ``ts (batch, window)``, ``values (batch, window,
+        channels)`` as received. Stateless; the per-device run of flat windows is :meth:`device`'s."""
+        s = self.settings
+        flat = values.std(axis=1) <= s.stuck_std_floor
+        low, high = values.min(axis=1), values.max(axis=1)
+        out = (low < self.low) | (high > self.high) if self._ranged else np.zeros_like(flat)
+        steps = np.diff(ts, axis=1) / self.period
+        step = np.median(steps, axis=1)
+        whole = np.rint(steps)
+        jitter = np.abs(steps - whole).mean(axis=1)
+        gone = np.maximum(whole - 1, 0).sum(axis=1)
+        missing = gone / (gone + ts.shape[1])
+        rate = (step >= s.rate_factor) | (step * s.rate_factor <= 1)
+        clock = (np.abs(step - 1) > s.clock_skew_max) | (jitter > s.clock_jitter_max)
+        timing = np.where(rate, 1, np.where(clock, 2, np.where(missing > s.dropout_max_share, 3, 0))).astype(np.int8)
+        return BatchHealth(flat, out, low, high, step, jitter, missing, timing,
+                           flat.any(axis=1) | out.any(axis=1) | (timing > 0))
+
+    def device(self, device_id: str, health: BatchHealth, lo: int, hi: int) -> tuple[np.ndarray | None, list[tuple[int, SensorFault]]]:
+        """One device's windows, rows ``lo``..``hi`` of the batch in window order: which of them are not
+        to be judged as process anomalies (``None``: none; those failing a check, and those with a flat
+        channel not yet ``stuck_windows`` long), and the faults to report as ``(row, fault)``, at most one
+        per row, in row order."""
+        state = self._devices.get(device_id)
+        bad = health.any[lo:hi]
+        if state is None and not bad.any():
+            return None, []
+        if state is None:
+            state = self._devices[device_id] = _Device(np.zeros(len(self.channels), dtype=np.int64))
+        stuck = self._stuck(state, health.flat[lo:hi])
+        failing = health.out[lo:hi].any(axis=1) | (health.timing[lo:hi] > 0) | stuck.any(axis=1)
+        reports: list[tuple[int, SensorFault]] = []
+        for r in range(hi - lo):
+            if not failing[r] and not state.open:
+                continue
+            found = self._found(health, lo + r, stuck[r])
+            fault = self._debounce(state, found)
+            if fault is not None:
+                reports.append((lo + r, self._fault(fault, found[fault], health, lo + r)))
+        if not state.open and not state.flat_run.any():
+            del self._devices[device_id]
+        suspect = failing | health.flat[lo:hi].any(axis=1)
+        return (suspect if suspect.any() else None), reports
+
+    def _stuck(self, state: _Device, flat: np.ndarray) -> np.ndarray:
+        """``(rows, channels)``: flat for ``stuck_windows`` windows in a row, counting the device's
+        flat windows before these; updates the count."""
+        if not flat.any():
+            state.flat_run[:] = 0
+            return np.zeros_like(flat)
+        f = flat.astype(np.int64)
+        total = np.cumsum(f, axis=0)
+        run = total - np.maximum.accumulate(np.where(f == 0, total, 0), axis=0)  # flat windows since the last one that was not
+        run += np.where(np.cumsum(1 - f, axis=0) == 0, state.flat_run, 0)       # carried over while none was
+        state.flat_run[:] = run[-1]
+        stuck: np.ndarray = run >= self.settings.stuck_windows
+        return stuck
+
+    def _found(self, health: BatchHealth, i: int, stuck: np.ndarray) -> dict[FaultCheck, tuple[int, ...]]:
+        """The checks row ``i`` fails, each with its channel indices."""
+        found: dict[FaultCheck, tuple[int, ...]] = {}
+        timing = int(health.timing[i])
+        if timing:
+            found[PRIORITY[timing - 1]] = tuple(range(len(self.channels)))
+        if health.out[i].any():
+            found["range"] = tuple(np.flatnonzero(health.out[i]).tolist())
+        if stuck.any():
+            found["stuck"] = tuple(np.flatnonzero(stuck).tolist())
+        return found
+
+    def _debounce(self, state: _Device, found: Mapping[FaultCheck, tuple[int, ...]]) -> FaultCheck | None:
+        """Advance the device's episodes by one window failing ``found``; the check to report now, if any."""
+        for check in [c for c in state.open if c not in found]:
+            del state.open[check]
+        repeat = self.settings.repeat_windows
+        due: FaultCheck | None = None
+        for check in PRIORITY:
+            channels = found.get(check)
+            if channels is None:
+                continue
+            episode = state.open.setdefault(check, _Episode())
+            episode.since += 1
+            new = not episode.channels or not set(channels) <= set(episode.channels) or (repeat and episode.since >= repeat)
+            if new and due is None:
+                due = check
+                episode.channels, episode.since = channels, 0
+        return due
+
+    def _fault(self, check: FaultCheck, channels: tuple[int, ...], h: BatchHealth, i: int) -> SensorFault:
+        s = self.settings
+        names = tuple(self.channels[j] for j in channels)
+        if check == "rate":
+            detail = (f"median step {h.step[i]:.3g} sample periods of {self.period:g} s, allowed "
+                      f"{1 / s.rate_factor:.3g}-{s.rate_factor:.3g}")
+        elif check == "clock":
+            detail = (f"median step {h.step[i]:.3g} sample periods (skew allowed {s.clock_skew_max:g}), jitter "
+                      f"{h.jitter[i]:.3g} periods (allowed {s.clock_jitter_max:g})")
+        elif check == "dropout":
+            detail = f"{h.missing[i]:.0%} of the window's readings missing (allowed {s.dropout_max_share:.0%})"
+        elif check == "range":
+            detail = "; ".join(f"{self.channels[j]} {h.low[i, j]:.4g}..{h.high[i, j]:.4g} outside "
+                               f"[{self.low[j]:.4g}, {self.high[j]:.4g}]" for j in channels)
+        else:
+            detail = f"standard deviation at most {s.stuck_std_floor:g} for {s.stuck_windows} windows or more"
+        return SensorFault(check, names, detail[:MAX_FAULT_DETAIL])
