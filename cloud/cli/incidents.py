@@ -33,6 +33,13 @@ def register(sub: Any) -> None:
     ls.add_argument("--site", help="only this site")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    queue = actions.add_parser(
+        "queue", help="escalated windows to label, largest edge/cloud disagreement first",
+        description="The labelling queue: unlabelled windows the agents escalated ([escalation] in both configs), ordered "
+                    "by |edge score / threshold - cloud score / threshold|, with the cloud's verdict. Label the window "
+                    "(ESCALATION) or the incident holding it (INCIDENT) with 'incidents label ID'.")
+    queue.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    queue.add_argument("--json", action="store_true", help="one JSON object per line")
     show = actions.add_parser("show", help="one incident with its events")
     show.add_argument("incident_id")
     label = actions.add_parser(
@@ -65,7 +72,7 @@ def register(sub: Any) -> None:
     flag("--wait-s", type=float, default=0.0, help="wait this long for the agent's status on Kafka (the [kafka] of "
                                                    "--config); 0: do not wait (--new-normal)")
     flag("--status-topic", default="edgewatch.status", help="the agents' kafka.status_topic (--wait-s)")
-    for action in (ls, show, label):
+    for action in (ls, queue, show, label):
         add_flag(action, "--config", help="processor config (TOML) naming the store; required unless EDGEWATCH_STORE__* "
                                           "variables name it")
     p.set_defaults(func=run)
@@ -98,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
             if not rows and not args.json:
                 print(f"no incidents in the {where} store")
             return EXIT_OK
+        if args.action == "queue":
+            return _queue(store, args, config.incidents.window_s)
         incident = store.incident(args.incident_id)
+        if incident is None and args.action == "label" and key is None and _label_escalation(store, args):
+            return EXIT_OK
         if incident is None:
             print(f"no incident {args.incident_id}")
             return EXIT_FAILURE
@@ -137,6 +148,31 @@ def existing_store(config_path: str | None, command: str) -> tuple[Any, Any, str
                           f"at {where.removeprefix('sqlite ')} (a relative path is read from the current folder); "
                           "the processor creates it when it first runs")
     return config, open_store(config.store), where
+
+
+def _queue(store: Any, args: argparse.Namespace, window_s: float) -> int:
+    from cloud.processor.verdicts import queue
+
+    rows = queue(store, args.limit, window_s)
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['escalation_id']}  {r['device_id']:<20} {_ts(r['window_end'])}  edge={r['edge_ratio']:.2f} "
+                  f"cloud={r['cloud_ratio']:.2f} {r['verdict']:<9} disagreement={r['disagreement']:.2f} "
+                  f"incident={r['incident_id'] or '-'}")
+    if not rows and not args.json:
+        print("no unlabelled escalated windows")
+    return EXIT_OK
+
+
+def _label_escalation(store: Any, args: argparse.Namespace) -> bool:
+    from cloud.processor.verdicts import label_escalation
+
+    if not label_escalation(store, args.incident_id, args.label, time.time()):
+        return False
+    print(f"escalated window {args.incident_id} labelled {args.label}")
+    return True
 
 
 def _new_normal(args: argparse.Namespace, config: Any, store: Any, incident: Any, key: Any) -> int:

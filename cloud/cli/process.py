@@ -66,12 +66,18 @@ def run(args: argparse.Namespace) -> int:
 
         fleet_thread = threading.Thread(target=run_fleetwatch, args=(config, stop, registry), name="fleetwatch", daemon=True)
         fleet_thread.start()
+    escalation_thread = None
+    if config.escalation.enabled:  # borderline windows scored again (docs/fleet.md)
+        from cloud.processor.escalation import run_escalation
+
+        escalation_thread = threading.Thread(target=run_escalation, args=(config, stop, registry), name="escalation", daemon=True)
+        escalation_thread.start()
     try:
         Processor(config, store, registry=registry, stop=stop).run()
     finally:
         stop.set()
         store.close()
-        for thread in (archive_thread, rollout_thread, fleet_thread):
+        for thread in (archive_thread, rollout_thread, fleet_thread, escalation_thread):
             if thread is not None:
                 thread.join(timeout=60)
     return EXIT_OK

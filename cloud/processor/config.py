@@ -38,6 +38,7 @@ class ProcessorKafkaSection(KafkaSecurity):
     telemetry_topic: str = "edgewatch.telemetry"
     alerts_topic: str = "edgewatch.alerts"
     deadletter_topic: str = "edgewatch.deadletter"
+    escalations_topic: str = "edgewatch.escalations"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = 2000
     poll_timeout_s: float = 0.5
@@ -167,6 +168,23 @@ class SilenceSection:
 
 
 @dataclass(frozen=True)
+class EscalationSection:
+    """``[escalation]``: the cloud scorer of escalated windows (cloud.processor.escalation, docs/fleet.md)."""
+
+    enabled: bool = False
+    group_id: str = "edgewatch-escalation"  # its consumer group on kafka.escalations_topic
+    registry: str = "registry"  # the registry root holding the model(s)
+    model: str = ""  # name[:version][,name[:version]...]; no version: production; several: their normalised scores averaged
+    confirm_ratio: float = 1.0  # mean normalised cloud score at or above this: confirmed, else dismissed
+    band_low: float = 0.8  # the agents' band: an event whose score / threshold lies in it waits for its verdict
+    band_high: float = 1.25
+    verdict_wait_s: float = 30.0  # an incident alert held for verdicts is sent after this long without them
+    max_payload_bytes: int = 256 * 1024  # larger escalations are dead-lettered
+    interval_s: float = 1.0  # held alerts are decided this often
+    threads: int = 1  # onnxruntime threads per model
+
+
+@dataclass(frozen=True)
 class ProcessorMetricsSection:
     port: int = 0  # 0: no HTTP endpoint
     host: str = "127.0.0.1"
@@ -182,6 +200,7 @@ class ProcessorConfig:
     drift: DriftSection = DriftSection()
     archive: ArchiveSection = ArchiveSection()
     rollout: RolloutSection = RolloutSection()
+    escalation: EscalationSection = EscalationSection()
     alerts: AlertsSection = AlertsSection()
     peers: PeersSection = PeersSection()
     silence: SilenceSection = SilenceSection()
@@ -255,6 +274,16 @@ def _validate(c: ProcessorConfig, where: str) -> None:
         (p.max_devices >= 1, "peers.max_devices", p.max_devices, "must be >= 1"),
         (q.silent_after_periods > 0, "silence.silent_after_periods", q.silent_after_periods, "must be > 0"),
         (q.default_period_s > 0, "silence.default_period_s", q.default_period_s, "must be > 0"),
+    ]
+    e = c.escalation
+    checks += [
+        (not e.enabled or bool(e.model), "escalation.model", e.model, "must name a registered model when escalation.enabled"),
+        (0 < e.band_low <= 1 <= e.band_high, "escalation.band_low", (e.band_low, e.band_high), "must be 0 < band_low <= 1 <= band_high"),
+        (e.confirm_ratio > 0, "escalation.confirm_ratio", e.confirm_ratio, "must be > 0"),
+        (e.verdict_wait_s >= 0, "escalation.verdict_wait_s", e.verdict_wait_s, "must be >= 0"),
+        (e.max_payload_bytes >= 1024, "escalation.max_payload_bytes", e.max_payload_bytes, "must be >= 1024"),
+        (e.interval_s > 0, "escalation.interval_s", e.interval_s, "must be > 0"),
+        (e.threads >= 1, "escalation.threads", e.threads, "must be >= 1"),
     ]
     for ok, key, value, rule in checks:
         if not ok:

@@ -97,6 +97,8 @@ class IncidentPipeline:
         self.contexts: dict[int, PartitionContext] = {}
         self.fast = FastEventDecoder()
         self._lookup: set[int] = set()  # partitions whose last batch held duplicates: look ids up first
+        # device incidents' alerts wait for the escalation thread's verdicts (cloud.processor.escalation)
+        self.held = frozenset({"incident"}) if config.escalation.enabled else frozenset[str]()
 
     def forget(self, partitions: Sequence[int]) -> None:
         """Drop in-memory state (on rebalance); the next batch reloads it from the store."""
@@ -222,8 +224,8 @@ class IncidentPipeline:
                     self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
                     self.store.upsert_incidents(changes.incidents.values(), now)
                     outbox = alert_rows(changes.alerts)
-                    self.store.insert_alerts(outbox, now)
-                    res.alerts = [(r[0], r[1], r[5]) for r in outbox]
+                    self.store.insert_alerts(outbox, now, self.held)
+                    res.alerts = [(r[0], r[1], r[5]) for r in outbox if r[2] not in self.held]
                     row.version += 1
                     row.watermark = ctx.watermark
                     if records:
@@ -253,7 +255,7 @@ class IncidentPipeline:
                 self._close_due(ctx, watermark - self.lateness, changes, touched)
                 self.store.save_device_states(topic, partition, {d: orjson.dumps(ctx.states[d]).decode() for d in touched})
                 self.store.upsert_incidents(changes.incidents.values(), now)
-                self.store.insert_alerts(alert_rows(changes.alerts), now)
+                self.store.insert_alerts(alert_rows(changes.alerts), now, self.held)
                 row.version += 1
                 row.watermark = watermark
                 self.store.save_partition(row, now)
@@ -263,7 +265,7 @@ class IncidentPipeline:
         ctx.version = row.version
         log.info("watermark_advanced_idle topic=%s partition=%d watermark=%.3f alerts=%d", topic, partition, watermark,
                  len(changes.alerts))
-        return [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts)]
+        return [(r[0], r[1], r[5]) for r in alert_rows(changes.alerts) if r[2] not in self.held]
 
     def _context(self, topic: str, row: PartitionRow) -> PartitionContext:
         ctx = self.contexts.get(row.partition)

@@ -97,6 +97,21 @@ MIGRATIONS: list[Migration] = [
             device_id TEXT PRIMARY KEY, retired_at {real} NOT NULL, reason TEXT NOT NULL)""",
         """CREATE TABLE fleetwatch_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)""",
     ],
+    [  # 6: escalated windows with the cloud's verdict (cloud.processor.escalation); the verdict on the event; dismissed
+       # events counted on their incident; incident alerts held for verdicts (gate: held, released, suppressed)
+        """CREATE TABLE escalations (
+            escalation_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, agent_id TEXT NOT NULL, event_id TEXT NOT NULL,
+            window_end {real} NOT NULL, edge_model TEXT NOT NULL, edge_ratio {real} NOT NULL, cloud_model TEXT NOT NULL,
+            cloud_ratio {real} NOT NULL, verdict TEXT NOT NULL, disagreement {real} NOT NULL, payload TEXT NOT NULL,
+            label TEXT, labelled_at {real}, scored_at {real} NOT NULL)""",
+        "CREATE INDEX escalations_queue ON escalations (disagreement)",
+        "CREATE INDEX escalations_event ON escalations (event_id)",
+        "CREATE INDEX escalations_device ON escalations (device_id, window_end)",
+        "ALTER TABLE events ADD COLUMN verdict TEXT",
+        "ALTER TABLE incidents ADD COLUMN dismissed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE alerts ADD COLUMN gate TEXT",
+        "CREATE INDEX alerts_gate ON alerts (gate, created_at)",
+    ],
 ]
 
 

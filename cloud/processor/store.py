@@ -274,11 +274,13 @@ class Store:
         self.executemany(f"INSERT INTO incidents ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                          f"ON CONFLICT (incident_id) DO UPDATE SET {updates}", values)
 
-    def insert_alerts(self, rows: Sequence[tuple[str, str, str, str, float, str]], now: float) -> None:
-        """``rows``: (alert_id, incident_id, kind, action, event_time, payload); an alert id already stored is kept."""
-        self.executemany("INSERT INTO alerts (alert_id, incident_id, kind, action, event_time, payload, created_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?) "
-                         "ON CONFLICT (alert_id) DO NOTHING", [(*r, now) for r in rows])
+    def insert_alerts(self, rows: Sequence[tuple[str, str, str, str, float, str]], now: float,
+                      held: frozenset[str] = frozenset()) -> None:
+        """``rows``: (alert_id, incident_id, kind, action, event_time, payload); an alert id already stored is kept.
+        Alerts of a kind in ``held`` wait for the escalation thread (gate ``held``): never published by the outbox."""
+        self.executemany("INSERT INTO alerts (alert_id, incident_id, kind, action, event_time, payload, created_at, gate) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                         "ON CONFLICT (alert_id) DO NOTHING", [(*r, now, "held" if r[2] in held else None) for r in rows])
 
     # -- outboxes ------------------------------------------------------------------------------
     def unpublished(self, table: str, limit: int = 10_000, created_before: float | None = None) -> list[tuple[Any, ...]]:
@@ -287,6 +289,7 @@ class Store:
         params: tuple[Any, ...] = (limit,) if created_before is None else (created_before, limit)
         if table == "alerts":
             sql = (f"SELECT alert_id, incident_id, payload FROM alerts WHERE published_at IS NULL{before} "
+                   "AND (gate IS NULL OR gate <> 'held') "
                    "ORDER BY created_at, event_time, action DESC, alert_id LIMIT ?")
         else:
             sql = ("SELECT topic, kafka_partition, kafka_offset, field, reason, payload FROM deadletters "

@@ -78,7 +78,7 @@ def test_windows_in_the_band_are_escalated_with_the_event_id_of_those_that_fired
         assert e.event_id == (make_event_id("pump-1", e.window_end, m.sha256) if ratio > 1 else "")
     assert value(metrics, "edgewatch_agent_escalations_total", {"outcome": "sent"}) == len(escalations)
     assert value(metrics, "edgewatch_agent_escalations_total", {"outcome": "capped"}) == 0
-    sent = sum(len(r.value) + len(r.key) for r in records if r.kind == "escalation")
+    sent = sum(len(r.value) + len(r.key or b"") for r in records if r.kind == "escalation")
     assert value(metrics, "edgewatch_agent_device_escalated_windows_total", {"device_id": "pump-1"}) == len(escalations)
     assert value(metrics, "edgewatch_agent_device_escalated_bytes_total", {"device_id": "pump-1"}) == sent
 
