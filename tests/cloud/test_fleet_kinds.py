@@ -316,3 +316,42 @@ def test_sensor_fault_events_make_a_sensor_fault_incident_routed_to_its_own_topi
     assert all(a.labels == {"team": "maintenance"} for a in alerts)
     assert {decode_alert(v).kind for v in plain} == {"incident"}
     assert registry.get_sample_value("edgewatch_processor_incidents_opened_total", {"kind": "sensor_fault"}) == 1.0
+
+
+def telemetry_records(topic: str, windows: list[tuple[float, str, list[float], list[list[float]]]]) -> list[tuple[str, bytes | None]]:
+    return [(topic, encode_telemetry(telemetry_from_window(
+        device_id=d, agent_id="agent-a", reason="sampled", channels=CHANNELS, ts=ts, values=values, score=0.5, threshold=1.0,
+        anomalous=False, model_sha256=SHA))) for _, d, ts, values in windows]
+
+
+def test_the_fleet_watch_continues_from_the_store_after_a_restart_and_replays_change_nothing(tmp_path: Path) -> None:
+    from cloud.fleetwatch.watch import FleetWatch, FleetWatchMetrics
+
+    def run(db: str, cut: int) -> list[tuple[Any, ...]]:
+        cfg = config(tmp_path / f"{db}.toml", bootstrap="127.0.0.1:9092", topic="t", group="g", sqlite_path=tmp_path / f"{db}.db",
+                     extra='[peers]\nenabled = true\ntick_s = 60.0\nspan_s = 600.0\nmin_duration_s = 600.0\nz_limit = 5.0')
+        records = telemetry_records("t.telemetry", fleet_windows(2.5, drifting=True))
+        store = open_store(cfg.store)
+        for part in (records[:cut], records[cut - 70:]):  # the second watch re-reads 70 records (at-least-once)
+            watch = FleetWatch(cfg, store, FleetWatchMetrics(CollectorRegistry()))
+            for i in range(0, len(part), 100):
+                watch.apply(part[i:i + 100])
+        rows = store.execute("SELECT incident_id, kind, device_id, opened_at, closed_at, event_count FROM incidents ORDER BY 1")
+        store.close()
+        return rows
+
+    once, restarted = run("once", 70), run("restarted", 500)
+    assert once and once == restarted and {r[2] for r in once} == {DRIFTER}
+
+
+def test_devices_retire_and_unretire_are_stored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cloud.cli import main
+
+    path = write_config(tmp_path / "cloud.toml", bootstrap="127.0.0.1:9092", topic="t", group="g", sqlite_path=tmp_path / "s.db")
+    assert main(["devices", "retire", "pump-07", "--config", str(path)]) == 2  # no store yet: refused, none created
+    open_store(config(path, bootstrap="127.0.0.1:9092", topic="t", group="g", sqlite_path=tmp_path / "s.db").store).close()
+    assert main(["devices", "retire", "pump-07", "--reason", "scrapped", "--config", str(path)]) == 0
+    assert main(["devices", "retired", "--config", str(path)]) == 0
+    assert "pump-07" in capsys.readouterr().out
+    assert main(["devices", "unretire", "pump-07", "--config", str(path)]) == 0
+    assert main(["devices", "unretire", "pump-07", "--config", str(path)]) == 1
