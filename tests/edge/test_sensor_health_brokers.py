@@ -5,7 +5,6 @@ scores; the agent runs in-process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,11 @@ from edge.agent import Agent
 from edge.contract import Reading, decode_event
 from edge.synth import CHANNEL_NAMES, Fault, simulate
 from localdev.stack import LocalStack
+from tests.edge import test_agent_brokers
 from tests.edge.agent_util import Publisher, Setup, TopicReader, agent_setup, expected_event_ids, payloads
-from tests.tools import wait_for
 
 pytestmark = pytest.mark.brokers
+agent = test_agent_brokers.agent  # the fixture: an agent started on this module's setup
 
 STEPS = 800
 SPAN = (300, 500)  # the faults' readings
@@ -28,16 +28,6 @@ T0 = 1.764e9
 @pytest.fixture
 def setup(local_stack: LocalStack, tmp_path: Path, unique: str) -> Setup:
     return agent_setup(local_stack, tmp_path, unique, env={"EDGEWATCH_SENSOR_HEALTH__RANGE_MAX": "temperature=200"})
-
-
-@pytest.fixture
-def agent(setup: Setup) -> Iterator[Agent]:
-    a = Agent(setup.config)
-    a.start()
-    assert a.intake is not None
-    wait_for(a.intake.subscribed.is_set, 30, "the agent's MQTT subscription")
-    yield a
-    a.stop(10)
 
 
 def stream(prefix: str) -> list[tuple[str, bytes]]:
