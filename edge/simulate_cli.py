@@ -8,11 +8,12 @@ import math
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from edge import simulator
+from edge import fleetsim, simulator
 from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ProgressLine, add_flag
 from edge.synth import FAULT_KINDS, FaultKind
 
@@ -46,6 +47,20 @@ def register(sub: Any) -> None:
     flag("--truth", default="simulation-truth.json", help="where to write the ground truth (JSON)")
     flag("--replay", help="replay this CSV (',' or ';', a datetime column) instead of synthetic data")
     flag("--speed", type=_bounded(float, 0, above=True), default=1.0, help="replay speed-up over the CSV's own timing")
+    fleet = p.add_argument_group(
+        "a fleet in groups", "With --groups N > 0 the devices are pumps of N sites (plant-a-pump-00, ...) sharing their "
+        "site's duty, and some get a role whose ground truth goes into --truth as the incident kind it should raise: "
+        "a slow drift away from the peers (peer_outlier), one sensor fault per kind (sensor_fault), a silence then a "
+        "resume (device_silent); the others get --faults-per-device process faults of --faults (incident).")
+
+    def fleet_flag(name: str, **kw: Any) -> None:
+        add_flag(cast(argparse.ArgumentParser, fleet), name, env_prefix="SIMULATE_", **kw)
+
+    fleet_flag("--groups", type=_bounded(int, 0), default=0, help="sites to spread --devices over (0: no groups, no roles)")
+    fleet_flag("--peer-drift", type=_bounded(int, 0), default=1, help="devices whose load drifts slowly away from their site's")
+    fleet_flag("--sensor-faults", default=",".join(fleetsim.SENSOR_CHECKS),
+               help="comma-separated sensor faults, one device each (stuck, range, dropout, clock, rate) or 'none'")
+    fleet_flag("--silent", type=_bounded(int, 0), default=1, help="devices that go silent for a while, then resume")
     p.set_defaults(func=run)
 
 
@@ -77,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not Path(args.truth).resolve().parent.is_dir():
             raise _Usage(f"--truth {args.truth}: no folder {Path(args.truth).resolve().parent}")
-        fleet, period, rate = _replay(args) if args.replay else _synthetic(args)
+        fleet, period, rate, extra = _replay(args) if args.replay else _synthetic(args)
     except _Usage as exc:
         print(f"edgewatch-agent simulate: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -102,15 +117,22 @@ def run(args: argparse.Namespace) -> int:
     unacked = publisher.close()
     stats.messages_failed += unacked
     progress_line.close()
-    truth = simulator.truth_document(fleet, stats, period)
+    truth = simulator.truth_document(fleet, stats, period, extra)
     Path(args.truth).write_text(json.dumps(truth, indent=2) + "\n")
     print(f"sent {stats.readings_sent} readings in {stats.messages_sent} messages over {stats.elapsed_s:.1f} s, "
           f"{stats.messages_failed} not acknowledged; {len(truth['faults'])} faults injected; truth in {args.truth}")  # type: ignore[arg-type]  # the truth document's 'faults' is a list
+    if extra:
+        kinds = Counter(i.kind for i in fleetsim.injected_of(extra))
+        print("injected, by the incident kind each should raise: " + ", ".join(f"{k} {kinds[k]}" for k in fleetsim.INCIDENT_KINDS))
     return EXIT_OK if stats.messages_failed == 0 else EXIT_FAILURE
 
 
-def _replay(args: argparse.Namespace) -> tuple[list[simulator.DeviceStream], float, float]:
-    """The replayed CSV as a one-device fleet, its sample period and the publish rate; :class:`_Usage` on a bad file."""
+Fleet = tuple[list[simulator.DeviceStream], float, float, dict[str, object]]
+
+
+def _replay(args: argparse.Namespace) -> Fleet:
+    """The replayed CSV as a one-device fleet, its sample period, the publish rate and no extra truth;
+    :class:`_Usage` on a bad file."""
     try:
         stream = simulator.replay_csv(Path(args.replay))
     except OSError as exc:
@@ -118,11 +140,12 @@ def _replay(args: argparse.Namespace) -> tuple[list[simulator.DeviceStream], flo
     except ValueError as exc:
         raise _Usage(f"--replay: {exc}") from None
     period = float(stream.ts[1] - stream.ts[0]) if len(stream.ts) > 1 else 1.0
-    return [stream], period, args.speed / period
+    return [stream], period, args.speed / period, {}
 
 
-def _synthetic(args: argparse.Namespace) -> tuple[list[simulator.DeviceStream], float, float]:
-    """The synthetic fleet the flags describe, its sample period and the publish rate; :class:`_Usage` on a bad fault kind."""
+def _synthetic(args: argparse.Namespace) -> Fleet:
+    """The synthetic fleet the flags describe, its sample period, the publish rate and the grouped fleet's truth
+    (with --groups); :class:`_Usage` on a bad fault kind or an impossible fleet."""
     kinds: tuple[FaultKind, ...] = ()
     if args.faults != "none":
         kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
@@ -131,6 +154,15 @@ def _synthetic(args: argparse.Namespace) -> tuple[list[simulator.DeviceStream], 
             raise _Usage(f"--faults: unknown fault kind {(unknown or [args.faults])[0]!r}; choose from {', '.join(FAULT_KINDS)} "
                          "or none")
     steps = max(1, int(args.rate * args.duration)) if args.rate > 0 else max(1, int(args.duration))
+    if args.groups:
+        checks = () if args.sensor_faults == "none" else tuple(c.strip() for c in args.sensor_faults.split(",") if c.strip())
+        plan = fleetsim.FleetPlan(devices=args.devices, groups=args.groups, peer_drift=args.peer_drift,
+                                  sensor_faults=checks, silent=args.silent,  # checked by problems()
+                                  faults_per_device=args.faults_per_device if kinds else 0, fault_kinds=kinds)
+        if plan.problems():
+            raise _Usage("; ".join(plan.problems()))
+        grouped = fleetsim.grouped_fleet(plan, steps, seed=args.seed, sample_period_s=args.sample_period_s)
+        return grouped.streams, args.sample_period_s, args.rate, grouped.truth()
     fleet = simulator.synthetic_fleet(args.devices, steps, seed=args.seed, sample_period_s=args.sample_period_s, kinds=kinds,
                                       faults_per_device=args.faults_per_device if kinds else 0)
-    return fleet, args.sample_period_s, args.rate
+    return fleet, args.sample_period_s, args.rate, {}

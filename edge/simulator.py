@@ -45,11 +45,15 @@ class InjectedFault:
 
 @dataclass
 class DeviceStream:
+    """One device's readings; ``tick`` is the publish step of each reading (None: its index), so a stream
+    with readings removed (edge.fleetsim) keeps pace with the others."""
+
     device_id: str
     ts: np.ndarray
     values: np.ndarray
     channels: tuple[str, ...]
     faults: list[InjectedFault] = field(default_factory=list)
+    tick: np.ndarray | None = None
 
 
 @dataclass
@@ -177,16 +181,25 @@ def _parse_time(text: str) -> float:
         return datetime.fromisoformat(text.strip()).timestamp()
 
 
-def paced_steps(fleet: Sequence[DeviceStream], rate_hz: float, batch: int) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
-    """Yield (step, [(topic, payload)]) per publish tick; each tick carries ``batch`` readings per device."""
-    steps = max(len(d.ts) for d in fleet)
+def _steps(d: DeviceStream) -> int:
+    return len(d.ts) if d.tick is None or not len(d.tick) else int(d.tick[-1]) + 1
+
+
+def paced_steps(fleet: Sequence[DeviceStream], rate_hz: float, batch: int) -> Iterator[tuple[int, list[tuple[str, bytes, int]]]]:
+    """Yield (step, [(device, payload, readings)]) per publish tick; each tick carries the readings of ``batch``
+    steps per device (``batch`` readings, or fewer where a stream's ``tick`` says some are missing)."""
+    steps = max(_steps(d) for d in fleet)
     for start in range(0, steps, batch):
         messages = []
         for d in fleet:
+            if d.tick is None:
+                lo, hi = min(start, len(d.ts)), min(start + batch, len(d.ts))
+            else:
+                lo, hi = (int(i) for i in np.searchsorted(d.tick, [start, start + batch]))
             chunk = [Reading(d.device_id, float(d.ts[k]), dict(zip(d.channels, map(float, d.values[k]), strict=True)))
-                     for k in range(start, min(start + batch, len(d.ts)))]
+                     for k in range(lo, hi)]
             if chunk:
-                messages.append((d.device_id, encode_readings(chunk)))
+                messages.append((d.device_id, encode_readings(chunk), len(chunk)))
         yield start, messages
 
 
@@ -258,7 +271,7 @@ def run(fleet: Sequence[DeviceStream], publisher: Publisher, *, rate_hz: float, 
         stop: threading.Event | None = None) -> PublishStats:
     """Publish the fleet, ``rate_hz`` steps per second (0 = as fast as acks allow)."""
     stats = PublishStats()
-    total = max(len(d.ts) for d in fleet)
+    total = max(_steps(d) for d in fleet)
     started = time.monotonic()
     last_report = started
     for step, messages in paced_steps(fleet, rate_hz, batch):
@@ -268,10 +281,10 @@ def run(fleet: Sequence[DeviceStream], publisher: Publisher, *, rate_hz: float, 
             delay = started + step / rate_hz - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        for device_id, payload in messages:
+        for device_id, payload, readings in messages:
             if publisher.publish(device_id, payload):
                 stats.messages_sent += 1
-                stats.readings_sent += min(batch, total - step)
+                stats.readings_sent += readings
             else:
                 stats.messages_failed += 1
         now = time.monotonic()
@@ -283,8 +296,10 @@ def run(fleet: Sequence[DeviceStream], publisher: Publisher, *, rate_hz: float, 
     return stats
 
 
-def truth_document(fleet: Sequence[DeviceStream], stats: PublishStats, sample_period_s: float) -> dict[str, object]:
-    """What was injected and sent, for scoring the detections afterwards."""
+def truth_document(fleet: Sequence[DeviceStream], stats: PublishStats, sample_period_s: float,
+                   extra: dict[str, object] | None = None) -> dict[str, object]:
+    """What was injected and sent, for scoring the detections afterwards; ``extra`` adds entries (a grouped
+    fleet's ``groups`` and ``injected``, edge.fleetsim)."""
     return {
         "devices": [d.device_id for d in fleet],
         "channels": list(fleet[0].channels) if fleet else [],
@@ -293,4 +308,5 @@ def truth_document(fleet: Sequence[DeviceStream], stats: PublishStats, sample_pe
         "end_ts": max(float(d.ts[-1]) for d in fleet),
         "faults": [asdict(f) for d in fleet for f in d.faults],
         "sent": asdict(stats),
+        **(extra or {}),
     }

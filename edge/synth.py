@@ -74,7 +74,7 @@ def load_profile(n_steps: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def simulate(n_steps: int, *, seed: int, faults: Sequence[Fault] = (), load_offset: float = 0.0, noise_scale: float = 1.0,
-             drift_per_h: float | Sequence[float] = 0.0) -> tuple[np.ndarray, np.ndarray]:
+             drift_per_h: float | Sequence[float] = 0.0, load: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Readings ``(n_steps, 6)`` float64 in :data:`CHANNEL_NAMES` order and a bool label per step.
 
     A step is labelled anomalous while any fault is active on it. A machine of its own:
@@ -83,10 +83,12 @@ def simulate(n_steps: int, *, seed: int, faults: Sequence[Fault] = (), load_offs
     ``noise_scale`` multiplies every channel's noise, and ``drift_per_h`` moves each channel's
     level slowly (one number for every channel or one per channel, in the channel's load gains per
     hour of samples). Faults are injected after all three. The defaults draw the same random
-    numbers as without them: the same seed gives the same array as before they existed.
+    numbers as without them: the same seed gives the same array as before they existed. ``load``
+    (``n_steps`` values) is an operating state to follow instead of one drawn from the seed, so that
+    machines of one site can share their duty (each still has its own noise and offset).
     """
     rng = np.random.default_rng(seed)
-    load = load_profile(n_steps, rng) + load_offset
+    load = (load_profile(n_steps, rng) if load is None else np.asarray(load, dtype=np.float64)[:n_steps]) + load_offset
     lagged = _lag(load, 0.02)
     values = np.empty((n_steps, len(_CHANNELS)))
     for j, (name, _unit, offset, gain, sd) in enumerate(_CHANNELS):
