@@ -33,6 +33,7 @@ INCIDENT_COLUMNS = (
 EVENT_COLUMNS = (
     "event_id", "device_id", "window_end", "score", "payload", "topic", "kafka_partition", "kafka_offset", "late", "ingested_at",
 )
+HELD_ALERT_MAX_S = 600.0  # the longest the outbox leaves an alert held for escalation verdicts (cloud.processor.verdicts)
 LABELS = ("true_positive", "false_positive", "new_normal")  # new_normal: real, and accepted as the device's normal from then on
 PG_INCIDENT_TYPES = {c: "float8" for c in ("opened_at", "closed_at", "last_event_at", "max_score", "observed", "expected", "updated_at")}
 PG_INCIDENT_TYPES["event_count"] = "integer"
@@ -287,10 +288,12 @@ class Store:
         """Oldest unpublished rows: alerts (id, incident, payload); dead letters (topic, partition, offset, field, reason, payload)."""
         before = "" if created_before is None else " AND created_at < ?"
         params: tuple[Any, ...] = (limit,) if created_before is None else (created_before, limit)
-        if table == "alerts":
+        if table == "alerts":  # a held alert waits for the escalation thread, HELD_ALERT_MAX_S at most (it may be down)
+            held_before = created_before - HELD_ALERT_MAX_S if created_before is not None else -1e300
             sql = (f"SELECT alert_id, incident_id, payload FROM alerts WHERE published_at IS NULL{before} "
-                   "AND (gate IS NULL OR gate <> 'held') "
+                   "AND (gate IS NULL OR gate <> 'held' OR created_at < ?) "
                    "ORDER BY created_at, event_time, action DESC, alert_id LIMIT ?")
+            params = (*params[:-1], held_before, limit)
         else:
             sql = ("SELECT topic, kafka_partition, kafka_offset, field, reason, payload FROM deadletters "
                    f"WHERE published_at IS NULL{before} ORDER BY created_at, kafka_offset LIMIT ?")

@@ -12,6 +12,9 @@ The escalation thread decides them here (:func:`decide_held`), oldest first:
   incident), then it is released;
 - a close alert follows its open alert: suppressed with it, released after it.
 
+Should the thread be down, the outbox's sweep sends a held alert after ``HELD_ALERT_MAX_S`` (10 min)
+(:meth:`~cloud.processor.store.Store.unpublished`): escalation never silences an incident for good.
+
 The decision is taken on the events stored when it is taken: a confirmed event that joins an
 incident after it was suppressed does not raise it (the incident's ``dismissed`` count, below
 its ``event_count``, shows it). Verdicts are looked up by event id in the escalations table, so
@@ -75,6 +78,7 @@ def decide_held(store: Store, gate: Gate, now: float) -> tuple[list[tuple[str, s
     """Decide the held alerts, oldest first (see the module docstring): returns the released ones as
     (alert_id, incident_id, payload), to produce and then :func:`mark_released`, and how many were suppressed."""
     held = store.execute("SELECT alert_id, incident_id, action, payload, created_at FROM alerts WHERE gate = 'held' "
+                         "AND published_at IS NULL "
                          "ORDER BY created_at, event_time, action DESC, alert_id")
     released: list[tuple[str, str, str]] = []
     suppressed = 0

@@ -23,7 +23,7 @@ from cloud.processor.config import ProcessorConfig
 from cloud.processor.escalation import EscalationMetrics, EscalationScorer, run_escalation
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import IncidentPipeline
-from cloud.processor.store import Store
+from cloud.processor.store import HELD_ALERT_MAX_S, Store
 from cloud.processor.verdicts import queue
 from cloud.registry import Registry
 from edge.contract import AnomalyEvent, encode_event
@@ -126,6 +126,10 @@ def test_verdicts_are_stored_and_only_incidents_with_a_confirmed_or_clear_event_
     assert not [a for a in res.alerts if orjson.loads(a[2])["kind"] == "incident"], "device incidents' alerts wait for verdicts"
     held = store.execute("SELECT incident_id, action FROM alerts WHERE gate = 'held'")
     assert len(held) == 6 and not [a for a in store.unpublished("alerts") if orjson.loads(a[2])["kind"] == "incident"]
+    def swept(after_s: float) -> int:  # held incident alerts the outbox's sweep would send after_s after they were made
+        return sum(orjson.loads(a[2])["kind"] == "incident" for a in store.unpublished("alerts", created_before=T0 + 1_000 + after_s))
+
+    assert (swept(HELD_ALERT_MAX_S - 1), swept(HELD_ALERT_MAX_S + 1)) == (0, 6), "a thread that is down delays, never silences"
     metrics = EscalationMetrics(CollectorRegistry())
     scorer = scorer_of(cfg, store, metrics)
     # the verdicts come in two polls; the held alerts are decided in between
