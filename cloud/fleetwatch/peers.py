@@ -63,17 +63,20 @@ class PeerScorer:
 
     def add_window(self, states: dict[str, PeerState], device: str, agent: str, channels: Sequence[str],
                    ts: Sequence[float], values: Sequence[Sequence[float]]) -> bool:
-        """Add one telemetry window (its end time and per-channel means); False if the window was already added."""
+        """Add one telemetry window (its readings); False if the window was already added."""
         if not ts or not values:
             return False
-        t = float(ts[-1])
+        means = [math.fsum(row[j] for row in values) / len(values) for j in range(len(channels))]
+        return self.add_means(states, device, agent, float(ts[-1]), channels, means)
+
+    def add_means(self, states: dict[str, PeerState], device: str, agent: str, t: float, channels: Sequence[str],
+                  means: Sequence[float]) -> bool:
+        """Add one telemetry window as its end time ``t`` and per-channel means; False if it was already added."""
         st = states.get(device)
         if st is None:
             st = states[device] = {"g": self.key_of(device, agent), "a": agent, "ch": {}, "out": {}, "open": None, "seen": t}
         added = False
-        for j, c in enumerate(channels):
-            column = [row[j] for row in values]
-            mean = math.fsum(column) / len(column)
+        for c, mean in zip(channels, means, strict=True):
             points: list[list[float]] = st["ch"].setdefault(c, [])
             i = bisect.bisect_left(points, [t])
             if i < len(points) and points[i][0] == t:

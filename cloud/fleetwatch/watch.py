@@ -29,6 +29,7 @@ from kafka import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud.fleetwatch import state as fstate
+from cloud.fleetwatch.fastwindow import FastWindows, WindowMeans, means_of
 from cloud.fleetwatch.peers import PeerScorer, forget_stale
 from cloud.fleetwatch.silence import SilenceWatch
 from cloud.processor.alerts import alert_rows
@@ -98,6 +99,7 @@ class FleetWatch:
         self.periods = load_periods(config.drift.manifest_dir)
         self.routes = AlertRoutes(parse_routes(config.alerts.routes, "[alerts]"), config.kafka.alerts_topic)
         self.lateness = config.incidents.allowed_lateness_s
+        self.fast = FastWindows()
         self.peers = fstate.load_states(store, "peer_state")
         self.silent = fstate.load_states(store, "silence_state")
         meta = fstate.load_meta(store)
@@ -145,17 +147,19 @@ class FleetWatch:
         alert rows stored, (alert_id, incident_id, payload), for the caller to produce."""
         self._refresh_retired()
         telemetry_topic = self.config.kafka.telemetry_topic
-        windows: list[tuple[float, Any]] = []
+        windows: list[WindowMeans] = []
         reports: list[ModelStatus] = []
         for topic, value in records:
             if topic == telemetry_topic:
-                try:
-                    w = decode_telemetry(value or b"")
-                except ContractError as exc:
-                    self._bad("telemetry", exc)
-                    continue
-                if w.ts:
-                    windows.append((w.ts[-1], w))
+                w = self.fast.window_means(value) if value is not None else None
+                if w is None:  # the fast path declined: the contract decides, and names the problem
+                    try:
+                        w = means_of(decode_telemetry(value or b""))
+                    except ContractError as exc:
+                        self._bad("telemetry", exc)
+                        continue
+                if w is not None:
+                    windows.append(w)
             else:
                 try:
                     status = decode_status(value or b"")
@@ -169,10 +173,10 @@ class FleetWatch:
         touched_silent: set[str] = set()
         dropped: list[str] = []
         if self.config.peers.enabled:
-            windows.sort(key=lambda tw: tw[0])
-            for t, w in windows:
-                self._ticks_until(t, changes, touched_peers, dropped)
-                if self.scorer.add_window(self.peers, w.device_id, w.agent_id, w.channels, w.ts, w.values):
+            windows.sort(key=lambda w: w.t)
+            for w in windows:
+                self._ticks_until(w.t, changes, touched_peers, dropped)
+                if self.scorer.add_means(self.peers, w.device_id, w.agent_id, w.t, w.channels, w.means):
                     touched_peers.add(w.device_id)
             self.metrics.records.labels("telemetry").inc(len(windows))
         if self.config.silence.enabled:

@@ -25,7 +25,7 @@ from cloud.fleetwatch.watch import run_fleetwatch
 from cloud.processor.backends import open_sqlite, open_store
 from cloud.processor.config import PeersSection, SilenceSection
 from cloud.processor.routes import AlertRoutes, parse_routes
-from edge.contract import AnomalyEvent, ConfigError, decode_alert, encode_alert, encode_event
+from edge.contract import AnomalyEvent, ConfigError, ContractError, decode_alert, encode_alert, encode_event
 from edge.contract.event import SensorFault
 from edge.contract.samples import encode_telemetry, telemetry_from_window
 from edge.contract.update import AgentInfo, ModelStatus, encode_status
@@ -355,3 +355,23 @@ def test_devices_retire_and_unretire_are_stored(tmp_path: Path, capsys: pytest.C
     assert "pump-07" in capsys.readouterr().out
     assert main(["devices", "unretire", "pump-07", "--config", str(path)]) == 0
     assert main(["devices", "unretire", "pump-07", "--config", str(path)]) == 1
+
+
+def test_the_fast_window_path_agrees_with_the_contract_or_declines() -> None:
+    import orjson
+
+    from cloud.fleetwatch.fastwindow import FastWindows, means_of
+    from edge.contract.samples import decode_telemetry
+
+    fast = FastWindows()
+    (payload,) = [v for _, v in telemetry_records("t", fleet_windows(1 / 60, drifting=False))[:1]]
+    got, want = fast.window_means(payload), means_of(decode_telemetry(payload))
+    assert got is not None and want is not None
+    assert got[:4] == want[:4] and got.means == pytest.approx(want.means, rel=1e-12)
+    doc = orjson.loads(payload)
+    for bad in ({"values": [[True, 1.0]] * len(doc["ts"])}, {"device_id": "no spaces"}, {"ts": doc["ts"][:-1]},
+                {"score": float("inf")}, {"extra": 1}, {"schema": True}, {"channels": []}):
+        broken = orjson.dumps({**doc, **bad}) if "inf" not in repr(bad) else payload.replace(b'"score":0.5', b'"score":1e999')
+        assert fast.window_means(broken) is None
+        with pytest.raises(ContractError):
+            decode_telemetry(broken)
