@@ -11,7 +11,10 @@ each in a fresh consumer group from offset 0:
 3. the processor with the SQLite store;
 4. the processor with the PostgreSQL store (``fsync=off``, as :mod:`localdev.pgserver` runs it);
 5. with ``--one-process``: the processor with the SQLite store in the consumer's process (``store.own_process =
-   false``), to show what the store process buys.
+   false``), to show what the store process buys;
+6. with ``--peers N``: the processor (SQLite) with peer scoring on (``[peers] enabled``, the fleet watch thread of
+   :mod:`cloud.fleetwatch`, groups by site), reading N telemetry windows from the telemetry topic beside the events;
+   its time ends when both are consumed.
 
 Each time is from creating the consumer to the last event consumed (for the processor: stored,
 incidents and alerts applied, offsets committed). Prints events/s and the ratio to the round's
@@ -100,7 +103,23 @@ def bare(bootstrap: str, topic: str, group: str, n: int, max_records: int, decod
     return elapsed
 
 
-def processor(cfg: ProcessorConfig, n: int) -> float:
+def make_telemetry(n: int, devices: int, seed: int = 2) -> list[tuple[str, bytes]]:
+    """``n`` telemetry windows (10 readings of 4 channels) over the devices of :func:`make_events`, in time order."""
+    from edge.contract.samples import encode_telemetry, telemetry_from_window
+
+    rng = random.Random(seed)
+    names = [f"site{d % 10}-pump-{d:04d}" for d in range(devices)]
+    out = []
+    for i in range(n):
+        device, t = names[i % devices], T0 + 60.0 * (i // devices + 1)
+        values = [[rng.gauss(20, 1), rng.gauss(1, 0.1), rng.gauss(5, 0.5), rng.gauss(50, 2)] for _ in range(10)]
+        out.append((device, encode_telemetry(telemetry_from_window(
+            device_id=device, agent_id="bench-agent", reason="sampled", channels=("temp", "vibration", "pressure", "flow"),
+            ts=[t - 9 + k for k in range(10)], values=values, score=0.5, threshold=1.0, anomalous=False, model_sha256=SHA))))
+    return out
+
+
+def processor(cfg: ProcessorConfig, n: int, telemetry: int = 0) -> float:
     from prometheus_client import CollectorRegistry
 
     from cloud.processor.backends import open_store
@@ -110,6 +129,12 @@ def processor(cfg: ProcessorConfig, n: int) -> float:
     stop = threading.Event()
     started = time.perf_counter()
     box: list[BaseException] = []
+    peers = None
+    if cfg.peers.enabled:  # as edgewatch process starts it
+        from cloud.fleetwatch.watch import run_fleetwatch
+
+        peers = threading.Thread(target=run_fleetwatch, args=(cfg, stop, registry), daemon=True)
+        peers.start()
 
     def target() -> None:
         try:
@@ -127,13 +152,20 @@ def processor(cfg: ProcessorConfig, n: int) -> float:
         if not thread.is_alive():
             raise RuntimeError(f"processor died: {box!r}")
         time.sleep(0.01)
+    while (registry.get_sample_value("edgewatch_processor_fleetwatch_records_total", {"kind": "telemetry"}) or 0) < telemetry:
+        if peers is None or not peers.is_alive():
+            raise RuntimeError("the fleet watch died")
+        time.sleep(0.01)
     elapsed = time.perf_counter() - started
     stop.set()
     thread.join(60)
+    if peers is not None:
+        peers.join(60)
     return elapsed
 
 
-def config(tmp: Path, name: str, bootstrap: str, topic: str, store: str, max_records: int, own_process: bool = True) -> ProcessorConfig:
+def config(tmp: Path, name: str, bootstrap: str, topic: str, store: str, max_records: int, own_process: bool = True,
+           extra: str = "") -> ProcessorConfig:
     from cloud.processor.config import load_config
 
     path = tmp / f"{name}.toml"
@@ -144,19 +176,21 @@ group_id = "bench-{name}"
 anomalies_topic = "{topic}"
 alerts_topic = "{topic}.alerts"
 deadletter_topic = "{topic}.deadletter"
+telemetry_topic = "{topic}.telemetry"
 max_poll_records = {max_records}
 [store]
 {store}
 own_process = {str(own_process).lower()}
 [fleet]
 prefix_parts = 1
+{extra}
 """)
     return load_config(path, env={})
 
 
 @contextmanager
 def bench_topic(prefix: str, topic: str, partitions: int, events: int, devices: int, warmup: int,
-                max_records: int) -> Iterator[tuple[Path, LocalStack, LocalPostgres, int]]:
+                max_records: int, telemetry: int = 0) -> Iterator[tuple[Path, LocalStack, LocalPostgres, int]]:
     """A temporary folder, a local stack and PostgreSQL, and ``topic`` holding :func:`make_events`'s events,
     read ``warmup`` times by :func:`bare`; yields the folder, the stack, PostgreSQL and the number of events.
     Stops both services on exit."""
@@ -170,7 +204,16 @@ def bench_topic(prefix: str, topic: str, partitions: int, events: int, devices: 
         stack.start()
         pg = LocalPostgres().start()
         try:
-            create_topics(stack.kafka_bootstrap, [topic], partitions)
+            create_topics(stack.kafka_bootstrap, [topic, f"{topic}.telemetry"], partitions)
+            if telemetry:
+                from kafka import KafkaProducer
+
+                producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", linger_ms=20)
+                for key, value in make_telemetry(telemetry, devices):
+                    producer.send(f"{topic}.telemetry", key=key.encode(), value=value)
+                producer.flush(120)
+                producer.close()
+                print(f"produced {telemetry} telemetry windows")
             made = make_events(events, devices)
             t = time.perf_counter()
             produce(stack.kafka_bootstrap, topic, made)
@@ -202,6 +245,8 @@ def main() -> None:
                          "broker (its JIT, caches), which slows the faster bare consumer most and flatters the ratio")
     ap.add_argument("--one-process", action="store_true",
                     help="also run the processor (SQLite) with its store side in the consumer's process")
+    ap.add_argument("--peers", type=int, default=0, metavar="N",
+                    help="also run the processor (SQLite) with peer scoring on, reading N telemetry windows beside the events")
     ap.add_argument("--pure-python-crc", action="store_true",
                     help="hide the crc32c package so kafka-python checks record CRCs in pure Python (as without the cloud extra)")
     args = ap.parse_args()
@@ -217,7 +262,7 @@ def main() -> None:
     crc = "pure Python" if kafka.record.util.crc32c_c is None else "crc32c (C)"
     print(f"kafka-python record CRC32C: {crc}; load average {os.getloadavg()[0]:.2f} (1 min)")
     with bench_topic("edgewatch-bench-", "bench.anomalies", args.partitions, args.events, args.devices, args.warmup,
-                     args.max_poll_records) as (tmp, stack, pg, n):
+                     args.max_poll_records, args.peers) as (tmp, stack, pg, n):
         topic = "bench.anomalies"
         results: dict[str, float] = {}
         round_ratios: dict[str, list[float]] = {}
@@ -236,6 +281,10 @@ def main() -> None:
             if args.one_process:
                 runs["processor, SQLite, one process"] = partial(processor, config(
                     tmp, f"sqlite1-{r}", b, topic, f'sqlite_path = "{tmp}/store1-{r}.db"', mpr, own_process=False), n)
+            if args.peers:
+                peers = '[peers]\nenabled = true\nmin_group_size = 5\ntick_s = 60.0\nspan_s = 600.0'
+                runs["processor, SQLite, peers"] = partial(processor, config(
+                    tmp, f"peers-{r}", b, topic, f'sqlite_path = "{tmp}/storep-{r}.db"', mpr, extra=peers), n, args.peers)
             round_rates: dict[str, float] = {}
             order = list(runs) if r % 2 == 0 else list(reversed(runs))  # so that no consumer always runs first
             for name in order:
