@@ -4,6 +4,11 @@ Local Mosquitto and Kafka, the edge agent with the default model, the stream pro
 simulated fleet with injected faults; anomalies and incident alerts are printed as they arrive
 from Kafka. It ends with what was detected against what was injected, where the metrics were
 served, and a plot of one device.
+
+With ``groups`` (the default) the fleet is edge.fleetsim's: pumps in sites, one drifting away from
+its peers, a sensor fault of each kind, a device that goes silent, process faults on the others;
+the processor runs its peer comparison, and the summary gives, per incident kind, what was
+injected, found and missed (:func:`score_by_kind`).
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from kafka import KafkaConsumer
 
 from cloud.kafka_groups import subscribe
 from cloud.processor.config import ProcessorKafkaSection
-from edge import simulator
+from edge import fleetsim, simulator
 from edge.agent import Agent
 from edge.cliutil import ProgressLine
 from edge.config import KafkaSection, default_model_dir, load_config
 from edge.contract import AnomalyEvent, ContractError, decode_event
 from edge.contract.alert import decode_alert
 from edge.detector import load_manifest
+from localdev.demo_kinds import KindScore, kind_lines, score_by_kind, settled_incidents
 from localdev.kafka_admin import create_topics
 from localdev.stack import LocalStack, free_port
 
@@ -51,9 +57,31 @@ class DemoResult:
     false_alarms: int = 0
     faults: int = 0
     plot: Path | None = None
+    kinds: dict[str, KindScore] = field(default_factory=dict)  # per incident kind, with groups
 
 
-def write_configs(out: Path, stack: LocalStack, metrics_port: int, processor_port: int) -> tuple[Path, Path]:
+# the synthetic pumps' physical ranges with a wide margin: the default model's manifest has no learned
+# channel_ranges, so the agent's range check gets them from its config
+RANGE_MAX = {"vibration": 6.0, "current": 40.0, "pressure": 10.0, "temperature": 100.0, "flow": 60.0, "voltage": 240.0}
+
+
+def write_configs(out: Path, stack: LocalStack, metrics_port: int, processor_port: int,
+                  groups: bool = False) -> tuple[Path, Path]:
+    """The agent's and the processor's configs; with ``groups``, telemetry for the peer comparison, the sensor
+    ranges, sites of two parts (``plant-a``) and the processor's ``[peers]`` scaled to the demo's short run."""
+    ranges = ", ".join(f"{k} = {v}" for k, v in RANGE_MAX.items())
+    agent_fleet = f"""[telemetry]
+every_n_windows = 2
+[sensor_health]
+range_max = {{ {ranges} }}
+""" if groups else ""
+    processor_fleet = """[peers]
+enabled = true
+span_s = 120.0
+tick_s = 30.0
+min_duration_s = 120.0
+min_group_size = 4
+""" if groups else ""
     agent_toml = out / "agent.toml"
     agent_toml.write_text(f"""[agent]
 id = "demo-gateway"
@@ -68,7 +96,7 @@ path = "{default_model_dir()}"
 path = "{out / 'outbox.sqlite'}"
 [metrics]
 port = {metrics_port}
-""")
+{agent_fleet}""")
     cloud_toml = out / "cloud.toml"
     cloud_toml.write_text(f"""[kafka]
 bootstrap = "{stack.kafka_bootstrap}"
@@ -80,10 +108,10 @@ window_s = 120.0
 quiet_s = 120.0
 [fleet]
 min_devices = 3
-prefix_parts = 1
+prefix_parts = {2 if groups else 1}
 [metrics]
 port = {processor_port}
-""")
+{processor_fleet}""")
     return agent_toml, cloud_toml
 
 
@@ -154,12 +182,16 @@ class KafkaPrinter(threading.Thread):
                                 continue
                             seen.add(e.event_id)
                             self.result.events.append(e)
+                            fault = getattr(e, "fault", None)
+                            if fault is not None:
+                                self.progress.line(f"sensor   {e.device_id}  {fault.check} on {', '.join(fault.channels)}")
+                                continue
                             top = max(e.channel_scores, key=lambda c: e.channel_scores[c])
                             self.progress.line(f"anomaly  {e.device_id}  score {e.score:8.2f} > {e.threshold:.2f}  mostly {top}")
                         else:
                             a = decode_alert(r.value)
                             self.result.alerts.append(f"{a.kind} {a.action}")
-                            who = a.site or ",".join(a.device_ids)
+                            who = a.site if a.kind == "fleet_incident" else ",".join(a.device_ids) or a.site
                             self.progress.line(f"ALERT    {a.kind} incident {a.action}: {who} ({a.event_count} events, "
                                                f"max score {a.max_score:.1f})")
                     except ContractError as exc:
@@ -177,8 +209,10 @@ def _merge(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     return merged
 
 
-def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s: float = 60.0, seed: int = 1) -> DemoResult:
-    """Run everything, print as it goes, return the figures; stops every process it started."""
+def run_demo(out: Path, *, devices: int = 20, groups: int = 4, rate_hz: float = 20.0, duration_s: float = 60.0,
+             seed: int = 1) -> DemoResult:
+    """Run everything, print as it goes, return the figures; stops every process it started. ``groups`` 0: the
+    plain fleet of independent pumps (no peers, sensor faults or silence)."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm", "edgewatch.db"):
         (out / stale).unlink(missing_ok=True)
@@ -194,7 +228,7 @@ def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s:
     try:
         create_topics(stack.kafka_bootstrap, TOPICS, partitions=2)  # replicated per the cluster's size
         agent_port, processor_port = free_port(), free_port()
-        agent_toml, cloud_toml = write_configs(out, stack, agent_port, processor_port)
+        agent_toml, cloud_toml = write_configs(out, stack, agent_port, processor_port, groups=groups > 0)
         processor = subprocess.Popen([sys.executable, "-m", "cloud.cli", "process", "--config", str(cloud_toml)],
                                      stdout=(out / "processor.log").open("wb"), stderr=subprocess.STDOUT)
         agent = Agent(load_config(agent_toml))
@@ -203,11 +237,17 @@ def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s:
         printer = KafkaPrinter(stack.kafka_bootstrap, result, progress_line)
         printer.start()
         steps = int(rate_hz * duration_s)
-        fleet = simulator.synthetic_fleet(devices, steps, seed=seed, sample_period_s=manifest.sample_period_s)
+        grouped = fleetsim.grouped_fleet(fleetsim.FleetPlan(devices=devices, groups=groups), steps, seed=seed,
+                                         sample_period_s=manifest.sample_period_s) if groups else None
+        fleet = grouped.streams if grouped else simulator.synthetic_fleet(devices, steps, seed=seed,
+                                                                          sample_period_s=manifest.sample_period_s)
         result.faults = sum(len(d.faults) for d in fleet)
         print(f"demo: model {manifest.name} {manifest.version} ({manifest.family}, window {manifest.window_length}, "
               f"threshold {manifest.threshold:.2f}); {devices} devices x {steps} readings at {rate_hz:g} steps/s, "
               f"{result.faults} faults injected", flush=True)
+        if grouped:
+            roles = ", ".join(f"{i.what} on {i.device_id}" for i in grouped.injected if i.kind != "incident")
+            print(f"demo: {groups} sites ({', '.join(grouped.groups)}); {roles}", flush=True)
         print(f"demo: metrics on http://127.0.0.1:{agent_port}/metrics (agent), http://127.0.0.1:{processor_port}/metrics "
               "(processor)", flush=True)
         publisher = simulator.Publisher("127.0.0.1", stack.mqtt_port, client_id="edgewatch-demo-sim")
@@ -223,9 +263,12 @@ def run_demo(out: Path, *, devices: int = 10, rate_hz: float = 20.0, duration_s:
         result.readings_sent = stats.readings_sent
         _wait_for_quiet(agent, result)
         result.windows_scored = int(agent.registry.get_sample_value("edgewatch_agent_windows_scored_total") or 0)
-        truth = simulator.truth_document(fleet, stats, manifest.sample_period_s)
+        truth = simulator.truth_document(fleet, stats, manifest.sample_period_s, grouped.truth() if grouped else None)
         (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
         result.found, result.missed, result.false_alarms = score_detections(result.events, truth, window_s)
+        if grouped:
+            incidents = settled_incidents(out / "edgewatch.db")
+            result.kinds = score_by_kind(grouped.injected, incidents, result.events, 2 * window_s, rate_hz * manifest.sample_period_s)
         result.plot = plot_device(out / "demo-device.png", fleet, result.events)
         _summary(result, out, agent_port, processor_port, duration_s, rate_hz, manifest.sample_period_s, devices)
         return result
@@ -264,6 +307,8 @@ def _summary(r: DemoResult, out: Path, agent_port: int, processor_port: int, dur
     print(f"faults injected        {r.faults}: found {r.found}, missed {r.missed}")
     print(f"false alarms           {r.false_alarms} events over {hours:.1f} device-hours of machine time")
     print(f"processor alerts       {len(r.alerts)} ({', '.join(sorted(set(r.alerts))) or 'none'})")
+    for line in kind_lines(r.kinds):
+        print(line)
     print(f"metrics were served at http://127.0.0.1:{agent_port}/metrics and http://127.0.0.1:{processor_port}/metrics")
     print(f"plot of one device     {r.plot}")
     print(f"everything else        {out} (truth.json, agent.toml, cloud.toml, processor.log, stack/)")

@@ -15,13 +15,21 @@ def test_demo_finds_injected_faults(tmp_path: Path, capsys: pytest.CaptureFixtur
         unavailable(f"demo needs {missing_tools()}")
     from localdev.demo import run_demo
 
-    result = run_demo(tmp_path, devices=4, rate_hz=40, duration_s=20, seed=3)
+    result = run_demo(tmp_path, devices=10, groups=2, rate_hz=40, duration_s=20, seed=3)
     out = capsys.readouterr().out
-    assert result.readings_sent == 4 * 800
-    assert result.windows_scored > 0 and result.faults == 8
+    # 10 x 800 readings less those the dropout (64), slow-rate (106) and silent (160) devices did not send
+    assert result.readings_sent == 10 * 800 - 64 - 106 - 160
+    assert result.windows_scored > 0 and result.faults == 8  # 3 process faults, 5 sensor faults
     assert result.found >= 6, out  # the default model's synthetic recall is ~0.9 per fault
     assert result.false_alarms <= 2, out
     assert "=== edgewatch demo summary ===" in out and "faults injected        8" in out
+    kinds = result.kinds
+    assert (kinds["incident"].injected, kinds["sensor_fault"].injected, kinds["peer_outlier"].injected) == (3, 5, 1)
+    assert kinds["incident"].found >= 2 and kinds["sensor_fault"].found >= 4, out
+    assert kinds["sensor_fault"].note == "0 process anomalies inside them", out  # a sensor fault is never a process anomaly
+    assert kinds["peer_outlier"].found == 1, out  # the drifting pump leaves its site's peers within the run
+    assert kinds["device_silent"].note.startswith("not judged here"), out
+    assert "by incident kind" in out and "  peer_outlier" in out
     assert "\x1b" not in out and "\r" not in out  # captured output is not a terminal: plain progress lines
     assert any(line.startswith("demo: ") and "% " in line for line in out.splitlines())  # progress, a plain line
     assert result.plot is not None and result.plot.stat().st_size > 10_000
