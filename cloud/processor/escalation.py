@@ -13,10 +13,10 @@ with the reason in its headers (``edgewatch-reason``: ``<label>: <detail>``) and
 ``edgewatch_processor_escalation_deadletters_total{reason}``.
 
 Every ``escalation.interval_s`` the held incident alerts are decided
-(:func:`cloud.processor.verdicts.decide_held`): released ones are produced to the alerts topic
-here (left for the processor's outbox sweep if the broker refuses them), suppressed ones never
-are. :func:`run_escalation` blocks until ``stop`` is set and starts the thread again after a
-failure, like the archive.
+(:func:`cloud.processor.verdicts.decide_held`): released ones are produced here, routed by
+``[alerts] routes`` as the outbox routes them (left for the outbox's sweep if the broker refuses
+them); suppressed ones never are. :func:`run_escalation` blocks until ``stop`` is set and starts
+the thread again after a failure, like the archive.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from cloud.processor.backends import open_store
 from cloud.processor.cloudscore import CloudScorer
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.consumer import group_consumer, kafka_producer
+from cloud.processor.routes import AlertRoutes, parse_routes
 from cloud.processor.store import Store
 from cloud.processor.verdicts import Gate, backfill_events, decide_held, mark_released, store_verdicts
 from cloud.registry import Registry
@@ -83,6 +84,7 @@ class EscalationScorer:
         self.registry = Registry(Path(e.registry))
         self.gate = Gate(e.band_low, e.band_high, config.incidents.window_s, e.verdict_wait_s)
         self._known: dict[tuple[str, str], str | None] = {}  # (edge model, version) -> its registered sha256
+        self.routes = AlertRoutes(parse_routes(config.alerts.routes, "[alerts]"), config.kafka.alerts_topic)
 
     def run(self) -> None:
         k, e = self.config.kafka, self.config.escalation
@@ -186,7 +188,8 @@ class EscalationScorer:
             published = False
             if producer is not None:
                 try:  # left unpublished, the processor's outbox sweep sends them after kafka.outbox_orphan_s
-                    futures = [producer.send(self.config.kafka.alerts_topic, key=i.encode(), value=p.encode()) for _, i, p in released]
+                    sends = [(*self.routes.route(p), i) for _, i, p in released]  # [alerts] routes, as the outbox
+                    futures = [producer.send(topic, key=i.encode(), value=p.encode()) for topic, p, i in sends]
                     for f in futures:
                         f.get(30)
                     published = True
