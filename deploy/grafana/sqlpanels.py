@@ -1,7 +1,7 @@
 """The SQL of the Incidents dashboard and of the incident annotations; generate.py turns them into Grafana JSON.
 
 Every query reads the processor's PostgreSQL store (cloud/processor/schema.py: ``incidents``,
-``events``) through the PostgreSQL datasource chosen in the ``pgsource`` variable. Times in the
+``events``, ``escalations``) through the PostgreSQL datasource chosen in the ``pgsource`` variable. Times in the
 store are unix seconds (``DOUBLE PRECISION``), so the time range comes in through Grafana's
 ``$__unixEpochFilter``, ``$__unixEpochFrom()``/``$__unixEpochTo()`` and ``$__unixEpochGroupAlias``
 macros. ``$kind`` and ``$site`` are multi-value variables, which Grafana writes as quoted lists
@@ -9,8 +9,8 @@ macros. ``$kind`` and ``$site`` are multi-value variables, which Grafana writes 
 device as a regular expression (``.*`` for all). tests/cloud/test_grafana_incidents.py runs each
 query, with these expanded as Grafana does, on a real PostgreSQL holding a processed stream.
 
-The labelling queue (issue 16, escalated windows by edge/cloud disagreement) is not here yet: its
-table comes with the escalation's store migration, and a panel waits for its columns.
+The labelling queue is cloud.processor.verdicts.queue's: the escalated windows no one has labelled
+yet, the largest disagreement between the edge's and the cloud's normalised scores first.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def incidents_rows() -> list[tuple[str, Sequence[S]]]:
               "max(max_score) AS max_score FROM incidents "
               f"WHERE $__unixEpochFilter(opened_at) AND {PICKED} GROUP BY site, kind ORDER BY site, kind", width=12),
             S("table", "Open incidents",
-              f"SELECT i.kind, i.site, {DEVICE} AS device, i.max_score AS score, ch.channels, i.label, "
+              f"SELECT i.kind, i.site, {DEVICE} AS device, i.max_score AS score, ch.channels, i.label, i.dismissed, "
               "to_timestamp(i.opened_at) AS opened, extract(epoch FROM now()) - i.opened_at AS age_s, "
               "i.event_count AS events, i.detail, i.incident_id "
               f"FROM incidents i {CHANNELS} "
@@ -88,7 +88,8 @@ def incidents_rows() -> list[tuple[str, Sequence[S]]]:
               "ORDER BY i.opened_at DESC, i.incident_id LIMIT 500", width=24, height=10,
               description="Score: the largest anomaly score of its events (0 for drift). Channels: a sensor fault's own "
                           "channels, otherwise the channel with the largest share of each event's score, most frequent first. "
-                          "Label: the operator's verdict (edgewatch incidents label). Age: seconds since it opened"),
+                          "Label: the operator's verdict (edgewatch incidents label). Dismissed: its events the cloud model "
+                          "dismissed (escalation). Age: seconds since it opened"),
         ]),
         ("Timeline", [
             S("timeseries", "Incidents opened by kind",
@@ -103,6 +104,19 @@ def incidents_rows() -> list[tuple[str, Sequence[S]]]:
               "ORDER BY i.opened_at DESC, i.incident_id LIMIT 1000", width=24, height=10,
               description="Every incident open at some time in the range, latest first; duration to its close or, while "
                           "open, to its last event"),
+        ]),
+        ("Labelling queue", [
+            S("stat", "Windows to label", "SELECT count(*) AS waiting FROM escalations WHERE label IS NULL", width=4,
+              description="Escalated windows the cloud model re-scored that no one has labelled yet"),
+            S("table", "Labelling queue, largest disagreement first",
+              "SELECT e.disagreement, e.device_id AS device, to_timestamp(e.window_end) AS window_end, e.edge_ratio AS edge, "
+              "e.cloud_ratio AS cloud, e.verdict, e.edge_model, e.cloud_model, e.event_id, e.escalation_id "
+              "FROM escalations e WHERE e.label IS NULL ORDER BY e.disagreement DESC, e.escalation_id LIMIT 200",
+              width=20, height=10,
+              description="Edge: the edge model's score / threshold. Cloud: the cloud model's mean normalised score "
+                          "(confirmed at escalation.confirm_ratio). Disagreement: |edge - cloud|. Event id: the edge's event "
+                          "when the window fired one. Label with edgewatch incidents label ESCALATION_ID --true-positive or "
+                          "--false-positive (edgewatch incidents queue lists the same)"),
         ]),
     ]
 

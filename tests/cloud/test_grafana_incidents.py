@@ -4,7 +4,8 @@ the rows the store says it should.
 
 The store is filled by the real processor code: an event stream (tests/cloud/processor_streams.py)
 through :class:`IncidentPipeline` in batches, then the fleet correlator up to the stream's final
-time, and one operator label, as ``edgewatch process`` and ``edgewatch incidents label`` would.
+time, cloud verdicts on escalated windows of some of its events (cloud.processor.verdicts), and
+operator labels, as ``edgewatch process`` and ``edgewatch incidents label`` would.
 Queries are sent as Grafana sends them: template variables interpolated the way Grafana formats
 them for a SQL datasource (a multi-value variable as a quoted list, ``:regex`` as an escaped
 regular expression), then the PostgreSQL datasource's macros expanded as its backend does
@@ -31,6 +32,7 @@ from cloud.processor.fleet import FleetCorrelator
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import IncidentPipeline
 from cloud.processor.store import IncidentRow, Store
+from cloud.processor.verdicts import ESCALATION_COLUMNS, label_escalation, store_verdicts
 from edge.contract import encode_event
 from tests.cloud.processor_streams import T0, config, fleet_stream
 from tests.cloud.test_grafana import GRAFANA, committed, load_generator
@@ -146,6 +148,18 @@ def store(postgres_dsn: str, tmp_path: Path) -> Iterator[Store]:
     FleetCorrelator(cfg.fleet, TOPIC).evaluate(s, watermark - cfg.incidents.allowed_lateness_s, now)
     closed = [r for r in s.incidents(kind="incident") if r.closed_at is not None]
     assert s.label_incident(closed[0].incident_id, "true_positive", now)
+    # escalated windows of the first events of open incidents (and one that fired no event), with the cloud's verdict
+    held = [r for r in s.incidents(kind="incident") if r.closed_at is None][:3]
+    windows = [(r.device_id, e["event_id"], e["window_end"]) for r in held
+               for e in s.events_between(r.device_id, r.opened_at - cfg.incidents.window_s, r.last_event_at)[:2]]
+    windows.append((held[0].device_id, "", held[0].opened_at + 1.0))
+    rows = [{"escalation_id": f"esc-{k:02d}", "device_id": device, "agent_id": f"agent-{device}", "event_id": event_id,
+             "window_end": end, "edge_model": "pump 1.0", "edge_ratio": 1.05, "cloud_model": "big 1.0",
+             "cloud_ratio": 0.2 * k, "verdict": "dismissed" if k % 2 else "confirmed", "disagreement": abs(1.05 - 0.2 * k),
+             "payload": "{}", "scored_at": now} for k, (device, event_id, end) in enumerate(windows)]
+    with s.transaction():
+        store_verdicts(s, [[r[c] for c in ESCALATION_COLUMNS] for r in rows], cfg.incidents.window_s)
+    assert label_escalation(s, "esc-03", "false_positive", now)
     yield s
     s.close()
 
@@ -189,6 +203,10 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
     in_range = [r for r in rows if start <= r.opened_at <= end]
     overlapping = [r for r in rows if r.opened_at <= end and end_of(r) >= start]
     open_rows = sorted((r for r in rows if r.closed_at is None), key=lambda r: (-r.opened_at, r.incident_id))
+    dismissed = dict(store.execute("SELECT incident_id, dismissed FROM incidents"))
+    assert any(dismissed.values())  # the cloud dismissed some events of open incidents
+    queue = store.execute("SELECT escalation_id, device_id, event_id, window_end, edge_ratio, cloud_ratio, verdict, disagreement "
+                          "FROM escalations WHERE label IS NULL ORDER BY disagreement DESC, escalation_id")
 
     def query(sql: str, chosen: Vars, *, lo: int = start, hi: int = end, interval: str = "1m") -> list[dict[str, Any]]:
         text = expand_macros(interpolate(sql, chosen, options, {"device": ".*"}), lo, hi, interval)
@@ -217,8 +235,8 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
         elif title == "Open incidents":
             assert [g["incident_id"] for g in got] == [r.incident_id for r in open_rows]
             for g, r in zip(got, open_rows, strict=True):
-                assert (g["kind"], g["site"], g["device"], g["score"], g["events"], g["detail"]) == (
-                    r.kind, r.site, device_text(r), r.max_score, r.event_count, r.detail)
+                assert (g["kind"], g["site"], g["device"], g["score"], g["events"], g["detail"], g["dismissed"]) == (
+                    r.kind, r.site, device_text(r), r.max_score, r.event_count, r.detail, dismissed[r.incident_id])
                 assert g["opened"].timestamp() == pytest.approx(r.opened_at) and g["age_s"] > 0
                 # every event of the stream puts most of its score on vibration; a fleet incident has no events of its own
                 if r.kind != "drift":
@@ -245,10 +263,18 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
             assert sorted((ms(g["time"]), ms(g["timeend"])) for g in got) == sorted(
                 (ms(r.opened_at), ms(end_of(r))) for r in overlapping)
             assert all(g["tags"].split(",") in ([g["text"].split()[0], s] for s in sites) for g in got)
+        elif title == "Windows to label":
+            assert got == [{"waiting": len(queue)}] and len(queue) >= 4
+        elif title == "Labelling queue, largest disagreement first":
+            assert [g["escalation_id"] for g in got] == [q[0] for q in queue]
+            assert [(g["device"], g["event_id"], ms(g["window_end"]), g["edge"], g["cloud"], g["verdict"], g["disagreement"])
+                    for g in got] == [(q[1], q[2], ms(q[3]), q[4], q[5], q[6], q[7]) for q in queue]
+            assert "esc-03" not in [g["escalation_id"] for g in got] and "" in [g["event_id"] for g in got]
         else:
             pytest.fail(f"no expectation for the Incidents panel {title!r}: add one here")
     assert checked == {"stat", "Open incidents", "Open incidents by kind", "Opened in the time range, by site and kind",
-                       "Incidents opened by kind", "Incident timeline", "annotation Incidents"}
+                       "Incidents opened by kind", "Incident timeline", "annotation Incidents", "Windows to label",
+                       "Labelling queue, largest disagreement first"}
 
     # the Device dashboard: its incidents as annotations, for every device or the chosen ones
     (anno,) = [sql for title, sql in sql_targets(device)]
