@@ -71,7 +71,7 @@ def make_payloads(devices: int, steps: int, batch: int, *, faults_per_device: in
 
     kinds: tuple[FaultKind, ...] = ("spike", "drift", "noise", "decorrelate") if faults_per_device else ()
     fleet = synthetic_fleet(devices, steps, seed=seed, faults_per_device=faults_per_device, kinds=kinds)
-    return [m for _step, messages in paced_steps(fleet, 0, batch) for m in messages], fleet
+    return [(device, payload) for _step, messages in paced_steps(fleet, 0, batch) for device, payload, _n in messages], fleet
 
 
 def register_session(port: int, client_id: str, subscription: str) -> None:
@@ -155,6 +155,8 @@ path = "{self.model_dir}"
 path = "{self.work / (name + '-outbox.sqlite')}"
 [metrics]
 port = 0
+[sensor_health]
+enabled = {str(not self.args.no_sensor_health).lower()}
 """)
         return path
 
@@ -412,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="readings/s of the live runs (default 1000)")
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of one live run (default 30)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch agent in the live runs")
+    parser.add_argument("--no-sensor-health", action="store_true", help="the agents run with [sensor_health] enabled = false")
     parser.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: a smoke run, not a measurement")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)

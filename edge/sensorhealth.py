@@ -10,11 +10,12 @@ batch (:meth:`SensorHealth.check`):
 - ``range``: a reading of the channel outside its range: the manifest's ``channel_ranges``
   (learned at export, :func:`models.calibrate.channel_ranges`), replaced per channel and per
   side by ``range_min`` / ``range_max`` in the config; a channel with neither is not checked;
-- ``rate``: the median step between readings is at least ``rate_factor`` times the manifest's
-  sample period, or at most its inverse (a sensor sampling at another pace);
-- ``clock``: the median step is off the sample period by more than ``clock_skew_max`` (a share
-  of the period: the sensor's clock runs fast or slow), or the steps sit, on average, more than
-  ``clock_jitter_max`` periods from a whole number of periods (jitter);
+- ``rate``: every step between readings is at least ``rate_factor`` times the manifest's sample
+  period, or every step at most its inverse (a sensor sampling at another pace; a window with
+  some readings missing has steps of one period too, and is ``dropout``);
+- ``clock``: the median step is off the nearest whole number of sample periods by more than
+  ``clock_skew_max`` of it (the sensor's clock runs fast or slow), or the steps sit, on average,
+  more than ``clock_jitter_max`` periods from a whole number of periods (jitter);
 - ``dropout``: the readings missing against the sample period (a step of k periods misses k - 1)
   are more than ``dropout_max_share`` of the readings the window should hold.
 
@@ -28,7 +29,9 @@ while it lasts (0: only at the start); the episode ends at the first window that
 check. A device has at most one event per window (the event id derives from device, window end
 and model), so two checks starting together are reported in two consecutive failing windows, in
 the order rate, clock, dropout, range, stuck. A window with a channel flat but not yet for
-``stuck_windows`` windows raises no event, but is not judged a process anomaly either.
+``stuck_windows`` windows raises no event, but is not judged a process anomaly either; nor is a
+window whose first or last :data:`EDGE_READINGS` readings of a channel are flat (a sensor freezing
+or coming back within the window: the jump is the sensor's, not the process's).
 
 State is per device and small (a flat-window count per channel and the open episodes), held
 only while a device has something open, and dropped with the device (:meth:`SensorHealth.forget`).
@@ -47,6 +50,10 @@ import numpy as np
 from edge.contract import ConfigError, ModelManifest
 from edge.contract.event import MAX_FAULT_DETAIL, FaultCheck, SensorFault
 
+EDGE_READINGS = 4
+"""Readings at either end of a window that, flat in a channel, keep the window from being judged a
+process anomaly (at 1 Hz, four identical readings of a noisy sensor do not happen by chance)."""
+
 PRIORITY: tuple[FaultCheck, ...] = ("rate", "clock", "dropout", "range", "stuck")
 """The order in which checks starting in the same window are reported (the timestamp checks
 first: a sensor at the wrong pace explains the rest)."""
@@ -64,7 +71,7 @@ class SensorHealthSettings:
     dropout_max_share: float = 0.2     # share of a window's readings that may be missing
     clock_skew_max: float = 0.1        # |median step / sample period - 1| allowed
     clock_jitter_max: float = 0.2      # mean distance of a step from a whole number of periods, in periods
-    rate_factor: float = 2.0           # median step above this many sample periods, or below its inverse: rate
+    rate_factor: float = 2.0           # every step at least this many sample periods, or every one at most its inverse: rate
     repeat_windows: int = 60           # an open fault is reported again after this many of the device's windows (0: never)
 
     def problems(self) -> list[tuple[str, object, str]]:
@@ -89,14 +96,17 @@ class BatchHealth(NamedTuple):
     """The checks of one batch of windows, row by row (:meth:`SensorHealth.check`)."""
 
     flat: np.ndarray     # (batch, channels) bool: standard deviation at most the floor
+    edge: np.ndarray     # (batch,) bool: a channel flat over the window's first or last EDGE_READINGS readings
     out: np.ndarray      # (batch, channels) bool: a reading outside the range
     low: np.ndarray      # (batch, channels) the window's smallest reading
     high: np.ndarray     # (batch, channels) its largest
     step: np.ndarray     # (batch,) median step, in sample periods
+    shortest: np.ndarray  # (batch,) smallest step
+    longest: np.ndarray  # (batch,) largest step
     jitter: np.ndarray   # (batch,) mean distance of a step from a whole number of periods
     missing: np.ndarray  # (batch,) share of the readings missing against the sample period
     timing: np.ndarray   # (batch,) int8: 0 fine, else 1 + PRIORITY.index of rate, clock or dropout
-    any: np.ndarray      # (batch,) bool: flat, out or timing anywhere in the row
+    any: np.ndarray      # (batch,) bool: edge (so flat), out or timing: something to look at in the row
 
 
 @dataclass(slots=True)
@@ -151,24 +161,28 @@ class SensorHealth:
         channels)`` as received. Stateless; the per-device run of flat windows is :meth:`device`'s."""
         s = self.settings
         flat = values.std(axis=1) <= s.stuck_std_floor
+        q = min(EDGE_READINGS, values.shape[1])
+        edge = ((values[:, :q].std(axis=1) <= s.stuck_std_floor) | (values[:, -q:].std(axis=1) <= s.stuck_std_floor)).any(axis=1)
         low, high = values.min(axis=1), values.max(axis=1)
         out = (low < self.low) | (high > self.high) if self._ranged else np.zeros_like(flat)
         steps = np.diff(ts, axis=1) / self.period
         step = np.median(steps, axis=1)
+        shortest, longest = steps.min(axis=1), steps.max(axis=1)
         whole = np.rint(steps)
         jitter = np.abs(steps - whole).mean(axis=1)
         gone = np.maximum(whole - 1, 0).sum(axis=1)
         missing = gone / (gone + ts.shape[1])
-        rate = (step >= s.rate_factor) | (step * s.rate_factor <= 1)
-        clock = (np.abs(step - 1) > s.clock_skew_max) | (jitter > s.clock_jitter_max)
+        rate = (shortest >= s.rate_factor) | (longest * s.rate_factor <= 1)
+        skew = np.abs(step / np.maximum(np.rint(step), 1) - 1)
+        clock = (skew > s.clock_skew_max) | (jitter > s.clock_jitter_max)
         timing = np.where(rate, 1, np.where(clock, 2, np.where(missing > s.dropout_max_share, 3, 0))).astype(np.int8)
-        return BatchHealth(flat, out, low, high, step, jitter, missing, timing,
-                           flat.any(axis=1) | out.any(axis=1) | (timing > 0))
+        return BatchHealth(flat, edge, out, low, high, step, shortest, longest, jitter, missing, timing,
+                           edge | out.any(axis=1) | (timing > 0))
 
     def device(self, device_id: str, health: BatchHealth, lo: int, hi: int) -> tuple[np.ndarray | None, list[tuple[int, SensorFault]]]:
         """One device's windows, rows ``lo``..``hi`` of the batch in window order: which of them are not
         to be judged as process anomalies (``None``: none; those failing a check, and those with a flat
-        channel not yet ``stuck_windows`` long), and the faults to report as ``(row, fault)``, at most one
+        channel not yet ``stuck_windows`` long or flat at an edge), and the faults to report as ``(row, fault)``, at most one
         per row, in row order."""
         state = self._devices.get(device_id)
         bad = health.any[lo:hi]
@@ -188,7 +202,7 @@ class SensorHealth:
                 reports.append((lo + r, self._fault(fault, found[fault], health, lo + r)))
         if not state.open and not state.flat_run.any():
             del self._devices[device_id]
-        suspect = failing | health.flat[lo:hi].any(axis=1)
+        suspect = failing | health.edge[lo:hi]
         return (suspect if suspect.any() else None), reports
 
     def _stuck(self, state: _Device, flat: np.ndarray) -> np.ndarray:
@@ -239,10 +253,10 @@ class SensorHealth:
         s = self.settings
         names = tuple(self.channels[j] for j in channels)
         if check == "rate":
-            detail = (f"median step {h.step[i]:.3g} sample periods of {self.period:g} s, allowed "
-                      f"{1 / s.rate_factor:.3g}-{s.rate_factor:.3g}")
+            detail = (f"steps {h.shortest[i]:.3g}-{h.longest[i]:.3g} sample periods of {self.period:g} s, all at least "
+                      f"{s.rate_factor:g} or all at most {1 / s.rate_factor:.3g}")
         elif check == "clock":
-            detail = (f"median step {h.step[i]:.3g} sample periods (skew allowed {s.clock_skew_max:g}), jitter "
+            detail = (f"median step {h.step[i]:.3g} sample periods (skew from whole periods allowed {s.clock_skew_max:g}), jitter "
                       f"{h.jitter[i]:.3g} periods (allowed {s.clock_jitter_max:g})")
         elif check == "dropout":
             detail = f"{h.missing[i]:.0%} of the window's readings missing (allowed {s.dropout_max_share:.0%})"
