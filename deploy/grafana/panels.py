@@ -226,10 +226,13 @@ def stream_rows() -> Rows:
         ]),
         ("Incidents and alerts", [
             P("timeseries", "Open incidents by kind", [
-                Q(f"sum by (kind) (edgewatch_processor_incidents_open{{{PROC}}})", "{{kind}}")], width=12),
+                Q(f"sum by (kind) (edgewatch_processor_incidents_open{{{PROC}}})", "{{kind}}")], width=8),
             P("timeseries", "Alerts emitted", [
                 Q(f"sum by (kind, action) (rate(edgewatch_processor_alerts_emitted_total{{{PROC}}}[{RI}]))", "{{kind}} {{action}}")],
-              unit="ops", width=12),
+              unit="ops", width=8),
+            P("timeseries", "Incidents opened by kind", [
+                Q(f"sum by (kind) (increase(edgewatch_processor_incidents_opened_total{{{PROC}}}[1h]))", "{{kind}}")], width=8,
+              description="Per hour: incident, fleet_incident, drift, sensor_fault, peer_outlier, device_silent (docs/fleet.md)"),
         ]),
     ]
 
