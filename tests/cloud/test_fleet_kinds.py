@@ -375,3 +375,20 @@ def test_the_fast_window_path_agrees_with_the_contract_or_declines() -> None:
         assert fast.window_means(broken) is None
         with pytest.raises(ContractError):
             decode_telemetry(broken)
+
+
+def test_a_group_key_that_matches_no_device_is_reported_after_the_grace(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cloud.fleetwatch.watch import FleetWatch, FleetWatchMetrics
+
+    cfg = config(tmp_path / "c.toml", bootstrap="127.0.0.1:9092", topic="t", group="g", sqlite_path=tmp_path / "s.db",
+                 extra='[peers]\nenabled = true\ngroup_by = "regex"\npattern = "^(turbine)-\\\\d+$"\nstartup_grace_s = 0.0')
+    registry = CollectorRegistry()
+    store = open_store(cfg.store)
+    watch = FleetWatch(cfg, store, FleetWatchMetrics(registry))
+    watch.apply(telemetry_records("t.telemetry", fleet_windows(0.2, drifting=False)))
+    assert registry.get_sample_value("edgewatch_processor_peer_group_key_unmatched") == 1.0
+    assert registry.get_sample_value("edgewatch_processor_peer_devices_ungrouped") == len(GROUP)
+    assert "peers_group_key_matches_no_device group_by=regex" in caplog.text
+    FleetWatch(cfg, store, FleetWatchMetrics(CollectorRegistry()))  # and at start-up, over the devices stored
+    assert caplog.text.count("peers_group_key_matches_no_device") == 2 and "at start-up" in caplog.text
+    store.close()
