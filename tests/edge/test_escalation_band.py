@@ -3,10 +3,13 @@ window that also fired, the per-device token bucket, and the metrics that measur
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from edge.agent import Agent
 from edge.config import load_config
 from edge.contract import ConfigError, ContractError, make_event_id
 from edge.contract.escalation import decode_escalation, encode_escalation
@@ -15,7 +18,20 @@ from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.outbox import Record
 from edge.pipeline import Pipeline
-from tests.edge.agent_util import T0, TINY_MODEL, fleet_readings, payloads
+from localdev.stack import LocalStack
+from tests.edge.agent_util import (
+    T0,
+    TINY_MODEL,
+    Publisher,
+    TopicReader,
+    agent_setup,
+    fleet,
+    fleet_readings,
+    payloads,
+    scrape,
+)
+from tests.kafka_util import create_topic
+from tests.tools import wait_for
 
 RATIOS = (0.5, 0.85, 1.1, 1.3, 2.0)  # score / threshold of consecutive windows, cycled
 
@@ -125,3 +141,41 @@ def test_contract_round_trip_and_refusals() -> None:
         with pytest.raises(ContractError) as exc:
             decode_escalation(bad)
         assert field in exc.value.field
+
+
+@pytest.mark.brokers
+def test_an_agent_on_the_real_brokers_sends_its_escalations_under_the_cap(local_stack: LocalStack, tmp_path: Path,
+                                                                         unique: str) -> None:
+    topic = f"test.{unique}.escalations"
+    create_topic(local_stack.kafka_bootstrap, topic)
+    # every window is borderline; three tokens per device and none back within the test
+    setup = agent_setup(local_stack, tmp_path, unique, env={
+        "EDGEWATCH_ESCALATION__ENABLED": "true", "EDGEWATCH_ESCALATION__BAND_LOW": "0.01", "EDGEWATCH_ESCALATION__BAND_HIGH": "1e6",
+        "EDGEWATCH_ESCALATION__MAX_PER_DEVICE_PER_HOUR": "1", "EDGEWATCH_ESCALATION__BURST": "3",
+        "EDGEWATCH_KAFKA__ESCALATIONS_TOPIC": topic})
+    agent = Agent(setup.config)
+    agent.start()
+    reader = TopicReader(setup.bootstrap, topic, f"g-{unique}")
+    pub = Publisher(setup.config.mqtt.port, f"pub-{unique}")
+    try:
+        assert agent.intake is not None
+        wait_for(agent.intake.subscribed.is_set, 30, "the agent's MQTT subscription")
+        pub.publish(fleet(setup.prefix, devices=4, steps=200, seed=5))
+        values = reader.poll_until(lambda v: len(v) >= 12, 60, "three escalations per device")
+        m = agent.pipeline.manifest if agent.pipeline else None
+        assert m is not None
+        windows = 4 * ((200 - m.window_length) // m.stride + 1)
+        wait_for(lambda: scrape(agent.metrics_port or 0).get('edgewatch_agent_escalations_total{outcome="capped"}') == windows - 12,
+                 30, "every other window counted as capped")
+    finally:
+        pub.close()
+        reader.close()
+        agent.stop(10)
+    escalations = [decode_escalation(v) for v in values]
+    assert len(escalations) == 12 and {e.device_id for e in escalations} == {f"dev-{d}" for d in range(4)}
+    assert all(e.agent_id == setup.config.agent.id and e.model_name == "tiny-zscore" for e in escalations)
+    for d in range(4):
+        device = f"dev-{d}"
+        size = sum(len(v) + len(device) for v, e in zip(values, escalations, strict=True) if e.device_id == device)
+        assert value(agent.metrics, "edgewatch_agent_device_escalated_bytes_total", {"device_id": device}) == size
+        assert value(agent.metrics, "edgewatch_agent_device_escalated_windows_total", {"device_id": device}) == 3
