@@ -33,8 +33,8 @@ from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import IncidentPipeline
 from cloud.processor.store import IncidentRow, Store
 from cloud.processor.verdicts import ESCALATION_COLUMNS, label_escalation, store_verdicts
-from edge.contract import encode_event
-from tests.cloud.processor_streams import T0, config, fleet_stream
+from edge.contract import AnomalyEvent, SensorFault, encode_event
+from tests.cloud.processor_streams import T0, config, event, fleet_stream
 from tests.cloud.test_grafana import GRAFANA, committed, load_generator
 
 TOPIC = "g.anomalies"
@@ -139,7 +139,8 @@ def store(postgres_dsn: str, tmp_path: Path) -> Iterator[Store]:
     cfg = config(tmp_path / "cloud.toml", bootstrap="127.0.0.1:1", topic=TOPIC, group="g", sqlite_path=tmp_path / "unused.db")
     now = T0 + 86_400
     pipe = IncidentPipeline(cfg, s, ProcessorMetrics(CollectorRegistry()), clock=lambda: now)
-    stream = [encode_event(e) for e in fleet_stream(11, partitions=1, duration_s=2400)]
+    events = fleet_stream(11, partitions=1, duration_s=2400) + [sensor_fault(SENSOR_DEVICE, T0 + 2300 + 10 * k) for k in range(3)]
+    stream = [encode_event(e) for e in sorted(events, key=lambda e: (e.window_end, e.device_id))]
     records = list(enumerate(stream))  # (offset, value), as the consumer hands them over
     for i in range(0, len(records), 150):
         pipe.process(TOPIC, 0, records[i:i + 150])
@@ -162,6 +163,19 @@ def store(postgres_dsn: str, tmp_path: Path) -> Iterator[Store]:
     assert label_escalation(s, "esc-03", "false_positive", now)
     yield s
     s.close()
+
+
+SENSOR_DEVICE = "plant-c-pump-09"
+
+
+def sensor_fault(device: str, t: float) -> AnomalyEvent:
+    """An agent's sensor_fault event: stuck then out of range, both on pressure."""
+    e = event(device, t)
+    check = "stuck" if t < T0 + 2310 else "range"
+    return AnomalyEvent(device_id=e.device_id, agent_id=e.agent_id, window_start=e.window_start, window_end=e.window_end,
+                        score=e.score, threshold=e.threshold, channel_scores=e.channel_scores, model_name=e.model_name,
+                        model_version=e.model_version, model_sha256=e.model_sha256, detected_at=e.detected_at,
+                        kind="sensor_fault", fault=SensorFault(check=check, channels=("pressure",), detail="flat"))
 
 
 def run(dsn: str, sql: str) -> list[dict[str, Any]]:
@@ -188,7 +202,7 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
     rows = store.incidents(limit=100_000)
     kinds = sorted({r.kind for r in rows})
     sites = sorted({r.site for r in rows})
-    assert {"incident", "fleet_incident", "drift"} <= set(kinds), kinds  # the processed stream has these, open and closed
+    assert {"incident", "fleet_incident", "drift", "sensor_fault"} <= set(kinds), kinds  # the processed stream has these
     assert any(r.closed_at is None for r in rows) and any(r.closed_at is not None for r in rows)
     dashes = committed()
     incidents, device = dashes["edgewatch-incidents.json"], dashes["edgewatch-device.json"]
@@ -238,9 +252,11 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
                 assert (g["kind"], g["site"], g["device"], g["score"], g["events"], g["detail"], g["dismissed"]) == (
                     r.kind, r.site, device_text(r), r.max_score, r.event_count, r.detail, dismissed[r.incident_id])
                 assert g["opened"].timestamp() == pytest.approx(r.opened_at) and g["age_s"] > 0
-                # every event of the stream puts most of its score on vibration; a fleet incident has no events of its own
+                # every process event of the stream puts most of its score on vibration; a sensor fault names its own
+                # channel (pressure); a fleet incident has no events of its own
                 if r.kind != "drift":
-                    assert g["channels"] == ("vibration" if r.kind == "incident" else None), g
+                    assert g["channels"] == {"incident": "vibration", "sensor_fault": "pressure"}.get(r.kind), g
+            assert SENSOR_DEVICE in [g["device"] for g in got if g["kind"] == "sensor_fault"]
             assert query(sql, {"kind": ["fleet_incident"], "site": ALL}) == [g for g in got if g["kind"] == "fleet_incident"]
         elif title == "Incidents opened by kind":
             assert all(g["time"] % 60 == 0 for g in got)
