@@ -2,7 +2,7 @@
 
 :func:`edge.contract.decode_telemetry` checks every reading with a helper call (about 0.3 ms for a window of
 10 readings of 4 channels, most of the fleet watch's time). :func:`window_means` parses with orjson, checks the
-contract's rules that matter here with type tests, a cache of checked names and numpy, and takes the column
+contract's rules that matter here with type tests, a cache of checked names and one finite sum, and takes the column
 means; for anything it does not accept it returns ``None`` and the caller asks the contract (which names the
 problem, or accepts a window this path is too strict for). Not thread-safe (its name cache); one per thread.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import numpy as np
 import orjson
 
 from edge.contract._fields import NAME_RE, SHA256_RE
@@ -65,16 +64,22 @@ class FastWindows:
             width = len(channels)
             if not all(type(row) is list and len(row) == width for row in values):
                 return None
-            numbers = [d["score"], d["threshold"], *ts]
-            if any(type(v) is bool for row in values for v in row) or any(type(v) is bool for v in numbers):
+            columns = list(zip(*values, strict=True))
+            numbers = (d["score"], d["threshold"], *ts)
+            for column in (numbers, *columns):  # orjson gives int or float for numbers (bool is its own type)
+                for v in column:
+                    if type(v) is not float and type(v) is not int:
+                        return None
+            sums = [sum(c) for c in columns]
+            # one finite sum for all numbers: finite unless an inf or nan is among them, or large ones overflowed
+            if not math.isfinite(sum(sums) + sum(numbers)) and not all(map(math.isfinite, (*numbers, *(v for c in columns for v in c)))):
                 return None
-            arr = np.array(values, dtype=np.float64)
-            extra = np.array(numbers, dtype=np.float64)
-        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError):
+            if not all(map(math.isfinite, sums)):
+                return None
+        except (orjson.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError, OverflowError):
             return None
-        if not (np.isfinite(arr).all() and np.isfinite(extra).all()):
-            return None
-        return WindowMeans(device, agent, float(extra[-1]), tuple(channels), tuple(arr.mean(axis=0).tolist()))
+        n = len(ts)
+        return WindowMeans(device, agent, float(ts[-1]), tuple(channels), tuple(float(x) / n for x in sums))
 
     def _check(self, name: Any) -> bool:
         if type(name) is not str or not NAME_RE.match(name):
