@@ -106,12 +106,15 @@ class Escalator:
         self.metrics = EscalationMetrics(registry, lambda: [(d, b.windows, b.bytes) for d, b in list(self._buckets.items())])
 
     def select(self, batch: WindowBatch, device: str, idx: np.ndarray, scores: np.ndarray, thresholds: np.ndarray,
-               fire: np.ndarray, manifest: ModelManifest, channels: tuple[str, ...], now: float) -> list[Record]:
+               fire: np.ndarray, manifest: ModelManifest, channels: tuple[str, ...], now: float,
+               skip: np.ndarray | None = None) -> list[Record]:
         """The escalation records of one device's scored windows (``idx``: batch rows; ``scores``, ``thresholds``,
-        ``fire``: per row), in window order; windows over the cap are counted, not sent."""
+        ``fire``: per row), in window order; windows over the cap are counted, not sent. ``skip`` (per row): windows
+        not to escalate whatever their score (a failed sensor check: the sensor, not the process, is in question)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = scores / thresholds
-        band = np.flatnonzero((thresholds > 0) & (ratio >= self.s.band_low) & (ratio <= self.s.band_high))
+        borderline = (thresholds > 0) & (ratio >= self.s.band_low) & (ratio <= self.s.band_high)
+        band = np.flatnonzero(borderline if skip is None else borderline & ~skip)
         if not len(band):
             return []
         bucket = self._buckets.get(device)

@@ -338,7 +338,8 @@ class Pipeline:
             records.extend(self._device_records(batch, device, idx, device_scores, thresholds, fire, channel_scores))
             if self.escalator is not None:
                 records.extend(self.escalator.select(batch, device, idx, device_scores, thresholds, fire, self.manifest,
-                                                     self.channels, self._now))
+                                                     self.channels, self._now,
+                                                     skip=None if suspect is None else suspect[idx - lo]))
         if ratios:
             self.metrics.score_ratio.observe_many(np.concatenate(ratios))
         return records

@@ -18,6 +18,7 @@ from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.outbox import Record
 from edge.pipeline import Pipeline
+from edge.synth import Fault
 from localdev.stack import LocalStack
 from tests.edge.agent_util import (
     T0,
@@ -115,6 +116,15 @@ def test_the_cap_is_a_token_bucket_per_device() -> None:
     assert value(metrics, "edgewatch_agent_escalations_total", {"outcome": "sent"}) == 7
     pipe.forget_device("pump-1")
     assert metrics.registry.get_sample_value("edgewatch_agent_device_escalated_windows_total", {"device_id": "pump-1"}) is None
+
+
+def test_a_window_failing_a_sensor_check_is_not_escalated() -> None:
+    pipe, metrics, _ = make({"EDGEWATCH_ESCALATION__BURST": "1000"})
+    readings = fleet_readings("pump-1", 600, seed=1, faults=[Fault("stuck", "pressure", 0, 600)])
+    records = pipe.process([Message(t, p, 1000.0) for t, p in payloads(readings, batch=10)])
+    assert any(r.kind == "anomaly" and b"sensor_fault" in r.value for r in records), "the stuck channel is a sensor fault"
+    # only the windows before the check has seen stuck_windows in a row may go
+    assert len([r for r in records if r.kind == "escalation"]) <= pipe.config.sensor_health.stuck_windows
 
 
 def test_off_by_default_and_bad_settings_refused() -> None:
