@@ -2,10 +2,12 @@
 every SQL query of the committed JSON runs on a real PostgreSQL holding a processed stream and returns
 the rows the store says it should.
 
-The store is filled by the real processor code: an event stream (tests/cloud/processor_streams.py)
-through :class:`IncidentPipeline` in batches, then the fleet correlator up to the stream's final
-time, cloud verdicts on escalated windows of some of its events (cloud.processor.verdicts), and
-operator labels, as ``edgewatch process`` and ``edgewatch incidents label`` would.
+The store is filled by the real processor code: an event stream (tests/cloud/processor_streams.py),
+sensor faults included, through :class:`IncidentPipeline` in batches, then the fleet correlator up to
+the stream's final time, the fleet watch's peer scorer and silence watch (cloud.fleetwatch), cloud
+verdicts on escalated windows of some of its events (cloud.processor.verdicts), and operator
+labels, as ``edgewatch process`` and ``edgewatch incidents label`` would.
+
 Queries are sent as Grafana sends them: template variables interpolated the way Grafana formats
 them for a SQL datasource (a multi-value variable as a quoted list, ``:regex`` as an escaped
 regular expression), then the PostgreSQL datasource's macros expanded as its backend does
@@ -27,7 +29,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from cloud.fleetwatch.peers import PeerScorer
+from cloud.fleetwatch.silence import SilenceWatch
 from cloud.processor.backends import open_postgres
+from cloud.processor.config import PeersSection, SilenceSection
 from cloud.processor.fleet import FleetCorrelator
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import IncidentPipeline
@@ -147,6 +152,7 @@ def store(postgres_dsn: str, tmp_path: Path) -> Iterator[Store]:
     (watermark,) = s.partition_watermarks(TOPIC).values()
     assert watermark is not None
     FleetCorrelator(cfg.fleet, TOPIC).evaluate(s, watermark - cfg.incidents.allowed_lateness_s, now)
+    watched(s, cfg.fleet.site_of, now)
     closed = [r for r in s.incidents(kind="incident") if r.closed_at is not None]
     assert s.label_incident(closed[0].incident_id, "true_positive", now)
     # escalated windows of the first events of open incidents (and one that fired no event), with the cloud's verdict
@@ -166,6 +172,26 @@ def store(postgres_dsn: str, tmp_path: Path) -> Iterator[Store]:
 
 
 SENSOR_DEVICE = "plant-c-pump-09"
+PEERS = [f"plant-b-pump-{i:02d}" for i in range(10, 16)]  # a group of six; the last one's current leaves it
+SILENT = "plant-b-pump-10"
+
+
+def watched(store: Store, site_of: Any, now: float) -> None:
+    """peer_outlier and device_silent incidents from the fleet watch's own code, written as its thread writes them."""
+    section = PeersSection(enabled=True, span_s=300.0, tick_s=60.0, z_limit=5.0, min_duration_s=300.0, min_group_size=5)
+    scorer, states = PeerScorer(section, lambda device, agent: site_of(device)), dict[str, Any]()
+    rows: dict[str, IncidentRow] = {}
+    for k in range(1, 40):
+        t = T0 + 60.0 * k
+        for n, d in enumerate(PEERS):
+            current = 15.0 + 0.01 * n + (0.05 * max(0, k - 10) if d == PEERS[-1] else 0.0)
+            scorer.add_means(states, d, "agent-b", t - 1.0, ("vibration", "current"), (2.0 + 0.01 * n, current))
+        rows.update(scorer.tick(states, t).changes.incidents)
+    silence, seen = SilenceWatch(SilenceSection(enabled=True, silent_after_periods=10.0), site_of), dict[str, Any]()
+    for at, last in ((T0 + 1000.0, T0 + 999.0), (T0 + 1100.0, T0 + 1010.0), (T0 + 1200.0, T0 + 1199.0)):
+        rows.update(silence.on_report(seen, "agent-b", at, {SILENT: last}, 1.0).changes.incidents)
+    with store.transaction():
+        store.upsert_incidents(rows.values(), now)
 
 
 def sensor_fault(device: str, t: float) -> AnomalyEvent:
@@ -202,7 +228,7 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
     rows = store.incidents(limit=100_000)
     kinds = sorted({r.kind for r in rows})
     sites = sorted({r.site for r in rows})
-    assert {"incident", "fleet_incident", "drift", "sensor_fault"} <= set(kinds), kinds  # the processed stream has these
+    assert set(kinds) == {"incident", "fleet_incident", "drift", "sensor_fault", "peer_outlier", "device_silent"}, kinds
     assert any(r.closed_at is None for r in rows) and any(r.closed_at is not None for r in rows)
     dashes = committed()
     incidents, device = dashes["edgewatch-incidents.json"], dashes["edgewatch-device.json"]
@@ -257,6 +283,7 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
                 if r.kind != "drift":
                     assert g["channels"] == {"incident": "vibration", "sensor_fault": "pressure"}.get(r.kind), g
             assert SENSOR_DEVICE in [g["device"] for g in got if g["kind"] == "sensor_fault"]
+            assert [g["device"] for g in got if g["kind"] == "peer_outlier"] == [PEERS[-1]]  # still outside its group
             assert query(sql, {"kind": ["fleet_incident"], "site": ALL}) == [g for g in got if g["kind"] == "fleet_incident"]
         elif title == "Incidents opened by kind":
             assert all(g["time"] % 60 == 0 for g in got)
@@ -269,6 +296,8 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
         elif title == "Incident timeline":
             assert [g["kind"] for g in got] and {(g["kind"], g["device"], ms(g["opened"])) for g in got} == {
                 (r.kind, device_text(r), ms(r.opened_at)) for r in overlapping}
+            (silent,) = [g for g in got if g["kind"] == "device_silent"]
+            assert silent["device"] == SILENT and silent["closed"] is not None  # silent, then readings again
             labelled = [g for g in got if g["label"] is not None]
             assert [g["label"] for g in labelled] == ["true_positive"]
             assert all(g["duration_s"] >= 0 for g in got)
