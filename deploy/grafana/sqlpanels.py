@@ -80,14 +80,17 @@ def incidents_rows() -> list[tuple[str, Sequence[S]]]:
               "max(max_score) AS max_score FROM incidents "
               f"WHERE $__unixEpochFilter(opened_at) AND {PICKED} GROUP BY site, kind ORDER BY site, kind", width=12),
             S("table", "Open incidents",
-              f"SELECT i.kind, i.site, {DEVICE} AS device, i.max_score AS score, ch.channels, i.label, i.dismissed, "
+              f"SELECT i.kind, i.site, {DEVICE} AS device, i.max_score AS score, "
+              "CASE WHEN i.kind = 'peer_outlier' THEN split_part(i.detail, ' outside group ', 1) ELSE ch.channels END "
+              "AS channels, i.label, i.dismissed, "
               "to_timestamp(i.opened_at) AS opened, extract(epoch FROM now()) - i.opened_at AS age_s, "
               "i.event_count AS events, i.detail, i.incident_id "
               f"FROM incidents i {CHANNELS} "
               f"WHERE i.closed_at IS NULL AND {PICKED_I} "
               "ORDER BY i.opened_at DESC, i.incident_id LIMIT 500", width=24, height=10,
-              description="Score: the largest anomaly score of its events (0 for drift). Channels: a sensor fault's own "
-                          "channels, otherwise the channel with the largest share of each event's score, most frequent first. "
+              description="Score: the largest anomaly score of its events (a peer outlier: its largest robust z; 0 for "
+                          "drift and silence). Channels: a sensor fault's own channels, a peer outlier's channels outside its "
+                          "group, otherwise the channel with the largest share of each event's score, most frequent first. "
                           "Label: the operator's verdict (edgewatch incidents label). Dismissed: its events the cloud model "
                           "dismissed (escalation). Age: seconds since it opened"),
         ]),

@@ -279,9 +279,10 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
                     r.kind, r.site, device_text(r), r.max_score, r.event_count, r.detail, dismissed[r.incident_id])
                 assert g["opened"].timestamp() == pytest.approx(r.opened_at) and g["age_s"] > 0
                 # every process event of the stream puts most of its score on vibration; a sensor fault names its own
-                # channel (pressure); a fleet incident has no events of its own
+                # channel (pressure), a peer outlier the channels outside its group; no channels for the others
                 if r.kind != "drift":
-                    assert g["channels"] == {"incident": "vibration", "sensor_fault": "pressure"}.get(r.kind), g
+                    assert g["channels"] == {"incident": "vibration", "sensor_fault": "pressure", "peer_outlier": "current"}.get(
+                        r.kind), g
             assert SENSOR_DEVICE in [g["device"] for g in got if g["kind"] == "sensor_fault"]
             assert [g["device"] for g in got if g["kind"] == "peer_outlier"] == [PEERS[-1]]  # still outside its group
             assert query(sql, {"kind": ["fleet_incident"], "site": ALL}) == [g for g in got if g["kind"] == "fleet_incident"]
