@@ -212,7 +212,11 @@ def _merge(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
 def run_demo(out: Path, *, devices: int = 20, groups: int = 4, rate_hz: float = 20.0, duration_s: float = 60.0,
              seed: int = 1) -> DemoResult:
     """Run everything, print as it goes, return the figures; stops every process it started. ``groups`` 0: the
-    plain fleet of independent pumps (no peers, sensor faults or silence)."""
+    plain fleet of independent pumps (no peers, sensor faults or silence). Raises :class:`ValueError` saying why
+    before anything starts when ``devices`` cannot hold ``groups`` and their roles."""
+    plan = fleetsim.FleetPlan(devices=devices, groups=groups)
+    if groups and plan.problems():
+        raise ValueError("; ".join(plan.problems()))
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm", "edgewatch.db"):
         (out / stale).unlink(missing_ok=True)
@@ -237,8 +241,7 @@ def run_demo(out: Path, *, devices: int = 20, groups: int = 4, rate_hz: float = 
         printer = KafkaPrinter(stack.kafka_bootstrap, result, progress_line)
         printer.start()
         steps = int(rate_hz * duration_s)
-        grouped = fleetsim.grouped_fleet(fleetsim.FleetPlan(devices=devices, groups=groups), steps, seed=seed,
-                                         sample_period_s=manifest.sample_period_s) if groups else None
+        grouped = fleetsim.grouped_fleet(plan, steps, seed=seed, sample_period_s=manifest.sample_period_s) if groups else None
         fleet = grouped.streams if grouped else simulator.synthetic_fleet(devices, steps, seed=seed,
                                                                           sample_period_s=manifest.sample_period_s)
         result.faults = sum(len(d.faults) for d in fleet)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from edge.cliutil import EXIT_FAILURE, EXIT_OK, add_flag
+from edge.cliutil import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, add_flag
 from localdev.stack import cache_dir
 
 
@@ -39,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.verbose:  # the demo prints its own lines; library chatter would drown them
         logging.getLogger().setLevel(logging.WARNING)
-    result = run_demo(Path(args.out), devices=args.devices, groups=args.groups, rate_hz=args.rate, duration_s=args.duration,
-                      seed=args.seed)
+    try:
+        result = run_demo(Path(args.out), devices=args.devices, groups=args.groups, rate_hz=args.rate,
+                          duration_s=args.duration, seed=args.seed)
+    except ValueError as exc:  # a fleet the flags cannot make, said before anything starts
+        print(f"edgewatch demo: --devices {args.devices} --groups {args.groups}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK if result.readings_sent and result.windows_scored else EXIT_FAILURE

@@ -33,3 +33,11 @@ def test_demo_finds_injected_faults(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "\x1b" not in out and "\r" not in out  # captured output is not a terminal: plain progress lines
     assert any(line.startswith("demo: ") and "% " in line for line in out.splitlines())  # progress, a plain line
     assert result.plot is not None and result.plot.stat().st_size > 10_000
+
+
+def test_a_fleet_too_small_for_its_groups_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from localdev.demo import run_demo
+
+    with pytest.raises(ValueError, match="7 devices with a role .* but only 5 devices"):
+        run_demo(tmp_path / "demo", devices=5, groups=4)
+    assert not (tmp_path / "demo").exists()
