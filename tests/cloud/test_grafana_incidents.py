@@ -365,5 +365,9 @@ def test_generated_files_are_up_to_date_and_the_datasource_comes_from_the_enviro
             for t in panel.get("targets", []):
                 if "rawSql" in t:
                     assert panel["datasource"] == t["datasource"] == {"type": "grafana-postgresql-datasource", "uid": "${pgsource}"}
+        variables = {v["name"] for v in dash["templating"]["list"]}
         if list(sql_targets(dash)):
-            assert "pgsource" in {v["name"] for v in dash["templating"]["list"]}, name
+            assert "pgsource" in variables, name
+        for title, sql in [*sql_targets(dash), *(("variable " + k, q) for k, q in variable_queries(dash).items())]:
+            used = {v for v in re.findall(r"\$\{?(\w+)", sql) if not v.startswith("__")}
+            assert used <= variables, f"{name} / {title}: uses undefined variables {used - variables}"
