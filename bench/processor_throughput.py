@@ -130,8 +130,10 @@ def processor(cfg: ProcessorConfig, n: int, telemetry: int = 0) -> float:
     started = time.perf_counter()
     box: list[BaseException] = []
     peers = None
-    if cfg.peers.enabled:  # as edgewatch process starts it
+    if cfg.peers.enabled:  # as edgewatch process starts it: the store created (migrated) first, then the threads
         from cloud.fleetwatch.watch import run_fleetwatch
+
+        open_store(cfg.store).close()
 
         peers = threading.Thread(target=run_fleetwatch, args=(cfg, stop, registry), daemon=True)
         peers.start()
