@@ -184,7 +184,9 @@ def test_on_the_real_brokers_a_dismissed_only_incident_never_alerts_and_bad_payl
     cfg_path = tmp_path / "cloud.toml"
     cfg = config(cfg_path, bootstrap=kafka_bootstrap, topic=topic, group=f"{topic}.g", sqlite_path=tmp_path / "store.db",
                  extra=escalation_extra(registry_root, topic))
-    cfg = replace(cfg, kafka=replace(cfg.kafka, escalations_topic=f"{topic}.esc"))
+    # a loaded runner may take minutes to start both threads: no held alert is released for want of verdicts here
+    cfg = replace(cfg, kafka=replace(cfg.kafka, escalations_topic=f"{topic}.esc"),
+                  escalation=replace(cfg.escalation, verdict_wait_s=3600.0))
     for t in (topic, f"{topic}.esc", f"{topic}.alerts", f"{topic}.deadletter"):
         create_topic(kafka_bootstrap, t)
     events, escalations = the_scene()
@@ -202,7 +204,7 @@ def test_on_the_real_brokers_a_dismissed_only_incident_never_alerts_and_bad_payl
     esc = threading.Thread(target=run_escalation, args=(cfg, stop, registry), daemon=True)
     esc.start()
     try:
-        alerts = [orjson.loads(v) for v in consume(kafka_bootstrap, f"{topic}.alerts", f"{unique}-a", 4, timeout_s=90)]
+        alerts = [orjson.loads(v) for v in consume(kafka_bootstrap, f"{topic}.alerts", f"{unique}-a", 4, timeout_s=180)]
         dead = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"{unique}-d", auto_offset_reset="earliest")
         subscribe(dead, [f"{topic}.deadletter"])
         got: list[dict[str, bytes]] = []
@@ -211,10 +213,10 @@ def test_on_the_real_brokers_a_dismissed_only_incident_never_alerts_and_bad_payl
             got.extend(dict(r.headers) for rs in dead.poll(500).values() for r in rs)
             return len(got) >= 2
 
-        wait_for(two_dead_letters, 60, "two dead letters")
+        wait_for(two_dead_letters, 120, "two dead letters", state=lambda: got)
         dead.close()
         wait_for(lambda: (registry.get_sample_value("edgewatch_processor_escalation_alerts_total", {"decision": "suppressed"})
-                          or 0) >= 2, 30, "the dismissed incident's alerts suppressed")
+                          or 0) >= 2, 120, "the dismissed incident's alerts suppressed", state=lambda: alerts)
     finally:
         stop.set()
         thread.join(60)
