@@ -6,14 +6,14 @@ ACL names. :func:`grants` lists the ACLs of each role, literal names only (no pr
 wildcards), built from the topics and groups in the processor's config (:class:`Resources`):
 
 - ``agent``: Write, Describe and Create (what ``kafka-acls --producer`` gives) on the anomalies,
-  telemetry, status and dead-letter topics. The agent dead-letters malformed readings through its
-  outbox (``kafka.deadletter_topic``); without Write there, one bad reading would hold every row
+  telemetry, status, dead-letter and escalations topics. The agent dead-letters malformed readings
+  through its outbox (``kafka.deadletter_topic``); without Write there, one bad reading would hold every row
   behind it. Create lets it auto-create a missing topic of its own (the status topic on a first
   status). No Read anywhere, no group: an agent can neither read the anomalies nor write alerts.
 - ``processor``: Read and Describe on the anomalies (its consumer group), telemetry (the archive's
-  group) and status topics (``edgewatch incidents --wait-s`` reads it without a group); Read on both
-  groups (join, fetch and commit offsets); Write, Describe and Create on the alerts and dead-letter
-  topics.
+  group), escalations (the escalation thread's group) and status topics (``edgewatch incidents
+  --wait-s`` reads it without a group); Read on those groups (join, fetch and commit offsets); Write,
+  Describe and Create on the alerts and dead-letter topics.
 - ``retrain``: Read and Describe on the alerts topic, Read on the trigger's group.
 
 The idempotent producers (agent and processor) need no IdempotentWrite on the cluster: since
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cloud.processor.config import ArchiveSection, ProcessorConfig, ProcessorKafkaSection
+from cloud.processor.config import ArchiveSection, EscalationSection, ProcessorConfig, ProcessorKafkaSection
 from cloud.retrain.config import TriggerSection
 from edge.config import KafkaSection
 from edge.contract import BrokerUnavailable, ConfigError
@@ -58,6 +58,8 @@ class Resources:
     processor_group: str = ProcessorKafkaSection.group_id
     archive_group: str = ArchiveSection.group_id
     retrain_group: str = TriggerSection.group_id
+    escalations_topic: str = ProcessorKafkaSection.escalations_topic
+    escalation_group: str = EscalationSection.group_id
 
     @classmethod
     def of(cls, cfg: ProcessorConfig, *, status_topic: str = KafkaSection.status_topic,
@@ -65,7 +67,7 @@ class Resources:
         """The names a processor config uses (the agents' topics must be the same; status is theirs alone)."""
         k = cfg.kafka
         return cls(k.anomalies_topic, k.telemetry_topic, status_topic, k.alerts_topic, k.deadletter_topic, k.group_id,
-                   cfg.archive.group_id, retrain_group)
+                   cfg.archive.group_id, retrain_group, k.escalations_topic, cfg.escalation.group_id)
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,13 @@ def grants(role: Role, name: str, res: Resources = Resources()) -> list[Grant]:
     topics: list[tuple[tuple[Operation, ...], str]]
     groups: list[str]
     if role == "agent":
-        topics = [(PRODUCE, t) for t in (res.anomalies_topic, res.telemetry_topic, res.status_topic, res.deadletter_topic)]
+        topics = [(PRODUCE, t) for t in (res.anomalies_topic, res.telemetry_topic, res.status_topic, res.deadletter_topic,
+                                         res.escalations_topic)]
         groups = []
     elif role == "processor":
-        topics = [(CONSUME, t) for t in (res.anomalies_topic, res.telemetry_topic, res.status_topic)]
+        topics = [(CONSUME, t) for t in (res.anomalies_topic, res.telemetry_topic, res.status_topic, res.escalations_topic)]
         topics += [(PRODUCE, t) for t in (res.alerts_topic, res.deadletter_topic)]
-        groups = [res.processor_group, res.archive_group]
+        groups = [res.processor_group, res.archive_group, res.escalation_group]
     elif role == "retrain":
         topics, groups = [(CONSUME, res.alerts_topic)], [res.retrain_group]
     else:

@@ -313,12 +313,13 @@ def test_acl_roles_name_only_their_topics_and_groups(tmp_path: Path, capsys: pyt
     res = Resources()
     agent = grants("agent", "agent-gw1", res)
     assert {g.kind for g in agent} == {"topic"} and {g.principal for g in agent} == {"User:agent-gw1"}
-    produced = {res.anomalies_topic, res.telemetry_topic, res.status_topic, res.deadletter_topic}
+    produced = {res.anomalies_topic, res.telemetry_topic, res.status_topic, res.deadletter_topic, res.escalations_topic}
     assert {(g.operation, g.name) for g in agent} == {(op, t) for t in produced for op in ("Write", "Describe", "Create")}
     processor = grants("processor", "User:processor", res)
     assert {g.name for g in processor if g.operation == "Write"} == {res.alerts_topic, res.deadletter_topic}
     assert {g.name for g in processor if g.operation == "Read"} == {res.anomalies_topic, res.telemetry_topic, res.status_topic,
-                                                                    res.processor_group, res.archive_group}
+                                                                    res.escalations_topic, res.processor_group, res.archive_group,
+                                                                    res.escalation_group}
     assert {(g.operation, g.kind, g.name) for g in grants("retrain", "retrain", res)} == {
         ("Read", "topic", res.alerts_topic), ("Describe", "topic", res.alerts_topic), ("Read", "group", res.retrain_group)}
     with pytest.raises(ConfigError, match="without wildcards"):
@@ -328,4 +329,4 @@ def test_acl_roles_name_only_their_topics_and_groups(tmp_path: Path, capsys: pyt
     assert cli_main(["acls", "--config", str(path), "--agents", "gw-1,gw-2", "--processors", "proc", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "allow User:gw-2 Write on topic plant.anomalies" in out and "allow User:proc Read on group plant-processor" in out
-    assert "38 ACLs to create" in out  # 12 for each agent, 14 for the processor
+    assert "47 ACLs to create" in out  # 15 for each agent, 17 for the processor
