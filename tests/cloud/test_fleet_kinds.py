@@ -324,11 +324,17 @@ def telemetry_records(topic: str, windows: list[tuple[float, str, list[float], l
         anomalous=False, model_sha256=SHA))) for _, d, ts, values in windows]
 
 
-def test_the_fleet_watch_continues_from_the_store_after_a_restart_and_replays_change_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_fleet_watch_continues_from_the_store_after_a_restart_and_replays_change_nothing(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     from cloud.fleetwatch.watch import FleetWatch, FleetWatchMetrics
 
+    server = request.getfixturevalue("postgres_server") if backend == "postgres" else None
+
     def run(db: str, cut: int) -> list[tuple[Any, ...]]:
+        dsn = server.create_database(f"fk_{db}_{tmp_path.name[-8:].lower()}") if server is not None else ""
         cfg = config(tmp_path / f"{db}.toml", bootstrap="127.0.0.1:9092", topic="t", group="g", sqlite_path=tmp_path / f"{db}.db",
+                     backend=backend, dsn=dsn,
                      extra='[peers]\nenabled = true\ntick_s = 60.0\nspan_s = 600.0\nmin_duration_s = 600.0\nz_limit = 5.0')
         records = telemetry_records("t.telemetry", fleet_windows(2.5, drifting=True))
         store = open_store(cfg.store)
