@@ -398,3 +398,34 @@ def test_a_group_key_that_matches_no_device_is_reported_after_the_grace(tmp_path
     FleetWatch(cfg, store, FleetWatchMetrics(CollectorRegistry()))  # and at start-up, over the devices stored
     assert caplog.text.count("peers_group_key_matches_no_device") == 2 and "at start-up" in caplog.text
     store.close()
+
+
+def test_fifty_devices_in_five_groups_a_fault_free_hour_raises_nothing_and_one_drifter_is_found(tmp_path: Path) -> None:
+    """The acceptance fleet through the fleet watch (store included, without Kafka): groups by a device-id pattern."""
+    from cloud.fleetwatch.watch import FleetWatch, FleetWatchMetrics
+
+    kinds = ["pump", "fan", "compressor", "mixer", "valve"]
+    devices = [f"{k}-{i:02d}" for k in kinds for i in range(10)]
+    drifter = "fan-07"
+    rng = random.Random(5)
+    base = {k: rng.uniform(10, 80) for k in kinds}
+    offsets = {d: rng.gauss(0, 0.5) for d in devices}
+    cfg = config(tmp_path / "c.toml", bootstrap="127.0.0.1:9092", topic="t", group="g", sqlite_path=tmp_path / "s.db",
+                 extra='[peers]\nenabled = true\ngroup_by = "regex"\npattern = "^([a-z]+)-\\\\d+$"\n'
+                       '[silence]\nenabled = true\nsilent_after_periods = 3\ndefault_period_s = 60.0')
+    store = open_store(cfg.store)
+    watch = FleetWatch(cfg, store, FleetWatchMetrics(CollectorRegistry()))
+    for k in range(1, 2 * 60 + 1):  # two hours, a window a minute per device, a report a minute
+        t = T0 + 60.0 * k
+        windows = []
+        for d in devices:
+            drift = max(0.0, t - T0 - 3600) * DRIFT_PER_S if d == drifter else 0.0
+            ts, values = window(d, t, rng, base[d.split("-")[0]] - 20 + offsets[d], drift)
+            windows.append((t, d, ts, values))
+        records = telemetry_records(cfg.kafka.telemetry_topic, windows)
+        records.append((cfg.rollout.status_topic, report(t + 1, {d: t for d in devices})))
+        watch.apply(records)
+    rows = store.incidents()
+    store.close()
+    assert [(r.kind, r.device_id) for r in rows] == [("peer_outlier", drifter)]
+    assert T0 + 3600 + 600 <= rows[0].opened_at <= T0 + 7200 and rows[0].site == "fan"
