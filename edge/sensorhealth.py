@@ -30,8 +30,9 @@ check. A device has at most one event per window (the event id derives from devi
 and model), so two checks starting together are reported in two consecutive failing windows, in
 the order rate, clock, dropout, range, stuck. A window with a channel flat but not yet for
 ``stuck_windows`` windows raises no event, but is not judged a process anomaly either; nor is a
-window whose first or last :data:`EDGE_READINGS` readings of a channel step by at most ``stuck_spread_max`` (a sensor freezing
-or coming back within the window: the jump is the sensor's, not the process's).
+window whose first or last :data:`EDGE_READINGS` readings of a channel step by at most
+``stuck_spread_max`` (a sensor freezing or coming back within the window: the jump is the
+sensor's, not the process's).
 
 State is per device and small (a flat-window count per channel and the open episodes), held
 only while a device has something open, and dropped with the device (:meth:`SensorHealth.forget`).
@@ -52,7 +53,9 @@ from edge.contract.event import MAX_FAULT_DETAIL, FaultCheck, SensorFault
 
 EDGE_READINGS = 4
 """Readings at either end of a window that, flat in a channel, keep the window from being judged a
-process anomaly (at 1 Hz, four identical readings of a noisy sensor do not happen by chance)."""
+process anomaly (four readings of a noisy sensor within 1e-6 of each other do not happen by chance)."""
+
+_NONE = np.empty((0, 0))  # low and high of a batch without ranges (the range check's detail never reads them)
 
 PRIORITY: tuple[FaultCheck, ...] = ("rate", "clock", "dropout", "range", "stuck")
 """The order in which checks starting in the same window are reported (the timestamp checks
@@ -98,7 +101,7 @@ class BatchHealth(NamedTuple):
     flat: np.ndarray     # (batch, channels) bool: readings spanning at most stuck_spread_max
     edge: np.ndarray     # (batch,) bool: a channel flat over the window's first or last EDGE_READINGS readings
     out: np.ndarray      # (batch, channels) bool: a reading outside the range
-    low: np.ndarray      # (batch, channels) the window's smallest reading
+    low: np.ndarray      # (batch, channels) the window's smallest reading (empty without ranges)
     high: np.ndarray     # (batch, channels) its largest
     step: np.ndarray     # (batch,) median step, in sample periods
     shortest: np.ndarray  # (batch,) smallest step
@@ -160,14 +163,22 @@ class SensorHealth:
         """Every check of every window of a batch: ``ts (batch, window)``, ``values (batch, window,
         channels)`` as received. Stateless; the per-device run of flat windows is :meth:`device`'s."""
         s = self.settings
-        by_channel = np.ascontiguousarray(values.transpose(0, 2, 1))  # reductions along the last axis: several times faster
-        low, high = by_channel.min(axis=2), by_channel.max(axis=2)
-        flat = high - low <= s.stuck_spread_max
+        floor = s.stuck_spread_max
+        flat = np.abs(values[:, -1] - values[:, 0]) <= floor  # flat only if its ends are: the few such rows looked at in full
+        if self._ranged:
+            by_channel = np.ascontiguousarray(values.transpose(0, 2, 1))  # reductions along the last axis: several times faster
+            low, high = by_channel.min(axis=2), by_channel.max(axis=2)
+            flat &= high - low <= floor
+            out = (low < self.low) | (high > self.high)
+        else:
+            low = high = _NONE
+            rows = np.flatnonzero(flat.any(axis=1))
+            if len(rows):
+                some = values[rows]
+                flat[rows] &= some.max(axis=1) - some.min(axis=1) <= floor
+            out = np.zeros_like(flat)
         q = min(EDGE_READINGS, values.shape[1]) - 1  # steps within the first and the last EDGE_READINGS readings
-        head = np.abs(by_channel[:, :, 1: q + 1] - by_channel[:, :, :q]) <= s.stuck_spread_max
-        tail = np.abs(by_channel[:, :, -q:] - by_channel[:, :, -q - 1: -1]) <= s.stuck_spread_max
-        edge = (head.all(axis=2) | tail.all(axis=2)).any(axis=1)
-        out = (low < self.low) | (high > self.high) if self._ranged else np.zeros_like(flat)
+        edge = self._flat_steps(values, 0, q, floor) | self._flat_steps(values, values.shape[1] - 1 - q, q, floor)
         steps = np.diff(ts, axis=1) / self.period
         step = np.median(steps, axis=1)
         shortest, longest = steps.min(axis=1), steps.max(axis=1)
@@ -181,6 +192,19 @@ class SensorHealth:
         timing = np.where(rate, 1, np.where(clock, 2, np.where(missing > s.dropout_max_share, 3, 0))).astype(np.int8)
         return BatchHealth(flat, edge, out, low, high, step, shortest, longest, jitter, missing, timing,
                            edge | out.any(axis=1) | (timing > 0))
+
+    @staticmethod
+    def _flat_steps(values: np.ndarray, start: int, q: int, floor: float) -> np.ndarray:
+        """``(batch,)``: a channel whose ``q`` steps from reading ``start`` are each at most ``floor``
+        (the rows whose first such step is looked at in full)."""
+        first = np.abs(values[:, start + 1] - values[:, start]) <= floor
+        out = np.zeros(len(values), dtype=bool)
+        rows = np.flatnonzero(first.any(axis=1))
+        if len(rows):
+            part = values[rows, start: start + q + 1]
+            steady = np.all(np.abs(np.diff(part, axis=1)) <= floor, axis=1)
+            out[rows] = np.any(steady, axis=1)
+        return out
 
     def device(self, device_id: str, health: BatchHealth, lo: int, hi: int) -> tuple[np.ndarray | None, list[tuple[int, SensorFault]]]:
         """One device's windows, rows ``lo``..``hi`` of the batch in window order: which of them are not
