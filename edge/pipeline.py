@@ -321,9 +321,10 @@ class Pipeline:
         first, and its windows failing a check do not fire as process anomalies (counted)."""
         records: list[Record] = []
         ratios: list[np.ndarray] = []
+        look = health is not None and self.health is not None and (self.health.devices > 0 or bool(health.any.any()))
         for device, lo, hi in batch.runs:
             suspect = None
-            if health is not None and self.health is not None:
+            if look and health is not None and self.health is not None:
                 suspect, faults = self.health.device(device, health, lo, hi)
                 records.extend(self._fault_event(batch.window(i, device), float(scores[i]), fault) for i, fault in faults)
             idx = self._finite(batch, device, scores, lo, hi)

@@ -161,25 +161,41 @@ class SensorHealth:
 
     def check(self, ts: np.ndarray, values: np.ndarray) -> BatchHealth:
         """Every check of every window of a batch: ``ts (batch, window)``, ``values (batch, window,
-        channels)`` as received. Stateless; the per-device run of flat windows is :meth:`device`'s."""
-        s = self.settings
-        floor = s.stuck_spread_max
-        flat = np.abs(values[:, -1] - values[:, 0]) <= floor  # flat only if its ends are: the few such rows looked at in full
+        channels)`` as received. Stateless; the per-device run of flat windows is :meth:`device`'s.
+        Cheap when all is well: a window is looked at in full only where a channel's two ends (flat),
+        its first or last step (edges) or a timestamp step (timing) leave room for a failure."""
+        n, length, channels = values.shape
+        floor = self.settings.stuck_spread_max
+        q = min(EDGE_READINGS, length) - 1  # steps within the first and the last EDGE_READINGS readings
+        ends = np.abs(values[:, (-1, 1, length - 1)] - values[:, (0, 0, length - 2)]) <= floor if length > 1 else \
+            np.zeros((n, 3, channels), dtype=bool)  # (batch, 3, channels): a window of one reading is never flat
         if self._ranged:
             by_channel = np.ascontiguousarray(values.transpose(0, 2, 1))  # reductions along the last axis: several times faster
             low, high = by_channel.min(axis=2), by_channel.max(axis=2)
-            flat &= high - low <= floor
+            flat = ends[:, 0] & (high - low <= floor)
             out = (low < self.low) | (high > self.high)
         else:
             low = high = _NONE
+            flat = ends[:, 0].copy()
             rows = np.flatnonzero(flat.any(axis=1))
             if len(rows):
                 some = values[rows]
                 flat[rows] &= some.max(axis=1) - some.min(axis=1) <= floor
-            out = np.zeros_like(flat)
-        q = min(EDGE_READINGS, values.shape[1]) - 1  # steps within the first and the last EDGE_READINGS readings
-        edge = self._flat_steps(values, 0, q, floor) | self._flat_steps(values, values.shape[1] - 1 - q, q, floor)
+            out = np.zeros((n, channels), dtype=bool)
+        edge = np.zeros(n, dtype=bool)
+        if ends[:, 1:].any():
+            edge = self._flat_steps(values, ends[:, 1], 0, q, floor) | self._flat_steps(values, ends[:, 2], length - 1 - q, q, floor)
+        timing = self._timing(ts)
+        return BatchHealth(flat, edge, out, low, high, *timing, edge | out.any(axis=1) | (timing[-1] > 0))
+
+    def _timing(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(step, shortest, longest, jitter, missing, timing)`` of :class:`BatchHealth`. A batch whose
+        every step is within min(clock_skew_max, clock_jitter_max) periods of one period fails none of
+        the three checks (and rate_factor > 1 + clock_skew_max): then only ``timing``, all 0."""
+        s = self.settings
         steps = np.diff(ts, axis=1) / self.period
+        if not steps.size or float(np.abs(steps - 1).max()) <= min(s.clock_skew_max, s.clock_jitter_max):
+            return _NONE, _NONE, _NONE, _NONE, _NONE, np.zeros(len(ts), dtype=np.int8)
         step = np.median(steps, axis=1)
         shortest, longest = steps.min(axis=1), steps.max(axis=1)
         whole = np.rint(steps)
@@ -190,14 +206,12 @@ class SensorHealth:
         skew = np.abs(step / np.maximum(np.rint(step), 1) - 1)
         clock = (skew > s.clock_skew_max) | (jitter > s.clock_jitter_max)
         timing = np.where(rate, 1, np.where(clock, 2, np.where(missing > s.dropout_max_share, 3, 0))).astype(np.int8)
-        return BatchHealth(flat, edge, out, low, high, step, shortest, longest, jitter, missing, timing,
-                           edge | out.any(axis=1) | (timing > 0))
+        return step, shortest, longest, jitter, missing, timing
 
     @staticmethod
-    def _flat_steps(values: np.ndarray, start: int, q: int, floor: float) -> np.ndarray:
-        """``(batch,)``: a channel whose ``q`` steps from reading ``start`` are each at most ``floor``
-        (the rows whose first such step is looked at in full)."""
-        first = np.abs(values[:, start + 1] - values[:, start]) <= floor
+    def _flat_steps(values: np.ndarray, first: np.ndarray, start: int, q: int, floor: float) -> np.ndarray:
+        """``(batch,)``: a channel whose ``q`` steps from reading ``start`` are each at most ``floor``;
+        ``first (batch, channels)`` says whose first such step is (only those rows are looked at)."""
         out = np.zeros(len(values), dtype=bool)
         rows = np.flatnonzero(first.any(axis=1))
         if len(rows):
