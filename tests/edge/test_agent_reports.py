@@ -9,6 +9,7 @@ import json
 import platform
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -224,6 +225,8 @@ def test_reports_and_an_announce_to_one_agent_then_its_abort(two_agents: dict[st
     info = reports[-1].agent
     assert info is not None and info.group == group and info.onnxruntime == onnxruntime.__version__ and info.mem_total_bytes > 0
     assert max(s.agent.devices for s in statuses(a) + reports if s.agent is not None) == 2
+    seen = [s.agent.last_seen for s in statuses(a) + reports if s.agent is not None and s.agent.last_seen]
+    assert seen and max(map(len, seen)) == 2 and all(t <= time.time() for x in seen for t in x.values())  # each device's last payload
     assert [s.action for s in statuses(b) if s.action != "report"] == []  # b was not addressed: it never downloaded
     assert b.downloader is not None and b.downloader.chunks_written == 0 and not (tmp / "b" / "models" / "models").exists()
     assert [s for s in statuses(a) if s.action == "refused"] == []  # the empty message was not an announce
