@@ -123,6 +123,13 @@ def sample(agent: Agent, name: str) -> float:
     return agent.registry.get_sample_value(f"edgewatch_agent_{name}_total") or 0.0
 
 
+def events_written(agent: Agent) -> float:
+    """Process anomaly events and sensor fault events (each check's counter), all on the anomalies topic."""
+    faults = sum(s.value for m in agent.registry.collect() if m.name == "edgewatch_agent_sensor_faults"
+                 for s in m.samples if s.name.endswith("_total"))
+    return sample(agent, "anomalies") + faults
+
+
 class Rig:
     """The brokers' side of the run: keys, topics, the two agents' configs, the publisher."""
 
@@ -248,7 +255,7 @@ def drive(rig: Rig, run: FleetRun) -> None:
                   "adaptive_received": sum(sample(a, "messages_received") for a in adaptive),
                   "dropped": sum(sample(a, "readings_dropped") + sample(a, "queue_dropped_messages") for a in agents),
                   "rejected": sum(sample(a, "payloads_rejected") for a in agents), "outbox_left": left,
-                  "static_anomalies": sample(static, "anomalies"), "adaptive_anomalies": sum(sample(a, "anomalies") for a in adaptive)}
+                  "static_anomalies": events_written(static), "adaptive_anomalies": sum(events_written(a) for a in adaptive)}
     for which in ("static", "adaptive"):
         reader = TopicReader(rig.stack.kafka_bootstrap, rig.topics[f"{which}.anomalies"], f"fleet-{which}-{rig.unique}")
         try:
