@@ -4,6 +4,8 @@ with the archive's own :func:`cloud.processor.archive.write_flush` (one flush pe
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,22 @@ from typing import Any
 import numpy as np
 
 from cloud.processor.archive import write_flush
+from edge.contract import encode_manifest
+from edge.detector import load_manifest
 from edge.synth import CHANNEL_NAMES, SAMPLE_PERIOD_S, simulate
 
 TINY_MODEL = Path(__file__).resolve().parents[1] / "edge" / "fixtures" / "tiny_model"
 WINDOW = 32
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def tiny_model_as(tmp: Path, version: str, threshold: float) -> Path:
+    """The tiny model as ``version`` with another threshold (unsigned: the hash covers model.onnx only)."""
+    out = tmp / f"model-{version}"
+    shutil.copytree(TINY_MODEL, out)
+    m = load_manifest(out)
+    (out / "manifest.json").write_bytes(encode_manifest(dataclasses.replace(m, version=version, threshold=threshold)))
+    return out
 
 
 def device_windows(seed: int, count: int) -> np.ndarray:

@@ -22,18 +22,9 @@ from cloud.processor.store import IncidentRow
 from cloud.registry import Registry
 from cloud.retrain.dataset import LabelledIncident
 from edge.config import Config
-from edge.contract import decode_manifest, encode_manifest
+from edge.contract import decode_manifest
 from edge.detector import OnnxDetector, load_manifest
-from tests.cloud.archive_util import T0, TINY_MODEL, window_rows, write_archive
-
-
-def _model(tmp: Path, version: str, threshold: float) -> Path:
-    """The tiny model as ``version`` with another threshold (unsigned: the hash covers model.onnx only)."""
-    out = tmp / f"model-{version}"
-    shutil.copytree(TINY_MODEL, out)
-    m = load_manifest(out)
-    (out / "manifest.json").write_bytes(encode_manifest(dataclasses.replace(m, version=version, threshold=threshold)))
-    return out
+from tests.cloud.archive_util import T0, TINY_MODEL, tiny_model_as, window_rows, write_archive
 
 
 def _scores(windows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -59,7 +50,7 @@ def test_the_replay_decides_as_the_agent_path(fleet: Any, tmp_path: Path, adapti
     on the same windows in the same order (adaptive layer, k-of-n 2 of 3)."""
     root, _windows, scores = fleet
     threshold = float(np.quantile(np.concatenate(list(scores.values())), 0.9))
-    model = _model(tmp_path, "2.0", threshold)
+    model = tiny_model_as(tmp_path, "2.0", threshold)
     config = agent_config()
     config = dataclasses.replace(config, decision=dataclasses.replace(config.decision, k=2, n=3))
     config = config if adaptive else _fixed(config)
@@ -84,8 +75,8 @@ def test_a_threshold_set_too_low_shows_3x_and_is_refused_at_registration(fleet: 
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     root, _windows, scores = fleet
     every = np.concatenate(list(scores.values()))
-    prod = _model(tmp_path, "1.0", float(np.quantile(every, 0.97)))
-    low = _model(tmp_path, "1.1", float(np.quantile(every, 0.91)))
+    prod = tiny_model_as(tmp_path, "1.0", float(np.quantile(every, 0.97)))
+    low = tiny_model_as(tmp_path, "1.1", float(np.quantile(every, 0.91)))
     config = _fixed(agent_config())
     p, c = (backtest(root, m, config=config) for m in (prod, low))
     ratio = c.overall().alerts / p.overall().alerts
@@ -130,7 +121,7 @@ def test_a_range_without_archived_windows_exits_non_zero_and_says_so(fleet: Any,
 
 def test_labelled_incidents_caught_and_raised(fleet: Any, tmp_path: Path) -> None:
     root, _windows, scores = fleet
-    model = _model(tmp_path, "3.0", float(np.quantile(np.concatenate(list(scores.values())), 0.98)))
+    model = tiny_model_as(tmp_path, "3.0", float(np.quantile(np.concatenate(list(scores.values())), 0.98)))
     config = _fixed(agent_config())
     plain = backtest(root, model, config=config)
     dev = next(d for d in plain.devices.values() if len(d.incidents) >= 2)
@@ -198,7 +189,7 @@ def test_a_signed_candidate_loses_its_signature_and_signs_again_with_the_predict
     from edge.signing import load_trusted_keys, verify_manifest
 
     private, _public = generate_keypair(tmp_path / "keys")
-    model = _model(tmp_path, "4.0", 9.0551)
+    model = tiny_model_as(tmp_path, "4.0", 9.0551)
     sign_model_dir(model, load_private_key(private))
     reg = tmp_path / "registry"
     assert main(["registry", "register", str(model), "--root", str(reg), "--archive", str(fleet[0])]) == 0

@@ -7,7 +7,6 @@ by the prediction the backtest signed into its manifest (not by the old live-rat
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,15 @@ from cloud.keys import generate_keypair
 from cloud.registry import Registry
 from edge.agent import Agent
 from edge.config import load_config
-from edge.contract import decode_manifest, encode_manifest
+from edge.contract import decode_manifest
 from edge.contract.update import decode_status
 from edge.detector import OnnxDetector, load_manifest
-from tests.cloud.archive_util import write_archive
+from tests.cloud.archive_util import tiny_model_as, write_archive
 from tests.edge.agent_util import TINY_MODEL, Publisher, TopicReader, fleet_readings, payloads, toml_config
 from tests.tools import wait_for
 
 DEVICES = 4
 STEPS = 4000
-
-
-def _model(tmp: Path, version: str, threshold: float) -> Path:
-    out = tmp / f"model-{version}"
-    shutil.copytree(TINY_MODEL, out)
-    m = load_manifest(out)
-    (out / "manifest.json").write_bytes(encode_manifest(dataclasses.replace(m, version=version, threshold=threshold)))
-    return out
 
 
 def test_a_threshold_too_low_is_refused_at_registration_and_again_in_shadow_when_forced(
@@ -45,8 +36,8 @@ def test_a_threshold_too_low_is_refused_at_registration_and_again_in_shadow_when
     windows = write_archive(archive, devices=50, days=21, per_day=96)  # the fleet: at least 1,000 device-days
     scores = np.concatenate([OnnxDetector.load(TINY_MODEL).score(w.astype(np.float32))[0] for w in windows.values()])
     # production alerts on a tenth of the windows, so that a short trial can tell three times that apart
-    prod = _model(tmp_path, "1.0", float(np.quantile(scores, 0.90)))
-    low = _model(tmp_path, "1.1", float(np.quantile(scores, 0.70)))
+    prod = tiny_model_as(tmp_path, "1.0", float(np.quantile(scores, 0.90)))
+    low = tiny_model_as(tmp_path, "1.1", float(np.quantile(scores, 0.70)))
     fixed = agent_config()
     fixed = dataclasses.replace(fixed, adaptive=dataclasses.replace(fixed.adaptive, enabled=False))
     p, c = (backtest(archive, m, config=fixed).overall() for m in (prod, low))
