@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kafka import ConsumerRebalanceListener
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cloud.fleetwatch import state as fstate
@@ -258,7 +257,7 @@ class FleetWatch:
         k = self.config.kafka
         producer = kafka_producer(k, k.client_id + "-fleetwatch")
         try:
-            consumer = group_consumer(k, self.topics(), _Quiet(), group_id=k.group_id + "-fleetwatch",
+            consumer = group_consumer(k, self.topics(), group_id=k.group_id + "-fleetwatch",
                                       client_id=k.client_id + "-fleetwatch")
         except BaseException:
             close_producer(producer, 10.0)
@@ -302,16 +301,6 @@ class FleetWatch:
         self.store.mark_published("alerts", done, self.clock())
 
 
-class _Quiet(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
-    """A rebalance listener with nothing to do: every poll is stored before its offsets are committed."""
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
-
-
 def _merge(into: Changes, other: Changes) -> None:
     into.incidents.update(other.incidents)
     into.alerts.extend(other.alerts)
@@ -321,16 +310,8 @@ def run_fleetwatch(config: ProcessorConfig, stop: threading.Event, registry: Col
                    backoff_s: tuple[float, float] = (1.0, 60.0), clock: Callable[[], float] = time.time) -> None:
     """Thread entry used by ``edgewatch process`` when ``[peers]`` or ``[silence]`` is enabled: the watch, on a store
     connection of its own, until ``stop`` is set; started again after a failure."""
-    from cloud.processor.archive import run_restarting
-    from cloud.processor.backends import open_store
+    from cloud.processor.sidethreads import run_with_store
 
     metrics = FleetWatchMetrics(registry)
-
-    def body() -> None:
-        store = open_store(config.store)
-        try:
-            FleetWatch(config, store, metrics, stop, clock).run()
-        finally:
-            store.close()
-
-    run_restarting(body, stop, metrics.restarts, "fleetwatch", backoff_s)
+    run_with_store(config, lambda store: FleetWatch(config, store, metrics, stop, clock).run(), stop, metrics.restarts,
+                   "fleetwatch", backoff_s)

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from cloud.processor.alerts import deadletter_headers
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.consumer import group_consumer, kafka_producer
+from cloud.processor.sidethreads import run_restarting
 from edge.contract import ContractError, TelemetryWindow, decode_telemetry
 from edge.forwarder import close_producer
 
@@ -218,23 +219,3 @@ def run_archive(config: ProcessorConfig, stop: threading.Event, registry: Collec
     the wait doubles while failures follow each other within a minute)."""
     metrics = ArchiveMetrics(registry)
     run_restarting(lambda: Archive(config, metrics, stop).run(), stop, metrics.restarts, "archive", backoff_s)
-
-
-def run_restarting(body: Callable[[], None], stop: threading.Event, restarts: Counter, what: str,
-                   backoff_s: tuple[float, float] = (1.0, 60.0)) -> None:
-    """Run ``body`` until it returns or ``stop`` is set; after each failure (logged as ``<what>_failed``,
-    counted in ``restarts``) wait, then run it again: ``backoff_s`` is the first and the longest wait,
-    doubling while failures follow each other within a minute."""
-    first, longest = backoff_s
-    delay = first
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            body()
-            return
-        except Exception:
-            restarts.inc()
-            delay = first if time.monotonic() - started > 60 else delay
-            log.exception("%s_failed restart_in_s=%.1f", what, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, longest)

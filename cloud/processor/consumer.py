@@ -321,10 +321,11 @@ def kafka_producer(k: ProcessorKafkaSection, client_id: str, **settings: Any) ->
         raise BrokerUnavailable(f"kafka at {k.bootstrap}: {diagnose(k.bootstrap, k)} [{exc!r}]") from exc
 
 
-def group_consumer(k: ProcessorKafkaSection, topic: str | Sequence[str], listener: ConsumerRebalanceListener, *, group_id: str,
-                   client_id: str) -> KafkaConsumer:
+def group_consumer(k: ProcessorKafkaSection, topic: str | Sequence[str], listener: ConsumerRebalanceListener | None = None, *,
+                   group_id: str, client_id: str) -> KafkaConsumer:
     """A manual-commit consumer subscribed to ``topic`` (or several) in ``group_id``, with the section's bootstrap and
-    security; :class:`BrokerUnavailable` saying why."""
+    security; :class:`BrokerUnavailable` saying why. No ``listener``: nothing to do on a rebalance (a consumer
+    that stores each poll before it commits its offsets)."""
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap, group_id=group_id, client_id=client_id, enable_auto_commit=False,

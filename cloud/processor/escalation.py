@@ -32,16 +32,14 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter
 
 from cloud.processor.alerts import deadletter_headers
-from cloud.processor.archive import run_restarting
-from cloud.processor.backends import open_store
 from cloud.processor.cloudscore import CloudScorer
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.consumer import group_consumer, kafka_producer
 from cloud.processor.routes import AlertRoutes, parse_routes
+from cloud.processor.sidethreads import run_with_store
 from cloud.processor.store import Store
 from cloud.processor.verdicts import Gate, backfill_events, decide_held, mark_released, store_verdicts
 from cloud.registry import Registry
-from cloud.rollout.monitor import _Listener  # nothing to do on a rebalance: a poll is stored before its commit
 from edge.contract import ContractError
 from edge.contract.escalation import Escalation, decode_escalation
 from edge.forwarder import close_producer
@@ -90,7 +88,7 @@ class EscalationScorer:
         k, e = self.config.kafka, self.config.escalation
         producer = kafka_producer(k, k.client_id + "-escalation")
         try:
-            consumer = group_consumer(k, k.escalations_topic, _Listener(), group_id=e.group_id,
+            consumer = group_consumer(k, k.escalations_topic, group_id=e.group_id,
                                       client_id=k.client_id + "-escalation")
         except BaseException:
             close_producer(producer, 10.0)
@@ -223,12 +221,8 @@ def run_escalation(config: ProcessorConfig, stop: threading.Event, registry: Col
     metrics = EscalationMetrics(registry)
     e = config.escalation
 
-    def body() -> None:
+    def work(store: Store) -> None:
         scorer = CloudScorer.from_registry(Path(e.registry), e.model, confirm_ratio=e.confirm_ratio, threads=e.threads)
-        store = open_store(config.store)
-        try:
-            EscalationScorer(config, store, scorer, metrics, stop, clock).run()
-        finally:
-            store.close()
+        EscalationScorer(config, store, scorer, metrics, stop, clock).run()
 
-    run_restarting(body, stop, metrics.restarts, "escalation_scorer", backoff_s)
+    run_with_store(config, work, stop, metrics.restarts, "escalation_scorer", backoff_s)

@@ -25,16 +25,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaProducer
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter
 
 from cloud.processor.alerts import alert_rows
-from cloud.processor.archive import run_restarting
-from cloud.processor.backends import open_store
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.consumer import group_consumer, kafka_producer
+from cloud.processor.sidethreads import run_with_store
 from cloud.processor.store import Store
 from cloud.registry import Registry
 from cloud.rollout import cohort, state
@@ -91,7 +89,7 @@ class RolloutMonitor:
         k, r = self.config.kafka, self.config.rollout
         producer = kafka_producer(k, k.client_id + "-rollout")
         try:
-            consumer = group_consumer(k, r.status_topic, _Listener(), group_id=r.group_id, client_id=k.client_id + "-rollout")
+            consumer = group_consumer(k, r.status_topic, group_id=r.group_id, client_id=k.client_id + "-rollout")
         except BaseException:
             close_producer(producer, 10.0)
             raise
@@ -169,27 +167,10 @@ class RolloutMonitor:
             log.warning("rollout_alert_unpublished alert_id=%s error=%r", alert.alert_id, exc)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
-    """Nothing to do on a rebalance: every status polled is stored before its offset is committed."""
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
-
-
 def run_rollout(config: ProcessorConfig, stop: threading.Event, registry: CollectorRegistry, *,
                 backoff_s: tuple[float, float] = (1.0, 60.0), clock: Callable[[], float] = time.time) -> None:
     """Thread entry used by ``edgewatch process`` when ``[rollout] enabled = true``: the monitor, on a
     store connection of its own, until ``stop`` is set; started again after a failure as the archive is."""
     metrics = RolloutMetrics(registry)
-
-    def body() -> None:
-        store = open_store(config.store)
-        try:
-            RolloutMonitor(config, store, metrics, stop, clock).run()
-        finally:
-            store.close()
-
-    run_restarting(body, stop, metrics.restarts, "rollout_monitor", backoff_s)
+    run_with_store(config, lambda store: RolloutMonitor(config, store, metrics, stop, clock).run(), stop, metrics.restarts,
+                   "rollout_monitor", backoff_s)
