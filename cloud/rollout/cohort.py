@@ -5,7 +5,9 @@ raised them, and exposure is counted per version an agent ran (:mod:`cloud.rollo
 rate is counts per device-hour since the rollout started; the ratio of two rates adds one to
 each count, so a cohort with no event yet has a finite, conservative ratio. What is counted is
 read from the store on each call (events ingested since the rollout started: a scan of that
-range; fine for a rollout of hours, not a store-wide index).
+range; fine for a rollout of hours, not a store-wide index). Only what the model decides is
+compared: process anomaly events, and incidents of :data:`MODEL_KINDS`. Sensor faults, peer
+outliers and silent devices are the sensors' and the machines' doing, whatever model runs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class Comparison:
         return len(self.rejected) / len(self.wave) if self.wave else 0.0
 
 
+MODEL_KINDS = frozenset({"incident", "fleet_incident", "drift"})  # incidents the model's verdicts make
+
+
 def compare(store: Store, rollout: state.Rollout) -> Comparison:
     """The two cohorts of ``rollout`` from the store, now."""
     group = set(state.reports(store, rollout.group))
@@ -67,12 +72,12 @@ def compare(store: Store, rollout: state.Rollout) -> Comparison:
     device_agent: dict[str, str] = {}
     for (payload,) in store.execute("SELECT payload FROM events WHERE ingested_at >= ?", (rollout.started_at,)):
         e = orjson.loads(payload)
-        if e.get("model_name") == rollout.name and e.get("agent_id") in group:
+        if e.get("model_name") == rollout.name and e.get("agent_id") in group and e.get("kind", "process") == "process":
             counts[e.get("model_version") == rollout.version]["events"] += 1
             device_agent[e["device_id"]] = e["agent_id"]
     for kind, device, version in store.execute("SELECT kind, device_id, model_version FROM incidents WHERE updated_at >= ? "
                                                "AND model_name = ?", (rollout.started_at, rollout.name)):
-        if device in device_agent:
+        if device in device_agent and kind in MODEL_KINDS:
             counts[version == rollout.version][f"incidents:{kind}"] += 1
     wave = frozenset(m.agent_id for m in state.members(store, rollout.rollout_id) if m.skipped is None)
     said = state.statuses(store, rollout.name, rollout.version)

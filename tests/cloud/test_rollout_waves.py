@@ -317,6 +317,8 @@ shadow_rate_floor = 1.0
 report_interval_s = 1.0
 [decision]
 device_thresholds = {{ {quiet} }}
+[sensor_health]
+enabled = false  # the feed holds five channels flat: its windows are about the model, not the sensors
 """
         path = toml_config(tmp, agent_id=agent_id, mqtt_port=local_stack.mqtt_port, kafka_bootstrap=local_stack.kafka_bootstrap,
                            prefix=prefix, topics=topics, extra=extra, model=registry.version_dir("tiny-zscore", "1.0.0"))
