@@ -155,8 +155,9 @@ def test_every_shown_command_line_ends_without_a_traceback(mqtt: int, tmp_path: 
                 continue
             command = "edgewatch demo " + " ".join(command.split()[2:])  # ./dev demo passes its arguments on
         jobs.append((command, *_argv(command, mqtt, folder), folder))
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(lambda job: _run(job[1], job[3]), jobs))
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the simulators one at a time: each floods the one broker for a second
+        others = pool.map(lambda job: _run(job[1], job[3]) if job[2] != "simulate" else None, jobs)
+        results = [out or _run(job[1], job[3]) for job, out in zip(jobs, list(others), strict=True)]
     failures = []
     for (command, argv, kind, _folder), out in zip(jobs, results, strict=True):
         shown = f"{command!r} (ran {' '.join(argv[2:])}): exit {out.returncode}\n{out.stderr[-2000:]}"
