@@ -36,7 +36,7 @@ from edge.synth import CHANNEL_NAMES, Fault, FaultKind, load_profile, random_fau
 SensorCheck = Literal["stuck", "range", "dropout", "clock", "rate"]
 SENSOR_CHECKS: tuple[SensorCheck, ...] = ("stuck", "range", "dropout", "clock", "rate")
 IncidentKind = Literal["incident", "sensor_fault", "peer_outlier", "device_silent"]
-INCIDENT_KINDS: tuple[IncidentKind, ...] = ("incident", "sensor_fault", "peer_outlier", "device_silent")
+INJECTED_KINDS: tuple[IncidentKind, ...] = ("incident", "sensor_fault", "peer_outlier", "device_silent")
 CLOCK_OFFSETS = (0.0, 0.4, -0.4)  # periods, in turn: steps of 1.4, 0.2, 1.4 periods (skewed and jittered)
 DROPOUT_KEEP = (True, True, True, False, False)  # 2 of every 5 readings missing: 40 % of a window, steps of 1 or 3 periods
 RATE_EVERY = 3  # the slow sensor keeps every 3rd reading

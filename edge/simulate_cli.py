@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
           f"{stats.messages_failed} not acknowledged; {len(truth['faults'])} faults injected; truth in {args.truth}")  # type: ignore[arg-type]  # the truth document's 'faults' is a list
     if extra:
         kinds = Counter(i.kind for i in fleetsim.injected_of(extra))
-        print("injected, by the incident kind each should raise: " + ", ".join(f"{k} {kinds[k]}" for k in fleetsim.INCIDENT_KINDS))
+        print("injected, by the incident kind each should raise: " + ", ".join(f"{k} {kinds[k]}" for k in fleetsim.INJECTED_KINDS))
     return EXIT_OK if stats.messages_failed == 0 else EXIT_FAILURE
 
 

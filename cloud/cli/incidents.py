@@ -15,9 +15,9 @@ from typing import Any
 from edge.cliutil import EXIT_FAILURE, EXIT_OK, add_flag
 from edge.contract import ConfigError
 from edge.contract._fields import NAME_RE
+from edge.contract.alert import INCIDENT_KINDS
 
 STORE_ENV = "EDGEWATCH_STORE__"
-INCIDENT_KINDS = ["incident", "fleet_incident", "drift", "sensor_fault", "peer_outlier", "device_silent"]
 
 
 def register(sub: Any) -> None:

@@ -34,15 +34,13 @@ from prometheus_client import CollectorRegistry, Counter
 from cloud.processor.alerts import deadletter_headers
 from cloud.processor.cloudscore import CloudScorer
 from cloud.processor.config import ProcessorConfig
-from cloud.processor.consumer import group_consumer, kafka_producer
 from cloud.processor.routes import AlertRoutes, parse_routes
-from cloud.processor.sidethreads import run_with_store
+from cloud.processor.sidethreads import consume, run_with_store
 from cloud.processor.store import Store
 from cloud.processor.verdicts import Gate, backfill_events, decide_held, mark_released, store_verdicts
 from cloud.registry import Registry
 from edge.contract import ContractError
 from edge.contract.escalation import Escalation, decode_escalation
-from edge.forwarder import close_producer
 
 log = logging.getLogger(__name__)
 
@@ -85,31 +83,11 @@ class EscalationScorer:
         self.routes = AlertRoutes(parse_routes(config.alerts.routes, "[alerts]"), config.kafka.alerts_topic)
 
     def run(self) -> None:
-        k, e = self.config.kafka, self.config.escalation
-        producer = kafka_producer(k, k.client_id + "-escalation")
-        try:
-            consumer = group_consumer(k, k.escalations_topic, group_id=e.group_id,
-                                      client_id=k.client_id + "-escalation")
-        except BaseException:
-            close_producer(producer, 10.0)
-            raise
-        log.info("escalation_scorer_started topic=%s group=%s model=%s confirm_ratio=%g", k.escalations_topic, e.group_id,
-                 self.scorer.name, self.scorer.confirm_ratio)
-        next_tick = 0.0
-        try:
-            while not self.stop.is_set():
-                polled = consumer.poll(timeout_ms=int(k.poll_timeout_s * 1000))
-                records = [(tp.partition, r.offset, r.value) for tp, rs in polled.items() for r in rs]
-                if records:
-                    self.on_records(records, producer)
-                    consumer.commit()
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + e.interval_s
-                    self.tick(producer)
-        finally:
-            consumer.close(autocommit=False)
-            close_producer(producer, 10.0)
-            log.info("escalation_scorer_stopped")
+        e = self.config.escalation
+        log.info("escalation_scorer model=%s confirm_ratio=%g", self.scorer.name, self.scorer.confirm_ratio)
+        consume(self.config, self.config.kafka.escalations_topic, group_id=e.group_id, name="escalation", stop=self.stop,
+                handle=lambda records, producer: self.on_records([(r.partition, r.offset, r.value) for r in records], producer),
+                tick=self.tick, interval_s=e.interval_s)
 
     def on_records(self, records: Sequence[tuple[int, int, bytes | None]], producer: KafkaProducer | None) -> int:
         """Score and store one poll's escalations, dead-letter the bad ones; returns how many were stored."""

@@ -23,16 +23,16 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter
 
 from cloud.processor.alerts import alert_rows
 from cloud.processor.config import ProcessorConfig
-from cloud.processor.consumer import group_consumer, kafka_producer
-from cloud.processor.sidethreads import run_with_store
+from cloud.processor.sidethreads import consume, run_with_store
 from cloud.processor.store import Store
 from cloud.registry import Registry
 from cloud.rollout import cohort, state
@@ -40,7 +40,6 @@ from cloud.rollout.publish import Broker, publish_wave
 from edge.contract import Alert, ContractError
 from edge.contract.alert import make_incident_id
 from edge.contract.update import ModelStatus, decode_status
-from edge.forwarder import close_producer
 
 log = logging.getLogger(__name__)
 
@@ -86,30 +85,13 @@ class RolloutMonitor:
         self.broker = broker_of(config)
 
     def run(self) -> None:
-        k, r = self.config.kafka, self.config.rollout
-        producer = kafka_producer(k, k.client_id + "-rollout")
-        try:
-            consumer = group_consumer(k, r.status_topic, group_id=r.group_id, client_id=k.client_id + "-rollout")
-        except BaseException:
-            close_producer(producer, 10.0)
-            raise
-        log.info("rollout_monitor_started topic=%s group=%s", r.status_topic, r.group_id)
-        next_tick = 0.0
-        try:
-            while not self.stop.is_set():
-                polled = consumer.poll(timeout_ms=int(k.poll_timeout_s * 1000))
-                for records in polled.values():
-                    for rec in records:
-                        self.on_record(rec.value)
-                if polled:
-                    consumer.commit()
-                if time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + r.interval_s
-                    self.tick(producer)
-        finally:
-            consumer.close(autocommit=False)
-            close_producer(producer, 10.0)
-            log.info("rollout_monitor_stopped")
+        r = self.config.rollout
+        consume(self.config, r.status_topic, group_id=r.group_id, name="rollout", stop=self.stop,
+                handle=self.on_records, tick=self.tick, interval_s=r.interval_s)
+
+    def on_records(self, records: Sequence[Any], producer: KafkaProducer) -> None:
+        for rec in records:
+            self.on_record(rec.value)
 
     def on_record(self, value: bytes | None) -> None:
         try:

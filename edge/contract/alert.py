@@ -30,6 +30,7 @@ AlertKind = Literal["incident", "fleet_incident", "drift", "rollout_paused", "se
 AlertAction = Literal["open", "close"]
 ALERT_KINDS: tuple[AlertKind, ...] = ("incident", "fleet_incident", "drift", "rollout_paused", "sensor_fault", "peer_outlier",
                                       "device_silent")
+INCIDENT_KINDS: tuple[AlertKind, ...] = tuple(k for k in ALERT_KINDS if k != "rollout_paused")  # what an incident can be
 MAX_LABELS = 32
 ALERT_ACTIONS: tuple[AlertAction, ...] = ("open", "close")
 MAX_DEVICES = 10_000

@@ -6,7 +6,6 @@ delivery on the real Kafka with the processor and its escalation thread running.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from prometheus_client import CollectorRegistry
 
 from cloud.cli import main
 from cloud.kafka_groups import subscribe
-from cloud.processor.backends import open_postgres, open_sqlite
 from cloud.processor.cloudscore import CloudScorer
 from cloud.processor.config import ProcessorConfig
 from cloud.processor.escalation import EscalationMetrics, EscalationScorer, run_escalation
@@ -106,14 +104,6 @@ def scorer_of(cfg: ProcessorConfig, store: Store, metrics: EscalationMetrics) ->
     e = cfg.escalation
     return EscalationScorer(cfg, store, CloudScorer.from_registry(Path(e.registry), e.model), metrics, threading.Event(),
                             clock=lambda: T0 + 1_000)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = open_sqlite(tmp_path / "store.db") if request.param == "sqlite" else open_postgres(request.getfixturevalue("postgres_dsn"))
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_verdicts_are_stored_and_only_incidents_with_a_confirmed_or_clear_event_alert(

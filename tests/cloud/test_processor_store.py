@@ -8,7 +8,6 @@ the store; delivery through Kafka is tested in ``test_processor_kafka.py``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from cloud.processor import schema
-from cloud.processor.backends import open_postgres, open_sqlite
+from cloud.processor.backends import open_sqlite
 from cloud.processor.metrics import ProcessorMetrics
 from cloud.processor.pipeline import IncidentPipeline
 from cloud.processor.store import Store
@@ -29,20 +28,6 @@ TOPIC = "t.anomalies"
 class Rec(NamedTuple):
     offset: int
     value: bytes | None
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A store without its schema."""
-    s = open_sqlite(tmp_path / "store.db") if request.param == "sqlite" else open_postgres(request.getfixturevalue("postgres_dsn"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def store(empty_store: Store) -> Store:
-    empty_store.migrate()
-    return empty_store
 
 
 def pipeline(store: Store, tmp_path: Path) -> IncidentPipeline:

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from cloud.cli import main
 from cloud.keys import generate_keypair, load_private_key, sign_model_dir
-from cloud.processor.backends import open_postgres, open_sqlite
+from cloud.processor.backends import open_sqlite
 from cloud.processor.config import ProcessorConfig, load_config
 from cloud.processor.store import Store
 from cloud.registry import Registry
@@ -106,14 +106,6 @@ def test_cohort_decision() -> None:
     assert judge(_cmp((2.0, 1), (10.0, 50)), **limits)[0] == "healthy"  # fewer alerts is not a divergence here
     verdict, reason = judge(_cmp((0.1, 0), (0.1, 0), wave=3, rejected=2), **limits)
     assert verdict == "diverged" and "2 of 3 wave agents rejected" in reason  # before any exposure
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = open_sqlite(tmp_path / "store.db") if request.param == "sqlite" else open_postgres(request.getfixturevalue("postgres_dsn"))
-    s.migrate()
-    yield s
-    s.close()
 
 
 def _report(agent: str, at: float, version: str = "1.0", devices: int = 2, group: str = "g") -> state.AgentReport:
