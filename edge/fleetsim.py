@@ -13,7 +13,10 @@ every injected thing as the incident kind it should become.
   channel pinned far above anything it reads otherwise), ``dropout`` (2 readings of every 5
   missing), ``clock`` (timestamps off the sample grid by 0 / +0.4 / -0.4 periods in turn) and
   ``rate`` (only every 3rd reading: a sensor sampling 3x slower): ``sensor_fault``.
-- Silence: a device sends nothing for a stretch, then resumes: ``device_silent``.
+- Silence: a device sends nothing for a stretch (``silence_steps``, or as long as a sensor fault), then
+  resumes: ``device_silent``.
+- A fault-free lead (``fault_free_steps``): nothing is injected before it, so a run can show that a
+  healthy fleet raises nothing.
 - Process faults (edge.synth's spike, drift, noise, decorrelate) on the devices without a role:
   ``incident``; edge.synth's ``stuck`` is a frozen sensor, so it counts as ``sensor_fault``.
 
@@ -25,7 +28,7 @@ give the same fleet, bit for bit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -54,7 +57,9 @@ class FleetPlan:
     faults_per_device: int = 1                                # process faults on each device without a role
     fault_kinds: tuple[FaultKind, ...] = ("spike", "drift", "noise", "decorrelate")
     drift_load: float = 0.3    # how far the drifting device's load moves over the run (the load is 0-1)
-    span_share: float = 0.2    # a sensor fault's or a silence's length, as a share of the run
+    span_share: float = 0.2    # a sensor fault's or a silence's length, as a share of the run (after the lead)
+    fault_free_steps: int = 0  # a lead with nothing injected: the drift starts, and every fault lies, after it
+    silence_steps: int = 0     # a silence's length in readings (0: span_share of the run)
 
     def problems(self) -> list[str]:
         """What makes the plan impossible, as sentences (empty: it is fine)."""
@@ -69,6 +74,8 @@ class FleetPlan:
             out.append(f"unknown sensor fault {unknown[0]!r}; choose from {', '.join(SENSOR_CHECKS)}")
         if not 0 < self.span_share < 0.6:
             out.append(f"span_share {self.span_share} must be in (0, 0.6)")
+        if self.fault_free_steps < 0 or self.silence_steps < 0:
+            out.append("fault_free_steps and silence_steps must be >= 0")
         return out
 
 
@@ -111,8 +118,9 @@ def group_name(g: int) -> str:
 def grouped_fleet(plan: FleetPlan, steps: int, *, seed: int = 0, start_ts: float = 1_767_225_600.0,
                   sample_period_s: float = 1.0, prefix: str = "pump") -> GroupedFleet:
     """The fleet of ``plan`` with ``steps`` readings a device; raises :class:`ValueError` with
-    :meth:`FleetPlan.problems` when the plan is impossible."""
-    problems = plan.problems()
+    :meth:`FleetPlan.problems` when the plan is impossible, or when its lead leaves no room for faults."""
+    lead = plan.fault_free_steps
+    problems = plan.problems() + ([f"fault_free_steps {lead} leaves too little of {steps} steps"] if steps - lead < 10 else [])
     if problems:
         raise ValueError("; ".join(problems))
     rng = np.random.default_rng(seed)
@@ -123,20 +131,22 @@ def grouped_fleet(plan: FleetPlan, steps: int, *, seed: int = 0, start_ts: float
     role_of = {members[int(k)][1]: r for k, r in zip(order, roles, strict=False)}
     loads = {name: load_profile(steps, np.random.default_rng(seed * 7919 + g)) + rng.uniform(-0.08, 0.08)
              for g, name in enumerate(group_name(g) for g in range(plan.groups))}
-    span = max(1, int(steps * plan.span_share))
-    fit = plan_faults(steps, plan.faults_per_device)
+    after = steps - lead  # faults are laid out over the steps after the lead, then moved past it
+    span = max(1, int(after * plan.span_share))
+    fit = plan_faults(after, plan.faults_per_device)
     streams, injected = [], []
     for n, (group, device) in enumerate(members):
         role = role_of.get(device, "")
         load = loads[group] + rng.uniform(-0.015, 0.015)
-        lo = int(rng.integers(steps // 5, max(steps // 5 + 1, steps - steps // 10 - span)))
-        hi = min(steps, lo + span)
+        lo = lead + int(rng.integers(after // 5, max(after // 5 + 1, after - after // 10 - span)))
+        hi = min(steps, lo + (plan.silence_steps if role == "silence" and plan.silence_steps else span))
         faults: list[Fault] = []
         if role == "peer_drift":
-            load = load + np.linspace(0.0, plan.drift_load, steps)
+            load = load + np.r_[np.zeros(lead), np.linspace(0.0, plan.drift_load, after)]
         elif not role and fit.count and plan.fault_kinds:
-            faults = random_faults(steps, seed=seed * 1000 + n + 7, count=fit.count, kinds=plan.fault_kinds,
-                                   min_duration=fit.min_duration, max_duration=fit.max_duration, margin=fit.margin)
+            faults = [replace(f, start=f.start + lead) for f in random_faults(
+                after, seed=seed * 1000 + n + 7, count=fit.count, kinds=plan.fault_kinds, min_duration=fit.min_duration,
+                max_duration=fit.max_duration, margin=fit.margin)]
         values, _ = simulate(steps, seed=seed * 1000 + n, faults=faults, load=load)
         ts = start_ts + sample_period_s * np.arange(steps)
         stream = DeviceStream(device, ts, values, CHANNEL_NAMES, tick=np.arange(steps))
@@ -146,7 +156,7 @@ def grouped_fleet(plan: FleetPlan, steps: int, *, seed: int = 0, start_ts: float
             injected.append(Injected(kind, f.kind, device, group, (f.channel,), a, b))
             stream.faults.append(InjectedFault(device, f.kind, f.channel, a, b))
         if role:
-            injected.append(_apply(stream, role, lo, hi, rng, sample_period_s, group))
+            injected.append(_apply(stream, role, lo, hi, rng, sample_period_s, group, lead))
             if injected[-1].kind == "sensor_fault":
                 stream.faults.append(InjectedFault(device, role, injected[-1].channels[0], injected[-1].start_ts,
                                                    injected[-1].end_ts))
@@ -157,11 +167,12 @@ def grouped_fleet(plan: FleetPlan, steps: int, *, seed: int = 0, start_ts: float
     return GroupedFleet(streams, sorted(injected, key=lambda i: (i.start_ts, i.device_id)), groups)
 
 
-def _apply(d: DeviceStream, role: str, lo: int, hi: int, rng: np.random.Generator, period: float, group: str) -> Injected:
-    """Inject ``role`` into ``d`` over its readings ``[lo, hi)`` (in place); its truth."""
+def _apply(d: DeviceStream, role: str, lo: int, hi: int, rng: np.random.Generator, period: float, group: str,
+           lead: int) -> Injected:
+    """Inject ``role`` into ``d`` over its readings ``[lo, hi)`` (a drift: from ``lead``; in place); its truth."""
     a, b = float(d.ts[lo]), float(d.ts[hi - 1])
     if role == "peer_drift":
-        return Injected("peer_outlier", role, d.device_id, group, d.channels, float(d.ts[0]), float(d.ts[-1]))
+        return Injected("peer_outlier", role, d.device_id, group, d.channels, float(d.ts[lead]), float(d.ts[-1]))
     if role == "silence":
         _keep(d, np.r_[np.ones(lo, bool), np.zeros(hi - lo, bool), np.ones(len(d.ts) - hi, bool)])
         return Injected("device_silent", role, d.device_id, group, (), a, b)

@@ -91,7 +91,7 @@ def score_by_kind(injected: Sequence[fleetsim.Injected], incidents: Sequence[Inc
         elif kind == "device_silent" and wanted[kind]:
             found, missed = 0, 0
             note = (f"not judged here: silence is judged on the agents' wall-clock reports, and the demo runs {speed:g}x "
-                    "faster than real time (tests/cloud/test_fleet_kinds.py runs it)")
+                    "faster than real time (tests/cloud/test_fleet_intelligence.py judges it in simulated time)")
         elif kind == "sensor_fault" and wanted[kind]:
             inside = sum(1 for e in events if getattr(e, "kind", "process") == "process" for i in injected
                          if i.kind == "sensor_fault" and e.device_id == i.device_id

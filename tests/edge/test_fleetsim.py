@@ -120,6 +120,21 @@ def test_a_silent_device_sends_nothing_then_resumes(fleet: fleetsim.GroupedFleet
     assert d.tick is not None and len(d.tick) == len(d.ts) and (np.diff(d.tick) > 0).all()
 
 
+def test_a_fault_free_lead_holds_nothing_and_a_silence_can_be_given_in_readings() -> None:
+    lead = 600
+    plan = fleetsim.FleetPlan(devices=50, groups=5, fault_free_steps=lead, silence_steps=15)
+    fleet = fleetsim.grouped_fleet(plan, STEPS, seed=4)
+    assert min(i.start_ts for i in fleet.injected) >= T0 + lead
+    for d in fleet.streams:  # every reading of the lead is there, on the grid
+        np.testing.assert_array_equal(d.ts[:lead], T0 + np.arange(lead))
+    i, d = role(fleet, "silence")
+    assert i.end_ts - i.start_ts == 14 and len(d.ts) == STEPS - 15
+    drift, d = role(fleet, "peer_drift")
+    assert drift.start_ts == T0 + lead
+    with pytest.raises(ValueError, match="fault_free_steps 1195 leaves too little of 1200 steps"):
+        fleetsim.grouped_fleet(fleetsim.FleetPlan(fault_free_steps=1195), STEPS)
+
+
 def test_publishing_keeps_every_device_in_step(fleet: fleetsim.GroupedFleet) -> None:
     sent: dict[str, list[float]] = {}
     for step, messages in simulator.paced_steps(fleet.streams, 0, 50):
