@@ -239,8 +239,9 @@ def test_the_drifting_pump_becomes_a_peer_outlier_within_the_configured_time(run
     drift = run.injected("peer_drift")
     found = [i for i in run.of_kind("peer_outlier") if drift.device_id in i[1]]
     assert found, run.of_kind("peer_outlier")
-    # its load leaves the site's by 0.3 over the second hour: outside (|z| > 5) within 20 minutes, then min_duration_s
-    assert drift.start_ts + 600 <= min(i[2] for i in found) <= drift.start_ts + 1800
+    # its load leaves the site's by 0.3 over the second hour: outside (|z| > 5) after about 18 minutes, then
+    # min_duration_s (600 s) outside opens it (1,680 s after the drift began in the recorded run)
+    assert drift.start_ts + 600 <= min(i[2] for i in found) <= drift.start_ts + 2400
     # a drift its own model does not flag: at most the odd false alarm on it (the layer's budget is 1 window in 1,000)
     flagged = [e for e in run.events if e.device_id == drift.device_id and e.kind == "process" and e.window_end > drift.start_ts]
     assert len(flagged) <= 2, flagged
