@@ -120,7 +120,9 @@ def grouped_fleet(plan: FleetPlan, steps: int, *, seed: int = 0, start_ts: float
     """The fleet of ``plan`` with ``steps`` readings a device; raises :class:`ValueError` with
     :meth:`FleetPlan.problems` when the plan is impossible, or when its lead leaves no room for faults."""
     lead = plan.fault_free_steps
-    problems = plan.problems() + ([f"fault_free_steps {lead} leaves too little of {steps} steps"] if steps - lead < 10 else [])
+    problems = plan.problems()
+    if steps - lead < 10:
+        problems.append(f"fault_free_steps {lead} leaves fewer than 10 of the run's {steps} steps for faults")
     if problems:
         raise ValueError("; ".join(problems))
     rng = np.random.default_rng(seed)

@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
     fleet_flag("--sensor-faults", default=",".join(fleetsim.SENSOR_CHECKS),
                help="comma-separated sensor faults, one device each (stuck, range, dropout, clock, rate) or 'none'")
     fleet_flag("--silent", type=_bounded(int, 0), default=1, help="devices that go silent for a while, then resume")
+    fleet_flag("--silence-steps", type=_bounded(int, 0), default=0,
+               help="how many readings a silence lasts (0: a fifth of the run, as long as a sensor fault)")
+    fleet_flag("--fault-free-steps", type=_bounded(int, 0), default=0,
+               help="readings at the start with nothing injected (the drift starts, and every fault lies, after them): "
+                    "shows that a healthy fleet raises nothing")
     p.set_defaults(func=run)
 
 
@@ -158,10 +163,12 @@ def _synthetic(args: argparse.Namespace) -> Fleet:
         checks = () if args.sensor_faults == "none" else tuple(c.strip() for c in args.sensor_faults.split(",") if c.strip())
         plan = fleetsim.FleetPlan(devices=args.devices, groups=args.groups, peer_drift=args.peer_drift,
                                   sensor_faults=checks, silent=args.silent,  # checked by problems()
-                                  faults_per_device=args.faults_per_device if kinds else 0, fault_kinds=kinds)
-        if plan.problems():
-            raise _Usage("; ".join(plan.problems()))
-        grouped = fleetsim.grouped_fleet(plan, steps, seed=args.seed, sample_period_s=args.sample_period_s)
+                                  faults_per_device=args.faults_per_device if kinds else 0, fault_kinds=kinds,
+                                  fault_free_steps=args.fault_free_steps, silence_steps=args.silence_steps)
+        try:
+            grouped = fleetsim.grouped_fleet(plan, steps, seed=args.seed, sample_period_s=args.sample_period_s)
+        except ValueError as exc:  # the plan's problems, or a lead longer than the run
+            raise _Usage(str(exc)) from None
         return grouped.streams, args.sample_period_s, args.rate, grouped.truth()
     fleet = simulator.synthetic_fleet(args.devices, steps, seed=args.seed, sample_period_s=args.sample_period_s, kinds=kinds,
                                       faults_per_device=args.faults_per_device if kinds else 0)

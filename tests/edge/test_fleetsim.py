@@ -131,7 +131,7 @@ def test_a_fault_free_lead_holds_nothing_and_a_silence_can_be_given_in_readings(
     assert i.end_ts - i.start_ts == 14 and len(d.ts) == STEPS - 15
     drift, d = role(fleet, "peer_drift")
     assert drift.start_ts == T0 + lead
-    with pytest.raises(ValueError, match="fault_free_steps 1195 leaves too little of 1200 steps"):
+    with pytest.raises(ValueError, match="fault_free_steps 1195 leaves fewer than 10 of the run.s 1200 steps"):
         fleetsim.grouped_fleet(fleetsim.FleetPlan(fault_free_steps=1195), STEPS)
 
 
