@@ -164,6 +164,9 @@ def test_an_impossible_plan_says_why() -> None:
     out = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--groups", "3", "--devices", "2", "--port", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot fill 3 groups" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", "--groups", "2", "--devices", "10", "--rate", "10",
+                          "--duration", "60", "--fault-free-steps", "600", "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "fault_free_steps 600 leaves fewer than 10 of the run's 600 steps" in out.stderr
 
 
 def test_cli_publishes_a_grouped_fleet_and_writes_its_truth(mqtt_port: int, unique: str, tmp_path: Path) -> None:
