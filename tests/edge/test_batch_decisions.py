@@ -6,13 +6,15 @@ several devices, non-finite scores and batches split by max_batch_windows."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
+from edge import pipeline
 from edge.config import load_config
-from edge.contract import ModelManifest, encode_event, encode_telemetry, telemetry_from_window
+from edge.contract import ModelManifest, Reading, encode_event, encode_telemetry, telemetry_from_window
 from edge.decision import Decider, build_event
 from edge.detector import load_manifest
 from edge.intake import Message
@@ -20,7 +22,7 @@ from edge.metrics import RATIO_BUCKETS, AgentMetrics, BatchHistogram
 from edge.outbox import Record
 from edge.pipeline import Pipeline
 from edge.telemetry import Scored, TelemetrySampler
-from edge.windows import Window, Windows
+from edge.windows import Added, Window, Windows
 from tests.edge.agent_util import TINY_MODEL, fleet_readings, payloads
 
 CLOCK = 2_000_000_000.0  # after every reading: none is ahead of the clock
@@ -134,6 +136,71 @@ def test_batched_decisions_equal_window_by_window(k: int, n: int, every_n: int, 
             reg.get_sample_value("ratio_bucket", {"le": le}), le
     assert metrics.registry.get_sample_value("edgewatch_agent_score_threshold_ratio_count") == len(ratios)
     assert metrics.registry.get_sample_value("edgewatch_agent_score_threshold_ratio_sum") == pytest.approx(sum(ratios))
+
+
+def mixed_stream(rng: np.random.Generator) -> list[tuple[str, bytes]]:
+    """Three devices' payloads of 1 to 40 readings (most of one), interleaved, each device's in order;
+    with a gap, duplicate, late, past and future readings among them."""
+    per_device = []
+    for i, device in enumerate(("dev-a", "dev-b", "dev-c")):
+        readings = [r for j, r in enumerate(fleet_readings(device, 300, seed=i)) if not 140 <= j < 160]
+        for j in sorted(rng.choice(np.arange(40, len(readings)), 12, replace=False).tolist(), reverse=True):
+            r = readings[j - 1]
+            ts = (r.ts, r.ts - 2.5, r.ts - 100.0, CLOCK + 10 ** 6)[j % 4]  # duplicate, late, past, future
+            readings.insert(j, Reading(device, ts, r.values))
+        items, at = [], 0
+        while at < len(readings):
+            size = int(rng.choice([1, 1, 1, 1, 2, 7, 40]))
+            items.extend(payloads(readings[at: at + size], size))
+            at += size
+        per_device.append(items)
+    stream = []
+    while any(per_device):
+        stream.append(per_device[int(rng.choice([k for k, q in enumerate(per_device) if q]))].pop(0))
+    return stream
+
+
+@pytest.mark.parametrize(("flush_rows", "seed"), [(8192, 0), (8192, 1), (30, 2)])
+def test_mixed_payloads_gathered_per_round_decide_as_placed_one_by_one(monkeypatch: pytest.MonkeyPatch, flush_rows: int,
+                                                                     seed: int) -> None:
+    """A round gathers each device's payloads, single readings and batches mixed, and places them in one
+    array (FLUSH_ROWS small: also mid-round): the records and the drop and reset counts are those of
+    placing each payload in turn."""
+    monkeypatch.setattr(pipeline, "FLUSH_ROWS", flush_rows)
+    manifest = load_manifest(TINY_MODEL)
+    config = load_config(None, env={"EDGEWATCH_AGENT__ID": "gw-1", "EDGEWATCH_DECISION__K": "2", "EDGEWATCH_DECISION__N": "3",
+                                    "EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": "4", "EDGEWATCH_ADAPTIVE__ENABLED": "false",
+                                    "EDGEWATCH_SENSOR_HEALTH__ENABLED": "false"})
+    scorer = HashScorer(manifest, 0)
+    metrics = AgentMetrics(CollectorRegistry())
+    pipe = Pipeline(config, scorer, metrics, clock=lambda: CLOCK)
+    ref_windows = Windows(manifest.channel_names, manifest.window_length, manifest.stride, manifest.sample_period_s,
+                          config.windows.gap_periods)
+    ref_decider = Decider(manifest.threshold, k=2, n=3)
+    ref_sampler = TelemetrySampler(4, config.telemetry.anomaly_context_windows)
+    stream = mixed_stream(np.random.default_rng(seed))
+    got: list[Record] = []
+    expected: list[Record] = []
+    outcomes: Counter[Added] = Counter()
+    for lo in range(0, len(stream), 37):  # rounds
+        messages = [Message(t, p, 1000.0) for t, p in stream[lo: lo + 37]]
+        got.extend(pipe.process(messages))
+        for msg in messages:
+            device = msg.topic.split("/")[1]
+            decoded = pipe._fast.decode(msg.payload, device)
+            assert decoded is not None
+            outcomes.update(ref_windows.add_rows(device, *decoded, CLOCK + config.windows.max_clock_skew_s))
+        while ref_windows.ready_count:
+            expected.extend(reference(pipe, ref_windows.take_ready(), scorer, ref_decider, ref_sampler, []))
+    assert all(outcomes[a] for a in Added) and [r.kind for r in got].count("anomaly") > 3
+    assert got == expected
+    for added in Added:
+        name, labels = ("edgewatch_agent_window_resets_total", None) if added is Added.RESET else \
+            ("edgewatch_agent_readings_dropped_total", {"reason": added.value})
+        if added is not Added.OK:
+            assert metrics.registry.get_sample_value(name, labels) == outcomes[added], added
+    assert metrics.registry.get_sample_value("edgewatch_agent_readings_received_total") == sum(outcomes.values())
+    assert not pipe._pending and pipe._pending_rows == 0
 
 
 @pytest.mark.parametrize("seed", range(8))
