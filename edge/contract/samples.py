@@ -161,7 +161,7 @@ def telemetry_from_window(*, device_id: str, agent_id: str, reason: SampleReason
                           anomalous: bool, model_sha256: str) -> TelemetryWindow:
     """A :class:`TelemetryWindow` from plain sequences (numpy arrays' ``tolist()`` included)."""
     return TelemetryWindow(device_id=device_id, agent_id=agent_id, reason=reason, channels=tuple(channels),
-                           ts=tuple(float(t) for t in ts), values=tuple(tuple(float(v) for v in row) for row in values),
+                           ts=tuple(map(float, ts)), values=tuple(tuple(map(float, row)) for row in values),
                            score=float(score), threshold=float(threshold), anomalous=anomalous, model_sha256=model_sha256)
 
 
