@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge.agent import Agent
 from edge.contract import Reading, decode_event, encode_readings, readings_topic
 from edge.synth import CHANNEL_NAMES, Fault, random_faults, simulate
 
@@ -145,3 +146,14 @@ def score(fleet: Sequence[Device], t0: float, events: dict[str, list[tuple[float
         false_alarms += int((~inside).sum())
     days = sum(d.steps for d in fleet) / 86_400
     return Scoreboard(days, sum(len(v) for v in events.values()), false_alarms, faults, caught, tuple(missed))
+
+
+def sample(agent: Agent, name: str) -> float:
+    """The agent's counter ``edgewatch_agent_<name>_total``, summed over its labels."""
+    return sum(s.value for m in agent.registry.collect() if m.name == f"edgewatch_agent_{name}"
+               for s in m.samples if s.name.endswith("_total"))
+
+
+def events_written(agent: Agent) -> float:
+    """Process anomaly events and sensor fault events (each check's counter), all on the anomalies topic."""
+    return sample(agent, "anomalies") + sample(agent, "sensor_faults")

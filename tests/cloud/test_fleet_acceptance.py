@@ -39,6 +39,7 @@ from edge.pipeline import Scorer
 from edge.synth import CHANNEL_NAMES, simulate
 from localdev.stack import LocalStack
 from tests.cloud import fleet_util as fu
+from tests.cloud.fleet_util import events_written, sample
 from tests.edge.agent_util import Publisher, TopicReader, toml_config
 from tests.kafka_util import create_topic
 from tests.tools import wait_for
@@ -117,17 +118,6 @@ class GatedScorer:
         if not self.gate.wait(60):
             raise AssertionError("the gate of the restarted agent's scorer was never opened")
         return self.detector.score(windows)
-
-
-def sample(agent: Agent, name: str) -> float:
-    return agent.registry.get_sample_value(f"edgewatch_agent_{name}_total") or 0.0
-
-
-def events_written(agent: Agent) -> float:
-    """Process anomaly events and sensor fault events (each check's counter), all on the anomalies topic."""
-    faults = sum(s.value for m in agent.registry.collect() if m.name == "edgewatch_agent_sensor_faults"
-                 for s in m.samples if s.name.endswith("_total"))
-    return sample(agent, "anomalies") + faults
 
 
 class Rig:

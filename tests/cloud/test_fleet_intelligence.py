@@ -38,6 +38,7 @@ from edge.config import default_model_dir, load_config
 from edge.contract import AnomalyEvent, decode_event
 from localdev.demo import RANGE_MAX
 from localdev.stack import LocalStack
+from tests.cloud.fleet_util import events_written, sample
 from tests.cloud.processor_streams import write_config
 from tests.edge.agent_util import TopicReader
 from tests.kafka_util import create_topic
@@ -180,7 +181,7 @@ def drive(stack: LocalStack, tmp: Path) -> FleetRun:
                 time.sleep(0.001)
         wait_for(lambda: agent.outbox is not None and agent.outbox.rows == 0 and len(agent.queue) == 0, 60,
                  "the agent's outbox to drain")
-        written = _events_written(agent)
+        written = events_written(agent)
         reader = TopicReader(stack.kafka_bootstrap, topic, f"fi-read-{unique}")
         try:
             values = reader.poll_until(lambda vs: len(vs) >= written, 120, f"the agent's {written:.0f} events")
@@ -197,23 +198,14 @@ def drive(stack: LocalStack, tmp: Path) -> FleetRun:
             return n > 0 and time.monotonic() - last["since"] > 5
 
         wait_for(settled, 120, "the processor's incidents to settle", every_s=0.5)
-        counts = {"readings_sent": float(sent), "agent_windows": agent.registry.get_sample_value(
-            "edgewatch_agent_windows_scored_total") or 0.0, "events": float(len(events)),
-            "dropped": agent.registry.get_sample_value("edgewatch_agent_readings_dropped_total") or 0.0,
-            "rejected": sum(s.value for m in agent.registry.collect() if m.name == "edgewatch_agent_payloads_rejected"
-                            for s in m.samples if s.name.endswith("_total"))}
+        counts = {"readings_sent": float(sent), "agent_windows": sample(agent, "windows_scored"), "events": float(len(events)),
+                  "dropped": sample(agent, "readings_dropped"), "rejected": sample(agent, "payloads_rejected")}
     finally:
         publisher.close()
         agent.stop()
         processor.terminate()
         processor.wait(30)
     return FleetRun(fleet, events, incidents_of(db), counts, time.monotonic() - started)
-
-
-def _events_written(agent: Agent) -> float:
-    faults = sum(s.value for m in agent.registry.collect() if m.name == "edgewatch_agent_sensor_faults"
-                 for s in m.samples if s.name.endswith("_total"))
-    return (agent.registry.get_sample_value("edgewatch_agent_anomalies_total") or 0.0) + faults
 
 
 @pytest.fixture(scope="module")
