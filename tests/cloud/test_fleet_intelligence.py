@@ -10,7 +10,7 @@ three of those.
 
 Simulated time is the agent's clock: the publisher sets it to the end of each step before it publishes the step,
 and publishes the next one only once the agent has taken the readings (lock-step). The agent's reports (its
-``last_seen``) and the processor's silence rule then run in the fleet's time, so two hours take about a minute
+``last_seen``) and the processor's silence rule then run in the fleet's time, so two hours take about 90 s
 and a silence of 9 s is judged exactly; peers and incidents run in event time anyway.
 
 One run (the module fixture ``run``) is shared by the assertions; ``pytest -s`` prints its figures.
