@@ -53,6 +53,13 @@ def _parse(payload: bytes) -> Any:
         return _decoder.decode(payload.decode("utf-8"))
 
 
+def as_arrays(stamps: Sequence[float], rows: Sequence[tuple[float, ...]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts (n,), values (n, width))`` float64 of decoded readings; ``fromiter`` over the flat values
+    has no shape to discover and costs about a third less than ``np.array`` of the row tuples."""
+    values = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(stamps) * width)
+    return np.array(stamps, dtype=np.float64), values.reshape(len(stamps), width)
+
+
 class FastReadingDecoder:
     """Decodes ``{"schema": 1, ...}`` readings for one fixed channel set into arrays;
     ``None`` means "ask the contract"."""
@@ -70,8 +77,7 @@ class FastReadingDecoder:
         lists = self.decode_lists(payload, device)
         if lists is None:
             return None
-        stamps, rows = lists
-        return np.array(stamps, dtype=np.float64), np.array(rows, dtype=np.float64).reshape(len(stamps), len(self.channels))
+        return as_arrays(*lists, len(self.channels))
 
     def decode_lists(self, payload: bytes, device: str) -> tuple[list[float], list[tuple[float, ...]]] | None:
         """:meth:`decode` as Python lists (stamps, one tuple per reading in channel order), for a

@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from operator import itemgetter
 from typing import Protocol
 
@@ -40,7 +39,7 @@ from edge.contract import (
 from edge.contract.update import MAX_LAST_SEEN
 from edge.decision import Decider, build_event
 from edge.escalation import Escalator
-from edge.fastdecode import FastReadingDecoder
+from edge.fastdecode import FastReadingDecoder, as_arrays
 from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.outbox import Record
@@ -53,13 +52,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_ROWS = 8192
 """Readings gathered before they go to the windows even mid-round (bounds the lists)."""
-
-
-def as_arrays(stamps: Sequence[float], rows: Sequence[tuple[float, ...]], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ts (n,), values (n, width))`` float64 of decoded readings; ``fromiter`` over the flat values
-    has no shape to discover and costs about a third less than ``np.array`` of the row tuples."""
-    values = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(stamps) * width)
-    return np.array(stamps, dtype=np.float64), values.reshape(len(stamps), width)
 
 
 @dataclass(slots=True)
