@@ -30,6 +30,7 @@ from edge.contract import (
     make_event_id,
     readings_topic,
 )
+from edge.contract.event import FAULT_CHECKS, MAX_FAULT_DETAIL, SensorFault
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,20}", fullmatch=True)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -47,11 +48,18 @@ def reading_batches(draw: st.DrawFn) -> list[Reading]:
 
 @st.composite
 def events(draw: st.DrawFn) -> AnomalyEvent:
+    """Process events and sensor fault events (issue 16: ``kind`` and ``fault``, absent at their defaults)."""
     start = draw(times)
+    channel_scores = draw(value_maps)
+    fault = draw(st.none() | st.builds(
+        SensorFault, check=st.sampled_from(FAULT_CHECKS),
+        channels=st.lists(st.sampled_from(sorted(channel_scores)), min_size=1, unique=True).map(tuple),
+        detail=st.text(max_size=MAX_FAULT_DETAIL)))
     return AnomalyEvent(
         device_id=draw(names), agent_id=draw(names), window_start=start, window_end=start + draw(times),
-        score=draw(finite), threshold=draw(finite), channel_scores=draw(value_maps), model_name=draw(names),
+        score=draw(finite), threshold=draw(finite), channel_scores=channel_scores, model_name=draw(names),
         model_version=draw(names), model_sha256=draw(sha), detected_at=draw(times),
+        kind="process" if fault is None else "sensor_fault", fault=fault,
     )
 
 
