@@ -121,6 +121,13 @@ def incidents_rows() -> list[tuple[str, Sequence[S]]]:
                           "when the window fired one. Label with edgewatch incidents label ESCALATION_ID --true-positive or "
                           "--false-positive (edgewatch incidents queue lists the same)"),
         ]),
+        ("Retired devices", [
+            S("table", "Retired devices",
+              "SELECT device_id AS device, to_timestamp(retired_at) AS retired, reason FROM retired_devices "
+              "ORDER BY retired_at DESC, device_id LIMIT 1000", width=12, height=8,
+              description="Devices retired with edgewatch devices retire: they open no device_silent and are left out of "
+                          "their peer group. edgewatch devices unretire brings one back"),
+        ]),
     ]
 
 

@@ -29,6 +29,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from cloud.fleetwatch import state as fstate
 from cloud.fleetwatch.peers import PeerScorer
 from cloud.fleetwatch.silence import SilenceWatch
 from cloud.processor.backends import open_postgres
@@ -167,11 +168,14 @@ def store(postgres_dsn: str, tmp_path: Path) -> Iterator[Store]:
     with s.transaction():
         store_verdicts(s, [[r[c] for c in ESCALATION_COLUMNS] for r in rows], cfg.incidents.window_s)
     assert label_escalation(s, "esc-03", "false_positive", now)
+    for k, device in enumerate(RETIRED):
+        assert fstate.retire(s, device, now - 3600.0 * k, f"scrapped {k}")
     yield s
     s.close()
 
 
 SENSOR_DEVICE = "plant-c-pump-09"
+RETIRED = ["plant-a-pump-98", "plant-a-pump-99"]
 PEERS = [f"plant-b-pump-{i:02d}" for i in range(10, 16)]  # a group of six; the last one's current leaves it
 SILENT = "plant-b-pump-10"
 
@@ -316,11 +320,15 @@ def test_every_incident_query_returns_what_the_store_holds(store: Store, postgre
             assert [(g["device"], g["event_id"], ms(g["window_end"]), g["edge"], g["cloud"], g["verdict"], g["disagreement"])
                     for g in got] == [(q[1], q[2], ms(q[3]), q[4], q[5], q[6], q[7]) for q in queue]
             assert "esc-03" not in [g["escalation_id"] for g in got] and "" in [g["event_id"] for g in got]
+        elif title == "Retired devices":
+            assert [(g["device"], ms(g["retired"]), g["reason"]) for g in got] == [
+                (d, ms(at), why) for d, (at, why) in sorted(fstate.retired(store).items(), key=lambda kv: (-kv[1][0], kv[0]))]
+            assert [g["device"] for g in got] == RETIRED
         else:
             pytest.fail(f"no expectation for the Incidents panel {title!r}: add one here")
     assert checked == {"stat", "Open incidents", "Open incidents by kind", "Opened in the time range, by site and kind",
                        "Incidents opened by kind", "Incident timeline", "annotation Incidents", "Windows to label",
-                       "Labelling queue, largest disagreement first"}
+                       "Labelling queue, largest disagreement first", "Retired devices"}
 
     # the Device dashboard: its incidents as annotations, for every device or the chosen ones
     (anno,) = [sql for title, sql in sql_targets(device)]
