@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_TICK = 2000
 MAX_BYTES_PER_TICK = 2 << 20  # payload bytes per round: bounds a round's decoded readings and windows in memory
-BUSY_ENTER, BUSY_LEAVE = 0.6, 0.3  # share of a core the process used in the last second: pace rounds at tick_s above
+BUSY_ENTER, BUSY_LEAVE = 0.6, 0.3  # share of a core the process used in the last BUSY_WINDOW_S: pace rounds at tick_s above
+BUSY_WINDOW_S = 0.25  # short, so that a burst of a second or two is taken in large rounds too
 MAX_PENDING_RECORDS = 50_000
 
 
@@ -279,7 +280,7 @@ class Agent:
         since, cpu_since = time.monotonic(), time.process_time()
         while True:
             started = time.monotonic()
-            if started - since >= 1.0:
+            if started - since >= BUSY_WINDOW_S:
                 share = (time.process_time() - cpu_since) / (started - since)
                 busy = share > (BUSY_LEAVE if busy else BUSY_ENTER)
                 since, cpu_since = started, time.process_time()
