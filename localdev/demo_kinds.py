@@ -20,7 +20,7 @@ from edge import fleetsim
 from edge.contract import AnomalyEvent
 from edge.contract.alert import AlertKind
 
-Incident = tuple[str, list[str], float, float | None]  # kind, device ids, opened_at, closed_at
+Incident = tuple[str, tuple[str, ...], float, float | None]  # kind, device ids, opened_at, closed_at
 SHOWN = ("incident", "sensor_fault", "peer_outlier", "device_silent", "fleet_incident", "drift")
 
 
@@ -48,7 +48,7 @@ def settled_incidents(db: Path, timeout_s: float = 20.0, quiet_s: float = 3.0) -
     rows: list[Incident] = []
     last, since, deadline = -1, time.monotonic(), time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = _incidents(db)
+        rows = read_incidents(db)
         if len(rows) != last:
             last, since = len(rows), time.monotonic()
         elif time.monotonic() - since >= quiet_s:
@@ -57,7 +57,8 @@ def settled_incidents(db: Path, timeout_s: float = 20.0, quiet_s: float = 3.0) -
     return rows
 
 
-def _incidents(db: Path) -> list[Incident]:
+def read_incidents(db: Path) -> list[Incident]:
+    """The processor's incidents in its SQLite store, read-only (none while it is not there or not migrated)."""
     if not db.exists():
         return []
     import json
@@ -69,7 +70,7 @@ def _incidents(db: Path) -> list[Incident]:
         found = []
     finally:
         conn.close()
-    return [(k, json.loads(d), float(o), None if c is None else float(c)) for k, d, o, c in found]
+    return [(k, tuple(json.loads(d)), float(o), None if c is None else float(c)) for k, d, o, c in found]
 
 
 def score_by_kind(injected: Sequence[fleetsim.Injected], incidents: Sequence[Incident], events: Sequence[AnomalyEvent],

@@ -1,5 +1,5 @@
 """Small tools every test module shares: what a test does when a real broker or tool it needs is
-missing, and how it waits for something a real process does."""
+missing, how it waits for something a real process does, and a clock it moves by hand."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import pytest
+
+
+class ManualClock:
+    """An injected clock (``clock=`` of the agent, pipeline or processor parts) that stands where the test puts it."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def unavailable(reason: str) -> NoReturn:

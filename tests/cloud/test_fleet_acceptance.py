@@ -39,7 +39,6 @@ from edge.pipeline import Scorer
 from edge.synth import CHANNEL_NAMES, simulate
 from localdev.stack import LocalStack
 from tests.cloud import fleet_util as fu
-from tests.cloud.fleet_util import events_written, sample
 from tests.edge.agent_util import Publisher, TopicReader, toml_config
 from tests.kafka_util import create_topic
 from tests.tools import wait_for
@@ -179,7 +178,7 @@ def wait_decided(agent: Agent, expected: dict[str, int], what: str) -> None:
         wait_for(lambda: not short(), 180, what, every_s=0.2)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: worker errors {agent.worker_errors}, readings dropped "
-                             f"{sample(agent, 'readings_dropped')}, (decided, expected) {short()}") from None
+                             f"{fu.sample(agent, 'readings_dropped')}, (decided, expected) {short()}") from None
 
 
 def restart(rig: Rig, run: FleetRun, first: Agent, gate: threading.Event) -> Agent:
@@ -233,19 +232,19 @@ def drive(rig: Rig, run: FleetRun) -> None:
         ends[nn.device_id] = nn.windows_between(RESTART_S, END_S) - nn.windows_between(RESTART_S, NEW_NORMAL_S)
         wait_decided(second, ends, "the second adaptive agent's windows")
         expected = sum(d.windows_between(0, END_S) for d in run.fleet)
-        wait_for(lambda: sample(static, "windows_scored") >= expected, 180, "the static agent's windows", every_s=0.2)
+        wait_for(lambda: fu.sample(static, "windows_scored") >= expected, 180, "the static agent's windows", every_s=0.2)
     finally:
         gate.set()
         left = sum(a.stop() for a in agents)
     adaptive = agents[1:]
-    run.counts = {"published": rig.published, "expected_windows": expected, "static_windows": sample(static, "windows_scored"),
-                  "adaptive_windows": sum(sample(a, "windows_scored") for a in adaptive),
+    run.counts = {"published": rig.published, "expected_windows": expected, "static_windows": fu.sample(static, "windows_scored"),
+                  "adaptive_windows": sum(fu.sample(a, "windows_scored") for a in adaptive),
                   "astride_restart": 3 * len(run.before_restart),  # (32 - 8) / 8 windows a device, held in memory only
-                  "static_received": sample(static, "messages_received"),
-                  "adaptive_received": sum(sample(a, "messages_received") for a in adaptive),
-                  "dropped": sum(sample(a, "readings_dropped") + sample(a, "queue_dropped_messages") for a in agents),
-                  "rejected": sum(sample(a, "payloads_rejected") for a in agents), "outbox_left": left,
-                  "static_anomalies": events_written(static), "adaptive_anomalies": sum(events_written(a) for a in adaptive)}
+                  "static_received": fu.sample(static, "messages_received"),
+                  "adaptive_received": sum(fu.sample(a, "messages_received") for a in adaptive),
+                  "dropped": sum(fu.sample(a, "readings_dropped") + fu.sample(a, "queue_dropped_messages") for a in agents),
+                  "rejected": sum(fu.sample(a, "payloads_rejected") for a in agents), "outbox_left": left,
+                  "static_anomalies": fu.events_written(static), "adaptive_anomalies": sum(fu.events_written(a) for a in adaptive)}
     for which in ("static", "adaptive"):
         reader = TopicReader(rig.stack.kafka_bootstrap, rig.topics[f"{which}.anomalies"], f"fleet-{which}-{rig.unique}")
         try:

@@ -19,8 +19,6 @@ One run (the module fixture ``run``) is shared by the assertions; ``pytest -s`` 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -37,12 +35,13 @@ from edge.agent import Agent
 from edge.config import default_model_dir, load_config
 from edge.contract import AnomalyEvent, decode_event
 from localdev.demo import RANGE_MAX
+from localdev.demo_kinds import Incident, read_incidents, settled_incidents
 from localdev.stack import LocalStack
 from tests.cloud.fleet_util import events_written, sample
 from tests.cloud.processor_streams import write_config
 from tests.edge.agent_util import TopicReader
 from tests.kafka_util import create_topic
-from tests.tools import wait_for
+from tests.tools import ManualClock, wait_for
 
 LEAD = 3600                   # the fault-free hour, in readings of 1 s
 STEPS = 2 * LEAD              # readings a device
@@ -51,18 +50,6 @@ SILENT_AFTER = 6              # sample periods: three of a device's messages mis
 SILENCE = SILENT_AFTER + 3    # the silent device's gap, in readings
 T_START = 1_767_225_600.0
 PLAN = fleetsim.FleetPlan(devices=50, groups=5, fault_free_steps=LEAD, silence_steps=SILENCE)
-
-Incident = tuple[str, tuple[str, ...], float, float | None]  # kind, devices, opened_at, closed_at
-
-
-class SimClock:
-    """The agent's clock: the fleet's time, moved by the publisher."""
-
-    def __init__(self) -> None:
-        self.now = T_START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclasses.dataclass
@@ -136,15 +123,6 @@ default_period_s = 1.0
 """)
 
 
-def incidents_of(db: Path) -> list[Incident]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        rows = conn.execute("SELECT kind, device_ids, opened_at, closed_at FROM incidents").fetchall()
-    finally:
-        conn.close()
-    return [(k, tuple(json.loads(d)), float(o), None if c is None else float(c)) for k, d, o, c in rows]
-
-
 def drive(stack: LocalStack, tmp: Path) -> FleetRun:
     started = time.monotonic()
     unique = uuid.uuid4().hex[:8]
@@ -154,7 +132,7 @@ def drive(stack: LocalStack, tmp: Path) -> FleetRun:
     for name in (*topics.values(), f"{topic}.alerts"):
         create_topic(stack.kafka_bootstrap, name)
     fleet = fleetsim.grouped_fleet(PLAN, STEPS, seed=2, start_ts=T_START)
-    clock = SimClock()
+    clock = ManualClock(T_START)  # the agent's clock: the fleet's time, moved by the publisher
     agent = Agent(load_config(agent_config(tmp, stack, prefix, topics), env={}), registry=CollectorRegistry(), clock=clock)
     cloud_toml = processor_config(tmp, stack, topic, unique)
     with (tmp / "processor.log").open("wb") as log:
@@ -189,15 +167,8 @@ def drive(stack: LocalStack, tmp: Path) -> FleetRun:
             reader.close()
         events = list({e.event_id: e for e in map(decode_event, values)}.values())
         db = tmp / "store.db"
-        last = {"n": -1, "since": time.monotonic()}
-
-        def settled() -> bool:
-            n = len(incidents_of(db)) if db.exists() else -1
-            if n != last["n"]:
-                last.update(n=n, since=time.monotonic())
-            return n > 0 and time.monotonic() - last["since"] > 5
-
-        wait_for(settled, 120, "the processor's incidents to settle", every_s=0.5)
+        wait_for(lambda: bool(read_incidents(db)), 120, "the processor's first incident", every_s=0.5)
+        settled_incidents(db, timeout_s=120, quiet_s=5)
         counts = {"readings_sent": float(sent), "agent_windows": sample(agent, "windows_scored"), "events": float(len(events)),
                   "dropped": sample(agent, "readings_dropped"), "rejected": sample(agent, "payloads_rejected")}
     finally:
@@ -205,7 +176,7 @@ def drive(stack: LocalStack, tmp: Path) -> FleetRun:
         agent.stop()
         processor.terminate()
         processor.wait(30)
-    return FleetRun(fleet, events, incidents_of(db), counts, time.monotonic() - started)
+    return FleetRun(fleet, events, read_incidents(db), counts, time.monotonic() - started)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from kafka import TopicPartition
 from kafka.errors import NodeNotReadyError
 
 from cloud.processor.offsets import OffsetBook, Polled
+from tests.tools import ManualClock
 
 T0, T1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -24,14 +25,6 @@ def poll(**ends: int) -> Polled:
 
 def offsets(sent: dict[TopicPartition, object]) -> dict[TopicPartition, int]:
     return {tp: o.offset for tp, o in sent.items()}  # type: ignore[attr-defined]  # OffsetAndMetadata
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_one_commit_in_flight_later_offsets_follow_and_a_refused_one_is_sent_again() -> None:
@@ -66,7 +59,7 @@ def test_a_rebalance_drops_revoked_offsets_and_the_polls_made_before_it() -> Non
 
 
 def test_a_commit_never_answered_is_sent_again_after_lost_after_s() -> None:
-    clock = Clock()
+    clock = ManualClock()
     book = OffsetBook(lost_after_s=60.0, clock=clock)
     book.stored(poll(p1=11), book.epoch)
     assert offsets(book.next_commit(lambda: {T1})) == {T1: 11}

@@ -22,6 +22,7 @@ from edge.intake import Message
 from edge.metrics import AgentMetrics
 from edge.pipeline import Pipeline
 from tests.edge.agent_util import T0, TINY_MODEL, fleet_readings
+from tests.tools import ManualClock
 
 ROOT = Path(__file__).resolve().parents[2]
 LENGTH, STRIDE = 32, 4  # the tiny model's window
@@ -33,15 +34,7 @@ def detector() -> OnnxDetector:
     return OnnxDetector.load(TINY_MODEL)
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make(detector: OnnxDetector, clock: Clock, **env: str) -> tuple[Pipeline, AgentMetrics]:
+def make(detector: OnnxDetector, clock: ManualClock, **env: str) -> tuple[Pipeline, AgentMetrics]:
     config = load_config(None, env={"EDGEWATCH_AGENT__ID": "gw-h", "EDGEWATCH_AGENT__MAX_PAYLOAD_BYTES": "16384",
                                     "EDGEWATCH_TELEMETRY__EVERY_N_WINDOWS": "1",
                                     **{f"EDGEWATCH_{k.upper()}": v for k, v in env.items()}})
@@ -68,7 +61,7 @@ def expected_ends(readings: list[Reading]) -> list[float]:
 
 @pytest.mark.parametrize("batch", [1, 10])
 def test_a_far_future_reading_does_not_blind_the_device(detector: OnnxDetector, batch: int) -> None:
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     pipe, metrics = make(detector, clock)
     readings = fleet_readings("pump-1", 200, seed=1)
     records = []
@@ -86,7 +79,7 @@ def test_a_far_future_reading_does_not_blind_the_device(detector: OnnxDetector, 
 
 
 def test_a_reading_just_past_the_skew_bound_is_future_and_one_within_is_kept(detector: OnnxDetector) -> None:
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     pipe, metrics = make(detector, clock, windows__max_clock_skew_s="2.5")
     r = fleet_readings("p", 3, seed=2)
     pipe.process([message([replace(r[0], ts=T0 + 2.5)])])  # exactly at the bound: kept
@@ -96,7 +89,7 @@ def test_a_reading_just_past_the_skew_bound_is_future_and_one_within_is_kept(det
 
 
 def test_a_distant_past_reading_is_counted_and_the_device_keeps_being_scored(detector: OnnxDetector) -> None:
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     pipe, metrics = make(detector, clock)
     readings = fleet_readings("pump-2", 120, seed=3)
     records = []
@@ -110,7 +103,7 @@ def test_a_distant_past_reading_is_counted_and_the_device_keeps_being_scored(det
 
 
 def test_new_ids_beyond_max_devices_are_dead_lettered_and_known_devices_keep_being_scored(detector: OnnxDetector) -> None:
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     pipe, metrics = make(detector, clock, agent__max_devices="3")
     known = {d: fleet_readings(d, 80, seed=i) for i, d in enumerate(("a", "b", "c"))}
     records = []
@@ -130,7 +123,7 @@ def test_new_ids_beyond_max_devices_are_dead_lettered_and_known_devices_keep_bei
 
 
 def test_an_idle_device_is_evicted_counted_and_its_slot_freed(detector: OnnxDetector) -> None:
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     pipe, metrics = make(detector, clock, agent__max_devices="2", agent__device_idle_evict_s="100")
     live = fleet_readings("live", 400, seed=4)
     sleepy = fleet_readings("sleepy", 60, seed=5)
@@ -157,7 +150,7 @@ def test_an_idle_device_is_evicted_counted_and_its_slot_freed(detector: OnnxDete
 
 @pytest.mark.parametrize("adaptive", ["true", "false"])
 def test_forget_device_drops_every_per_device_state(detector: OnnxDetector, adaptive: str) -> None:
-    clock = Clock(T0 + 1000)
+    clock = ManualClock(T0 + 1000)
     pipe, _ = make(detector, clock, telemetry__anomaly_context_windows="2", decision__k="2", decision__n="3",
                    adaptive__enabled=adaptive)
     p, q = fleet_readings("p", 100, seed=7), fleet_readings("q", 100, seed=8)
@@ -198,7 +191,7 @@ rounds = st.lists(st.tuples(st.lists(st.integers(0, 12), min_size=3, max_size=3)
 @given(rounds)
 def test_fuzz_every_valid_reading_of_a_known_device_is_scored(detector: OnnxDetector,
                                                               plan: list[tuple[list[int], list[tuple[str, object, float]]]]) -> None:
-    clock = Clock(T0)
+    clock = ManualClock(T0)
     pipe, metrics = make(detector, clock, agent__max_devices="8")
     streams = {d: fleet_readings(d, 400, seed=i) for i, d in enumerate(KNOWN)}
     sent = dict.fromkeys(KNOWN, 1)
