@@ -52,7 +52,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -460,8 +460,95 @@ class AdaptiveLayer:
         self.dirty = set()
         return rows, gone
 
+    def unsaved(self, rows: Mapping[str, object], gone: set[str]) -> None:
+        """Changes :meth:`take_changes` gave that could not be saved: they are taken again next time."""
+        self.dirty.update(rows)
+        self.gone.update(gone)
+
     def burn(self, device_id: str) -> float:
         """The device's alert-budget burn: its recent share of windows over the threshold
         divided by ``target_rate`` (1: on budget)."""
         s = self.devices.get(device_id)
         return 0.0 if s is None else s.over_rate / self.settings.target_rate
+
+
+class EnsembleLayer:
+    """Per-device thresholds for an ensemble (manifest ``members``): one :class:`AdaptiveLayer` per
+    member decides that member's scores with its own tail, learning from its own decisions as a
+    single model's layer does; a window is over when more than half of the members are, and its
+    surprise is the members' median (over the limit exactly then). Thresholds are reported in the
+    ensemble score's unit: each member's threshold over its prior threshold, the median of them;
+    the burn is the members' median. ``decision.threshold`` does not apply to the members."""
+
+    def __init__(self, settings: AdaptiveSettings, priors: Sequence[Prior]) -> None:
+        self.settings = settings
+        self.members = [AdaptiveLayer(settings, prior) for prior in priors]
+        self._units = [max(prior.threshold, 1e-12) for prior in priors]  # a flat member's threshold may be 0
+
+    @property
+    def devices(self) -> dict[str, DeviceState]:
+        """The devices seen (every member sees the same ones), with the first member's states."""
+        return self.members[0].devices
+
+    def decide_many(self, device_id: str, scores: np.ndarray, ends: np.ndarray,
+                    values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`AdaptiveLayer.decide_many`, on ``scores (windows, members)``: the graph's ``member_scores``."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 2 or scores.shape[1] != len(self.members):
+            raise ValueError(f"an ensemble of {len(self.members)} decides member scores (windows, {len(self.members)}), "
+                             f"got shape {scores.shape}")
+        decided = [layer.decide_many(device_id, scores[:, j], ends, values) for j, layer in enumerate(self.members)]
+        over = np.sum([d[0] for d in decided], axis=0) > len(self.members) // 2
+        surprise = np.median([d[1] for d in decided], axis=0)
+        thresholds = np.median([d[2] / unit for d, unit in zip(decided, self._units, strict=True)], axis=0)
+        return over, surprise, thresholds
+
+    def threshold(self, device_id: str) -> float:
+        return float(np.median([layer.threshold(device_id) / unit for layer, unit in zip(self.members, self._units, strict=True)]))
+
+    def warming(self, device_id: str) -> bool:
+        return any(layer.warming(device_id) for layer in self.members)
+
+    def burn(self, device_id: str) -> float:
+        return float(np.median([layer.burn(device_id) for layer in self.members]))
+
+    def rebaseline(self, device_id: str) -> None:
+        for layer in self.members:
+            layer.rebaseline(device_id)
+
+    def forget(self, device_id: str) -> None:
+        for layer in self.members:
+            layer.forget(device_id)
+
+    def restore(self, rows: Mapping[str, Mapping[str, object]]) -> int:
+        """Devices' states from stored rows ``{"members": [row, ...]}`` (:meth:`take_changes`)."""
+        taken = 0
+        for device_id, row in rows.items():
+            parts = row.get("members")
+            if not isinstance(parts, list) or len(parts) != len(self.members):
+                log.warning("adaptive_state_skipped device_id=%s error=not the rows of %d members", device_id, len(self.members))
+                continue
+            taken += min(layer.restore({device_id: part}) for layer, part in zip(self.members, parts, strict=True))
+        return taken
+
+    def take_changes(self) -> tuple[dict[str, dict[str, object]], set[str]]:
+        """One row per device changed in any member (all members' states), and the ids forgotten."""
+        changed = set().union(*(layer.dirty for layer in self.members))
+        gone = set().union(*(layer.gone for layer in self.members))
+        for layer in self.members:
+            layer.dirty, layer.gone = set(), set()
+        rows: dict[str, dict[str, object]] = {d: {"members": [layer.devices[d].as_row() for layer in self.members]}
+                                              for d in changed if all(d in layer.devices for layer in self.members)}
+        return rows, gone
+
+    def unsaved(self, rows: Mapping[str, object], gone: set[str]) -> None:
+        for layer in self.members:
+            layer.unsaved(rows, gone)
+
+
+def layer_for(settings: AdaptiveSettings, manifest: ModelManifest, threshold: float | None = None) -> AdaptiveLayer | EnsembleLayer:
+    """The layer that decides a model's windows: an ensemble's (manifest ``members``) or one model's
+    (``threshold``, the config's ``decision.threshold``, overrides the manifest's)."""
+    if manifest.members is not None:
+        return EnsembleLayer(settings, [Prior.from_calibration(m.threshold, m.calibration.params) for m in manifest.members])
+    return AdaptiveLayer(settings, Prior.from_manifest(manifest, threshold))

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "windows"
 OUTPUT_NAMES = ("score", "channel_scores")
+MEMBER_OUTPUT = "member_scores"
+"""An ensemble's third output, ``(batch, members)``: each member's own score (manifest ``members``)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -109,8 +111,11 @@ class OnnxDetector:
         if len(shape) != 3 or not _fits(shape[1], m.window_length) or not _fits(shape[2], len(m.channels)):
             raise ModelLoadError(f"{self.model_dir}: input shape {shape} does not fit window {m.window_length} "
                                  f"x {len(m.channels)} channels")
-        if tuple(outputs) != OUTPUT_NAMES:
-            raise ModelLoadError(f"{self.model_dir}: outputs must be {OUTPUT_NAMES}, are {outputs}")
+        expected = OUTPUT_NAMES if m.members is None else (*OUTPUT_NAMES, MEMBER_OUTPUT)
+        if tuple(outputs) != expected:
+            raise ModelLoadError(f"{self.model_dir}: outputs must be {expected}, are {outputs}")
+        if m.members is not None and not _fits(self.session.get_outputs()[2].shape[1], len(m.members)):
+            raise ModelLoadError(f"{self.model_dir}: {MEMBER_OUTPUT} does not have the manifest's {len(m.members)} members")
 
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score ``(batch, window, channels)`` raw readings; returns ``score (batch,)`` and
@@ -118,6 +123,14 @@ class OnnxDetector:
         batch = np.ascontiguousarray(windows, dtype=np.float32)
         score, channel_scores = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
         return score, channel_scores
+
+    def score_members(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An ensemble's :meth:`score` and its members' own scores ``(batch, members)``, in one run."""
+        if self.manifest.members is None:
+            raise ModelLoadError(f"{self.model_dir}: not an ensemble (the manifest has no members)")
+        batch = np.ascontiguousarray(windows, dtype=np.float32)
+        score, channel_scores, members = self.session.run([*OUTPUT_NAMES, MEMBER_OUTPUT], {INPUT_NAME: batch})
+        return score, channel_scores, members
 
     def warm_up(self) -> None:
         """Run one batch through the session so the first real call is not the slow one."""

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.adaptive import AdaptiveLayer, Prior
+from edge.adaptive import layer_for
 from edge.adaptive_store import AdaptiveStore
 from edge.config import Config
 from edge.contract import (
@@ -95,6 +95,8 @@ class Scorer(Protocol):
 
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def score_members(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
 
 class Pipeline:
     """One model's view of the fleet: windows per device, a decider, a telemetry sampler."""
@@ -111,12 +113,12 @@ class Pipeline:
         threshold = config.decision.threshold if config.decision.threshold is not None else m.threshold
         self.decider = Decider(threshold, k=config.decision.k, n=config.decision.n,
                                device_thresholds=config.decision.device_thresholds)
-        self.adaptive = AdaptiveLayer(config.adaptive, Prior.from_manifest(m, config.decision.threshold)) \
-            if config.adaptive.enabled else None
+        self.adaptive = layer_for(config.adaptive, m, config.decision.threshold) if config.adaptive.enabled else None
         self.state = state if self.adaptive is not None else None
         if self.adaptive is not None:
             layer = self.adaptive
-            metrics.track_adaptive(lambda: [(d, layer.threshold(d), layer.warming(d), layer.burn(d)) for d in list(layer.devices)])
+            metrics.track_adaptive(lambda: [] if (a := self.adaptive) is None else
+                                   [(d, a.threshold(d), a.warming(d), a.burn(d)) for d in list(a.devices)])
             if self.state is not None:
                 restored = layer.restore(self.state.load(m.sha256))
                 log.info("adaptive_state_restored devices=%d model_sha256=%s path=%s", restored, m.sha256[:12], self.state.path)
@@ -155,8 +157,8 @@ class Pipeline:
         self.manifest = m
         if self.config.decision.threshold is None:
             self.decider.threshold = m.threshold
-        if self.adaptive is not None:
-            self.adaptive.reset_prior(Prior.from_manifest(m, self.config.decision.threshold))
+        if self.adaptive is not None:  # every device starts again from the new model's prior (or members' priors)
+            self.adaptive = layer_for(self.config.adaptive, m, self.config.decision.threshold)
             self.save_state()  # the old model's rows go now: a restart must not resume them on the new model
         self.metrics.model.info({"name": m.name, "version": m.version, "sha256": m.sha256})
         if self.health is not None:  # the new manifest's channel ranges; open faults are reported again
@@ -193,8 +195,7 @@ class Pipeline:
         try:
             self.state.save(self.manifest.sha256, rows, gone)
         except sqlite3.Error as exc:
-            self.adaptive.dirty.update(rows)
-            self.adaptive.gone.update(gone)
+            self.adaptive.unsaved(rows, gone)
             log.error("adaptive_state_save_failed devices=%d error=%s", len(rows), exc)
 
     def devices_seen_since(self, since: float) -> int:
@@ -329,7 +330,11 @@ class Pipeline:
             batch = self.windows.take_batch(self.config.agent.max_batch_windows)
             started = self._timer()
             windows = batch.values.astype(np.float32)
-            scores, channel_scores = self.scorer.score(windows)
+            members = None
+            if self.manifest.members is not None:
+                scores, channel_scores, members = self.scorer.score_members(windows)
+            else:
+                scores, channel_scores = self.scorer.score(windows)
             elapsed = self._timer() - started
             self.metrics.inference_seconds.observe(elapsed)
             if self.shadow is not None:
@@ -337,15 +342,16 @@ class Pipeline:
             self.metrics.inference_batch.observe(len(batch))
             self.metrics.windows_scored.inc(len(batch))
             health = self.health.check(batch.ts, batch.values) if self.health is not None else None
-            records.extend(self._decide(batch, np.asarray(scores, dtype=np.float64), channel_scores, health))
+            records.extend(self._decide(batch, np.asarray(scores, dtype=np.float64), channel_scores, health, members))
         return records
 
     def _decide(self, batch: WindowBatch, scores: np.ndarray, channel_scores: np.ndarray,
-                health: BatchHealth | None = None) -> list[Record]:
+                health: BatchHealth | None = None, members: np.ndarray | None = None) -> list[Record]:
         """Decide a scored batch device by device in whole-array passes (:meth:`_fire`); then only
         firing windows, and windows while a device still owes anomaly context, are visited one by one.
         With ``health`` (:meth:`SensorHealth.check` of the batch), a device's sensor fault events come
-        first, and its windows failing a check do not fire as process anomalies (counted)."""
+        first, and its windows failing a check do not fire as process anomalies (counted). An ensemble's
+        ``members`` scores (batch, members) are what its layer decides."""
         records: list[Record] = []
         ratios: list[np.ndarray] = []
         look = health is not None and self.health is not None and (self.health.devices > 0 or bool(health.any.any()))
@@ -358,7 +364,7 @@ class Pipeline:
             if not len(idx):
                 continue
             device_scores = scores[idx]
-            fire, thresholds = self._fire(batch, device, idx, device_scores)
+            fire, thresholds = self._fire(batch, device, idx, device_scores, None if members is None else members[idx])
             if suspect is not None and (fire & suspect[idx - lo]).any():  # the sensor fault, not the process
                 self.metrics.anomalies_suppressed.inc(int((fire & suspect[idx - lo]).sum()))
                 fire = fire & ~suspect[idx - lo]
@@ -417,14 +423,17 @@ class Pipeline:
             records.extend(self._telemetry(sample, key) for sample in self.sampler.observe_quiet(device, end - first, scored))
         return records
 
-    def _fire(self, batch: WindowBatch, device: str, idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _fire(self, batch: WindowBatch, device: str, idx: np.ndarray, scores: np.ndarray,
+              members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Which of a device's scored windows fire, and each one's threshold: the adaptive layer's
-        (per device, moving) unless it is off or the device has a fixed ``decision.device_thresholds``
-        entry; then the decider's fixed threshold. k-of-n debounce in both cases."""
+        (per device, moving; an ensemble's decides its ``members`` scores) unless it is off or the device
+        has a fixed ``decision.device_thresholds`` entry; then the decider's fixed threshold. k-of-n
+        debounce in both cases."""
         if self.adaptive is None or device in self.decider.device_thresholds:
             fire, _over, threshold = self.decider.decide_many(device, scores, batch.segment[idx])
             return fire, np.full(len(scores), threshold)
-        over, _surprise, thresholds = self.adaptive.decide_many(device, scores, batch.ts[idx, -1], batch.values[idx, -1, :])
+        over, _surprise, thresholds = self.adaptive.decide_many(device, scores if members is None else members,
+                                                                batch.ts[idx, -1], batch.values[idx, -1, :])
         return self.decider.debounce(device, over, batch.segment[idx]), thresholds
 
     def _observe(self, batch: WindowBatch, device: str, i: int, score: float, threshold: float,

@@ -22,6 +22,8 @@ from models.config import ScoreMode, TrainConfig
 from models.preprocess import Preprocessor
 
 _LOG_EPS = 1e-6
+UNIT_FLOOR = 1e-12
+"""The smallest threshold a score is divided by (an ensemble member's, see :class:`Ensemble`)."""
 
 
 class Estimate(NamedTuple):
@@ -167,3 +169,25 @@ def fit_head(detector: Detector, windows: np.ndarray, batch: int = 4096) -> None
         detector.extra_sd.copy_(extra.std().clamp_min(1e-6).reshape(1))
         if detector.net.energy_based:
             detector.energy_floor.copy_(extra.min().reshape(1))
+
+
+class Ensemble(nn.Module):
+    """Member detectors of one family as one graph (``train.members``): raw windows -> ``score``,
+    the median over members of each member's score divided by its threshold (a 2-of-3 vote on the
+    members' fixed thresholds is ``score > 1``), ``channel_scores``, the members' mean shares, and
+    ``member_scores (batch, members)``, each member's own score, which the agent decides member by
+    member with its own adaptive threshold (:class:`edge.adaptive.EnsembleLayer`)."""
+
+    thresholds: torch.Tensor
+
+    def __init__(self, members: list[Detector], thresholds: list[float]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        # a member whose training scores were all 0 (a flat signal) has threshold 0: any score above is far above
+        self.register_buffer("thresholds", torch.tensor([max(t, UNIT_FLOOR) for t in thresholds], dtype=torch.float32))
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outs = [member(windows) for member in self.members]
+        member_scores = torch.stack([o[0] for o in outs], dim=1)
+        calibrated = torch.sort(member_scores / self.thresholds, dim=1).values
+        return calibrated[:, len(outs) // 2], torch.stack([o[1] for o in outs]).mean(dim=0), member_scores

@@ -69,6 +69,8 @@ class TrainConfig:
     early_stopping: int = _f(0, "stop after this many epochs without validation improvement, 0 = off")
     min_delta: float = _f(0.0, "smallest validation-loss decrease that counts as improvement")
     seed: int = _f(0, "random seed: same seed, same weights")
+    members: int = _f(1, "models in one artifact, fitted with seeds seed x members .. + members - 1 (1, or an odd number >= 3): "
+                         "the agent decides each with its own adaptive threshold and fires on their majority")
     preprocess: Scaling = _f("zscore", "scaling fitted on training data: none, center, zscore, minmax")
     pca_components: int = _f(0, "PCA to this many components after scaling, 0 = off")
     whiten: bool = _f(False, "whiten (unit variance per principal component) after scaling")
@@ -110,6 +112,7 @@ class TrainConfig:
             (self.epochs >= 1 and self.batch_size >= 1, "epochs/batch_size", (self.epochs, self.batch_size)),
             (0.0 <= self.validation_split < 0.9, "validation_split", self.validation_split),
             (self.early_stopping >= 0, "early_stopping", self.early_stopping),
+            (self.members == 1 or (self.members >= 3 and self.members % 2 == 1), "members", self.members),
             (self.pca_components >= 0, "pca_components", self.pca_components),
             (self.scale_floor >= 0.0, "scale_floor", self.scale_floor),
             (self.level_weight >= 0.0, "level_weight", self.level_weight),

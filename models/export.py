@@ -2,9 +2,10 @@
 
 The graph holds preprocessing, the network and the scoring head; input ``windows``
 ``(batch, window, channels)`` float32 raw readings with a dynamic batch, outputs ``score`` and
-``channel_scores``. It is exported with torch's TorchScript-based exporter: the dynamo exporter
-also works but takes 10-15 s per LSTM model against 0.1 s, which matters for tests and
-per-file benchmark protocols. The same weights give byte-identical files.
+``channel_scores`` (an ensemble's also ``member_scores``, see :class:`models.base.Ensemble`). It is
+exported with torch's TorchScript-based exporter: the dynamo exporter also works but takes 10-15 s
+per LSTM model against 0.1 s, which matters for tests and per-file benchmark protocols. The same
+weights give byte-identical files.
 """
 
 from __future__ import annotations
@@ -20,24 +21,25 @@ import onnx
 import torch
 
 from edge.contract import ModelManifest, encode_manifest
-from edge.detector import INPUT_NAME, OUTPUT_NAMES, file_sha256
-from models.base import Detector
+from edge.detector import INPUT_NAME, MEMBER_OUTPUT, OUTPUT_NAMES, file_sha256
+from models.base import Detector, Ensemble
 from models.fit import FittedModel
 
 OPSET = 17
 MIN_ONNXRUNTIME = "1.17"
 
 
-def onnx_bytes(detector: Detector, *, window_length: int, channels: int, opset: int = OPSET) -> bytes:
+def onnx_bytes(detector: Detector | Ensemble, *, window_length: int, channels: int, opset: int = OPSET) -> bytes:
     """Serialise ``detector`` (eval mode) to ONNX bytes."""
     detector.eval()
     example = torch.zeros(2, window_length, channels)
+    outputs = [*OUTPUT_NAMES, MEMBER_OUTPUT] if isinstance(detector, Ensemble) else list(OUTPUT_NAMES)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
         torch.onnx.export(detector, (example,), buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes any binary file; its annotation names paths only
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+                          input_names=[INPUT_NAME], output_names=outputs,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     model = onnx.load_from_string(buffer.getvalue())
     model.producer_name = "edgewatch"
@@ -62,7 +64,7 @@ def build_manifest(fitted: FittedModel, sha256: str, *, name: str, version: str,
         window_length=cfg.window_length, stride=cfg.stride, sample_period_s=fitted.sample_period_s,
         threshold=float(fitted.threshold), calibration=fitted.calibration, opset=opset,
         min_onnxruntime=MIN_ONNXRUNTIME, training_data_fingerprint=fitted.fingerprint,
-        metrics=dict(metrics or {}), created_at=created_at, channel_ranges=fitted.channel_ranges, signature=None,
+        metrics=dict(metrics or {}), created_at=created_at, channel_ranges=fitted.channel_ranges, members=fitted.members, signature=None,
     )
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edge.contract import Calibration, Channel
+from edge.contract import Calibration, Channel, Member
 from edge.contract.errors import ConfigError
-from models.base import Detector, fit_head
+from models.base import UNIT_FLOOR, Detector, Ensemble, fit_head
 from models.calibrate import calibrate, channel_ranges
 from models.config import TrainConfig, config_from_mapping
 from models.data import fingerprint, make_windows
@@ -36,9 +36,10 @@ CHECKPOINT = Path("training") / "checkpoint.pt"
 
 @dataclass
 class FittedModel:
-    """A trained detector (torch, eval mode) with everything the manifest needs."""
+    """A trained detector (torch, eval mode) with everything the manifest needs; an ensemble's
+    ``detector`` is an :class:`Ensemble` and ``members`` holds each member's threshold and calibration."""
 
-    detector: Detector
+    detector: Detector | Ensemble
     config: TrainConfig
     channels: tuple[Channel, ...]
     sample_period_s: float
@@ -48,12 +49,13 @@ class FittedModel:
     train_scores: np.ndarray
     fingerprint: str
     channel_ranges: dict[str, tuple[float, float]] | None = None  # learned from the training rows (manifest channel_ranges)
+    members: tuple[Member, ...] | None = None  # an ensemble's members (manifest members)
 
     @torch.no_grad()
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Torch-eager scores of raw ``(batch, window, channels)`` windows (the ONNX graph's twin)."""
-        score, channel_scores = self.detector(torch.as_tensor(np.asarray(windows), dtype=torch.float32))
-        return score.numpy(), channel_scores.numpy()
+        out = self.detector(torch.as_tensor(np.asarray(windows), dtype=torch.float32))
+        return out[0].numpy(), out[1].numpy()
 
 
 @contextmanager
@@ -95,7 +97,14 @@ def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channel
     folder with ``training/checkpoint.pt``) are loaded before training. Blocks; single use of torch
     global RNG (seeded from ``config.seed``). ``labelled`` windows (raw, ``window_length`` long,
     with 0/1 labels) train only a family that uses labels (``ladder``); they never fit the
-    preprocessing, the head or the threshold."""
+    preprocessing, the head or the threshold. With ``config.members`` > 1 it fits that many
+    models (seeds ``seed x members + j``; fine-tuning, each from its member of ``init_from``, an
+    ensemble of as many) and returns them as one :class:`Ensemble`."""
+    if config.members > 1:
+        starts = _member_states(init_from, config.members) if init_from is not None else [None] * config.members
+        return _ensemble([fit(data, replace(config, members=1, seed=config.seed * config.members + j), channels=channels,
+                              sample_period_s=sample_period_s, init_from=start, progress=progress, labelled=labelled)
+                          for j, start in enumerate(starts)], config)
     segments = [np.asarray(data, dtype=np.float64)] if isinstance(data, np.ndarray) else [np.asarray(s, dtype=np.float64) for s in data]
     if any(s.ndim != 2 for s in segments) or len({s.shape[1] for s in segments}) != 1:
         raise ValueError("data must be 2-D rows (n, channels), all segments with the same channels")
@@ -122,6 +131,22 @@ def fit(data: np.ndarray | Sequence[np.ndarray], config: TrainConfig, *, channel
     return fitted
 
 
+def _ensemble(members: list[FittedModel], config: TrainConfig) -> FittedModel:
+    """Fitted members as one model: its score is calibrated like any model's, on the training windows."""
+    first = members[0]
+    detectors = [m.detector for m in members if isinstance(m.detector, Detector)]
+    if len(detectors) != len(members):
+        raise ValueError("an ensemble's members must be single models")
+    ensemble = Ensemble(detectors, [m.threshold for m in members]).eval()
+    fitted = FittedModel(ensemble, config, first.channels, first.sample_period_s, 0.0, Calibration("none"), first.history,
+                         np.empty(0), first.fingerprint, first.channel_ranges,
+                         tuple(Member(m.threshold, m.calibration) for m in members))
+    calibrated = np.sort(np.stack([m.train_scores / max(m.threshold, UNIT_FLOOR) for m in members], axis=1), axis=1)
+    fitted.train_scores = calibrated[:, len(members) // 2]  # what the graph's score is on the training windows
+    fitted.threshold, fitted.calibration = calibrate(fitted.train_scores, config)
+    return fitted
+
+
 def score_in_batches(fitted: FittedModel, windows: np.ndarray, batch: int = 4096) -> np.ndarray:
     return np.concatenate([fitted.score(windows[i:i + batch])[0] for i in range(0, len(windows), batch)]) if len(windows) else np.empty(0)
 
@@ -145,13 +170,25 @@ def load_checkpoint(path: Path | str) -> tuple[TrainConfig, dict[str, torch.Tens
             tuple(Channel(**c) for c in blob["channels"]))
 
 
-def _load_initial(detector: Detector, source: FittedModel | Mapping[str, torch.Tensor] | Path | str) -> None:
+def _state(source: FittedModel | Mapping[str, torch.Tensor] | Path | str) -> Mapping[str, torch.Tensor]:
     if isinstance(source, FittedModel):
-        state: Mapping[str, torch.Tensor] = source.detector.state_dict()
-    elif isinstance(source, (str, Path)):
-        state = load_checkpoint(source)[1]
-    else:
-        state = source
+        return source.detector.state_dict()
+    if isinstance(source, (str, Path)):
+        return load_checkpoint(source)[1]
+    return source
+
+
+def _member_states(source: FittedModel | Mapping[str, torch.Tensor] | Path | str, members: int) -> list[Mapping[str, torch.Tensor]]:
+    """Each member's weights in an ensemble's state (keys ``members.<j>.``), for fine-tuning it member by member."""
+    state = _state(source)
+    parts = [{k.removeprefix(f"members.{j}."): v for k, v in state.items() if k.startswith(f"members.{j}.")} for j in range(members)]
+    if not all(parts) or any(k.startswith(f"members.{members}.") for k in state):
+        raise ConfigError(f"fine-tuning: the initial weights are not those of an ensemble of {members} members (train.members)")
+    return parts
+
+
+def _load_initial(detector: Detector, source: FittedModel | Mapping[str, torch.Tensor] | Path | str) -> None:
+    state = _state(source)
     try:
         detector.load_state_dict(state)
     except RuntimeError as exc:

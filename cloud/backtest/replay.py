@@ -39,7 +39,7 @@ import numpy as np
 from cloud.backtest.result import INCIDENT_GAP_S, BacktestResult, DeviceResult, Summary, all_one_group
 from cloud.processor.archive import SCHEMA, day_of
 from cloud.retrain.dataset import LabelledIncident
-from edge.adaptive import AdaptiveLayer, Prior
+from edge.adaptive import layer_for
 from edge.config import Config
 from edge.contract import ConfigError
 from edge.decision import Decider
@@ -74,19 +74,24 @@ class _Replay:
         self.detector = detector
         self.decider = Decider(threshold, k=config.decision.k, n=config.decision.n,
                                device_thresholds=config.decision.device_thresholds)
-        self.layer = AdaptiveLayer(config.adaptive, Prior.from_manifest(m, config.decision.threshold)) \
-            if config.adaptive.enabled else None
+        self.layer = layer_for(config.adaptive, m, config.decision.threshold) if config.adaptive.enabled else None
 
-    def scores(self, values: np.ndarray, chunk: int) -> np.ndarray:
-        parts = [self.detector.score(values[i:i + chunk])[0] for i in range(0, len(values), chunk)]
-        return np.asarray(np.concatenate(parts), dtype=np.float64)
+    def scores(self, values: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The windows' scores, and an ensemble's member scores (None for one model)."""
+        if self.detector.manifest.members is None:
+            parts = [self.detector.score(values[i:i + chunk])[0] for i in range(0, len(values), chunk)]
+            return np.asarray(np.concatenate(parts), dtype=np.float64), None
+        runs = [self.detector.score_members(values[i:i + chunk]) for i in range(0, len(values), chunk)]
+        return (np.asarray(np.concatenate([r[0] for r in runs]), dtype=np.float64),
+                np.asarray(np.concatenate([r[2] for r in runs]), dtype=np.float64))
 
-    def fire(self, device: str, scores: np.ndarray, ends: np.ndarray, last_rows: np.ndarray) -> np.ndarray:
+    def fire(self, device: str, scores: np.ndarray, ends: np.ndarray, last_rows: np.ndarray,
+             members: np.ndarray | None = None) -> np.ndarray:
         segments = np.zeros(len(scores), dtype=np.int64)
         if self.layer is None or device in self.decider.device_thresholds:
             fire, _over, _t = self.decider.decide_many(device, scores, segments)
             return fire
-        over, _surprise, _thresholds = self.layer.decide_many(device, scores, ends, last_rows)
+        over, _surprise, _thresholds = self.layer.decide_many(device, scores if members is None else members, ends, last_rows)
         return self.decider.debounce(device, over, segments)
 
 
@@ -116,8 +121,8 @@ def backtest(archive: Path, model_dir: Path, *, config: Config, since: float | N
         d.skipped += w.skipped
         if not len(w.starts):
             continue
-        scores = replay.scores(w.values, batch_size)
-        fire = replay.fire(device, scores, w.ends, w.values[:, -1, :].astype(np.float64))
+        scores, members = replay.scores(w.values, batch_size)
+        fire = replay.fire(device, scores, w.ends, w.values[:, -1, :].astype(np.float64), members)
         if on_decided is not None:
             on_decided(device, w.ends, scores, fire)
         _account(d, day, w, scores > m.threshold, fire, incident_gap_s, coverage_gap_s)

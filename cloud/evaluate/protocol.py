@@ -26,7 +26,7 @@ from models.fit import fit
 
 log = logging.getLogger(__name__)
 
-ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 _CREATED_AT = "2026-01-01T00:00:00Z"  # evaluation artifacts are throw-away; a fixed time keeps them reproducible
 
 
@@ -34,22 +34,26 @@ _CREATED_AT = "2026-01-01T00:00:00Z"  # evaluation artifacts are throw-away; a f
 class FileRun:
     """Scores of every row (from onnxruntime), the threshold calibrated on the training rows only
     with its calibration record (what the artifact's manifest would carry), and the seconds spent
-    fitting (training + head) and exporting."""
+    fitting (training + head) and exporting. An ensemble's (``train.members``) also carries its members'
+    row scores ``(rows, members)`` and each member's threshold and calibration, calibrated the same way."""
 
     scores: np.ndarray
     threshold: float
     calibration: Mapping[str, float | str]
     fit_seconds: float
     export_seconds: float
+    member_scores: np.ndarray | None = None
+    members: tuple[tuple[float, Mapping[str, float | str]], ...] | None = None
 
 
-def row_scores(score: ScoreFn, rows: np.ndarray, window_length: int, *, batch: int = 2048) -> np.ndarray:
-    """One score per row: the score of the window ending on that row (stride 1)."""
+def row_scores(score: ScoreFn, rows: np.ndarray, window_length: int, *, batch: int = 2048, output: int = 0) -> np.ndarray:
+    """One score per row: the score of the window ending on that row (stride 1); ``output``: which of
+    ``score``'s outputs (an ensemble's member scores give ``(rows, members)``)."""
     windows = make_windows(np.asarray(rows, dtype=np.float32), window_length, 1)
     if len(windows) == 0:
         raise ValueError(f"{len(rows)} rows are fewer than one window of {window_length}")
-    per_window = np.concatenate([score(windows[i:i + batch])[0] for i in range(0, len(windows), batch)]).astype(np.float64)
-    out = np.empty(len(rows), dtype=np.float64)
+    per_window = np.concatenate([score(windows[i:i + batch])[output] for i in range(0, len(windows), batch)]).astype(np.float64)
+    out = np.empty((len(rows), *per_window.shape[1:]), dtype=np.float64)
     out[window_length - 1:] = per_window
     out[:window_length - 1] = per_window[0]
     return out
@@ -78,6 +82,10 @@ def fit_and_score(rows: np.ndarray, n_train: int, config: TrainConfig, *, channe
         detector = OnnxDetector.load(tmp, threads=1)
         export_seconds = time.perf_counter() - started
         scores = row_scores(detector.score, rows, config.window_length)
-    threshold, calibration = calibrate(scores[config.window_length - 1:n_train], config)
+        member_scores = row_scores(detector.score_members, rows, config.window_length, output=2) if config.members > 1 else None
+    train = slice(config.window_length - 1, n_train)
+    threshold, calibration = calibrate(scores[train], config)
+    members = None if member_scores is None else tuple(
+        (float(t), c.params) for t, c in (calibrate(member_scores[train, j], config) for j in range(config.members)))
     log.debug("file_scored family=%s rows=%d threshold=%.4g fit_s=%.2f", config.family, len(rows), threshold, fit_seconds)
-    return FileRun(scores, float(threshold), calibration.params, fit_seconds, export_seconds)
+    return FileRun(scores, float(threshold), calibration.params, fit_seconds, export_seconds, member_scores, members)

@@ -18,6 +18,7 @@ from edge.contract.manifest import (
     Calibration,
     Channel,
     ExpectedAlerts,
+    Member,
     ModelManifest,
     Signature,
     canonical_bytes,
@@ -46,7 +47,7 @@ from edge.contract.samples import (
 __all__ = [
     "Alert", "decode_alert", "encode_alert", "make_alert_id", "make_incident_id",
     "AnomalyEvent", "BrokerUnavailable", "Calibration", "Channel", "ConfigError", "ContractError",
-    "EdgewatchError", "ExpectedAlerts", "ManifestError", "ModelLoadError", "ModelManifest", "Reading", "SensorFault", "Signature",
+    "EdgewatchError", "ExpectedAlerts", "ManifestError", "Member", "ModelLoadError", "ModelManifest", "Reading", "SensorFault", "Signature",
     "canonical_bytes", "decode_event", "decode_manifest", "decode_readings", "device_from_topic",
     "encode_event", "encode_manifest", "encode_readings", "make_event_id", "readings_subscription",
     "readings_topic",

@@ -8,7 +8,9 @@ travels to devices: its size and its chunks (:mod:`edge.contract.update`). ``exp
 (written by the backtest at registration) is the signed prediction of the alert rate that the
 agent's shadow trial checks the candidate against (:mod:`edge.shadow`). ``channel_ranges``
 (written at export from the training data) bounds each channel for the agent's range check
-(:mod:`edge.sensorhealth`). Verification lives
+(:mod:`edge.sensorhealth`). ``members`` (an ensemble's, written at export) gives the threshold and
+calibration of each member model whose score the graph also outputs (``member_scores``): the agent
+decides each member with its own adaptive threshold and fires on their majority. Verification lives
 with the code that loads models; this module only defines and validates the document.
 """
 
@@ -40,6 +42,14 @@ class Calibration:
 
     method: str
     params: Mapping[str, float | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member model of an ensemble artifact: its own threshold and calibration record."""
+
+    threshold: float
+    calibration: Calibration
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,7 @@ class ModelManifest:
     expected_alerts: ExpectedAlerts | None = None  # None: registered without a backtest; absent from the JSON
     transfer: Transfer | None = None  # None: never signed, or signed before transfers were; refused over MQTT
     channel_ranges: Mapping[str, tuple[float, float]] | None = None  # channel -> (min, max); None: absent from the JSON
+    members: tuple[Member, ...] | None = None  # an ensemble's members (an odd number, at least 3); None: one model
     signature: Signature | None = None
     schema: int = MANIFEST_SCHEMA
 
@@ -124,7 +135,12 @@ def manifest_to_dict(manifest: ModelManifest) -> dict[str, Any]:
         data["expected_alerts"] = _expected_to_dict(manifest.expected_alerts)
     if manifest.channel_ranges is not None:
         data["channel_ranges"] = {c: [lo, hi] for c, (lo, hi) in manifest.channel_ranges.items()}
-    for optional in ("expected_alerts", "transfer", "channel_ranges", "signature"):  # absent, not null: older signatures stay valid
+    if manifest.members is not None:
+        data["members"] = [{"threshold": m.threshold,
+                            "calibration": {"method": m.calibration.method, "params": dict(m.calibration.params)}}
+                           for m in manifest.members]
+    # absent, not null: older signatures stay valid
+    for optional in ("expected_alerts", "transfer", "channel_ranges", "members", "signature"):
         if data[optional] is None:
             del data[optional]
     return data
@@ -176,6 +192,7 @@ def decode_manifest(payload: bytes | str) -> ModelManifest:
         expected_alerts=_expected_alerts(data.get("expected_alerts")),
         transfer=_transfer(data.get("transfer")),
         channel_ranges=_channel_ranges(data.get("channel_ranges"), channels),
+        members=_members(data.get("members")),
         signature=_signature(data.get("signature")),
     )
 
@@ -201,6 +218,25 @@ def _channel_ranges(value: Any, channels: tuple[Channel, ...]) -> dict[str, tupl
         out[name] = (lo, hi)
     return out
 
+
+def _members(value: Any) -> tuple[Member, ...] | None:
+    """An odd number (at least 3) of ``{threshold, calibration}``, each threshold finite and >= 0."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) < 3 or len(value) % 2 == 0:
+        raise ContractError("members", value, "must be a list of an odd number (at least 3) of {threshold, calibration}",
+                            f.type_kind(value, list))
+    out: list[Member] = []
+    for i, item in enumerate(value):
+        path = f"members[{i}]"
+        if not isinstance(item, Mapping):
+            raise ContractError(path, item, "must be an object with threshold and calibration", "wrong_type")
+        f.no_extra(item, {"threshold", "calibration"}, path)
+        threshold = f.number(f.req(item, "threshold", path), f"{path}.threshold")
+        if not threshold >= 0:
+            raise ContractError(f"{path}.threshold", threshold, "must be >= 0")
+        out.append(Member(threshold, _calibration(f.req(item, "calibration", path))))
+    return tuple(out)
 
 
 def _channels(value: Any) -> tuple[Channel, ...]:
@@ -318,5 +354,5 @@ def _signature(value: Any) -> Signature | None:
 _FIELDS = {
     "schema", "name", "family", "version", "sha256", "channels", "window_length", "stride",
     "sample_period_s", "threshold", "calibration", "opset", "min_onnxruntime",
-    "training_data_fingerprint", "metrics", "created_at", "expected_alerts", "transfer", "channel_ranges", "signature",
+    "training_data_fingerprint", "metrics", "created_at", "expected_alerts", "transfer", "channel_ranges", "members", "signature",
 }
