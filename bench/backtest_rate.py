@@ -64,7 +64,8 @@ def _child(mode: str, archive: Path) -> dict[str, Any]:
             items.sort(key=lambda w: w.ts[0])
             values = np.stack([w.values for w in items]).astype(np.float32)
             ends = np.array([w.ts[-1] for w in items])
-            fire = replay.fire(device, replay.scores(values, 4096), ends, values[:, -1, :].astype(np.float64))
+            scores, members = replay.scores(values, 4096)
+            fire = replay.fire(device, scores, ends, values[:, -1, :].astype(np.float64), members)
             alerts += int(fire.sum())
             device_days += (ends[-1] - items[0].ts[0]) / 86400.0
     seconds = time.perf_counter() - t0

@@ -181,7 +181,8 @@ def _state(source: FittedModel | Mapping[str, torch.Tensor] | Path | str) -> Map
 def _member_states(source: FittedModel | Mapping[str, torch.Tensor] | Path | str, members: int) -> list[Mapping[str, torch.Tensor]]:
     """Each member's weights in an ensemble's state (keys ``members.<j>.``), for fine-tuning it member by member."""
     state = _state(source)
-    parts = [{k.removeprefix(f"members.{j}."): v for k, v in state.items() if k.startswith(f"members.{j}.")} for j in range(members)]
+    parts: list[Mapping[str, torch.Tensor]] = [
+        {k.removeprefix(f"members.{j}."): v for k, v in state.items() if k.startswith(f"members.{j}.")} for j in range(members)]
     if not all(parts) or any(k.startswith(f"members.{members}.") for k in state):
         raise ConfigError(f"fine-tuning: the initial weights are not those of an ensemble of {members} members (train.members)")
     return parts
