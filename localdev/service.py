@@ -21,11 +21,21 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 90.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this process has not
+    handed out before: the kernel may give the same free port to two calls in a row, and a Kafka
+    node whose two listeners got one port refuses to start."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise BrokerUnavailable("no free loopback port that was not handed out already (100 tries)")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

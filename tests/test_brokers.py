@@ -62,3 +62,31 @@ def test_kafka_produce_acks_all_consume_in_group(kafka_bootstrap: str, kafka_top
     assert values == [f"m{i}".encode() for i in range(count)]
     # the group committed: a second consumer in the same group sees nothing new
     assert consume(kafka_bootstrap, kafka_topic, group_id, 1, timeout_s=5) == []
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may give the same free port to two binds in a row (it made a Kafka node's two
+    listeners share one port and the node refuse to start): free_port skips a port it handed out."""
+    import localdev.service as service
+
+    given = iter([41001, 41001, 41001, 41002])
+
+    class FakeSocket:
+        def __enter__(self) -> FakeSocket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = next(given)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    class FakeSocketModule:  # only this module's name is replaced: nothing else in the process sees it
+        socket = FakeSocket
+
+    monkeypatch.setattr(service, "_HANDED_OUT", set())
+    monkeypatch.setattr(service, "socket", FakeSocketModule)
+    assert [service.free_port(), service.free_port()] == [41001, 41002]
