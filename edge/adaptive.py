@@ -65,6 +65,9 @@ _LN10 = math.log(10.0)
 BURN_HALF_LIFE = 1000
 """Windows over which a device's recent over-threshold share (its alert-budget burn) is averaged."""
 _BURN_ALPHA = 1.0 - 0.5 ** (1.0 / BURN_HALF_LIFE)
+UNIT_FLOOR = 1e-12
+"""The smallest threshold an ensemble member's score is divided by: a member whose training scores
+were all 0 (a flat signal) has threshold 0, and any score above it is far above."""
 
 
 @dataclass(frozen=True)
@@ -483,7 +486,7 @@ class EnsembleLayer:
     def __init__(self, settings: AdaptiveSettings, priors: Sequence[Prior]) -> None:
         self.settings = settings
         self.members = [AdaptiveLayer(settings, prior) for prior in priors]
-        self._units = [max(prior.threshold, 1e-12) for prior in priors]  # a flat member's threshold may be 0
+        self._units = [max(prior.threshold, UNIT_FLOOR) for prior in priors]
 
     @property
     def devices(self) -> dict[str, DeviceState]:
@@ -528,7 +531,11 @@ class EnsembleLayer:
             if not isinstance(parts, list) or len(parts) != len(self.members):
                 log.warning("adaptive_state_skipped device_id=%s error=not the rows of %d members", device_id, len(self.members))
                 continue
-            taken += min(layer.restore({device_id: part}) for layer, part in zip(self.members, parts, strict=True))
+            if all([layer.restore({device_id: part}) for layer, part in zip(self.members, parts, strict=True)]):
+                taken += 1
+            else:  # every member or none: a member without the device would warm up alone
+                for layer in self.members:
+                    layer.devices.pop(device_id, None)
         return taken
 
     def take_changes(self) -> tuple[dict[str, dict[str, object]], set[str]]:

@@ -18,12 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from edge.adaptive import UNIT_FLOOR
 from models.config import ScoreMode, TrainConfig
 from models.preprocess import Preprocessor
 
 _LOG_EPS = 1e-6
-UNIT_FLOOR = 1e-12
-"""The smallest threshold a score is divided by (an ensemble member's, see :class:`Ensemble`)."""
 
 
 class Estimate(NamedTuple):
@@ -183,7 +182,6 @@ class Ensemble(nn.Module):
     def __init__(self, members: list[Detector], thresholds: list[float]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
-        # a member whose training scores were all 0 (a flat signal) has threshold 0: any score above is far above
         self.register_buffer("thresholds", torch.tensor([max(t, UNIT_FLOOR) for t in thresholds], dtype=torch.float32))
 
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

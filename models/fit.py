@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge.adaptive import UNIT_FLOOR
 from edge.contract import Calibration, Channel, Member
 from edge.contract.errors import ConfigError
-from models.base import UNIT_FLOOR, Detector, Ensemble, fit_head
+from models.base import Detector, Ensemble, fit_head
 from models.calibrate import calibrate, channel_ranges
 from models.config import TrainConfig, config_from_mapping
 from models.data import fingerprint, make_windows

@@ -78,12 +78,11 @@ class _Replay:
 
     def scores(self, values: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The windows' scores, and an ensemble's member scores (None for one model)."""
-        if self.detector.manifest.members is None:
-            parts = [self.detector.score(values[i:i + chunk])[0] for i in range(0, len(values), chunk)]
-            return np.asarray(np.concatenate(parts), dtype=np.float64), None
-        runs = [self.detector.score_members(values[i:i + chunk]) for i in range(0, len(values), chunk)]
-        return (np.asarray(np.concatenate([r[0] for r in runs]), dtype=np.float64),
-                np.asarray(np.concatenate([r[2] for r in runs]), dtype=np.float64))
+        ensemble = self.detector.manifest.members is not None
+        score: Callable[[np.ndarray], tuple[np.ndarray, ...]] = self.detector.score_members if ensemble else self.detector.score
+        runs = [score(values[i:i + chunk]) for i in range(0, len(values), chunk)]
+        members = np.asarray(np.concatenate([r[2] for r in runs]), dtype=np.float64) if ensemble else None
+        return np.asarray(np.concatenate([r[0] for r in runs]), dtype=np.float64), members
 
     def fire(self, device: str, scores: np.ndarray, ends: np.ndarray, last_rows: np.ndarray,
              members: np.ndarray | None = None) -> np.ndarray:

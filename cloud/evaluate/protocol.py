@@ -46,17 +46,22 @@ class FileRun:
     members: tuple[tuple[float, Mapping[str, float | str]], ...] | None = None
 
 
-def row_scores(score: ScoreFn, rows: np.ndarray, window_length: int, *, batch: int = 2048, output: int = 0) -> np.ndarray:
-    """One score per row: the score of the window ending on that row (stride 1); ``output``: which of
-    ``score``'s outputs (an ensemble's member scores give ``(rows, members)``)."""
+def row_scores(score: ScoreFn, rows: np.ndarray, window_length: int, *, batch: int = 2048,
+               outputs: tuple[int, ...] = (0,)) -> list[np.ndarray]:
+    """Per row, the ``outputs`` of ``score`` (by position) for the window ending on that row (stride 1),
+    in one pass: ``(0,)`` the score, an ensemble's ``(0, 2)`` also its member scores ``(rows, members)``."""
     windows = make_windows(np.asarray(rows, dtype=np.float32), window_length, 1)
     if len(windows) == 0:
         raise ValueError(f"{len(rows)} rows are fewer than one window of {window_length}")
-    per_window = np.concatenate([score(windows[i:i + batch])[output] for i in range(0, len(windows), batch)]).astype(np.float64)
-    out = np.empty((len(rows), *per_window.shape[1:]), dtype=np.float64)
-    out[window_length - 1:] = per_window
-    out[:window_length - 1] = per_window[0]
-    return out
+    runs = [score(windows[i:i + batch]) for i in range(0, len(windows), batch)]
+    result = []
+    for k in outputs:
+        per_window = np.concatenate([r[k] for r in runs]).astype(np.float64)
+        out = np.empty((len(rows), *per_window.shape[1:]), dtype=np.float64)
+        out[window_length - 1:] = per_window
+        out[:window_length - 1] = per_window[0]
+        result.append(out)
+    return result
 
 
 def artifact_channel_name(name: str) -> str:
@@ -81,8 +86,10 @@ def fit_and_score(rows: np.ndarray, n_train: int, config: TrainConfig, *, channe
         write_artifact(fitted, tmp, name="evaluation", version="0.0.0", created_at=_CREATED_AT)
         detector = OnnxDetector.load(tmp, threads=1)
         export_seconds = time.perf_counter() - started
-        scores = row_scores(detector.score, rows, config.window_length)
-        member_scores = row_scores(detector.score_members, rows, config.window_length, output=2) if config.members > 1 else None
+        if config.members > 1:
+            scores, member_scores = row_scores(detector.score_members, rows, config.window_length, outputs=(0, 2))
+        else:
+            (scores,), member_scores = row_scores(detector.score, rows, config.window_length), None
     train = slice(config.window_length - 1, n_train)
     threshold, calibration = calibrate(scores[train], config)
     members = None if member_scores is None else tuple(
