@@ -1,7 +1,8 @@
 """What an ensemble (``train.members``) costs the agent against one model of the same family, side
 by side in one run: onnxruntime windows/s at batch 1 and 64 (``score`` against ``score_members``),
 and the adaptive layer's CPU per window (:class:`edge.adaptive.AdaptiveLayer` on one model's
-scores against :class:`edge.adaptive.EnsembleLayer` on the members'), with its state row size.
+scores against :class:`edge.adaptive.EnsembleLayer` on the members'; without the seasonal channel,
+and with it on a 5-minute stream with a daily pattern), with its state row size.
 Interleaved rounds, medians; the figures are ratios, not absolute rates.
 
 Models are trained for a few epochs on synthetic pump data (edge.synth) inside the script.
@@ -25,12 +26,22 @@ import numpy as np
 from bench.inference import rate
 
 
-def layer_seconds_per_window(layer: object, scores: np.ndarray, ends: np.ndarray, batch: int) -> float:
-    """CPU seconds per window of ``layer.decide_many`` fed ``batch`` windows a call, one device."""
+def layer_seconds_per_window(layer: object, scores: np.ndarray, ends: np.ndarray, batch: int,
+                             values: np.ndarray | None = None) -> float:
+    """CPU seconds per window of ``layer.decide_many`` fed ``batch`` windows a call, one device
+    (``values``: each window's last row, for the seasonal channel)."""
     started = time.process_time()
     for i in range(0, len(scores), batch):
-        layer.decide_many("dev", scores[i:i + batch], ends[i:i + batch])  # type: ignore[attr-defined]
+        layer.decide_many("dev", scores[i:i + batch], ends[i:i + batch],  # type: ignore[attr-defined]
+                          None if values is None else values[i:i + batch])
     return (time.process_time() - started) / len(scores)
+
+
+def daily_stream(n: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """End times every 5 minutes and rows with a daily sine: the seasonal channel turns on."""
+    rng = np.random.default_rng(5)
+    rows = 20.0 + rng.normal(0.0, 0.3, (n, channels)) + 5.0 * np.sin(2 * np.pi * np.arange(n) / 288)[:, None]
+    return 300.0 * np.arange(n, dtype=np.float64), rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,6 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["single_layer_us_per_window"] = 1e6 * statistics.median(one)
         out["ensemble_layer_us_per_window"] = 1e6 * statistics.median(many)
         out["layer_cpu_ratio"] = statistics.median(many) / statistics.median(one)
+        seasonal = AdaptiveSettings()  # the agent's default: the daily-profile channel on where it can help
+        daily_ends, daily_rows = daily_stream(len(windows), len(CHANNEL_NAMES))
+        one, many = [], []
+        for _ in range(args.rounds):
+            one.append(layer_seconds_per_window(layer_for(seasonal, single.manifest), single_scores, daily_ends, 64, daily_rows))
+            many.append(layer_seconds_per_window(layer_for(seasonal, ensemble.manifest), member_scores, daily_ends, 64, daily_rows))
+        out["single_layer_us_per_window_seasonal"] = 1e6 * statistics.median(one)
+        out["ensemble_layer_us_per_window_seasonal"] = 1e6 * statistics.median(many)
+        out["layer_cpu_ratio_seasonal"] = statistics.median(many) / statistics.median(one)
         rows_single = layer_for(settings, single.manifest)
         rows_single.decide_many("dev", single_scores, ends)
         rows_ens = layer_for(settings, ensemble.manifest)

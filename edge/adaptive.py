@@ -275,9 +275,17 @@ class AdaptiveLayer:
             s = self.devices[device_id] = self._new_state()
         self.dirty.add(device_id)
         over, surprise, thresholds = self._decide_state(s, scores, ends)
-        if values is not None and self._seasonal is not None:
-            self._decide_seasonal(s, values, ends, over, surprise)
+        if values is not None:
+            self.decide_seasonal(device_id, values, ends, over, surprise)
         return over, surprise, thresholds
+
+    def decide_seasonal(self, device_id: str, values: np.ndarray, ends: np.ndarray, over: np.ndarray,
+                        surprise: np.ndarray) -> None:
+        """The seasonal channel on windows of ``device_id`` just decided (``over`` and ``surprise``
+        updated in place); nothing without the channel (``seasonal`` off) or for a device never decided."""
+        s = self.devices.get(device_id)
+        if s is not None and self._seasonal is not None:
+            self._decide_seasonal(s, values, ends, over, surprise)
 
     def _decide_state(self, s: DeviceState, scores: np.ndarray | list[float],
                       ends: np.ndarray | list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -481,11 +489,17 @@ class EnsembleLayer:
     single model's layer does; a window is over when more than half of the members are, and its
     surprise is the members' median (over the limit exactly then). Thresholds are reported in the
     ensemble score's unit: each member's threshold over its prior threshold, the median of them;
-    the burn is the members' median. ``decision.threshold`` does not apply to the members."""
+    the burn is the members' median. ``decision.threshold`` does not apply to the members.
+
+    The seasonal channel sees the raw values, the same for every member, and learns from its own
+    decisions only; so one channel (the first member's) runs once, on the voted decisions. That
+    decides exactly as one channel per member would: a window it flags is over in every member, so
+    in the vote, and the median of ``max(surprise, s)`` is ``max(median, s)``."""
 
     def __init__(self, settings: AdaptiveSettings, priors: Sequence[Prior]) -> None:
         self.settings = settings
-        self.members = [AdaptiveLayer(settings, prior) for prior in priors]
+        self.members = [AdaptiveLayer(settings if j == 0 else replace(settings, seasonal=False), prior)
+                        for j, prior in enumerate(priors)]
         self._units = [max(prior.threshold, UNIT_FLOOR) for prior in priors]
 
     @property
@@ -500,10 +514,12 @@ class EnsembleLayer:
         if scores.ndim != 2 or scores.shape[1] != len(self.members):
             raise ValueError(f"an ensemble of {len(self.members)} decides member scores (windows, {len(self.members)}), "
                              f"got shape {scores.shape}")
-        decided = [layer.decide_many(device_id, scores[:, j], ends, values) for j, layer in enumerate(self.members)]
+        decided = [layer.decide_many(device_id, scores[:, j], ends) for j, layer in enumerate(self.members)]
         over = np.sum([d[0] for d in decided], axis=0) > len(self.members) // 2
         surprise = np.median([d[1] for d in decided], axis=0)
         thresholds = np.median([d[2] / unit for d, unit in zip(decided, self._units, strict=True)], axis=0)
+        if values is not None:
+            self.members[0].decide_seasonal(device_id, values, ends, over, surprise)
         return over, surprise, thresholds
 
     def threshold(self, device_id: str) -> float:
@@ -533,6 +549,9 @@ class EnsembleLayer:
                 continue
             if all([layer.restore({device_id: part}) for layer, part in zip(self.members, parts, strict=True)]):
                 taken += 1
+                for layer in self.members[1:]:  # rows saved when every member ran its own seasonal channel
+                    state = layer.devices[device_id]
+                    state.seasonal = state.seasonal_tail = None
             else:  # every member or none: a member without the device would warm up alone
                 for layer in self.members:
                     layer.devices.pop(device_id, None)

@@ -15,6 +15,7 @@ from edge.adaptive_store import AdaptiveStore
 from edge.contract import Calibration, ContractError, Member, decode_manifest, encode_manifest
 from edge.detector import load_manifest
 from tests.edge.agent_util import TINY_MODEL
+from tests.edge.test_seasonal import FLAT, daily, flat_middle
 
 SETTINGS = AdaptiveSettings(warmup_windows=100)
 PRIORS = [Prior(threshold=30.0, quantile=11.0, excess=3.8), Prior(threshold=3.0, quantile=1.1, excess=0.38),
@@ -50,6 +51,35 @@ def test_each_member_is_decided_by_its_own_layer_and_most_of_them_decide() -> No
     assert ensemble.threshold("d") == pytest.approx(np.median([AdaptiveLayer.threshold(m, "d") / m.prior.threshold
                                                                for m in ensemble.members]))
     assert not ensemble.warming("d") and ensemble.warming("never-seen")
+
+
+def test_one_seasonal_channel_decides_as_one_per_member_would() -> None:
+    ends, rows = daily(7)
+    rows = flat_middle(rows)  # a flat day: only the daily profile of the raw values sees it
+    scores = member_scores(len(ends), seed=2)
+    ensemble = EnsembleLayer(SETTINGS, PRIORS)
+    over, surprise, _ = ensemble.decide_many("d", scores[:1000], ends[:1000], rows[:1000])
+    rest = ensemble.decide_many("d", scores[1000:], ends[1000:], rows[1000:])
+    over, surprise = np.concatenate([over, rest[0]]), np.concatenate([surprise, rest[1]])
+    # the semantics it replaces: every member a single model's layer with its own channel
+    singles = [AdaptiveLayer(SETTINGS, p).decide_many("d", scores[:, j], ends, rows) for j, p in enumerate(PRIORS)]
+    assert np.array_equal(over, np.sum([s[0] for s in singles], axis=0) >= 2)
+    assert np.array_equal(surprise, np.median([s[1] for s in singles], axis=0))
+    assert over[FLAT].mean() > 0.5 and not over[:FLAT.start].any()
+    first, *others = ensemble.members
+    assert first.devices["d"].seasonal is not None
+    assert all(m.devices["d"].seasonal is None for m in others)  # it runs once, not once per member
+    # a row saved when every member ran its own channel: the copies are dropped, the first one decides on
+    rows_saved, _ = ensemble.take_changes()
+    parts = rows_saved["d"]["members"]  # type: ignore[index]
+    old_rows = {"d": {"members": [parts[0], *[{**part, "seasonal": parts[0]["seasonal"]} for part in parts[1:]]]}}
+    restored = EnsembleLayer(SETTINGS, PRIORS)
+    assert restored.restore(old_rows) == 1
+    assert all(m.devices["d"].seasonal is None for m in restored.members[1:])
+    more_ends = ends[-1] + 300.0 * np.arange(1, 289)
+    more_rows, more_scores = daily(1, seed=5)[1], member_scores(288, seed=6)
+    assert all(np.array_equal(x, y) for x, y in zip(ensemble.decide_many("d", more_scores, more_ends, more_rows),
+                                                    restored.decide_many("d", more_scores, more_ends, more_rows), strict=True))
 
 
 def test_state_round_trips_and_forget_and_rebaseline_reach_every_member(tmp_path: Path) -> None:
