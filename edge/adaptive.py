@@ -483,6 +483,12 @@ class AdaptiveLayer:
         return 0.0 if s is None else s.over_rate / self.settings.target_rate
 
 
+def _middle(rows: Sequence[np.ndarray] | Sequence[float]) -> np.ndarray:
+    """The median over an odd number of rows, elementwise (``np.median`` costs ten times as much on
+    the agent's batches of a few windows: 13 against 1.7 us a call)."""
+    return np.sort(np.array(rows), axis=0)[len(rows) // 2]
+
+
 class EnsembleLayer:
     """Per-device thresholds for an ensemble (manifest ``members``): one :class:`AdaptiveLayer` per
     member decides that member's scores with its own tail, learning from its own decisions as a
@@ -515,21 +521,21 @@ class EnsembleLayer:
             raise ValueError(f"an ensemble of {len(self.members)} decides member scores (windows, {len(self.members)}), "
                              f"got shape {scores.shape}")
         decided = [layer.decide_many(device_id, scores[:, j], ends) for j, layer in enumerate(self.members)]
-        over = np.sum([d[0] for d in decided], axis=0) > len(self.members) // 2
-        surprise = np.median([d[1] for d in decided], axis=0)
-        thresholds = np.median([d[2] / unit for d, unit in zip(decided, self._units, strict=True)], axis=0)
+        over = np.count_nonzero(np.array([d[0] for d in decided]), axis=0) > len(self.members) // 2
+        surprise = _middle([d[1] for d in decided])
+        thresholds = _middle([d[2] / unit for d, unit in zip(decided, self._units, strict=True)])
         if values is not None:
             self.members[0].decide_seasonal(device_id, values, ends, over, surprise)
         return over, surprise, thresholds
 
     def threshold(self, device_id: str) -> float:
-        return float(np.median([layer.threshold(device_id) / unit for layer, unit in zip(self.members, self._units, strict=True)]))
+        return float(_middle([layer.threshold(device_id) / unit for layer, unit in zip(self.members, self._units, strict=True)]))
 
     def warming(self, device_id: str) -> bool:
         return any(layer.warming(device_id) for layer in self.members)
 
     def burn(self, device_id: str) -> float:
-        return float(np.median([layer.burn(device_id) for layer in self.members]))
+        return float(_middle([layer.burn(device_id) for layer in self.members]))
 
     def rebaseline(self, device_id: str) -> None:
         for layer in self.members:
