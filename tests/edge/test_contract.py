@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +33,7 @@ from edge.contract import (
     readings_topic,
 )
 from edge.contract.event import FAULT_CHECKS, MAX_FAULT_DETAIL, SensorFault
+from edge.contract.samples import TelemetryWindow, decode_telemetry, encode_telemetry
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,20}", fullmatch=True)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -270,3 +273,30 @@ def test_canonical_bytes_ignore_signature_and_cover_the_rest() -> None:
     assert canonical_bytes(plain) == canonical_bytes(signed)
     assert canonical_bytes(plain) != canonical_bytes(dataclasses.replace(plain, threshold=0.6))
     assert b"signature" not in canonical_bytes(signed)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ts=st.lists(times, min_size=1, max_size=8), values=st.lists(finite, min_size=1, max_size=8), score=finite)
+def test_a_telemetry_window_is_the_same_json_by_orjson(ts: list[float], values: list[float], score: float) -> None:
+    rows = tuple((v, -v) for v in values[:len(ts)]) + tuple((0.0, 0.0) for _ in range(len(ts) - len(values)))
+    window = TelemetryWindow("dev-1", "gw-1", "sampled", ("a", "b"), tuple(ts), rows, score, 1.0, False, "ab" * 32)
+    payload = encode_telemetry(window)
+    assert decode_telemetry(payload) == window
+    expected = {"schema": 1, "device_id": "dev-1", "agent_id": "gw-1", "reason": "sampled", "channels": ["a", "b"],
+                "ts": ts, "values": [list(r) for r in rows], "score": score, "threshold": 1.0, "anomalous": False,
+                "model_sha256": "ab" * 32}
+    assert json.loads(payload) == expected and list(json.loads(payload)) == sorted(expected)  # the same values, key-sorted
+    assert b" " not in payload  # compact (a number may be written otherwise than the standard library does: 0.00001, 1e-05)
+
+
+def test_telemetry_refuses_nan_and_infinity_and_takes_what_orjson_does_not() -> None:
+    base = TelemetryWindow("dev-1", "gw-1", "sampled", ("a",), (1.0, 2.0), ((1.0,), (2.0,)), 3.0, 1.0, False, "ab" * 32)
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            encode_telemetry(dataclasses.replace(base, values=((1.0,), (bad,))))
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            encode_telemetry(dataclasses.replace(base, score=bad))
+    huge = dataclasses.replace(base, values=((1.7e308,), (1.7e308,)))  # finite values whose sum overflows
+    assert decode_telemetry(encode_telemetry(huge)) == huge
+    numpy_scalar = dataclasses.replace(base, score=np.float64(3.0))  # orjson refuses numpy scalars: the standard path
+    assert encode_telemetry(numpy_scalar) == encode_telemetry(base)
