@@ -39,7 +39,7 @@ def _child(mode: str, archive: Path) -> dict[str, Any]:
     import pyarrow.dataset  # noqa: F401  # both paths import these lazily: in the base, not in the replay's share
     import pyarrow.parquet  # noqa: F401
 
-    from cloud.backtest.replay import _Replay, backtest
+    from cloud.backtest.replay import Replay, backtest
     from cloud.evaluate.agent_path import agent_config
     from cloud.retrain.sources import read_archive
     from edge.detector import OnnxDetector
@@ -55,7 +55,7 @@ def _child(mode: str, archive: Path) -> dict[str, Any]:
         device_days, windows, alerts = s.device_days, s.windows, s.alerts
     else:
         loaded = read_archive(archive)
-        replay = _Replay(OnnxDetector.load(TINY_MODEL), config)
+        replay = Replay(OnnxDetector.load(TINY_MODEL), config)
         by_device: dict[str, list[Any]] = {}
         for w in loaded:
             by_device.setdefault(w.device_id, []).append(w)

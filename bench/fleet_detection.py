@@ -3,9 +3,9 @@
 The fleet of the acceptance test (``tests/cloud/fleet_util.build_fleet``: 31 devices at operating
 points, noise and drift of their own, 119 injected faults, 7.6 device-days at 1 Hz) goes through
 each artifact's onnxruntime session (windows of the model, its stride) and the agent's decision
-classes (:func:`edge.adaptive.layer_for` with the shipped ``[adaptive]`` defaults, and for the
-static path :class:`edge.decision.Decider` on the manifest's threshold), device by device in time
-order, each window with its last row for the seasonal channel, as the agent decides them. An
+classes as the backtest replays them (:class:`cloud.backtest.replay.Replay`: the shipped
+``[adaptive]`` defaults, or with ``adaptive.enabled = false`` the manifest's threshold), device by
+device in time order, each window with its last row for the seasonal channel. An
 event's window is scored against the faults as the acceptance test scores them (false alarms per
 device-day; a fault is caught when an event's window holds one of its readings). Offline: no
 brokers, no restart, no rebaseline, no sensor checks (the acceptance test has those), so the figures
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,35 +36,25 @@ if TYPE_CHECKING:
 
 
 def decide_fleet(model_dir: Path, fleet: Sequence[Device], t0: float, *, adaptive: bool) -> dict[str, list[tuple[float, float]]]:
-    """Each device's firing windows ``(window_start, window_end)`` under one artifact and one path."""
-    from edge.adaptive import layer_for
+    """Each device's firing windows ``(window_start, window_end)`` under one artifact and one path,
+    decided by the backtest's replay of the agent's decision path (:class:`cloud.backtest.replay.Replay`)."""
+    from cloud.backtest.replay import BATCH_SIZE, Replay
     from edge.config import load_config
-    from edge.decision import Decider
     from edge.detector import OnnxDetector
     from models.data import make_windows
 
     detector = OnnxDetector.load(model_dir, threads=1)
     m = detector.manifest
-    settings = load_config(None, env={}).adaptive
-    layer = layer_for(settings, m)
-    decider = Decider(m.threshold)
+    config = load_config(None, env={})
+    replay = Replay(detector, replace(config, adaptive=replace(config.adaptive, enabled=adaptive)))
     events: dict[str, list[tuple[float, float]]] = {}
     for d in fleet:
-        values = d.values.astype(np.float32)
-        windows = make_windows(values, m.window_length, m.stride)
-        starts = np.arange(len(windows)) * m.stride
-        ts0 = t0 + d.first_s
-        ends = ts0 + starts + m.window_length - 1.0
-        last_rows = values[starts + m.window_length - 1].astype(np.float64)
-        if not adaptive:
-            fire = decider.decide_many(d.device_id, detector.score(windows)[0].astype(np.float64),
-                                       np.zeros(len(windows), dtype=np.int64))[0]
-        elif m.members is None:
-            fire = layer.decide_many(d.device_id, detector.score(windows)[0], ends, last_rows)[0]
-        else:
-            fire = layer.decide_many(d.device_id, detector.score_members(windows)[2], ends, last_rows)[0]
-        idx = np.flatnonzero(fire)
-        events[d.device_id] = [(float(ts0 + starts[i]), float(ends[i])) for i in idx]
+        windows = make_windows(d.values.astype(np.float32), m.window_length, m.stride)
+        starts = t0 + d.first_s + np.arange(len(windows)) * m.stride
+        ends = starts + m.window_length - 1.0
+        scores, members = replay.scores(windows, BATCH_SIZE)
+        fire = replay.fire(d.device_id, scores, ends, windows[:, -1, :].astype(np.float64), members)
+        events[d.device_id] = [(float(starts[i]), float(ends[i])) for i in np.flatnonzero(fire)]
     return events
 
 

@@ -458,10 +458,14 @@ class AdaptiveLayer:
         taken = 0
         for device_id, row in rows.items():
             try:
-                self.devices[device_id] = DeviceState.from_row(row, self.settings.smooth_windows)
-                taken += 1
+                state = DeviceState.from_row(row, self.settings.smooth_windows)
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("adaptive_state_skipped device_id=%s error=%s", device_id, exc)
+                continue
+            if self._seasonal is None:  # a layer without the channel keeps none (a row saved while it ran)
+                state.seasonal = state.seasonal_tail = None
+            self.devices[device_id] = state
+            taken += 1
         return taken
 
     def take_changes(self) -> tuple[dict[str, dict[str, object]], set[str]]:
@@ -556,9 +560,6 @@ class EnsembleLayer:
                 continue
             if all([layer.restore({device_id: part}) for layer, part in zip(self.members, parts, strict=True)]):
                 taken += 1
-                for layer in self.members[1:]:  # rows saved when every member ran its own seasonal channel
-                    state = layer.devices[device_id]
-                    state.seasonal = state.seasonal_tail = None
             else:  # every member or none: a member without the device would warm up alone
                 for layer in self.members:
                     layer.devices.pop(device_id, None)

@@ -65,7 +65,7 @@ class _DayWindows:
     agent_id: str
 
 
-class _Replay:
+class Replay:
     """The agent's decision path (``edge.pipeline``'s ``_fire``), per device, state kept across calls."""
 
     def __init__(self, detector: OnnxDetector, config: Config) -> None:
@@ -106,7 +106,7 @@ def backtest(archive: Path, model_dir: Path, *, config: Config, since: float | N
     scores, fire)`` after each device-day (tests compare it with :mod:`cloud.evaluate.agent_path`)."""
     detector = OnnxDetector.load(model_dir)
     m = detector.manifest
-    replay = _Replay(detector, config)
+    replay = Replay(detector, config)
     days = _device_days(Path(archive), since, until, devices)
     results: dict[str, DeviceResult] = {}
     total = len({device for device, _day, _paths in days})
