@@ -88,22 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         single_scores = single.score(windows)[0].astype(np.float64)
         member_scores = ensemble.score_members(windows)[2].astype(np.float64)
         ends = 8.0 * np.arange(len(windows), dtype=np.float64)
-        one, many = [], []
-        for _ in range(args.rounds):
-            one.append(layer_seconds_per_window(layer_for(settings, single.manifest), single_scores, ends, 64))
-            many.append(layer_seconds_per_window(layer_for(settings, ensemble.manifest), member_scores, ends, 64))
-        out["single_layer_us_per_window"] = 1e6 * statistics.median(one)
-        out["ensemble_layer_us_per_window"] = 1e6 * statistics.median(many)
-        out["layer_cpu_ratio"] = statistics.median(many) / statistics.median(one)
-        seasonal = AdaptiveSettings()  # the agent's default: the daily-profile channel on where it can help
         daily_ends, daily_rows = daily_stream(len(windows), len(CHANNEL_NAMES))
-        one, many = [], []
-        for _ in range(args.rounds):
-            one.append(layer_seconds_per_window(layer_for(seasonal, single.manifest), single_scores, daily_ends, 64, daily_rows))
-            many.append(layer_seconds_per_window(layer_for(seasonal, ensemble.manifest), member_scores, daily_ends, 64, daily_rows))
-        out["single_layer_us_per_window_seasonal"] = 1e6 * statistics.median(one)
-        out["ensemble_layer_us_per_window_seasonal"] = 1e6 * statistics.median(many)
-        out["layer_cpu_ratio_seasonal"] = statistics.median(many) / statistics.median(one)
+        # without the daily-profile channel, and with it (the agent's default, on where it can help)
+        runs: list[tuple[str, AdaptiveSettings, np.ndarray, np.ndarray | None]] = [
+            ("", settings, ends, None), ("_seasonal", AdaptiveSettings(), daily_ends, daily_rows)]
+        for suffix, layer_settings, layer_ends, last_rows in runs:
+            one, many = [], []
+            for _ in range(args.rounds):
+                one.append(layer_seconds_per_window(layer_for(layer_settings, single.manifest), single_scores, layer_ends, 64, last_rows))
+                many.append(layer_seconds_per_window(layer_for(layer_settings, ensemble.manifest), member_scores, layer_ends, 64,
+                                                     last_rows))
+            out[f"single_layer_us_per_window{suffix}"] = 1e6 * statistics.median(one)
+            out[f"ensemble_layer_us_per_window{suffix}"] = 1e6 * statistics.median(many)
+            out[f"layer_cpu_ratio{suffix}"] = statistics.median(many) / statistics.median(one)
         rows_single = layer_for(settings, single.manifest)
         rows_single.decide_many("dev", single_scores, ends)
         rows_ens = layer_for(settings, ensemble.manifest)

@@ -10,7 +10,6 @@ stores a verdict with it (and with the event). A payload is capped at ``MAX_ESCA
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 
 from edge.contract import _fields as f
 from edge.contract.errors import ContractError
@@ -52,7 +51,7 @@ def encode_escalation(e: Escalation) -> bytes:
         "model_version": e.model_version, "model_sha256": e.model_sha256, "window_start": e.window_start,
         "window_end": e.window_end, "channels": list(e.channels), "ts": list(e.ts), "values": [list(r) for r in e.values],
         "score": e.score, "threshold": e.threshold, "event_id": e.event_id,
-    }, chain(e.ts, chain.from_iterable(e.values), (e.score, e.threshold, e.window_start, e.window_end)))
+    })
 
 
 def decode_escalation(payload: bytes | str, *, max_bytes: int = MAX_ESCALATION_BYTES) -> Escalation:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, Literal
 
 from edge.contract import _fields as f
@@ -47,7 +46,7 @@ def encode_telemetry(window: TelemetryWindow) -> bytes:
         "channels": list(window.channels), "ts": list(window.ts), "values": [list(row) for row in window.values],
         "score": window.score, "threshold": window.threshold, "anomalous": window.anomalous,
         "model_sha256": window.model_sha256,
-    }, chain(window.ts, chain.from_iterable(window.values), (window.score, window.threshold)))
+    })
 
 
 def decode_telemetry(payload: bytes | str) -> TelemetryWindow:
