@@ -296,7 +296,7 @@ def test_telemetry_refuses_nan_and_infinity_and_takes_what_orjson_does_not() -> 
             encode_telemetry(dataclasses.replace(base, values=((1.0,), (bad,))))
         with pytest.raises(ValueError, match="not JSON compliant"):
             encode_telemetry(dataclasses.replace(base, score=bad))
-    huge = dataclasses.replace(base, values=((1.7e308,), (1.7e308,)))  # finite values whose sum overflows
+    huge = dataclasses.replace(base, values=((1.7e308,), (1.7e308,)))  # finite values at the edge of the range
     assert decode_telemetry(encode_telemetry(huge)) == huge
     numpy_scalar = dataclasses.replace(base, score=np.float64(3.0))  # orjson refuses numpy scalars: the standard path
     assert encode_telemetry(numpy_scalar) == encode_telemetry(base)
